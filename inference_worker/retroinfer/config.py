@@ -1,0 +1,113 @@
+"""RetroInfer configuration: the reference implementation's defaults, validated at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RetroInferConfig:
+    """Knobs of the wave index, tripartite attention and wave buffer.
+
+    Defaults are those of the RetroInfer reference code (see docs/retroinfer.md).
+    """
+
+    sink_tokens: int = 4  # first prompt tokens always attended exactly (steady zone)
+    window_tokens: int = 64  # last prompt tokens always attended exactly (steady zone)
+    retrieval_budget: float = 0.018  # fraction of clusters attended exactly
+    estimation_budget: float = 0.232  # fraction of clusters estimated from centroids
+    cluster_size: int = 16  # average tokens per cluster (C ~= clustered tokens / cluster_size)
+    segment_tokens: int = 8192  # tokens per k-means segment (clusters never span segments)
+    page_tokens: int = 8  # vectors per wave-buffer page
+    kmeans_iterations: int = 10  # in-segment iterations + 1 final global assignment
+    update_tokens: int = 1024  # generated tokens clustered per index update
+    update_clusters: int = 64  # clusters per update segment
+    cache_clusters_factor: float = 3.0  # cache = factor * n_ret clusters (if cache_ratio is None)
+    cache_ratio: float | None = None  # cache = cache_ratio * C clusters (paper: 0.05)
+    exec_buffer_factor: float = 4.0  # execution buffer >= max(exec_buffer_min, factor*n_ret) clusters
+    exec_buffer_min_clusters: int = 32
+    final_assign_chunk: int = 16384  # tokens per chunk of the final global assignment (memory bound)
+
+    def __post_init__(self) -> None:
+        _check_int("sink_tokens", self.sink_tokens, 0)
+        _check_int("window_tokens", self.window_tokens, 0)
+        _check_int("cluster_size", self.cluster_size, 1)
+        _check_int("segment_tokens", self.segment_tokens, 1)
+        _check_int("page_tokens", self.page_tokens, 1)
+        _check_int("kmeans_iterations", self.kmeans_iterations, 1)
+        _check_int("update_tokens", self.update_tokens, 1)
+        _check_int("update_clusters", self.update_clusters, 1)
+        _check_int("exec_buffer_min_clusters", self.exec_buffer_min_clusters, 1)
+        _check_int("final_assign_chunk", self.final_assign_chunk, 1)
+        _check_fraction("retrieval_budget", self.retrieval_budget)
+        _check_fraction("estimation_budget", self.estimation_budget)
+        if self.retrieval_budget + self.estimation_budget > 1.0 + 1e-9:
+            raise ValueError(
+                f"retrieval_budget + estimation_budget must be <= 1, got "
+                f"{self.retrieval_budget!r} + {self.estimation_budget!r}"
+            )
+        if self.update_clusters > self.update_tokens:
+            raise ValueError(
+                f"update_clusters must be <= update_tokens, got {self.update_clusters!r} > "
+                f"{self.update_tokens!r}"
+            )
+        if not (math.isfinite(self.cache_clusters_factor) and self.cache_clusters_factor >= 0):
+            raise ValueError(
+                f"cache_clusters_factor must be finite and >= 0, got {self.cache_clusters_factor!r}"
+            )
+        if self.cache_ratio is not None:
+            _check_fraction("cache_ratio", self.cache_ratio)
+        if not (math.isfinite(self.exec_buffer_factor) and self.exec_buffer_factor >= 1):
+            raise ValueError(
+                f"exec_buffer_factor must be finite and >= 1, got {self.exec_buffer_factor!r}"
+            )
+
+    @property
+    def index_threshold(self) -> int:
+        """Prompts shorter than this get no index at prefill (dense attention)."""
+        return self.sink_tokens + self.window_tokens + self.update_tokens
+
+    def num_segments(self, prompt_len: int) -> int:
+        """n_seg = max(round(L / segment_tokens), 1)."""
+        return max(round(prompt_len / self.segment_tokens), 1)
+
+    def num_clusters(self, clustered_tokens: int, num_segments: int) -> int:
+        """C ~= N / cluster_size rounded to a multiple of lcm(8, n_seg), at least n_seg."""
+        step = math.lcm(8, num_segments)
+        clusters = max(round(clustered_tokens / self.cluster_size / step), 1) * step
+        if clusters > clustered_tokens:  # tiny inputs: at most one cluster per token
+            clusters = max(clustered_tokens // num_segments, 1) * num_segments
+        return clusters
+
+    def retrieval_clusters(self, num_clusters: int) -> int:
+        """n_ret = max(round(retrieval_budget * C), 1), at most C."""
+        if num_clusters == 0:
+            return 0
+        return min(max(round(self.retrieval_budget * num_clusters), 1), num_clusters)
+
+    def estimation_clusters(self, num_clusters: int) -> int:
+        """n_est = min(round(estimation_budget * C), C - n_ret)."""
+        n_ret = self.retrieval_clusters(num_clusters)
+        return min(round(self.estimation_budget * num_clusters), num_clusters - n_ret)
+
+    def cache_clusters(self, num_clusters: int) -> int:
+        """Wave-buffer cache size in clusters per (sequence, kv_head)."""
+        if self.cache_ratio is not None:
+            return round(self.cache_ratio * num_clusters)
+        return round(self.cache_clusters_factor * self.retrieval_clusters(num_clusters))
+
+    def exec_buffer_clusters(self, num_clusters: int) -> int:
+        """Execution-buffer size (retrieved part) in clusters: max(min, factor * n_ret)."""
+        n_ret = self.retrieval_clusters(num_clusters)
+        return max(self.exec_buffer_min_clusters, math.ceil(self.exec_buffer_factor * n_ret))
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or not (0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")

@@ -1,0 +1,143 @@
+"""Where wave-buffer misses come from: the `ClusterSource` protocol and an in-process source."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from .index import IndexSegment
+
+
+@dataclass(slots=True)
+class FetchedBatch:
+    """Requested clusters' K/V packed per row, in request order."""
+
+    keys: torch.Tensor  # [B, Hkv, M, D]; row tokens past offsets[..., -1] are padding
+    values: torch.Tensor  # [B, Hkv, M, D]
+    offsets: torch.Tensor  # [B, Hkv, n + 1] int64 token offset of each requested cluster
+
+
+class ClusterSource(Protocol):
+    """Cluster K/V by global cluster id, one batched call per layer.
+
+    `cluster_ids` [B, Hkv, n] int64 holds, for sequence `sequence_ids[b]` and KV head h, the
+    clusters wanted (-1 = padding, zero tokens). The caller guarantees that every row's clusters
+    hold at most `max_tokens` tokens; the result is packed to exactly `max_tokens` columns.
+    """
+
+    def fetch(
+        self,
+        layer: int,
+        sequence_ids: Sequence[Hashable],
+        cluster_ids: torch.Tensor,
+        max_tokens: int,
+    ) -> FetchedBatch: ...
+
+
+class InProcessClusterSource:
+    """Keeps uploaded segments in memory (device or host) and gathers clusters with index math.
+
+    Sequences uploaded together by one `put` (one batched prefill) are fetched together in one
+    vectorised gather; any other combination is served sequence by sequence.
+    """
+
+    def __init__(self) -> None:
+        # (layer, sequence ids of the batch) -> that batch's segments in id order
+        self._groups: dict[tuple[int, tuple[Hashable, ...]], list[IndexSegment]] = {}
+        self._where: dict[tuple[int, Hashable], tuple[tuple[Hashable, ...], int]] = {}
+
+    def put(self, sequence_ids: Sequence[Hashable], segment: IndexSegment) -> None:
+        """Store a segment of B sequences (`sequence_ids[b]` owns row b)."""
+        key = (segment.layer, tuple(sequence_ids))
+        if len(key[1]) != segment.sizes.shape[0]:
+            raise ValueError(
+                f"sequence_ids has {len(key[1])} ids but the segment holds "
+                f"{segment.sizes.shape[0]} sequences"
+            )
+        group = self._groups.setdefault(key, [])
+        expected = sum(s.num_clusters for s in group)
+        if segment.first_cluster != expected:
+            raise ValueError(
+                f"segment.first_cluster must be {expected} for layer {segment.layer}, "
+                f"got {segment.first_cluster}"
+            )
+        group.append(segment)
+        for b, seq in enumerate(key[1]):
+            self._where[(segment.layer, seq)] = (key[1], b)
+
+    def drop(self, sequence_ids: Sequence[Hashable]) -> None:
+        """Forget a batch of sequences that was uploaded together."""
+        ids = tuple(sequence_ids)
+        for key in [k for k in self._groups if k[1] == ids]:
+            del self._groups[key]
+        for key in [k for k in self._where if k[1] in ids]:
+            del self._where[key]
+
+    def fetch(
+        self,
+        layer: int,
+        sequence_ids: Sequence[Hashable],
+        cluster_ids: torch.Tensor,  # [B, Hkv, n] int64, -1 = padding
+        max_tokens: int,
+    ) -> FetchedBatch:
+        ids = tuple(sequence_ids)
+        if (layer, ids) in self._groups:
+            return _gather(self._groups[(layer, ids)], None, cluster_ids, max_tokens)
+        parts = []
+        for b, seq in enumerate(ids):
+            if (layer, seq) not in self._where:
+                raise KeyError(f"no segments for sequence {seq!r} at layer {layer}")
+            group_ids, row = self._where[(layer, seq)]
+            parts.append(_gather(self._groups[(layer, group_ids)], row,
+                                 cluster_ids[b : b + 1], max_tokens))
+        return FetchedBatch(
+            keys=torch.cat([p.keys for p in parts]),
+            values=torch.cat([p.values for p in parts]),
+            offsets=torch.cat([p.offsets for p in parts]),
+        )
+
+
+def _gather(
+    segments: list[IndexSegment],
+    row: int | None,
+    cluster_ids: torch.Tensor,  # [B, Hkv, n]
+    max_tokens: int,
+) -> FetchedBatch:
+    """Pack the requested clusters of `segments` (rows `row:row+1`, or all) into M tokens."""
+    sel = slice(None) if row is None else slice(row, row + 1)
+    first = segments[0]
+    b, h, n = cluster_ids.shape
+    d = first.keys.shape[-1]
+    device = first.keys.device
+    ids = cluster_ids.to(device)
+    start = torch.zeros(b, h, n, dtype=torch.int64, device=device)
+    size = torch.zeros_like(start)
+    owner = torch.full_like(start, -1)
+    for s, seg in enumerate(segments):  # few segments: prefill + one per 1024 generated tokens
+        local = ids - seg.first_cluster
+        inside = (ids >= 0) & (local >= 0) & (local < seg.num_clusters)
+        local = local.clamp(0, seg.num_clusters - 1)
+        offs = seg.offsets[sel]  # [B, Hkv, C_s + 1]
+        seg_start = offs.gather(2, local)
+        start = torch.where(inside, seg_start, start)
+        size = torch.where(inside, offs.gather(2, local + 1) - seg_start, size)
+        owner = torch.where(inside, s, owner)
+    offsets = torch.zeros(b, h, n + 1, dtype=torch.int64, device=device)
+    offsets[..., 1:] = size.cumsum(-1)
+    m = torch.arange(max_tokens, device=device).expand(b, h, max_tokens).contiguous()
+    which = torch.searchsorted(offsets[..., 1:].contiguous(), m, right=True).clamp(max=n - 1)
+    within = m - offsets.gather(2, which)
+    valid = m < offsets[..., -1:]
+    src = start.gather(2, which) + within  # [B, Hkv, M] token index inside its segment
+    tok_owner = torch.where(valid, owner.gather(2, which), -1)
+    keys = torch.zeros(b, h, max_tokens, d, dtype=first.keys.dtype, device=device)
+    values = torch.zeros_like(keys)
+    for s, seg in enumerate(segments):
+        hit = (tok_owner == s).unsqueeze(-1)
+        idx = src.clamp(0, seg.keys.shape[2] - 1).unsqueeze(-1).expand(b, h, max_tokens, d)
+        keys = torch.where(hit, seg.keys[sel].gather(2, idx), keys)
+        values = torch.where(hit, seg.values[sel].gather(2, idx), values)
+    return FetchedBatch(keys=keys, values=values, offsets=offsets)

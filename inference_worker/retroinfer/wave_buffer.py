@@ -1,0 +1,175 @@
+"""Wave buffer: a device cache of whole clusters in 8-vector pages, LRU over clusters.
+
+One `WaveBuffer` serves one layer for R = B * Hkv rows (one row per (sequence, kv_head)); every
+operation is vectorised over rows and clusters. Each row owns `pages` pages plus one scratch page
+(index `pages`) that absorbs masked writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_NEVER = torch.iinfo(torch.int64).max
+
+
+@dataclass(slots=True)
+class AdmitResult:
+    """Per-row counts of one admission step (device tensors, [R] int64)."""
+
+    admitted: torch.Tensor
+    rejected: torch.Tensor  # misses that did not fit even after evicting every evictable cluster
+    evicted: torch.Tensor
+
+
+class WaveBuffer:
+    """LRU cache of clusters for R rows; cluster ids are global per row."""
+
+    def __init__(self, rows: int, pages: int, page_tokens: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.rows, self.pages, self.page_tokens = rows, pages, page_tokens
+        shape = (rows, pages + 1, page_tokens, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # [R, P+1, pt, D]
+        self.values = torch.zeros(shape, dtype=dtype, device=device)  # [R, P+1, pt, D]
+        self.owner = torch.full((rows, pages + 1), -1, dtype=torch.int64, device=device)
+        self.owner[:, pages] = -2  # scratch page: never free, never evictable
+        self.fill = torch.zeros(rows, pages + 1, dtype=torch.int64, device=device)
+        self.stamp = torch.full((rows, 1), -1, dtype=torch.int64, device=device)  # [R, C+1]
+        self.clock = 0
+        self.hits = torch.zeros(rows, dtype=torch.int64, device=device)  # cumulative
+        self.misses = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.evictions = torch.zeros(rows, dtype=torch.int64, device=device)
+
+    @property
+    def num_clusters(self) -> int:
+        return self.stamp.shape[1] - 1
+
+    def grow(self, num_clusters: int) -> None:
+        """Track `num_clusters` cluster ids (new ids start non-resident)."""
+        extra = num_clusters - self.num_clusters
+        if extra > 0:
+            pad = torch.full((self.rows, extra), -1, dtype=torch.int64, device=self.stamp.device)
+            self.stamp = torch.cat([self.stamp[:, :-1], pad, self.stamp[:, -1:]], dim=1)
+
+    def resident(self) -> torch.Tensor:
+        """[R, C] bool: clusters currently cached."""
+        return self.stamp[:, :-1] >= 0
+
+    def lookup(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """ids [R, n] (rank order) -> hit [R, n] bool; invalid entries are never hits."""
+        return valid & (self.stamp.gather(1, self._safe(ids, valid)) >= 0)
+
+    def hit_pages(self, ids: torch.Tensor, hit: torch.Tensor, width: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Copy the pages of hit clusters, compacted: (keys, values [R, width, pt, D],
+        fill [R, width] valid tokens per page)."""
+        selected = torch.zeros_like(self.stamp, dtype=torch.bool)  # [R, C+1]
+        selected.scatter_(1, self._safe(ids, hit), True)
+        selected[:, -1] = False
+        page_sel = (self.owner >= 0) & selected.gather(1, self.owner.clamp(min=0))  # [R, P+1]
+        pos = torch.arange(self.pages + 1, device=self.owner.device)
+        order = torch.sort(torch.where(page_sel, pos, pos + self.pages + 1), dim=1).indices
+        take = order[:, :width]  # [R, width]
+        fill = torch.where(page_sel.gather(1, take), self.fill.gather(1, take), 0)
+        return _take_pages(self.keys, take), _take_pages(self.values, take), fill
+
+    def admit(
+        self,
+        ids: torch.Tensor,  # [R, n] retrieved cluster ids in rank order (best first)
+        valid: torch.Tensor,  # [R, n] bool: real entries (not padding, not overflow)
+        hit: torch.Tensor,  # [R, n] bool from `lookup`
+        sizes: torch.Tensor,  # [R, n] int64 tokens per cluster
+        miss_keys: torch.Tensor,  # [R, M, D] misses packed in rank order (execution buffer)
+        miss_values: torch.Tensor,  # [R, M, D]
+        miss_offsets: torch.Tensor,  # [R, n + 1] token offsets of the packed misses
+    ) -> AdmitResult:
+        """Touch hits, evict LRU clusters and admit misses (rank order, while they fit) by
+        copying them from the execution buffer. Best-ranked clusters end most recent."""
+        n = ids.shape[1]
+        miss = valid & ~hit
+        base = self.clock
+        self.clock += n + 1
+        new_stamp = base + (n - torch.arange(n, device=ids.device)).expand_as(ids)  # [R, n]
+        self.stamp.scatter_(1, self._safe(ids, hit), new_stamp)
+        self.hits += hit.sum(1)
+        self.misses += miss.sum(1)
+        miss_ids, miss_pages = _compact(ids, miss, self._pages_of(sizes))  # [R, n] each
+        miss_sizes = _compact(sizes, miss, sizes)[1]
+        miss_stamp = _compact(new_stamp, miss, new_stamp)[0]
+        free = (self.owner == -1).sum(1)  # [R]
+        page_stamp = self.stamp.gather(1, self.owner.clamp(min=0))
+        evictable = (self.owner >= 0) & (page_stamp < base)  # [R, P+1]
+        cum = miss_pages.cumsum(1)  # [R, n]
+        fits = (cum <= (free + evictable.sum(1)).unsqueeze(1)) & (miss_pages > 0)
+        admitted_pages = torch.where(fits, miss_pages, 0).sum(1)  # [R]
+        evicted = self._evict(evictable, page_stamp, (admitted_pages - free).clamp(min=0))
+        self._place(miss_ids, torch.where(fits, miss_pages, 0), miss_sizes, miss_keys,
+                    miss_values, miss_offsets)
+        self.stamp.scatter_(1, self._safe(miss_ids, fits), miss_stamp)
+        self.stamp[:, -1] = -1
+        self.evictions += evicted
+        return AdmitResult(admitted=fits.sum(1), rejected=(miss_pages > 0).sum(1) - fits.sum(1),
+                           evicted=evicted)
+
+    def _evict(self, evictable: torch.Tensor, page_stamp: torch.Tensor, need: torch.Tensor
+               ) -> torch.Tensor:
+        """Free whole least-recent clusters until `need` [R] pages are freed; returns counts."""
+        key = torch.where(evictable, page_stamp, _NEVER)
+        sorted_key, order = torch.sort(key, dim=1, stable=True)  # [R, P+1]
+        pos = torch.arange(key.shape[1], device=key.device).expand_as(key)
+        starts = torch.ones_like(evictable)
+        starts[:, 1:] = sorted_key[:, 1:] != sorted_key[:, :-1]
+        run_start = torch.cummax(torch.where(starts, pos, 0), dim=1).values
+        gone_sorted = (sorted_key != _NEVER) & (run_start < need.unsqueeze(1))  # [R, P+1]
+        gone = torch.zeros_like(evictable).scatter_(1, order, gone_sorted)
+        self.stamp.scatter_(1, torch.where(gone, self.owner, self.num_clusters), -1)
+        self.owner = torch.where(gone, -1, self.owner)
+        return (gone_sorted & starts).sum(1)
+
+    def _place(self, miss_ids: torch.Tensor, pages: torch.Tensor, sizes: torch.Tensor,
+               keys: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor) -> None:
+        """Copy admitted misses' pages from the packed execution-buffer rows into free pages."""
+        p1, pt = self.pages + 1, self.page_tokens
+        pos = torch.arange(p1, device=self.owner.device).expand(self.rows, p1)
+        free_list = torch.sort(torch.where(self.owner == -1, pos, pos + p1), dim=1).indices
+        cum = pages.cumsum(1)  # [R, n]
+        which = torch.searchsorted(cum, pos.contiguous(), right=True).clamp(max=pages.shape[1] - 1)
+        page_in = pos - (cum - pages).gather(1, which)  # page index inside its cluster
+        ok = pos < cum[:, -1:]
+        dest = torch.where(ok, free_list, self.pages)  # [R, P+1] (scratch when not placed)
+        size = sizes.gather(1, which)
+        t = torch.arange(pt, device=pos.device)
+        within = page_in.unsqueeze(-1) * pt + t  # [R, P+1, pt]
+        src = (offsets.gather(1, which).unsqueeze(-1) + within).clamp(max=keys.shape[1] - 1)
+        d = keys.shape[-1]
+        idx = src.reshape(self.rows, -1, 1).expand(-1, -1, d)
+        dst = dest.view(self.rows, p1, 1, 1).expand(-1, -1, pt, d)
+        self.keys.scatter_(1, dst, keys.gather(1, idx).view(self.rows, p1, pt, d))
+        self.values.scatter_(1, dst, values.gather(1, idx).view(self.rows, p1, pt, d))
+        self.owner.scatter_(1, dest, torch.where(ok, miss_ids.gather(1, which), -2))
+        self.fill.scatter_(1, dest, (size - page_in * pt).clamp(0, pt))
+        self.owner[:, self.pages] = -2
+
+    def _pages_of(self, sizes: torch.Tensor) -> torch.Tensor:
+        return (sizes + self.page_tokens - 1) // self.page_tokens
+
+    def _safe(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Ids where `keep`, else the dummy column C (absorbs scatters, never resident)."""
+        return torch.where(keep, ids, self.num_clusters)
+
+
+def _compact(ids: torch.Tensor, keep: torch.Tensor, pages: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move kept entries to the front keeping order: (ids, pages) with 0 pages for dropped."""
+    n = ids.shape[1]
+    pos = torch.arange(n, device=ids.device).expand_as(ids)
+    order = torch.sort(torch.where(keep, pos, pos + n), dim=1).indices
+    kept = keep.gather(1, order)
+    return torch.where(kept, ids.gather(1, order), 0), torch.where(kept, pages.gather(1, order), 0)
+
+
+def _take_pages(pool: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
+    """pool [R, P+1, pt, D] gathered at page indices take [R, W] -> [R, W, pt, D]."""
+    r, w = take.shape
+    return pool.gather(1, take.view(r, w, 1, 1).expand(-1, -1, *pool.shape[2:]))
