@@ -1,0 +1,107 @@
+"""KVStoreClient: the blocking SDK, a thin wrapper running AsyncKVStoreClient on a private
+event-loop thread (one implementation of retries, sharding and framing for both APIs)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from client.aio import AsyncKVStoreClient
+from client.retry import RetryPolicy
+from client.types import (ClusterSegment, FetchedClusters, FetchRequest, SearchQuery, SearchResult,
+                          SequenceGeometry, SequenceInfo, StoreStats)
+
+T = TypeVar("T")
+
+
+class KVStoreClient:
+    """Blocking SDK with the same methods and arguments as AsyncKVStoreClient."""
+
+    def __init__(
+        self,
+        target: str | Sequence[str],
+        namespace: str = "default",
+        token: str | None = None,
+        tls_root_cert: bytes | str | Path | None = None,
+        *,
+        tls: bool | None = None,
+        tls_server_name: str | None = None,
+        timeout_s: float = 30.0,
+        retry: RetryPolicy | None = None,
+        put_chunk_bytes: int = 1 << 20,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="wavekv-client", daemon=True)
+        self._thread.start()
+
+        async def make() -> AsyncKVStoreClient:
+            return AsyncKVStoreClient(target, namespace, token, tls_root_cert, tls=tls,
+                                      tls_server_name=tls_server_name, timeout_s=timeout_s, retry=retry,
+                                      put_chunk_bytes=put_chunk_bytes)
+
+        try:
+            self._aio = self._run(make())
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def namespace(self) -> str:
+        return self._aio.namespace
+
+    @property
+    def targets(self) -> list[str]:
+        return self._aio.targets
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        self._run(self._aio.wait_ready(timeout_s))
+
+    def create_sequence(self, sequence_id: str, geometry: SequenceGeometry,
+                        timeout_s: float | None = None) -> SequenceInfo:
+        return self._run(self._aio.create_sequence(sequence_id, geometry, timeout_s))
+
+    def put_segments(self, sequence_id: str, segments: list[ClusterSegment],
+                     timeout_s: float | None = None) -> list[int]:
+        return self._run(self._aio.put_segments(sequence_id, segments, timeout_s))
+
+    def search_clusters(self, queries: list[SearchQuery], k: int, scoring: str = "gqa_softmax",
+                        timeout_s: float | None = None) -> list[SearchResult]:
+        return self._run(self._aio.search_clusters(queries, k, scoring, timeout_s))
+
+    def fetch_clusters(self, requests: list[FetchRequest], timeout_s: float | None = None) -> list[FetchedClusters]:
+        return self._run(self._aio.fetch_clusters(requests, timeout_s))
+
+    def delete_sequence(self, sequence_id: str, timeout_s: float | None = None) -> int:
+        return self._run(self._aio.delete_sequence(sequence_id, timeout_s))
+
+    def get_sequence(self, sequence_id: str, timeout_s: float | None = None) -> SequenceInfo:
+        return self._run(self._aio.get_sequence(sequence_id, timeout_s))
+
+    def list_sequences(self, timeout_s: float | None = None) -> list[SequenceInfo]:
+        return self._run(self._aio.list_sequences(timeout_s))
+
+    def get_stats(self, timeout_s: float | None = None) -> StoreStats:
+        return self._run(self._aio.get_stats(timeout_s))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._aio.close())
+        self._shutdown_loop()
+
+    def _shutdown_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> KVStoreClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,152 @@
+"""SDK dataclasses <-> wavekv.v1 messages (the only SDK module besides the transport that
+touches protobuf), and the FetchClusters reassembly into one preallocated buffer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.types import (ClusterSegment, FetchedClusters, FetchRequest, RpcStat, SearchQuery,
+                          SearchResult, SequenceGeometry, SequenceInfo, StoreStats)
+from wavekv_proto.codec import (decode_torch, dtype_name, encode, encode_numpy, numpy_dtype,
+                                numpy_to_torch, to_numpy, wire_dtype)
+from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
+
+SCORING = {"gqa_softmax": pb.SCORING_GQA_SOFTMAX, "inner_product": pb.SCORING_INNER_PRODUCT}
+
+
+def geometry_msg(g: SequenceGeometry) -> pb.Geometry:
+    return pb.Geometry(num_layers=g.num_layers, num_kv_heads=g.num_kv_heads, head_dim=g.head_dim,
+                       dtype=wire_dtype(g.dtype))
+
+
+def sequence_info(msg: pb.SequenceInfo) -> SequenceInfo:
+    g = msg.geometry
+    geometry = SequenceGeometry(g.num_layers, g.num_kv_heads, g.head_dim, dtype_name(g.dtype) or "float32")
+    return SequenceInfo(msg.namespace, msg.sequence_id, geometry, msg.incarnation_id, msg.bytes_used,
+                        msg.num_tokens, msg.num_clusters, msg.num_segments, msg.created_unix_s)
+
+
+def put_messages(
+    namespace: str, sequence_id: str, segments: list[ClusterSegment], chunk_bytes: int
+) -> Iterator[pb.PutSegmentsRequest]:
+    """Header then keys+values bytes in chunk_bytes pieces, per segment (generated lazily)."""
+    for seg in segments:
+        keys, _ = to_numpy(seg.keys)  # [N, D]
+        values, _ = to_numpy(seg.values)  # [N, D]
+        header = pb.SegmentHeader(
+            namespace=namespace, sequence_id=sequence_id, layer=seg.layer, kv_head=seg.kv_head,
+            centroids=encode(_as(seg.centroids, np.float32)), sizes=encode(_as(seg.sizes, np.int64)),
+            value_sums=encode(_as(seg.value_sums, np.float32)), offsets=encode(_as(seg.offsets, np.int64)),
+            keys=encode(keys, with_data=False), values=encode(values, with_data=False),
+        )
+        yield pb.PutSegmentsRequest(header=header)
+        for arr in (keys, values):
+            raw = memoryview(arr).cast("B") if arr.size else memoryview(b"")
+            for off in range(0, len(raw), chunk_bytes):
+                yield pb.PutSegmentsRequest(data=pb.SegmentData(data=raw[off : off + chunk_bytes].tobytes()))
+
+
+def _as(x: Any, dtype: type) -> np.ndarray:
+    """numpy/torch -> numpy of `dtype` (no copy when it already matches)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        x = x.numpy()
+    return np.ascontiguousarray(np.asarray(x), dtype=dtype)
+
+
+def search_request(namespace: str, queries: list[SearchQuery], k: int, scoring: str) -> pb.SearchClustersRequest:
+    if scoring not in SCORING:
+        raise ValueError(f"scoring={scoring!r} is not one of {tuple(SCORING)}")
+    entries = [
+        pb.SearchEntry(sequence_id=q.sequence_id, layer=q.layer, kv_head=q.kv_head,
+                       queries=encode_numpy(_as(q.queries, np.float32), "float32"))
+        for q in queries
+    ]
+    return pb.SearchClustersRequest(namespace=namespace, entries=entries, k=k, scoring=SCORING[scoring])
+
+
+def search_results(msg: pb.SearchClustersResponse) -> list[SearchResult]:
+    return [SearchResult(decode_torch(r.cluster_ids), decode_torch(r.scores)) for r in msg.results]
+
+
+def fetch_request(namespace: str, requests: list[FetchRequest]) -> pb.FetchClustersRequest:
+    entries = [
+        pb.FetchEntry(sequence_id=r.sequence_id, layer=r.layer, kv_head=r.kv_head,
+                      cluster_ids=encode_numpy(_as(r.cluster_ids, np.int64).reshape(-1), "int64"))
+        for r in requests
+    ]
+    return pb.FetchClustersRequest(namespace=namespace, entries=entries)
+
+
+class FetchAssembler:
+    """Copies FetchClusters chunks into one preallocated buffer; results are views into it."""
+
+    def __init__(self) -> None:
+        self.header: pb.FetchHeader | None = None
+        self.buffer = np.empty(0, np.uint8)
+        self._view = memoryview(self.buffer)
+        self._received = 0
+
+    def feed(self, msg: pb.FetchClustersResponse) -> None:
+        if msg.WhichOneof("kind") == "header":
+            self.header = msg.header
+            self.buffer = np.empty(msg.header.total_bytes, np.uint8)  # [total_bytes]
+            self._view = memoryview(self.buffer)
+            return
+        chunk = msg.chunk
+        if self.header is None or chunk.offset != self._received:
+            raise ValueError(f"FetchClusters chunk at offset {chunk.offset}, expected {self._received}")
+        end = chunk.offset + len(chunk.data)
+        self._view[chunk.offset : end] = chunk.data
+        self._received = end
+
+    def results(self) -> list[FetchedClusters]:
+        if self.header is None or self._received != self.header.total_bytes:
+            total = self.header.total_bytes if self.header else "?"
+            raise ValueError(f"FetchClusters stream ended after {self._received} of {total} bytes")
+        return [self._entry(lay) for lay in self.header.layouts]
+
+    def _entry(self, lay: pb.FetchLayout) -> FetchedClusters:
+        name = dtype_name(lay.dtype) or "float32"
+        nbytes = lay.num_rows * lay.head_dim * numpy_dtype(name).itemsize
+        out = []
+        for off in (lay.keys_offset, lay.values_offset):
+            arr = self.buffer[off : off + nbytes].view(numpy_dtype(name)).reshape(lay.num_rows, lay.head_dim)
+            out.append(numpy_to_torch(arr, name))
+        return FetchedClusters(out[0], out[1], decode_torch(lay.cluster_offsets))
+
+
+def stats(msg: pb.GetStatsResponse) -> StoreStats:
+    rpcs = {r.method: RpcStat(r.count, r.errors, r.mean_ms, r.p50_ms, r.p99_ms, r.max_ms) for r in msg.rpcs}
+    return StoreStats(msg.incarnation_id, msg.bytes_used, msg.capacity_bytes, msg.bytes_free,
+                      msg.num_sequences, msg.num_namespaces, msg.uptime_s, rpcs)
+
+
+def merge_stats(per_target: dict[str, StoreStats]) -> StoreStats:
+    """Totals over shards; per-method counts summed, latencies conservative (max over shards)."""
+    parts = list(per_target.values())
+    if len(parts) == 1:
+        return parts[0]
+    rpcs: dict[str, RpcStat] = {}
+    for p in parts:
+        for name, r in p.rpcs.items():
+            m = rpcs.get(name)
+            if m is None:
+                rpcs[name] = RpcStat(r.count, r.errors, r.mean_ms, r.p50_ms, r.p99_ms, r.max_ms)
+                continue
+            total = m.count + r.count
+            m.mean_ms = (m.mean_ms * m.count + r.mean_ms * r.count) / max(total, 1)
+            m.count, m.errors = total, m.errors + r.errors
+            m.p50_ms, m.p99_ms, m.max_ms = max(m.p50_ms, r.p50_ms), max(m.p99_ms, r.p99_ms), max(m.max_ms, r.max_ms)
+    return StoreStats(
+        ",".join(p.incarnation_id for p in parts), sum(p.bytes_used for p in parts),
+        sum(p.capacity_bytes for p in parts), sum(p.bytes_free for p in parts),
+        sum(p.num_sequences for p in parts), max(p.num_namespaces for p in parts),
+        min(p.uptime_s for p in parts), rpcs, dict(per_target),
+    )

@@ -1,0 +1,178 @@
+"""One (layer, kv_head) of a sequence: cluster-major K/V rows plus cluster metadata.
+
+Rows are stored as raw bytes (uint8 [rows, D * itemsize]); the store never interprets K/V
+values, so fp16, bf16 and fp32 share one code path. Buffers grow geometrically so that
+appending a decode-time segment copies only the new rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kvstore_server.errors import InvalidArgument
+
+GROWTH = 1.5
+
+
+@dataclass(slots=True)
+class Segment:
+    """A validated segment ready to append (arrays already host-resident)."""
+
+    layer: int
+    kv_head: int
+    centroids: np.ndarray  # [C, D] float32
+    sizes: np.ndarray  # [C] int64
+    value_sums: np.ndarray  # [C, D] float32
+    offsets: np.ndarray  # [C + 1] int64
+    keys: np.ndarray  # [N, row_bytes] uint8
+    values: np.ndarray  # [N, row_bytes] uint8
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.sizes.shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.keys.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.centroids, self.sizes, self.value_sums, self.offsets, self.keys, self.values)
+        return sum(a.nbytes for a in arrays)
+
+
+def check_metadata(
+    where: str,
+    centroids: np.ndarray,  # [C, D] float32
+    sizes: np.ndarray,  # [C] int
+    value_sums: np.ndarray,  # [C, D] float32
+    offsets: np.ndarray,  # [C + 1] int64
+    head_dim: int,
+    num_rows: int,
+) -> None:
+    """Raise InvalidArgument naming the field when the cluster metadata is inconsistent."""
+    if centroids.ndim != 2 or centroids.shape[1] != head_dim:
+        raise InvalidArgument(f"{where}: centroids shape={list(centroids.shape)}, want [C, {head_dim}]")
+    num_clusters = centroids.shape[0]
+    if num_clusters == 0:
+        raise InvalidArgument(f"{where}: centroids is empty (C=0)")
+    if sizes.shape != (num_clusters,):
+        raise InvalidArgument(f"{where}: sizes shape={list(sizes.shape)}, want [{num_clusters}]")
+    if value_sums.shape != centroids.shape:
+        raise InvalidArgument(
+            f"{where}: value_sums shape={list(value_sums.shape)}, want {list(centroids.shape)}"
+        )
+    if offsets.shape != (num_clusters + 1,):
+        raise InvalidArgument(f"{where}: offsets shape={list(offsets.shape)}, want [{num_clusters + 1}]")
+    if num_rows == 0:
+        raise InvalidArgument(f"{where}: keys is empty (N=0)")
+    if offsets[0] != 0 or offsets[-1] != num_rows:
+        raise InvalidArgument(
+            f"{where}: offsets must run from 0 to N={num_rows}, got offsets[0]={int(offsets[0])} "
+            f"offsets[-1]={int(offsets[-1])}"
+        )
+    diffs = np.diff(offsets)
+    bad = np.flatnonzero(diffs != sizes)
+    if bad.size:
+        i = int(bad[0])
+        raise InvalidArgument(
+            f"{where}: offsets do not add up: offsets[{i + 1}]-offsets[{i}]={int(diffs[i])} "
+            f"but sizes[{i}]={int(sizes[i])}"
+        )
+    if (sizes < 0).any():
+        raise InvalidArgument(f"{where}: sizes has negative entries")
+
+
+class HeadStore:
+    """Cluster-major K/V of one (layer, kv_head), appended segment by segment."""
+
+    __slots__ = ("_centroids", "_keys", "_offsets", "_sizes", "_value_sums", "_values", "head_dim",
+                 "num_clusters", "num_rows", "num_segments", "row_bytes")
+
+    def __init__(self, head_dim: int, row_bytes: int) -> None:
+        self.head_dim = head_dim
+        self.row_bytes = row_bytes
+        self.num_clusters = 0
+        self.num_rows = 0
+        self.num_segments = 0
+        self._centroids = np.empty((0, head_dim), np.float32)  # [capC, D]
+        self._value_sums = np.empty((0, head_dim), np.float32)  # [capC, D]
+        self._sizes = np.empty(0, np.int64)  # [capC]
+        self._offsets = np.zeros(1, np.int64)  # [capC + 1], global row offsets
+        self._keys = np.empty((0, row_bytes), np.uint8)  # [capN, row_bytes]
+        self._values = np.empty((0, row_bytes), np.uint8)  # [capN, row_bytes]
+
+    @property
+    def centroids(self) -> np.ndarray:  # [C, D] float32
+        return self._centroids[: self.num_clusters]
+
+    @property
+    def sizes(self) -> np.ndarray:  # [C] int64
+        return self._sizes[: self.num_clusters]
+
+    @property
+    def offsets(self) -> np.ndarray:  # [C + 1] int64
+        return self._offsets[: self.num_clusters + 1]
+
+    @property
+    def keys(self) -> np.ndarray:  # [N, row_bytes] uint8
+        return self._keys[: self.num_rows]
+
+    @property
+    def values(self) -> np.ndarray:  # [N, row_bytes] uint8
+        return self._values[: self.num_rows]
+
+    def append(self, segments: list[Segment]) -> list[int]:
+        """Append segments in order; return the first global cluster id of each."""
+        new_c = sum(s.num_clusters for s in segments)
+        new_n = sum(s.num_rows for s in segments)
+        self._reserve(self.num_clusters + new_c, self.num_rows + new_n)
+        firsts = []
+        for seg in segments:
+            c0, n0 = self.num_clusters, self.num_rows
+            c1, n1 = c0 + seg.num_clusters, n0 + seg.num_rows
+            self._centroids[c0:c1] = seg.centroids
+            self._value_sums[c0:c1] = seg.value_sums
+            self._sizes[c0:c1] = seg.sizes
+            self._offsets[c0 + 1 : c1 + 1] = seg.offsets[1:] + n0
+            self._keys[n0:n1] = seg.keys
+            self._values[n0:n1] = seg.values
+            self.num_clusters, self.num_rows = c1, n1
+            self.num_segments += 1
+            firsts.append(c0)
+        return firsts
+
+    def _reserve(self, clusters: int, rows: int) -> None:
+        if clusters > self._sizes.shape[0]:
+            cap = max(clusters, int(self._sizes.shape[0] * GROWTH))
+            self._centroids = _grown(self._centroids, cap, self.num_clusters)
+            self._value_sums = _grown(self._value_sums, cap, self.num_clusters)
+            self._sizes = _grown(self._sizes, cap, self.num_clusters)
+            self._offsets = _grown(self._offsets, cap + 1, self.num_clusters + 1)
+        if rows > self._keys.shape[0]:
+            cap = max(rows, int(self._keys.shape[0] * GROWTH))
+            self._keys = _grown(self._keys, cap, self.num_rows)
+            self._values = _grown(self._values, cap, self.num_rows)
+
+    def gather_rows(self, cluster_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """cluster_ids [n] int64 -> (row index [M] int64, cluster offsets [n + 1] int64).
+
+        Vectorised: no Python loop over clusters. Ids must already be range-checked.
+        """
+        offsets = self.offsets
+        starts = offsets[cluster_ids]  # [n]
+        lens = offsets[cluster_ids + 1] - starts  # [n]
+        out_offsets = np.zeros(cluster_ids.shape[0] + 1, np.int64)  # [n + 1]
+        np.cumsum(lens, out=out_offsets[1:])
+        total = int(out_offsets[-1])
+        rows = np.arange(total, dtype=np.int64)  # [M]
+        rows += np.repeat(starts - out_offsets[:-1], lens)
+        return rows, out_offsets
+
+
+def _grown(arr: np.ndarray, cap: int, used: int) -> np.ndarray:
+    out = np.empty((cap, *arr.shape[1:]), arr.dtype)
+    out[:used] = arr[:used]
+    return out
