@@ -1,0 +1,130 @@
+"""Aggregates scored records into the summary the reports are written from.
+
+Averages are macro averages, as RULER reports them: a (task, length) cell is the mean over
+its samples; a task's score is the mean of its cells over lengths; a length's score and the
+overall score are means over tasks. Only samples that finished under every configuration
+are counted, so the RetroInfer-minus-full gap always compares the same prompts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import fmean
+from typing import Any
+
+Record = dict[str, Any]
+
+
+def _sample_id(rec: Record) -> tuple[str, int, int]:
+    return rec["task"], int(rec["length"]), int(rec["index"])
+
+
+def configs_of(records: list[Record]) -> list[dict[str, Any]]:
+    """Configurations in report order: full, RetroInfer default, then the sweep by budget."""
+    found: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        found.setdefault(
+            rec["config"],
+            {
+                "key": rec["config"],
+                "attention": rec["attention"],
+                "budget": rec["budget"],
+                "default": bool(rec["default"]),
+            },
+        )
+    return sorted(
+        found.values(), key=lambda c: (c["attention"] != "full", not c["default"], c["budget"])
+    )
+
+
+def complete_records(records: list[Record]) -> tuple[list[Record], int]:
+    """Records of samples that ran under every configuration, and how many samples were dropped."""
+    keys = {r["config"] for r in records}
+    seen: dict[tuple[str, int, int], set[str]] = defaultdict(set)
+    for rec in records:
+        seen[_sample_id(rec)].add(rec["config"])
+    complete = {sid for sid, cfgs in seen.items() if cfgs == keys}
+    return [r for r in records if _sample_id(r) in complete], len(seen) - len(complete)
+
+
+def _cells(records: list[Record]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    cells: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(dict))
+    for rec in records:
+        cells[rec["config"]][rec["task"]].setdefault(int(rec["length"]), []).append(
+            float(rec["score"])
+        )
+    return cells
+
+
+def _entry(score: float, n: int) -> dict[str, Any]:
+    return {"score": round(score, 3), "n": n}
+
+
+def _config_summary(by_cell: dict[str, dict[int, list[float]]]) -> dict[str, Any]:
+    tasks = {t: fmean(fmean(v) for v in lens.values()) for t, lens in by_cell.items()}
+    counts = {t: sum(len(v) for v in lens.values()) for t, lens in by_cell.items()}
+    lengths: dict[int, list[float]] = defaultdict(list)
+    length_n: dict[int, int] = defaultdict(int)
+    for lens in by_cell.values():
+        for n, scores in lens.items():
+            lengths[n].append(fmean(scores))
+            length_n[n] += len(scores)
+    return {
+        "overall": _entry(fmean(tasks.values()), sum(counts.values())),
+        "by_task": {t: _entry(s, counts[t]) for t, s in tasks.items()},
+        "by_length": {str(n): _entry(fmean(v), length_n[n]) for n, v in sorted(lengths.items())},
+        "cells": {
+            t: {str(n): _entry(fmean(v), len(v)) for n, v in sorted(lens.items())}
+            for t, lens in by_cell.items()
+        },
+    }
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Recursive `a - b` over matching summary entries."""
+    if "score" in a and "score" in b:
+        return {"score": round(a["score"] - b["score"], 3), "n": a["n"]}
+    return {k: _diff(a[k], b[k]) for k in a if k in b and isinstance(a[k], dict)}
+
+
+def summarize(records: list[Record], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full summary: per config, per task, per length, per cell; gap; budget sweep."""
+    used, dropped = complete_records(records)
+    configs = configs_of(used)
+    cells = _cells(used)
+    per_config = {c["key"]: _config_summary(cells[c["key"]]) for c in configs}
+    full = next((c["key"] for c in configs if c["attention"] == "full"), None)
+    default = next((c["key"] for c in configs if c["default"]), None)
+    gap = _diff(per_config[default], per_config[full]) if full and default else {}
+    sweep = [
+        {
+            "budget": c["budget"],
+            "config": c["key"],
+            "default": c["default"],
+            **per_config[c["key"]]["overall"],
+            "by_task": per_config[c["key"]]["by_task"],
+            "by_length": per_config[c["key"]]["by_length"],
+        }
+        for c in configs
+        if c["attention"] != "full"
+    ]
+    return {
+        "meta": dict(meta or {}),
+        "samples": len({_sample_id(r) for r in used}),
+        "dropped_incomplete_samples": dropped,
+        "tasks": sorted({r["task"] for r in used}, key=_task_order(used)),
+        "lengths": sorted({int(r["length"]) for r in used}),
+        "configs": configs,
+        "full": full,
+        "default": default,
+        "results": per_config,
+        "gap": gap,
+        "sweep": sorted(sweep, key=lambda s: s["budget"]),
+    }
+
+
+def _task_order(records: list[Record]) -> Any:
+    first: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        first.setdefault(rec["task"], i)
+    return lambda task: first[task]

@@ -1,0 +1,211 @@
+"""`python -m inference_worker.eval`: run the suite, write records, report and plots."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from inference_worker.eval import aggregate, engine_link, plots, report
+from inference_worker.eval.config import EvalConfig, quick_config
+from inference_worker.eval.prompt import Sample
+from inference_worker.eval.runner import SuiteRunner, load_records, run_specs
+from inference_worker.eval.tasks import TASKS, make_sample
+from inference_worker.eval.tokens import PieceEncoder, Tokenizer
+
+log = logging.getLogger("inference_worker.eval")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_length(text: str) -> int:
+    """`2048`, `2K`, `7.5K` -> tokens (K = 1024)."""
+    t = text.strip().upper()
+    try:
+        return round(float(t[:-1]) * 1024) if t.endswith("K") else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad length {text!r}: use tokens like 2048 or 2K"
+        ) from None
+
+
+def parse_fraction(text: str) -> float:
+    """`0.018` or `1.8%` -> 0.018."""
+    t = text.strip()
+    try:
+        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad fraction {text!r}: use 0.018 or 1.8%") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inference_worker.eval", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small preset: minutes on 2 CPU cores")
+    p.add_argument("--tasks", type=_csv, help=f"comma list or 'all' (tasks: {', '.join(TASKS)})")
+    p.add_argument(
+        "--lengths", type=lambda s: [parse_length(x) for x in _csv(s)], help="e.g. 1K,2K,4K,7.5K"
+    )
+    p.add_argument("--samples", type=int, help="samples per (task, length)")
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--budgets",
+        type=lambda s: [parse_fraction(x) for x in _csv(s)],
+        help="retrieval budgets to sweep, e.g. 0.5%%,1%%,4%%",
+    )
+    p.add_argument("--no-sweep", action="store_true", help="only full and RetroInfer default")
+    p.add_argument(
+        "--depths", type=lambda s: [parse_fraction(x) for x in _csv(s)], help="e.g. 0%%,50%%,100%%"
+    )
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-new-tokens", type=int, help="cap on each task's answer budget")
+    p.add_argument(
+        "--model", dest="model_path", help="model file/folder (default: the default model)"
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--store", help="HOST:PORT of a running KV store (default: in-process)")
+    p.add_argument(
+        "--out", type=Path, help="output folder (default: inference_worker/eval/results/<preset>)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="keep finished records in OUT/records.jsonl"
+    )
+    p.add_argument(
+        "--report-only", type=Path, metavar="DIR", help="rebuild report and plots from DIR"
+    )
+    p.add_argument("--list-tasks", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    overrides: dict[str, Any] = {}
+    for name in (
+        "samples",
+        "seed",
+        "batch_size",
+        "max_new_tokens",
+        "model_path",
+        "device",
+        "store",
+        "out",
+    ):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.tasks:
+        overrides["tasks"] = tuple(TASKS) if args.tasks == ["all"] else tuple(args.tasks)
+    for name in ("lengths", "budgets", "depths"):
+        if getattr(args, name):
+            overrides[name] = tuple(getattr(args, name))
+    if args.no_sweep:
+        overrides["budgets"] = ()
+    overrides["resume"] = args.resume
+    return quick_config(**overrides) if args.quick else EvalConfig(**overrides)
+
+
+def build_samples(config: EvalConfig, tokenizer: Tokenizer) -> list[Sample]:
+    """Every sample of the run, index-major so an interrupted run covers every cell."""
+    enc = PieceEncoder(tokenizer)
+    return [
+        make_sample(task, enc, length, i, config.seed, config.depths)
+        for i in range(config.samples)
+        for length in config.lengths
+        for task in config.tasks
+    ]
+
+
+def write_outputs(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Summary JSON, markdown report and plots from `out/records.jsonl`."""
+    records = load_records(out / "records.jsonl")
+    if not records:
+        raise SystemExit(f"no records in {out / 'records.jsonl'}")
+    summary = aggregate.summarize(records, meta)
+    json_path, md_path = report.write(summary, out)
+    pngs = plots.write_all(summary, out)
+    log.info("wrote %s, %s, %s", json_path, md_path, ", ".join(map(str, pngs)))
+    return summary
+
+
+def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None) -> dict[str, Any]:
+    started = time.time()
+    engine = engine_link.load_engine(config.model_path, config.device)
+    samples = build_samples(config, engine.tokenizer)
+    default_budget = engine_link.default_retrieval_budget()
+    specs = run_specs(default_budget, config.budgets)
+    records_path = config.out / "records.jsonl"
+    config.out.mkdir(parents=True, exist_ok=True)
+    done: set[tuple[str, str]] = set()
+    if config.resume:
+        done = {
+            (f"{r['task']}/{r['length']}/{r['index']}", r["config"])
+            for r in load_records(records_path)
+        }
+    else:
+        records_path.unlink(missing_ok=True)
+    log.info(
+        "%d samples x %d configurations (%s)",
+        len(samples),
+        len(specs),
+        ", ".join(s.key for s in specs),
+    )
+    runner = SuiteRunner(
+        engine,
+        specs,
+        engine_link.make_request,
+        engine_link.retro_config,
+        default_budget,
+        store=engine_link.open_store(config.store),
+        batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens,
+        records_path=records_path,
+        progress=progress,
+    )
+    runner.run(samples, done)
+    meta = {
+        "model": config.model_path or "SmolLM2-135M-Instruct Q4_1 (default)",
+        "device": engine_link.device_name(engine),
+        "seed": config.seed,
+        "default_retrieval_budget": default_budget,
+        "config": {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()
+        },
+        "command": "python -m inference_worker.eval " + " ".join(argv or []),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "elapsed_s": round(time.time() - started, 1),
+        "host": f"{platform.node()} {platform.machine()}",
+    }
+    (config.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return write_outputs(config.out, meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.list_tasks:
+        print("\n".join(TASKS))
+        return 0
+    if args.report_only:
+        meta_path = args.report_only / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        summary = write_outputs(args.report_only, meta)
+    else:
+        try:
+            config = config_from_args(args)
+        except ValueError as exc:
+            build_parser().error(str(exc))
+        summary = run(config, progress=not args.no_progress, argv=argv)
+    print(report.markdown(summary))
+    return 0

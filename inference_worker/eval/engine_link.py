@@ -1,0 +1,72 @@
+"""The only module that touches the generation engine, RetroInfer config and store SDK.
+
+Imports are lazy so that the task generators, scoring and reporting work (and are
+tested) without the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from inference_worker.eval.config import parse_store
+from inference_worker.eval.prompt import Sample
+
+
+def load_engine(model_path: str | None, device: str | None) -> Any:
+    from inference_worker.engine import GenerationEngine
+
+    return GenerationEngine.load(model_path=model_path, device=device)
+
+
+def make_request(sample: Sample, request_id: str, max_new_tokens: int) -> Any:
+    from inference_worker.engine import GenerationRequest
+
+    return GenerationRequest(
+        id=request_id,
+        prompt=list(sample.token_ids),
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+    )
+
+
+def default_retro_config() -> Any:
+    from inference_worker.retroinfer import RetroInferConfig
+
+    return RetroInferConfig()
+
+
+def default_retrieval_budget() -> float:
+    return float(default_retro_config().retrieval_budget)
+
+
+def retro_config(budget: float | None) -> Any:
+    """RetroInfer's default config, with `retrieval_budget` replaced when given."""
+    config = default_retro_config()
+    if budget is None:
+        return config
+    return dataclasses.replace(config, retrieval_budget=budget)
+
+
+def open_store(address: str | None) -> Any:
+    """A store client for HOST:PORT, or None to let the engine use its in-process store."""
+    if address is None:
+        return None
+    from client import KVStoreClient
+
+    host, port = parse_store(address)
+    return KVStoreClient(f"{host}:{port}", namespace="eval")
+
+
+def device_name(engine: Any) -> str:
+    """A readable name of the device the engine runs on."""
+    device = str(getattr(engine, "device", "unknown"))
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    if device.startswith("cpu"):
+        import os
+
+        return f"cpu ({os.cpu_count()} cores)"
+    return device

@@ -1,0 +1,142 @@
+"""Writes the summary as JSON and as a markdown report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _pct(budget: float) -> str:
+    return f"{100 * budget:g}%"
+
+
+def _fmt(entry: dict[str, Any] | None, signed: bool = False) -> str:
+    if entry is None:
+        return "-"
+    return f"{entry['score']:+.1f}" if signed else f"{entry['score']:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _sweep_keys(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (c["key"], _pct(c["budget"]))
+        for c in summary["configs"]
+        if c["attention"] != "full" and not c["default"]
+    ]
+
+
+def _summary_rows(summary: dict[str, Any]) -> list[list[str]]:
+    res, full = summary["results"], summary["full"]
+    rows = []
+    for c in summary["configs"]:
+        overall = res[c["key"]]["overall"]
+        name = (
+            "full attention"
+            if c["attention"] == "full"
+            else ("RetroInfer (default)" if c["default"] else "RetroInfer")
+        )
+        budget = "-" if c["attention"] == "full" else _pct(c["budget"])
+        vs = (
+            ""
+            if c["key"] == full or full is None
+            else (f"{overall['score'] - res[full]['overall']['score']:+.1f}")
+        )
+        rows.append([name, budget, str(overall["n"]), _fmt(overall), vs])
+    return rows
+
+
+def _get(res: dict[str, Any], key: str | None, group: str, name: str) -> dict[str, Any] | None:
+    return res[key][group].get(name) if key else None
+
+
+def _grouped_rows(summary: dict[str, Any], group: str, names: list[str]) -> list[list[str]]:
+    res, full, default = summary["results"], summary["full"], summary["default"]
+    rows = []
+    for name in names:
+        n = (_get(res, full, group, name) or _get(res, default, group, name) or {"n": 0})["n"]
+        row = [
+            name,
+            str(n),
+            _fmt(_get(res, full, group, name)),
+            _fmt(_get(res, default, group, name)),
+        ]
+        row.append(_fmt(summary["gap"].get(group, {}).get(name), signed=True))
+        row += [_fmt(_get(res, key, group, name)) for key, _ in _sweep_keys(summary)]
+        rows.append(row)
+    return rows
+
+
+def _cell_rows(summary: dict[str, Any]) -> list[list[str]]:
+    res, full, default = summary["results"], summary["full"], summary["default"]
+    rows = []
+    for task in summary["tasks"]:
+        for length in map(str, summary["lengths"]):
+            a = res[full]["cells"].get(task, {}).get(length) if full else None
+            b = res[default]["cells"].get(task, {}).get(length) if default else None
+            gap = summary["gap"].get("cells", {}).get(task, {}).get(length)
+            n = (a or b or {"n": 0})["n"]
+            rows.append([task, length, str(n), _fmt(a), _fmt(b), _fmt(gap, signed=True)])
+    return rows
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The report: summary, by task, by length, by task and length."""
+    meta = summary["meta"]
+    default_cfg = next((c for c in summary["configs"] if c["default"]), None)
+    default_budget = _pct(default_cfg["budget"]) if default_cfg else "-"
+    sweep_cols = [f"RetroInfer {label}" for _, label in _sweep_keys(summary)]
+    head = ["full", f"RetroInfer ({default_budget})", "gap", *sweep_cols]
+    lines = [
+        "# Accuracy: RetroInfer vs full attention",
+        "",
+        f"- model: {meta.get('model', '-')}; device: {meta.get('device', '-')}",
+        f"- tasks: {len(summary['tasks'])}; lengths: {', '.join(map(str, summary['lengths']))}; "
+        f"samples: {summary['samples']} prompts x {len(summary['configs'])} configurations; "
+        f"seed {meta.get('seed', '-')}",
+        f"- dropped (unfinished) samples: {summary['dropped_incomplete_samples']}; "
+        f"wall time: {meta.get('elapsed_s', '-')} s",
+        "- scores 0-100: RULER string match, partial credit for multi-answer tasks; "
+        "averages are macro averages over tasks; gap = RetroInfer (default) minus full",
+        "",
+        "## Summary",
+        "",
+        *_table(
+            ["configuration", "retrieval budget", "samples", "score", "vs full"],
+            _summary_rows(summary),
+        ),
+        "",
+        "## By task (mean over lengths)",
+        "",
+        *_table(["task", "n", *head], _grouped_rows(summary, "by_task", summary["tasks"])),
+        "",
+        "## By context length (mean over tasks)",
+        "",
+        *_table(
+            ["length", "n", *head],
+            _grouped_rows(summary, "by_length", [str(n) for n in summary["lengths"]]),
+        ),
+        "",
+        "## By task and length",
+        "",
+        *_table(
+            ["task", "length", "n", "full", f"RetroInfer ({default_budget})", "gap"],
+            _cell_rows(summary),
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(summary: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Writes `summary.json` and `report.md` under `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / "summary.json", out / "report.md"
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    md_path.write_text(markdown(summary))
+    return json_path, md_path
