@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FAISS_EXTRA ?= cpu
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
-.PHONY: install proto proto-check lint typecheck test demo bench-store clean
+.PHONY: install proto proto-check lint typecheck test demo bench-store eval clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,9 @@ demo: install
 
 bench-store: install
 	$(PY) -m kvstore_server.benchmarks.store
+
+eval: install
+	$(PY) -m inference_worker.eval $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
