@@ -56,6 +56,7 @@ class RetroInferLayer:
         self.buffer: WaveBuffer | None = None
         self.steady: SteadyZone | None = None
         self.next_position = 0  # position of the first not-yet-clustered recent token
+        self.record_selection = False  # put the chosen clusters into StepStats.selection
 
     @property
     def rows(self) -> int:
@@ -157,6 +158,10 @@ class RetroInferLayer:
                 "retrieved_tokens": torch.where(ret_valid, ret_sizes, 0).sum(),
             },
         )
+        if self.record_selection:
+            shape = (self.batch, self.kv_heads, -1)
+            stats.selection = {"retrieved": torch.where(ret_valid, ret, -1).view(shape),
+                               "estimated": top.view(shape), "estimated_mask": est_keep.view(shape)}
         return merge(o_x, lse_x, o_e, lse_e), stats
 
     def _exact(self, qg: torch.Tensor, miss_k: torch.Tensor, miss_v: torch.Tensor,
