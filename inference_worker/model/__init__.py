@@ -1,0 +1,36 @@
+"""Our own Llama-family model with a pluggable attention backend (see docs/model.md)."""
+
+from inference_worker.model.attention import AttentionBackend, AttentionMetadata
+from inference_worker.model.config import ModelConfig, RopeScaling
+from inference_worker.model.full_attention import FullAttentionBackend
+from inference_worker.model.greedy import greedy_generate, prefill_chunked
+from inference_worker.model.llama import CausalLM
+from inference_worker.model.loading import (
+    LoadedModel,
+    build_model,
+    default_device,
+    default_dtype,
+    default_model_path,
+    load_config,
+    load_model,
+)
+from inference_worker.model.tokenizer import Tokenizer
+
+__all__ = [
+    "AttentionBackend",
+    "AttentionMetadata",
+    "CausalLM",
+    "FullAttentionBackend",
+    "LoadedModel",
+    "ModelConfig",
+    "RopeScaling",
+    "Tokenizer",
+    "build_model",
+    "default_device",
+    "default_dtype",
+    "default_model_path",
+    "greedy_generate",
+    "load_config",
+    "load_model",
+    "prefill_chunked",
+]

@@ -1,0 +1,83 @@
+"""Helpers for the model tests: tiny random HF models saved as safetensors folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+from inference_worker.model import (
+    AttentionMetadata,
+    CausalLM,
+    FullAttentionBackend,
+    build_model,
+    load_config,
+)
+from inference_worker.model.safetensors_loader import load_safetensors_state_dict
+
+TINY = {
+    "vocab_size": 97,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+CONFIG_CLASSES = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+
+
+def tiny_hf_model(family: str, seed: int = 0, **overrides: Any) -> Any:
+    """A random fp32 HF model of `family`; every parameter (biases, norms) is randomised."""
+    kwargs = {**TINY, **overrides}
+    config = CONFIG_CLASSES[family](**kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+            else:
+                param.normal_(0.0, 0.08)
+    return model
+
+
+def save_tiny(model: Any, folder: Path, max_shard_size: str | None = None) -> Path:
+    """save_pretrained as safetensors (sharded with an index when max_shard_size is set)."""
+    if max_shard_size is None:
+        model.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+    return folder
+
+
+def load_ours(folder: Path) -> CausalLM:
+    """Our model from a safetensors folder, fp32 on CPU (no tokenizer needed)."""
+    config = load_config(folder)
+    return build_model(
+        config, load_safetensors_state_dict(folder, torch.float32), torch.device("cpu")
+    )
+
+
+def prefill_logits(model: CausalLM, ids: list[int], max_seq_len: int = 256) -> torch.Tensor:
+    """Logits [T, V] of one sequence in one prefill call on a fresh cache."""
+    backend = FullAttentionBackend.for_model(model.config, 1, max_seq_len)
+    meta = AttentionMetadata.prefill([0], [len(ids)])
+    with torch.inference_mode():
+        return model(torch.tensor([ids]), meta, backend)[0]
+
+
+def hf_logits(model: Any, ids: list[int]) -> torch.Tensor:
+    """Transformers' logits [T, V] for one sequence (no padding)."""
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0].float()
