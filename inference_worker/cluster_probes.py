@@ -1,0 +1,101 @@
+"""Readiness probes for the local cluster: store ready file and health, Ray dashboard and nodes.
+
+Waits are bounded by a deadline and paced by waiting on the started processes themselves, so a
+component that dies during start-up fails the wait at once instead of at the deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+POLL_S = 0.2  # pace of readiness checks (the wait is on the process, so exits end it early)
+HTTP_TIMEOUT_S = 3.0
+
+
+class ClusterDown(RuntimeError):
+    """A cluster component did not start, died, or is not recorded."""
+
+
+def wait_for(
+    ready: Callable[[], bool],
+    processes: Sequence[subprocess.Popen[bytes]],
+    timeout_s: float,
+    what: str,
+) -> None:
+    """Return once `ready()` is true; raise if a process exits or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for proc in processes:
+            if proc.poll() is not None:
+                raise ClusterDown(
+                    f"waiting for {what}: {proc.args!r} exited with {proc.returncode}"
+                )
+        if _safe(ready):
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ClusterDown(f"{what} not ready within {timeout_s:.0f}s")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            processes[0].wait(timeout=min(POLL_S, left))
+
+
+def _safe(ready: Callable[[], bool]) -> bool:
+    try:
+        return ready()
+    except (OSError, ValueError):  # refused connection, HTTP error, half-written JSON
+        return False
+
+
+def read_port(ready_file: Path) -> int:
+    """The port in the store's ready file: a JSON number or an object with a "port" field."""
+    payload: Any = json.loads(ready_file.read_text())
+    port = payload["port"] if isinstance(payload, dict) else payload
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"ready file {ready_file} holds no valid port: {payload!r}")
+    return port
+
+
+def wait_store_port(ready_file: Path, store: subprocess.Popen[bytes], timeout_s: float) -> int:
+    wait_for(
+        lambda: read_port(ready_file) > 0, [store], timeout_s, f"store ready file {ready_file}"
+    )
+    return read_port(ready_file)
+
+
+def store_healthy(address: str, timeout_s: float) -> bool:
+    """Ask the store's grpc.health.v1 service through `python -m kvstore_server.healthcheck`."""
+    argv = [sys.executable, "-m", "kvstore_server.healthcheck", "--address", address]
+    argv += ["--timeout", str(timeout_s)]
+    result = subprocess.run(argv, capture_output=True, timeout=timeout_s + 30, check=False)
+    return result.returncode == 0
+
+
+def _get(url: str, token: str | None) -> bytes:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        return bytes(response.read())
+
+
+def ray_head_ready(dashboard_url: str, token: str) -> bool:
+    """GCS reachable through the dashboard and the job server answering an authorized call."""
+    if _get(f"{dashboard_url}/api/gcs_healthz", None).strip() != b"success":
+        return False
+    jobs = json.loads(_get(f"{dashboard_url}/api/jobs/", token))
+    return isinstance(jobs, list)
+
+
+def alive_ray_nodes(dashboard_url: str, token: str) -> int:
+    """Number of Ray nodes whose raylet is ALIVE, from the dashboard's node summary."""
+    body = json.loads(_get(f"{dashboard_url}/nodes?view=summary", token))
+    summary = body.get("data", {}).get("summary", [])
+    return sum(1 for node in summary if node.get("raylet", {}).get("state") == "ALIVE")
