@@ -1,0 +1,23 @@
+"""Generation engine: model + attention backend (full or RetroInfer) + store link."""
+
+from inference_worker.engine.engine import EngineConfig, GenerationEngine
+from inference_worker.engine.store_link import (
+    GrpcStoreLink,
+    InProcessStoreLink,
+    StoreLink,
+    StoreRestartedError,
+    connect_store,
+)
+from inference_worker.engine.types import GenerationRequest, GenerationResult
+
+__all__ = [
+    "EngineConfig",
+    "GenerationEngine",
+    "GenerationRequest",
+    "GenerationResult",
+    "GrpcStoreLink",
+    "InProcessStoreLink",
+    "StoreLink",
+    "StoreRestartedError",
+    "connect_store",
+]

@@ -1,0 +1,299 @@
+"""The engine's link to the KV store: upload index segments, fetch missed clusters, release.
+
+Two implementations of one interface (architecture.md, "Boundaries"):
+- `InProcessStoreLink`: segments stay in this process (tests, single-process runs);
+- `GrpcStoreLink`: the real kvstore_server through the client SDK, one FetchClusters RPC per
+  layer per decode step for all (sequence, kv_head) rows of the batch.
+Both are `ClusterSource`s, so a RetroInferLayer reads its misses from either.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from client import (
+    ClusterSegment,
+    FetchRequest,
+    KVStoreClient,
+    NotFoundError,
+    SequenceGeometry,
+)
+from inference_worker.retroinfer import FetchedBatch, IndexSegment, InProcessClusterSource
+
+log = logging.getLogger(__name__)
+
+TORCH_TO_STORE_DTYPE = {
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+}
+
+
+class StoreRestartedError(RuntimeError):
+    """The store lost this request's state (its incarnation id changed): not retryable."""
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    """Traffic through a link, summed over its lifetime (the engine takes differences)."""
+
+    fetch_rpcs: int = 0
+    fetched_bytes: int = 0
+    put_rpcs: int = 0
+    uploaded_bytes: int = 0
+
+    def snapshot(self) -> LinkCounters:
+        return LinkCounters(self.fetch_rpcs, self.fetched_bytes, self.put_rpcs, self.uploaded_bytes)
+
+    def since(self, before: LinkCounters) -> dict[str, int]:
+        return {
+            "store_fetch_rpcs": self.fetch_rpcs - before.fetch_rpcs,
+            "store_fetched_bytes": self.fetched_bytes - before.fetched_bytes,
+            "store_put_rpcs": self.put_rpcs - before.put_rpcs,
+            "store_uploaded_bytes": self.uploaded_bytes - before.uploaded_bytes,
+        }
+
+
+class StoreLink(Protocol):
+    """What the engine needs from a store. Sequence ids are the store's ids (strings)."""
+
+    counters: LinkCounters
+
+    def open(self, sequence_ids: Sequence[str], geometry: SequenceGeometry) -> None: ...
+
+    def upload(self, sequence_ids: Sequence[str], segment: IndexSegment) -> None:
+        """Queue a segment of B sequences (row b belongs to sequence_ids[b])."""
+        ...
+
+    def flush(self) -> None:
+        """Wait until every queued upload is stored; raise the first upload error."""
+        ...
+
+    def fetch(
+        self,
+        layer: int,
+        sequence_ids: Sequence[Hashable],
+        cluster_ids: torch.Tensor,
+        max_tokens: int,
+    ) -> FetchedBatch: ...
+
+    def release(self, sequence_ids: Sequence[str]) -> None:
+        """Delete the sequences; never raises (it runs on failure paths)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _segment_bytes(segment: IndexSegment) -> int:
+    return sum(
+        t.numel() * t.element_size()
+        for t in (
+            segment.centroids,
+            segment.sizes,
+            segment.value_sums,
+            segment.keys,
+            segment.values,
+            segment.offsets,
+        )
+    )
+
+
+class InProcessStoreLink:
+    """Keeps segments in this process (on the model's device) via InProcessClusterSource."""
+
+    def __init__(self) -> None:
+        self.source = InProcessClusterSource()
+        self.counters = LinkCounters()
+
+    def open(self, sequence_ids: Sequence[str], geometry: SequenceGeometry) -> None:
+        del sequence_ids, geometry  # nothing to allocate
+
+    def upload(self, sequence_ids: Sequence[str], segment: IndexSegment) -> None:
+        self.source.put(sequence_ids, segment)
+        self.counters.put_rpcs += 1
+        self.counters.uploaded_bytes += _segment_bytes(segment)
+
+    def flush(self) -> None:
+        return None
+
+    def fetch(
+        self,
+        layer: int,
+        sequence_ids: Sequence[Hashable],
+        cluster_ids: torch.Tensor,
+        max_tokens: int,
+    ) -> FetchedBatch:
+        batch = self.source.fetch(layer, sequence_ids, cluster_ids, max_tokens)
+        self.counters.fetch_rpcs += 1
+        self.counters.fetched_bytes += (
+            int(batch.offsets[..., -1].sum())
+            * 2
+            * (batch.keys.shape[-1] * batch.keys.element_size())
+        )
+        return batch
+
+    def release(self, sequence_ids: Sequence[str]) -> None:
+        self.source.drop(sequence_ids)
+
+    def close(self) -> None:
+        return None
+
+
+class GrpcStoreLink:
+    """The real store through the SDK. Uploads run on a background thread (overlapping the
+    next layer's prefill compute); fetches are one streaming RPC per call."""
+
+    def __init__(self, client: KVStoreClient) -> None:
+        self.client = client
+        self.counters = LinkCounters()
+        self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavekv-upload")
+        self._pending: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._incarnation: str | None = None
+
+    def open(self, sequence_ids: Sequence[str], geometry: SequenceGeometry) -> None:
+        for sid in sequence_ids:
+            info = self.client.create_sequence(sid, geometry)
+            self._incarnation = info.incarnation_id
+
+    def upload(self, sequence_ids: Sequence[str], segment: IndexSegment) -> None:
+        cpu = {
+            name: getattr(segment, name).detach().to("cpu")
+            for name in ("centroids", "sizes", "value_sums", "keys", "values", "offsets")
+        }
+        per_seq = [
+            [
+                ClusterSegment(
+                    layer=segment.layer,
+                    kv_head=h,
+                    centroids=cpu["centroids"][b, h],
+                    sizes=cpu["sizes"][b, h],
+                    value_sums=cpu["value_sums"][b, h],
+                    keys=cpu["keys"][b, h],
+                    values=cpu["values"][b, h],
+                    offsets=cpu["offsets"][b, h],
+                )
+                for h in range(segment.sizes.shape[1])
+            ]
+            for b in range(len(sequence_ids))
+        ]
+        nbytes = _segment_bytes(segment)
+        with self._lock:
+            for sid, segments in zip(sequence_ids, per_seq, strict=True):
+                self._pending.append(self._uploads.submit(self._put, sid, segments))
+            self.counters.uploaded_bytes += nbytes
+
+    def _put(self, sequence_id: str, segments: list[ClusterSegment]) -> None:
+        first_ids = self.client.put_segments(sequence_id, segments)
+        self.counters.put_rpcs += 1
+        log.debug(
+            "stored %d segments of %s, first cluster ids %s",
+            len(segments),
+            sequence_id,
+            first_ids[:3],
+        )
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fut in pending:
+            fut.result()
+
+    def fetch(
+        self,
+        layer: int,
+        sequence_ids: Sequence[Hashable],
+        cluster_ids: torch.Tensor,
+        max_tokens: int,
+    ) -> FetchedBatch:
+        ids = cluster_ids.to("cpu")  # [B, Hkv, n] int64, -1 = padding (one device sync)
+        b, h, _ = ids.shape
+        valid = ids >= 0  # [B, Hkv, n]
+        rows = [(i, j) for i in range(b) for j in range(h) if bool(valid[i, j].any())]
+        requests = [
+            FetchRequest(str(sequence_ids[i]), layer, j, ids[i, j][valid[i, j]]) for i, j in rows
+        ]
+        fetched = self._fetch(requests) if requests else []
+        return self._pack(ids, valid, rows, fetched, max_tokens)
+
+    def _fetch(self, requests: list[FetchRequest]) -> list:
+        try:
+            result = self.client.fetch_clusters(requests)
+        except NotFoundError as exc:
+            self._raise_if_restarted(exc)
+            raise
+        self.counters.fetch_rpcs += 1
+        return result
+
+    def _raise_if_restarted(self, cause: Exception) -> None:
+        try:
+            now = self.client.get_stats().incarnation_id
+        except Exception:  # the original error is the one to report
+            return
+        if self._incarnation is not None and now != self._incarnation:
+            raise StoreRestartedError(
+                f"KV store restarted (incarnation {self._incarnation} -> {now}): this request's "
+                f"clustered KV is gone"
+            ) from cause
+
+    def _pack(
+        self,
+        ids: torch.Tensor,
+        valid: torch.Tensor,
+        rows: list[tuple[int, int]],
+        fetched: list,
+        max_tokens: int,
+    ) -> FetchedBatch:
+        b, h, n = ids.shape
+        d = fetched[0].keys.shape[-1] if fetched else 1
+        dtype = fetched[0].keys.dtype if fetched else torch.float32
+        keys = torch.zeros(b, h, max_tokens, d, dtype=dtype)  # [B, Hkv, M, D]
+        values = torch.zeros_like(keys)
+        sizes = torch.zeros(b, h, n, dtype=torch.int64)  # [B, Hkv, n]
+        for (i, j), got in zip(rows, fetched, strict=True):
+            m = got.keys.shape[0]
+            if m > max_tokens:
+                raise ValueError(f"fetched {m} tokens for row ({i}, {j}), max_tokens={max_tokens}")
+            keys[i, j, :m] = got.keys
+            values[i, j, :m] = got.values
+            sizes[i, j][valid[i, j]] = got.offsets[1:] - got.offsets[:-1]
+            self.counters.fetched_bytes += 2 * got.keys.numel() * got.keys.element_size()
+        offsets = torch.zeros(b, h, n + 1, dtype=torch.int64)
+        offsets[..., 1:] = sizes.cumsum(-1)
+        return FetchedBatch(keys=keys, values=values, offsets=offsets)
+
+    def release(self, sequence_ids: Sequence[str]) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # uploads failed; still try to delete what landed
+            log.warning("pending uploads failed before release: %s", exc)
+        for sid in sequence_ids:
+            try:
+                self.client.delete_sequence(sid)
+            except NotFoundError:
+                pass
+            except Exception as exc:
+                log.warning("could not release sequence %s in the store: %s", sid, exc)
+
+    def close(self) -> None:
+        self._uploads.shutdown(wait=True)
+        self.client.close()
+
+
+def connect_store(
+    address: str | Sequence[str],
+    namespace: str = "wavekv",
+    token: str | None = None,
+    timeout_s: float = 10.0,
+) -> GrpcStoreLink:
+    """A GrpcStoreLink to one store (HOST:PORT) or a sharded set of stores."""
+    return GrpcStoreLink(
+        KVStoreClient(address, namespace=namespace, token=token, timeout_s=timeout_s)
+    )
