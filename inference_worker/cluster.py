@@ -44,6 +44,7 @@ STATE_FILE = "cluster.json"
 LOOPBACK = "127.0.0.1"
 # Extra nodes start through Ray's CLI wrapped to stay on loopback (see that module).
 RAY_NODE_LAUNCHER = [sys.executable, "-m", "inference_worker.cluster_ray_node"]
+ENV_COMMAND = "python -m inference_worker.cluster env"
 
 
 @dataclass(slots=True)
@@ -253,7 +254,7 @@ def status(state: ClusterState) -> dict[str, object]:
     report["store_serving"] = bool(state.store_address) and store_healthy(state.store_address, 3.0)
     try:
         report["ray_nodes_alive"] = alive_ray_nodes(state.dashboard_url, state.token())
-    except OSError:
+    except (OSError, ValueError):  # dashboard gone, token file gone, garbled reply
         report["ray_nodes_alive"] = 0
     return report
 
@@ -269,7 +270,7 @@ def _print_summary(state: ClusterState) -> None:
     print(f"ray gcs:    {state.gcs_address}")
     print(f"dashboard:  {state.dashboard_url}  (job server)")
     print(f"state dir:  {state.state_dir}")
-    print('client environment (eval "$(python -m inference_worker.cluster env)"):')
+    print(f'client environment (eval "$({ENV_COMMAND} --state-dir {state.state_dir})"):')
     for key, value in state.client_env().items():
         print(f"  export {key}={value}")
 
