@@ -12,8 +12,16 @@ import grpc
 from client import wire
 from client.retry import RetryPolicy, call_with_retry
 from client.sharding import HashRing
-from client.types import (ClusterSegment, FetchedClusters, FetchRequest, SearchQuery, SearchResult,
-                          SequenceGeometry, SequenceInfo, StoreStats)
+from client.types import (
+    ClusterSegment,
+    FetchedClusters,
+    FetchRequest,
+    SearchQuery,
+    SearchResult,
+    SequenceGeometry,
+    SequenceInfo,
+    StoreStats,
+)
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 from wavekv_proto.wavekv.v1 import kvstore_pb2_grpc as pb_grpc
 
@@ -25,8 +33,14 @@ PUT_CHUNK_BYTES = 1 << 20
 class _Shard:
     """One store target: channel, stub, call metadata."""
 
-    def __init__(self, target: str, token: str | None, root_cert: bytes | None, tls: bool,
-                 server_name: str | None) -> None:
+    def __init__(
+        self,
+        target: str,
+        token: str | None,
+        root_cert: bytes | None,
+        tls: bool,
+        server_name: str | None,
+    ) -> None:
         self.target = target
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -40,6 +54,12 @@ class _Shard:
         else:
             self.channel = grpc.aio.insecure_channel(target, options=options)
         self.stub = pb_grpc.KVStoreStub(self.channel)
+        # FetchClusters with raw responses: client.wire.FetchAssembler parses chunks in place
+        self.fetch_raw = self.channel.unary_stream(
+            "/wavekv.v1.KVStore/FetchClusters",
+            request_serializer=pb.FetchClustersRequest.SerializeToString,
+            response_deserializer=None,
+        )
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
 
 
@@ -88,27 +108,41 @@ class AsyncKVStoreClient:
     def _shard(self, sequence_id: str) -> _Shard:
         return self._shards[self._ring.shard_of(sequence_id)]
 
-    async def _call(self, shard: _Shard, fn: Callable[[float], Awaitable[T]], idempotent: bool,
-                    timeout_s: float | None) -> T:
+    async def _call(
+        self,
+        shard: _Shard,
+        fn: Callable[[float], Awaitable[T]],
+        idempotent: bool,
+        timeout_s: float | None,
+    ) -> T:
         timeout = timeout_s or self.timeout_s
         return await call_with_retry(lambda: fn(timeout), self.retry, idempotent, shard.target)
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
         """Wait until every target's channel is connected (no sleeping)."""
-        await asyncio.wait_for(asyncio.gather(*(s.channel.channel_ready() for s in self._shards)), timeout_s)
+        await asyncio.wait_for(
+            asyncio.gather(*(s.channel.channel_ready() for s in self._shards)), timeout_s
+        )
 
-    async def create_sequence(self, sequence_id: str, geometry: SequenceGeometry,
-                              timeout_s: float | None = None) -> SequenceInfo:
+    async def create_sequence(
+        self, sequence_id: str, geometry: SequenceGeometry, timeout_s: float | None = None
+    ) -> SequenceInfo:
         """Create (or confirm, if it exists with the same geometry) a sequence."""
         shard = self._shard(sequence_id)
-        req = pb.CreateSequenceRequest(namespace=self.namespace, sequence_id=sequence_id,
-                                       geometry=wire.geometry_msg(geometry))
-        resp = await self._call(shard, lambda t: shard.stub.CreateSequence(req, timeout=t, metadata=shard.metadata),
-                                True, timeout_s)
+        req = pb.CreateSequenceRequest(
+            namespace=self.namespace, sequence_id=sequence_id, geometry=wire.geometry_msg(geometry)
+        )
+        resp = await self._call(
+            shard,
+            lambda t: shard.stub.CreateSequence(req, timeout=t, metadata=shard.metadata),
+            True,
+            timeout_s,
+        )
         return wire.sequence_info(resp.info)
 
-    async def put_segments(self, sequence_id: str, segments: list[ClusterSegment],
-                           timeout_s: float | None = None) -> list[int]:
+    async def put_segments(
+        self, sequence_id: str, segments: list[ClusterSegment], timeout_s: float | None = None
+    ) -> list[int]:
         """Append segments atomically; return the first global cluster id of each segment."""
         shard = self._shard(sequence_id)
 
@@ -119,20 +153,30 @@ class AsyncKVStoreClient:
         resp = await self._call(shard, run, False, timeout_s)
         return [int(a.first_cluster_id) for a in resp.acks]
 
-    async def search_clusters(self, queries: list[SearchQuery], k: int, scoring: str = "gqa_softmax",
-                              timeout_s: float | None = None) -> list[SearchResult]:
+    async def search_clusters(
+        self,
+        queries: list[SearchQuery],
+        k: int,
+        scoring: str = "gqa_softmax",
+        timeout_s: float | None = None,
+    ) -> list[SearchResult]:
         """Top-k clusters per query group, in request order (one RPC per shard)."""
 
         async def one(shard: _Shard, part: list[SearchQuery]) -> list[SearchResult]:
             req = wire.search_request(self.namespace, part, k, scoring)
-            resp = await self._call(shard, lambda t: shard.stub.SearchClusters(req, timeout=t, metadata=shard.metadata),
-                                    True, timeout_s)
+            resp = await self._call(
+                shard,
+                lambda t: shard.stub.SearchClusters(req, timeout=t, metadata=shard.metadata),
+                True,
+                timeout_s,
+            )
             return wire.search_results(resp)
 
         return await self._fan_out([q.sequence_id for q in queries], queries, one)
 
-    async def fetch_clusters(self, requests: list[FetchRequest], timeout_s: float | None = None
-                             ) -> list[FetchedClusters]:
+    async def fetch_clusters(
+        self, requests: list[FetchRequest], timeout_s: float | None = None
+    ) -> list[FetchedClusters]:
         """K/V of the requested clusters, in request order: ONE streaming RPC per shard."""
 
         async def one(shard: _Shard, part: list[FetchRequest]) -> list[FetchedClusters]:
@@ -140,7 +184,7 @@ class AsyncKVStoreClient:
 
             async def run(t: float) -> list[FetchedClusters]:
                 assembler = wire.FetchAssembler()
-                async for msg in shard.stub.FetchClusters(req, timeout=t, metadata=shard.metadata):
+                async for msg in shard.fetch_raw(req, timeout=t, metadata=shard.metadata):
                     assembler.feed(msg)
                 return assembler.results()
 
@@ -148,8 +192,12 @@ class AsyncKVStoreClient:
 
         return await self._fan_out([r.sequence_id for r in requests], requests, one)
 
-    async def _fan_out(self, keys: list[str], items: list[Any], one: Callable[[_Shard, list[Any]], Awaitable[list[T]]]
-                       ) -> list[T]:
+    async def _fan_out(
+        self,
+        keys: list[str],
+        items: list[Any],
+        one: Callable[[_Shard, list[Any]], Awaitable[list[T]]],
+    ) -> list[T]:
         if not items:
             raise ValueError("requests is empty")
         if len(self._shards) == 1:
@@ -157,7 +205,9 @@ class AsyncKVStoreClient:
         groups: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
             groups.setdefault(self._ring.shard_of(key), []).append(i)
-        parts = await asyncio.gather(*(one(self._shards[s], [items[i] for i in idx]) for s, idx in groups.items()))
+        parts = await asyncio.gather(
+            *(one(self._shards[s], [items[i] for i in idx]) for s, idx in groups.items())
+        )
         out: list[Any] = [None] * len(items)
         for idx, part in zip(groups.values(), parts, strict=True):
             for i, result in zip(idx, part, strict=True):
@@ -168,23 +218,35 @@ class AsyncKVStoreClient:
         """Delete a sequence; return the bytes freed. NotFoundError if it does not exist."""
         shard = self._shard(sequence_id)
         req = pb.DeleteSequenceRequest(namespace=self.namespace, sequence_id=sequence_id)
-        resp = await self._call(shard, lambda t: shard.stub.DeleteSequence(req, timeout=t, metadata=shard.metadata),
-                                True, timeout_s)
+        resp = await self._call(
+            shard,
+            lambda t: shard.stub.DeleteSequence(req, timeout=t, metadata=shard.metadata),
+            True,
+            timeout_s,
+        )
         return int(resp.bytes_freed)
 
     async def get_sequence(self, sequence_id: str, timeout_s: float | None = None) -> SequenceInfo:
         shard = self._shard(sequence_id)
         req = pb.GetSequenceRequest(namespace=self.namespace, sequence_id=sequence_id)
-        resp = await self._call(shard, lambda t: shard.stub.GetSequence(req, timeout=t, metadata=shard.metadata),
-                                True, timeout_s)
+        resp = await self._call(
+            shard,
+            lambda t: shard.stub.GetSequence(req, timeout=t, metadata=shard.metadata),
+            True,
+            timeout_s,
+        )
         return wire.sequence_info(resp)
 
     async def list_sequences(self, timeout_s: float | None = None) -> list[SequenceInfo]:
         req = pb.ListSequencesRequest(namespace=self.namespace)
 
         async def one(shard: _Shard) -> list[SequenceInfo]:
-            resp = await self._call(shard, lambda t: shard.stub.ListSequences(req, timeout=t, metadata=shard.metadata),
-                                    True, timeout_s)
+            resp = await self._call(
+                shard,
+                lambda t: shard.stub.ListSequences(req, timeout=t, metadata=shard.metadata),
+                True,
+                timeout_s,
+            )
             return [wire.sequence_info(s) for s in resp.sequences]
 
         parts = await asyncio.gather(*(one(s) for s in self._shards))
@@ -194,15 +256,21 @@ class AsyncKVStoreClient:
         """Store statistics; in sharded mode totals over shards plus `per_target`."""
 
         async def one(shard: _Shard) -> StoreStats:
-            resp = await self._call(shard, lambda t: shard.stub.GetStats(pb.GetStatsRequest(), timeout=t,
-                                                                         metadata=shard.metadata), True, timeout_s)
+            resp = await self._call(
+                shard,
+                lambda t: shard.stub.GetStats(
+                    pb.GetStatsRequest(), timeout=t, metadata=shard.metadata
+                ),
+                True,
+                timeout_s,
+            )
             return wire.stats(resp)
 
         parts = await asyncio.gather(*(one(s) for s in self._shards))
         return wire.merge_stats(dict(zip(self.targets, parts, strict=True)))
 
     async def close(self) -> None:
-        await asyncio.gather(*(s.channel.close() for s in self._shards))
+        await asyncio.gather(*(s.channel.close(None) for s in self._shards))
 
     async def __aenter__(self) -> AsyncKVStoreClient:
         return self

@@ -1,8 +1,8 @@
 """SDK exceptions: a small hierarchy mapped from gRPC status codes.
 
 KVStoreError
-  RetryableError      UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED (only UNAVAILABLE is retried automatically,
-                      and only for idempotent calls)
+  RetryableError      UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED (only UNAVAILABLE is retried
+                      automatically, and only for idempotent calls)
   FatalError          everything else: fix the request, the credentials or the capacity
     InvalidArgumentError, NotFoundError, AlreadyExistsError, CapacityError, UnauthenticatedError,
     PermissionDeniedError, FailedPreconditionError

@@ -28,10 +28,13 @@ class RetryPolicy:
             raise ValueError(f"max_attempts={self.max_attempts} must be >= 1")
         if not 0 < self.initial_backoff_s <= self.max_backoff_s:
             raise ValueError(
-                f"need 0 < initial_backoff_s={self.initial_backoff_s} <= max_backoff_s={self.max_backoff_s}"
+                f"need 0 < initial_backoff_s={self.initial_backoff_s} <= "
+                f"max_backoff_s={self.max_backoff_s}"
             )
         if self.multiplier < 1 or not 0 <= self.jitter < 1:
-            raise ValueError(f"multiplier={self.multiplier} must be >= 1 and jitter={self.jitter} in [0, 1)")
+            raise ValueError(
+                f"multiplier={self.multiplier} must be >= 1 and jitter={self.jitter} in [0, 1)"
+            )
 
     def backoff_s(self, attempt: int) -> float:
         base = min(self.initial_backoff_s * self.multiplier**attempt, self.max_backoff_s)

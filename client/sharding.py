@@ -18,7 +18,9 @@ class HashRing:
             raise ValueError("targets is empty")
         if len(set(targets)) != len(targets):
             raise ValueError(f"targets={targets} has duplicates")
-        points = sorted((_hash(f"{t}#{v}"), i) for i, t in enumerate(targets) for v in range(virtual_nodes))
+        points = sorted(
+            (_hash(f"{t}#{v}"), i) for i, t in enumerate(targets) for v in range(virtual_nodes)
+        )
         self._keys = [p for p, _ in points]
         self._owners = [i for _, i in points]
         self.targets = list(targets)

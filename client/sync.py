@@ -11,8 +11,16 @@ from typing import Any, TypeVar
 
 from client.aio import AsyncKVStoreClient
 from client.retry import RetryPolicy
-from client.types import (ClusterSegment, FetchedClusters, FetchRequest, SearchQuery, SearchResult,
-                          SequenceGeometry, SequenceInfo, StoreStats)
+from client.types import (
+    ClusterSegment,
+    FetchedClusters,
+    FetchRequest,
+    SearchQuery,
+    SearchResult,
+    SequenceGeometry,
+    SequenceInfo,
+    StoreStats,
+)
 
 T = TypeVar("T")
 
@@ -34,13 +42,23 @@ class KVStoreClient:
         put_chunk_bytes: int = 1 << 20,
     ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="wavekv-client", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="wavekv-client", daemon=True
+        )
         self._thread.start()
 
         async def make() -> AsyncKVStoreClient:
-            return AsyncKVStoreClient(target, namespace, token, tls_root_cert, tls=tls,
-                                      tls_server_name=tls_server_name, timeout_s=timeout_s, retry=retry,
-                                      put_chunk_bytes=put_chunk_bytes)
+            return AsyncKVStoreClient(
+                target,
+                namespace,
+                token,
+                tls_root_cert,
+                tls=tls,
+                tls_server_name=tls_server_name,
+                timeout_s=timeout_s,
+                retry=retry,
+                put_chunk_bytes=put_chunk_bytes,
+            )
 
         try:
             self._aio = self._run(make())
@@ -62,19 +80,28 @@ class KVStoreClient:
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         self._run(self._aio.wait_ready(timeout_s))
 
-    def create_sequence(self, sequence_id: str, geometry: SequenceGeometry,
-                        timeout_s: float | None = None) -> SequenceInfo:
+    def create_sequence(
+        self, sequence_id: str, geometry: SequenceGeometry, timeout_s: float | None = None
+    ) -> SequenceInfo:
         return self._run(self._aio.create_sequence(sequence_id, geometry, timeout_s))
 
-    def put_segments(self, sequence_id: str, segments: list[ClusterSegment],
-                     timeout_s: float | None = None) -> list[int]:
+    def put_segments(
+        self, sequence_id: str, segments: list[ClusterSegment], timeout_s: float | None = None
+    ) -> list[int]:
         return self._run(self._aio.put_segments(sequence_id, segments, timeout_s))
 
-    def search_clusters(self, queries: list[SearchQuery], k: int, scoring: str = "gqa_softmax",
-                        timeout_s: float | None = None) -> list[SearchResult]:
+    def search_clusters(
+        self,
+        queries: list[SearchQuery],
+        k: int,
+        scoring: str = "gqa_softmax",
+        timeout_s: float | None = None,
+    ) -> list[SearchResult]:
         return self._run(self._aio.search_clusters(queries, k, scoring, timeout_s))
 
-    def fetch_clusters(self, requests: list[FetchRequest], timeout_s: float | None = None) -> list[FetchedClusters]:
+    def fetch_clusters(
+        self, requests: list[FetchRequest], timeout_s: float | None = None
+    ) -> list[FetchedClusters]:
         return self._run(self._aio.fetch_clusters(requests, timeout_s))
 
     def delete_sequence(self, sequence_id: str, timeout_s: float | None = None) -> int:

@@ -9,25 +9,58 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.types import (ClusterSegment, FetchedClusters, FetchRequest, RpcStat, SearchQuery,
-                          SearchResult, SequenceGeometry, SequenceInfo, StoreStats)
-from wavekv_proto.codec import (decode_torch, dtype_name, encode, encode_numpy, numpy_dtype,
-                                numpy_to_torch, to_numpy, wire_dtype)
+from client.types import (
+    ClusterSegment,
+    FetchedClusters,
+    FetchRequest,
+    RpcStat,
+    SearchQuery,
+    SearchResult,
+    SequenceGeometry,
+    SequenceInfo,
+    StoreStats,
+)
+from wavekv_proto.codec import (
+    decode_torch,
+    dtype_name,
+    encode,
+    encode_numpy,
+    numpy_dtype,
+    to_numpy,
+    torch_dtype,
+    wire_dtype,
+)
+from wavekv_proto.framing import decode_response
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 
 SCORING = {"gqa_softmax": pb.SCORING_GQA_SOFTMAX, "inner_product": pb.SCORING_INNER_PRODUCT}
 
 
 def geometry_msg(g: SequenceGeometry) -> pb.Geometry:
-    return pb.Geometry(num_layers=g.num_layers, num_kv_heads=g.num_kv_heads, head_dim=g.head_dim,
-                       dtype=wire_dtype(g.dtype))
+    return pb.Geometry(
+        num_layers=g.num_layers,
+        num_kv_heads=g.num_kv_heads,
+        head_dim=g.head_dim,
+        dtype=wire_dtype(g.dtype),
+    )
 
 
 def sequence_info(msg: pb.SequenceInfo) -> SequenceInfo:
     g = msg.geometry
-    geometry = SequenceGeometry(g.num_layers, g.num_kv_heads, g.head_dim, dtype_name(g.dtype) or "float32")
-    return SequenceInfo(msg.namespace, msg.sequence_id, geometry, msg.incarnation_id, msg.bytes_used,
-                        msg.num_tokens, msg.num_clusters, msg.num_segments, msg.created_unix_s)
+    geometry = SequenceGeometry(
+        g.num_layers, g.num_kv_heads, g.head_dim, dtype_name(g.dtype) or "float32"
+    )
+    return SequenceInfo(
+        msg.namespace,
+        msg.sequence_id,
+        geometry,
+        msg.incarnation_id,
+        msg.bytes_used,
+        msg.num_tokens,
+        msg.num_clusters,
+        msg.num_segments,
+        msg.created_unix_s,
+    )
 
 
 def put_messages(
@@ -38,16 +71,24 @@ def put_messages(
         keys, _ = to_numpy(seg.keys)  # [N, D]
         values, _ = to_numpy(seg.values)  # [N, D]
         header = pb.SegmentHeader(
-            namespace=namespace, sequence_id=sequence_id, layer=seg.layer, kv_head=seg.kv_head,
-            centroids=encode(_as(seg.centroids, np.float32)), sizes=encode(_as(seg.sizes, np.int64)),
-            value_sums=encode(_as(seg.value_sums, np.float32)), offsets=encode(_as(seg.offsets, np.int64)),
-            keys=encode(keys, with_data=False), values=encode(values, with_data=False),
+            namespace=namespace,
+            sequence_id=sequence_id,
+            layer=seg.layer,
+            kv_head=seg.kv_head,
+            centroids=encode(_as(seg.centroids, np.float32)),
+            sizes=encode(_as(seg.sizes, np.int64)),
+            value_sums=encode(_as(seg.value_sums, np.float32)),
+            offsets=encode(_as(seg.offsets, np.int64)),
+            keys=encode(keys, with_data=False),
+            values=encode(values, with_data=False),
         )
         yield pb.PutSegmentsRequest(header=header)
         for arr in (keys, values):
-            raw = memoryview(arr).cast("B") if arr.size else memoryview(b"")
+            raw = arr.data.cast("B") if arr.size else memoryview(b"")
             for off in range(0, len(raw), chunk_bytes):
-                yield pb.PutSegmentsRequest(data=pb.SegmentData(data=raw[off : off + chunk_bytes].tobytes()))
+                yield pb.PutSegmentsRequest(
+                    data=pb.SegmentData(data=raw[off : off + chunk_bytes].tobytes())
+                )
 
 
 def _as(x: Any, dtype: type) -> np.ndarray:
@@ -60,15 +101,23 @@ def _as(x: Any, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x), dtype=dtype)
 
 
-def search_request(namespace: str, queries: list[SearchQuery], k: int, scoring: str) -> pb.SearchClustersRequest:
+def search_request(
+    namespace: str, queries: list[SearchQuery], k: int, scoring: str
+) -> pb.SearchClustersRequest:
     if scoring not in SCORING:
         raise ValueError(f"scoring={scoring!r} is not one of {tuple(SCORING)}")
     entries = [
-        pb.SearchEntry(sequence_id=q.sequence_id, layer=q.layer, kv_head=q.kv_head,
-                       queries=encode_numpy(_as(q.queries, np.float32), "float32"))
+        pb.SearchEntry(
+            sequence_id=q.sequence_id,
+            layer=q.layer,
+            kv_head=q.kv_head,
+            queries=encode_numpy(_as(q.queries, np.float32), "float32"),
+        )
         for q in queries
     ]
-    return pb.SearchClustersRequest(namespace=namespace, entries=entries, k=k, scoring=SCORING[scoring])
+    return pb.SearchClustersRequest(
+        namespace=namespace, entries=entries, k=k, scoring=SCORING[scoring]
+    )
 
 
 def search_results(msg: pb.SearchClustersResponse) -> list[SearchResult]:
@@ -77,8 +126,12 @@ def search_results(msg: pb.SearchClustersResponse) -> list[SearchResult]:
 
 def fetch_request(namespace: str, requests: list[FetchRequest]) -> pb.FetchClustersRequest:
     entries = [
-        pb.FetchEntry(sequence_id=r.sequence_id, layer=r.layer, kv_head=r.kv_head,
-                      cluster_ids=encode_numpy(_as(r.cluster_ids, np.int64).reshape(-1), "int64"))
+        pb.FetchEntry(
+            sequence_id=r.sequence_id,
+            layer=r.layer,
+            kv_head=r.kv_head,
+            cluster_ids=encode_numpy(_as(r.cluster_ids, np.int64).reshape(-1), "int64"),
+        )
         for r in requests
     ]
     return pb.FetchClustersRequest(namespace=namespace, entries=entries)
@@ -90,42 +143,69 @@ class FetchAssembler:
     def __init__(self) -> None:
         self.header: pb.FetchHeader | None = None
         self.buffer = np.empty(0, np.uint8)
-        self._view = memoryview(self.buffer)
+        self._view = self.buffer.data
         self._received = 0
 
-    def feed(self, msg: pb.FetchClustersResponse) -> None:
-        if msg.WhichOneof("kind") == "header":
-            self.header = msg.header
-            self.buffer = np.empty(msg.header.total_bytes, np.uint8)  # [total_bytes]
-            self._view = memoryview(self.buffer)
-            return
-        chunk = msg.chunk
-        if self.header is None or chunk.offset != self._received:
-            raise ValueError(f"FetchClusters chunk at offset {chunk.offset}, expected {self._received}")
-        end = chunk.offset + len(chunk.data)
-        self._view[chunk.offset : end] = chunk.data
+    def feed(self, raw: bytes) -> None:
+        """One serialized FetchClustersResponse (the stub hands over raw bytes)."""
+        msg = decode_response(raw)
+        if isinstance(msg, pb.FetchClustersResponse):
+            if msg.WhichOneof("kind") == "header":
+                self._start(msg.header)
+                return
+            offset, data = msg.chunk.offset, memoryview(msg.chunk.data)
+        else:
+            offset, data = msg
+        if self.header is None or offset != self._received:
+            raise ValueError(f"FetchClusters chunk at offset {offset}, expected {self._received}")
+        end = offset + len(data)
+        if end > self.header.total_bytes:
+            raise ValueError(
+                f"FetchClusters chunk ends at {end} > total_bytes={self.header.total_bytes}"
+            )
+        self._view[offset:end] = data
         self._received = end
+
+    def _start(self, header: pb.FetchHeader) -> None:
+        self.header = header
+        self.buffer = np.empty(header.total_bytes, np.uint8)  # [total_bytes]
+        self._view = self.buffer.data
 
     def results(self) -> list[FetchedClusters]:
         if self.header is None or self._received != self.header.total_bytes:
             total = self.header.total_bytes if self.header else "?"
             raise ValueError(f"FetchClusters stream ended after {self._received} of {total} bytes")
-        return [self._entry(lay) for lay in self.header.layouts]
+        payload = torch.from_numpy(self.buffer)  # [total_bytes] uint8, shared by every result
+        return [self._entry(payload, lay) for lay in self.header.layouts]
 
-    def _entry(self, lay: pb.FetchLayout) -> FetchedClusters:
+    @staticmethod
+    def _entry(payload: torch.Tensor, lay: pb.FetchLayout) -> FetchedClusters:
         name = dtype_name(lay.dtype) or "float32"
+        dtype = torch_dtype(name)
         nbytes = lay.num_rows * lay.head_dim * numpy_dtype(name).itemsize
-        out = []
-        for off in (lay.keys_offset, lay.values_offset):
-            arr = self.buffer[off : off + nbytes].view(numpy_dtype(name)).reshape(lay.num_rows, lay.head_dim)
-            out.append(numpy_to_torch(arr, name))
-        return FetchedClusters(out[0], out[1], decode_torch(lay.cluster_offsets))
+        keys, values = (
+            payload[off : off + nbytes].view(dtype).view(lay.num_rows, lay.head_dim)
+            for off in (lay.keys_offset, lay.values_offset)
+        )
+        offsets = torch.frombuffer(bytearray(lay.cluster_offsets.data), dtype=torch.int64)
+        return FetchedClusters(keys, values, offsets)
 
 
 def stats(msg: pb.GetStatsResponse) -> StoreStats:
-    rpcs = {r.method: RpcStat(r.count, r.errors, r.mean_ms, r.p50_ms, r.p99_ms, r.max_ms) for r in msg.rpcs}
-    return StoreStats(msg.incarnation_id, msg.bytes_used, msg.capacity_bytes, msg.bytes_free,
-                      msg.num_sequences, msg.num_namespaces, msg.uptime_s, rpcs)
+    rpcs = {
+        r.method: RpcStat(r.count, r.errors, r.mean_ms, r.p50_ms, r.p99_ms, r.max_ms)
+        for r in msg.rpcs
+    }
+    return StoreStats(
+        msg.incarnation_id,
+        msg.bytes_used,
+        msg.capacity_bytes,
+        msg.bytes_free,
+        msg.num_sequences,
+        msg.num_namespaces,
+        msg.uptime_s,
+        rpcs,
+    )
 
 
 def merge_stats(per_target: dict[str, StoreStats]) -> StoreStats:
@@ -143,10 +223,19 @@ def merge_stats(per_target: dict[str, StoreStats]) -> StoreStats:
             total = m.count + r.count
             m.mean_ms = (m.mean_ms * m.count + r.mean_ms * r.count) / max(total, 1)
             m.count, m.errors = total, m.errors + r.errors
-            m.p50_ms, m.p99_ms, m.max_ms = max(m.p50_ms, r.p50_ms), max(m.p99_ms, r.p99_ms), max(m.max_ms, r.max_ms)
+            m.p50_ms, m.p99_ms, m.max_ms = (
+                max(m.p50_ms, r.p50_ms),
+                max(m.p99_ms, r.p99_ms),
+                max(m.max_ms, r.max_ms),
+            )
     return StoreStats(
-        ",".join(p.incarnation_id for p in parts), sum(p.bytes_used for p in parts),
-        sum(p.capacity_bytes for p in parts), sum(p.bytes_free for p in parts),
-        sum(p.num_sequences for p in parts), max(p.num_namespaces for p in parts),
-        min(p.uptime_s for p in parts), rpcs, dict(per_target),
+        ",".join(p.incarnation_id for p in parts),
+        sum(p.bytes_used for p in parts),
+        sum(p.capacity_bytes for p in parts),
+        sum(p.bytes_free for p in parts),
+        sum(p.num_sequences for p in parts),
+        max(p.num_namespaces for p in parts),
+        min(p.uptime_s for p in parts),
+        rpcs,
+        dict(per_target),
     )

@@ -1,20 +1,32 @@
-"""`python -m kvstore_server --host 127.0.0.1 --port 50051 [options]` (flags override WAVEKV_* env)."""
+"""`python -m kvstore_server --host 127.0.0.1 --port 50051 [options]`.
+
+Command-line flags override WAVEKV_* environment variables (kvstore_server.settings).
+"""
 
 from __future__ import annotations
 
-import argparse
-import logging
+import os
 
-from kvstore_server import logs
-from kvstore_server.embedded import new_event_loop
-from kvstore_server.server import StoreServer
-from kvstore_server.settings import ServerSettings
+# One BLAS/OpenMP thread: the event loop runs one search at a time, and spinning BLAS threads
+# fight gRPC's own threads for the cores (set the variables yourself to override).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+
+from kvstore_server import logs  # noqa: E402
+from kvstore_server.embedded import new_event_loop  # noqa: E402
+from kvstore_server.server import StoreServer  # noqa: E402
+from kvstore_server.settings import ServerSettings  # noqa: E402
 
 log = logging.getLogger("kvstore_server")
 
 
 def parse_args(argv: list[str] | None = None) -> ServerSettings:
-    p = argparse.ArgumentParser(prog="python -m kvstore_server", description="WaveKV KV store server")
+    p = argparse.ArgumentParser(
+        prog="python -m kvstore_server", description="WaveKV KV store server"
+    )
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port; 0 picks a free one (default 50051)")
     p.add_argument("--capacity-bytes", type=int, help="byte budget; 0 = unlimited")

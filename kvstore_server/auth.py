@@ -43,7 +43,10 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _deny(handler: grpc.RpcMethodHandler, detail: str) -> grpc.RpcMethodHandler:
-    async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
+        if handler.request_streaming:  # discard the stream first (see servicer.PutSegments)
+            async for _ in request:
+                pass
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, detail)
 
     kinds = {

@@ -19,13 +19,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class EmbeddedStore:
-    """`with EmbeddedStore() as store: KVStoreClient(store.target)`; binds 127.0.0.1:0 by default."""
+    """`with EmbeddedStore() as s: KVStoreClient(s.target)`; binds 127.0.0.1:0 by default."""
 
     def __init__(self, settings: ServerSettings | None = None) -> None:
         self.settings = settings or ServerSettings(port=0, log_format="text")
         self.server = StoreServer(self.settings)
         self._loop = new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="wavekv-store", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="wavekv-store", daemon=True
+        )
 
     @property
     def target(self) -> str:

@@ -7,6 +7,7 @@ starting on a 64-byte boundary (so the client can view it as a typed tensor in p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,9 +15,12 @@ import numpy as np
 from kvstore_server.errors import InvalidArgument
 from kvstore_server.segments import HeadStore
 from kvstore_server.store import Store
+from wavekv_proto.codec import itemsize
 
 ALIGN = 64
-FetchEntry = tuple[str, int, int, np.ndarray]  # (sequence_id, layer, kv_head, cluster_ids [n] int64)
+FetchEntry = tuple[
+    str, int, int, np.ndarray
+]  # (sequence_id, layer, kv_head, cluster_ids [n] int64)
 
 
 @dataclass(slots=True)
@@ -61,8 +65,16 @@ def plan_fetch(store: Store, namespace: str, entries: list[FetchEntry]) -> Fetch
         keys_offset, values_offset = cursor, _align(cursor + nbytes)
         cursor = _align(values_offset + nbytes)
         layouts.append(
-            EntryLayout(seq.geometry.dtype, seq.geometry.head_dim, int(rows.shape[0]), keys_offset,
-                        values_offset, cluster_offsets, rows, head)
+            EntryLayout(
+                seq.geometry.dtype,
+                seq.geometry.head_dim,
+                int(rows.shape[0]),
+                keys_offset,
+                values_offset,
+                cluster_offsets,
+                rows,
+                head,
+            )
         )
     return FetchPlan(layouts, cursor)
 
@@ -80,15 +92,48 @@ def _check_ids(i: int, ids: np.ndarray, num_clusters: int) -> None:
         )
 
 
+class BufferPool:
+    """Reuses payload buffers between FetchClusters calls (fresh pages cost a fault each)."""
+
+    def __init__(self, max_buffers: int = 4) -> None:
+        self.max_buffers = max_buffers
+        self._free: list[np.ndarray] = []
+
+    def take(self, nbytes: int) -> np.ndarray:  # [>= nbytes] uint8
+        for i, buf in enumerate(self._free):
+            if buf.shape[0] >= nbytes:
+                return self._free.pop(i)
+        return np.empty(nbytes, np.uint8)
+
+    def give(self, buf: np.ndarray) -> None:
+        if len(self._free) < self.max_buffers:
+            self._free.append(buf)
+        else:  # keep the largest buffers
+            smallest = min(range(len(self._free)), key=lambda i: self._free[i].shape[0])
+            if self._free[smallest].shape[0] < buf.shape[0]:
+                self._free[smallest] = buf
+
+
 def gather(plan: FetchPlan) -> np.ndarray:  # [total_bytes] uint8
     """Copy every entry's key and value rows into one new payload buffer."""
     out = np.empty(plan.total_bytes, np.uint8)
-    for lay in plan.layouts:
-        if lay.head is None or lay.num_rows == 0:
-            continue
-        row_bytes = lay.head.row_bytes
-        nbytes = lay.num_rows * row_bytes
-        for src, off in ((lay.head.keys, lay.keys_offset), (lay.head.values, lay.values_offset)):
-            dst = out[off : off + nbytes].reshape(lay.num_rows, row_bytes)
-            np.take(src, lay.rows, axis=0, out=dst, mode="clip")
+    for _ in gather_progressively(plan, out):
+        pass
     return out
+
+
+def gather_progressively(plan: FetchPlan, out: np.ndarray) -> Iterator[int]:
+    """Gather entry by entry into out [total_bytes] uint8, yielding how many leading bytes are
+    final after each entry (so the caller can stream them while the rest is gathered)."""
+    for lay in plan.layouts:
+        if lay.head is not None and lay.num_rows:
+            row_bytes = lay.head.row_bytes
+            nbytes = lay.num_rows * row_bytes
+            for src, off in (
+                (lay.head.keys, lay.keys_offset),
+                (lay.head.values, lay.values_offset),
+            ):
+                dst = out[off : off + nbytes].reshape(lay.num_rows, row_bytes)
+                np.take(src, lay.rows, axis=0, out=dst, mode="clip")
+        yield lay.values_offset + lay.num_rows * lay.head_dim * itemsize(lay.dtype)
+    yield plan.total_bytes

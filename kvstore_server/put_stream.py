@@ -74,7 +74,9 @@ class SegmentAssembler:
         check_metadata(where, centroids, sizes, value_sums, offsets, g.head_dim, num_rows)
         payload_bytes = 2 * num_rows * g.row_bytes
         meta_bytes = centroids.nbytes + sizes.nbytes + value_sums.nbytes + offsets.nbytes
-        self._store.check_capacity(self._pending_bytes + meta_bytes + payload_bytes, f"PutSegments {where}")
+        self._store.check_capacity(
+            self._pending_bytes + meta_bytes + payload_bytes, f"PutSegments {where}"
+        )
         payload = np.empty(payload_bytes, np.uint8)
         kv = payload.reshape(2, num_rows, g.row_bytes)
         seg = Segment(h.layer, h.kv_head, centroids, sizes, value_sums, offsets, kv[0], kv[1])
@@ -101,7 +103,8 @@ class SegmentAssembler:
         if cur.received != cur.payload.shape[0]:
             seg = cur.segment
             raise InvalidArgument(
-                f"segments[{len(self.segments)}] (layer={seg.layer} kv_head={seg.kv_head}) truncated: "
+                f"segments[{len(self.segments)}] (layer={seg.layer} kv_head={seg.kv_head}) "
+                f"truncated: "
                 f"received {cur.received} of {cur.payload.shape[0]} keys+values bytes"
             )
         self.segments.append(cur.segment)
@@ -123,12 +126,18 @@ def _kv_rows(where: str, h: pb.SegmentHeader, head_dim: int, dtype: str) -> int:
     for name, t in (("keys", h.keys), ("values", h.values)):
         dt = dtype_name(t.dtype)
         if dt != dtype:
-            raise InvalidArgument(f"{where}: {name}.dtype={dt} does not match geometry.dtype={dtype}")
+            raise InvalidArgument(
+                f"{where}: {name}.dtype={dt} does not match geometry.dtype={dtype}"
+            )
         if len(t.shape) != 2 or t.shape[1] != head_dim or t.shape[0] < 0:
             raise InvalidArgument(f"{where}: {name} shape={list(t.shape)}, want [N, {head_dim}]")
         if t.data:
-            raise InvalidArgument(f"{where}: {name}.data must be empty in a header (send SegmentData)")
+            raise InvalidArgument(
+                f"{where}: {name}.data must be empty in a header (send SegmentData)"
+            )
         shapes.append(tuple(t.shape))
     if shapes[0] != shapes[1]:
-        raise InvalidArgument(f"{where}: values shape={list(shapes[1])} != keys shape={list(shapes[0])}")
+        raise InvalidArgument(
+            f"{where}: values shape={list(shapes[1])} != keys shape={list(shapes[0])}"
+        )
     return int(shapes[0][0])

@@ -38,7 +38,7 @@ def gqa_softmax_scores(
     sizes: np.ndarray,  # [C] int64
     queries: np.ndarray,  # [G, D] float32
 ) -> np.ndarray:  # [C] float32
-    logits = queries @ centroids.T  # [G, C]
+    logits = np.ascontiguousarray((centroids @ queries.T).T)  # [G, C]; row-wise ops are fast
     logits *= np.float32(1.0 / math.sqrt(centroids.shape[1]))
     empty = sizes == 0
     if empty.any():

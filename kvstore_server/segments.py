@@ -54,7 +54,9 @@ def check_metadata(
 ) -> None:
     """Raise InvalidArgument naming the field when the cluster metadata is inconsistent."""
     if centroids.ndim != 2 or centroids.shape[1] != head_dim:
-        raise InvalidArgument(f"{where}: centroids shape={list(centroids.shape)}, want [C, {head_dim}]")
+        raise InvalidArgument(
+            f"{where}: centroids shape={list(centroids.shape)}, want [C, {head_dim}]"
+        )
     num_clusters = centroids.shape[0]
     if num_clusters == 0:
         raise InvalidArgument(f"{where}: centroids is empty (C=0)")
@@ -65,7 +67,9 @@ def check_metadata(
             f"{where}: value_sums shape={list(value_sums.shape)}, want {list(centroids.shape)}"
         )
     if offsets.shape != (num_clusters + 1,):
-        raise InvalidArgument(f"{where}: offsets shape={list(offsets.shape)}, want [{num_clusters + 1}]")
+        raise InvalidArgument(
+            f"{where}: offsets shape={list(offsets.shape)}, want [{num_clusters + 1}]"
+        )
     if num_rows == 0:
         raise InvalidArgument(f"{where}: keys is empty (N=0)")
     if offsets[0] != 0 or offsets[-1] != num_rows:
@@ -88,8 +92,19 @@ def check_metadata(
 class HeadStore:
     """Cluster-major K/V of one (layer, kv_head), appended segment by segment."""
 
-    __slots__ = ("_centroids", "_keys", "_offsets", "_sizes", "_value_sums", "_values", "head_dim",
-                 "num_clusters", "num_rows", "num_segments", "row_bytes")
+    __slots__ = (
+        "_centroids",
+        "_keys",
+        "_offsets",
+        "_sizes",
+        "_value_sums",
+        "_values",
+        "head_dim",
+        "num_clusters",
+        "num_rows",
+        "num_segments",
+        "row_bytes",
+    )
 
     def __init__(self, head_dim: int, row_bytes: int) -> None:
         self.head_dim = head_dim

@@ -14,11 +14,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvstore_server.auth import TokenAuthInterceptor, read_token
-from kvstore_server.servicer import KVStoreServicer
+from kvstore_server.servicer import KVStoreServicer, add_to_server
 from kvstore_server.settings import ServerSettings
 from kvstore_server.stats import PrometheusExporter, RpcStats
 from kvstore_server.store import Store
-from wavekv_proto.wavekv.v1 import kvstore_pb2, kvstore_pb2_grpc
+from wavekv_proto.wavekv.v1 import kvstore_pb2
 
 log = logging.getLogger("kvstore_server")
 SERVICE_NAME = kvstore_pb2.DESCRIPTOR.services_by_name["KVStore"].full_name
@@ -33,27 +33,36 @@ class StoreServer:
         self.metrics: PrometheusExporter | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
 
     async def start(self) -> int:
         s = self.settings
         if s.metrics_port is not None:
             self.metrics = PrometheusExporter(self.store, s.metrics_port, s.host)
         servicer = KVStoreServicer(self.store, RpcStats(self.metrics), s.fetch_chunk_bytes)
-        interceptors = [TokenAuthInterceptor(read_token(s.auth_token_file))] if s.auth_token_file else []
+        interceptors = (
+            [TokenAuthInterceptor(read_token(s.auth_token_file))] if s.auth_token_file else []
+        )
         options = [
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        kvstore_pb2_grpc.add_KVStoreServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME)
+        names = (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
         reflection.enable_server_reflection(names, server)
         address = f"{s.host}:{s.port}"
-        self.port = server.add_secure_port(address, _tls(s)) if s.tls_cert else server.add_insecure_port(address)
+        self.port = (
+            server.add_secure_port(address, _tls(s))
+            if s.tls_cert
+            else server.add_insecure_port(address)
+        )
         if self.port == 0:
             raise RuntimeError(f"could not bind {address}")
         await server.start()
@@ -62,16 +71,28 @@ class StoreServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.ready_file:
             self._write_ready(Path(s.ready_file))
-        log.info("serving", extra={"host": s.host, "port": self.port, "tls": bool(s.tls_cert),
-                                   "auth": bool(s.auth_token_file), "capacity_bytes": s.capacity_bytes,
-                                   "metrics_port": self.metrics.port if self.metrics else None,
-                                   "incarnation_id": self.store.incarnation_id})
+        log.info(
+            "serving",
+            extra={
+                "host": s.host,
+                "port": self.port,
+                "tls": bool(s.tls_cert),
+                "auth": bool(s.auth_token_file),
+                "capacity_bytes": s.capacity_bytes,
+                "metrics_port": self.metrics.port if self.metrics else None,
+                "incarnation_id": self.store.incarnation_id,
+            },
+        )
         return self.port
 
     def _write_ready(self, path: Path) -> None:
-        doc = {"host": self.settings.host, "port": self.port, "pid": os.getpid(),
-               "incarnation_id": self.store.incarnation_id,
-               "metrics_port": self.metrics.port if self.metrics else None}
+        doc = {
+            "host": self.settings.host,
+            "port": self.port,
+            "pid": os.getpid(),
+            "incarnation_id": self.store.incarnation_id,
+            "metrics_port": self.metrics.port if self.metrics else None,
+        }
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(doc))
         tmp.replace(path)
@@ -101,4 +122,6 @@ class StoreServer:
 
 def _tls(s: ServerSettings) -> grpc.ServerCredentials:
     assert s.tls_cert is not None and s.tls_key is not None
-    return grpc.ssl_server_credentials([(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())])
+    return grpc.ssl_server_credentials(
+        [(Path(s.tls_key).read_bytes(), Path(s.tls_cert).read_bytes())]
+    )

@@ -11,11 +11,12 @@ import grpc
 import numpy as np
 
 from kvstore_server.errors import InvalidArgument, StoreError
-from kvstore_server.fetch import FetchPlan, gather, plan_fetch
+from kvstore_server.fetch import BufferPool, FetchPlan, gather_progressively, plan_fetch
 from kvstore_server.put_stream import SegmentAssembler
 from kvstore_server.stats import RpcStats
 from kvstore_server.store import Geometry, Sequence, Store
 from wavekv_proto.codec import decode_numpy, dtype_name, encode_numpy, wire_dtype
+from wavekv_proto.framing import encode_chunk
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 from wavekv_proto.wavekv.v1 import kvstore_pb2_grpc as pb_grpc
 
@@ -29,9 +30,15 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         self.store = store
         self.stats = stats
         self.chunk_bytes = chunk_bytes
+        self._buffers = BufferPool()
 
-    async def _unary(self, method: str, context: grpc.aio.ServicerContext, fn: Callable[[], T],
-                     record_ok: bool = True) -> T:
+    async def _unary(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        fn: Callable[[], T],
+        record_ok: bool = True,
+    ) -> T:
         t0, code = time.perf_counter(), "OK"
         try:
             return fn()
@@ -52,7 +59,9 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
 
         return await self._unary("CreateSequence", context, run)
 
-    async def PutSegments(self, request_iterator: AsyncIterator[Any], context: Any) -> pb.PutSegmentsResponse:
+    async def PutSegments(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> pb.PutSegmentsResponse:
         t0, code = time.perf_counter(), "OK"
         assembler = SegmentAssembler(self.store)
         try:
@@ -62,13 +71,22 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             firsts = self.store.commit(assembler.namespace, assembler.sequence_id, segments)
             seq = self.store.get(assembler.namespace, assembler.sequence_id)
             acks = [
-                pb.SegmentAck(layer=s.layer, kv_head=s.kv_head, first_cluster_id=f, num_clusters=s.num_clusters)
+                pb.SegmentAck(
+                    layer=s.layer,
+                    kv_head=s.kv_head,
+                    first_cluster_id=f,
+                    num_clusters=s.num_clusters,
+                )
                 for s, f in zip(segments, firsts, strict=True)
             ]
             return pb.PutSegmentsResponse(acks=acks, info=self._info(seq))
         except StoreError as exc:
             code = exc.code
             log.info("rejected", extra={"rpc": "PutSegments", "code": code, "detail": str(exc)})
+            # Discard the rest of the stream before answering: aborting while the client is
+            # still writing lets grpc.aio clients report INTERNAL instead of this status.
+            async for _ in request_iterator:
+                pass
             await context.abort(grpc.StatusCode[code], str(exc))
             raise AssertionError("unreachable") from exc
         except BaseException:
@@ -83,44 +101,65 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             if scoring is None:
                 raise InvalidArgument(f"scoring={request.scoring} is not a known wavekv.v1.Scoring")
             entries = [
-                (e.sequence_id, e.layer, e.kv_head, _array(f"entries[{i}].queries", e.queries, "float32"))
+                (
+                    e.sequence_id,
+                    e.layer,
+                    e.kv_head,
+                    _array(f"entries[{i}].queries", e.queries, "float32"),
+                )
                 for i, e in enumerate(request.entries)
             ]
             results = self.store.search(request.namespace, entries, int(request.k), scoring)
             return pb.SearchClustersResponse(
                 results=[
-                    pb.SearchResult(cluster_ids=encode_numpy(ids, "int64"), scores=encode_numpy(s, "float32"))
+                    pb.SearchResult(
+                        cluster_ids=encode_numpy(ids, "int64"), scores=encode_numpy(s, "float32")
+                    )
                     for ids, s in results
                 ]
             )
 
         return await self._unary("SearchClusters", context, run)
 
-    async def FetchClusters(self, request: Any, context: Any) -> AsyncIterator[pb.FetchClustersResponse]:
-        def run() -> tuple[FetchPlan, np.ndarray]:
+    async def FetchClusters(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[pb.FetchClustersResponse | bytes]:
+        def run() -> FetchPlan:
             entries = [
-                (e.sequence_id, e.layer, e.kv_head, _array(f"entries[{i}].cluster_ids", e.cluster_ids, "int64"))
+                (
+                    e.sequence_id,
+                    e.layer,
+                    e.kv_head,
+                    _array(f"entries[{i}].cluster_ids", e.cluster_ids, "int64"),
+                )
                 for i, e in enumerate(request.entries)
             ]
-            plan = plan_fetch(self.store, request.namespace, entries)
-            return plan, gather(plan)
+            return plan_fetch(self.store, request.namespace, entries)
 
         t0, code = time.perf_counter(), "CANCELLED"
-        plan, payload = await self._unary("FetchClusters", context, run, record_ok=False)
+        plan = await self._unary("FetchClusters", context, run, record_ok=False)
         try:
             yield pb.FetchClustersResponse(header=_fetch_header(plan))
-            view = memoryview(payload)
-            step = self.chunk_bytes
-            for off in range(0, plan.total_bytes, step):
-                chunk = pb.FetchChunk(offset=off, data=view[off : off + step].tobytes())
-                yield pb.FetchClustersResponse(chunk=chunk)
+            pooled = self._buffers.take(plan.total_bytes)
+            payload = pooled[: plan.total_bytes]  # [total_bytes] uint8
+            view, step, sent = payload.data, self.chunk_bytes, 0
+            for ready in gather_progressively(plan, payload):  # stream while gathering the rest
+                while sent < plan.total_bytes and (
+                    ready - sent >= step or ready == plan.total_bytes
+                ):
+                    yield encode_chunk(sent, view[sent : sent + step])  # copies out (add_to_server)
+                    sent += min(step, plan.total_bytes - sent)
+            del view, payload
+            self._buffers.give(pooled)
             code = "OK"
         finally:
             self.stats.record("FetchClusters", time.perf_counter() - t0, code)
 
     async def DeleteSequence(self, request: Any, context: Any) -> pb.DeleteSequenceResponse:
         def run() -> pb.DeleteSequenceResponse:
-            return pb.DeleteSequenceResponse(bytes_freed=self.store.delete(request.namespace, request.sequence_id))
+            return pb.DeleteSequenceResponse(
+                bytes_freed=self.store.delete(request.namespace, request.sequence_id)
+            )
 
         return await self._unary("DeleteSequence", context, run)
 
@@ -132,18 +171,28 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
 
     async def ListSequences(self, request: Any, context: Any) -> pb.ListSequencesResponse:
         def run() -> pb.ListSequencesResponse:
-            return pb.ListSequencesResponse(sequences=[self._info(s) for s in self.store.list(request.namespace)])
+            return pb.ListSequencesResponse(
+                sequences=[self._info(s) for s in self.store.list_sequences(request.namespace)]
+            )
 
         return await self._unary("ListSequences", context, run)
 
     async def GetStats(self, request: Any, context: Any) -> pb.GetStatsResponse:
         def run() -> pb.GetStatsResponse:
             s = self.store
-            rpcs = [pb.RpcStats(method=name, **m.summary()) for name, m in sorted(self.stats.methods.items())]
+            rpcs = [
+                pb.RpcStats(method=name, **m.summary())
+                for name, m in sorted(self.stats.methods.items())
+            ]
             return pb.GetStatsResponse(
-                incarnation_id=s.incarnation_id, bytes_used=s.bytes_used, capacity_bytes=s.capacity_bytes,
-                bytes_free=s.bytes_free, num_sequences=s.num_sequences, num_namespaces=s.num_namespaces,
-                uptime_s=time.time() - s.started_unix_s, rpcs=rpcs,
+                incarnation_id=s.incarnation_id,
+                bytes_used=s.bytes_used,
+                capacity_bytes=s.capacity_bytes,
+                bytes_free=s.bytes_free,
+                num_sequences=s.num_sequences,
+                num_namespaces=s.num_namespaces,
+                uptime_s=time.time() - s.started_unix_s,
+                rpcs=rpcs,
             )
 
         return await self._unary("GetStats", context, run)
@@ -152,13 +201,54 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         g = seq.geometry
         heads = seq.heads.values()
         return pb.SequenceInfo(
-            namespace=seq.namespace, sequence_id=seq.sequence_id,
-            geometry=pb.Geometry(num_layers=g.num_layers, num_kv_heads=g.num_kv_heads, head_dim=g.head_dim,
-                                 dtype=wire_dtype(g.dtype)),
-            incarnation_id=self.store.incarnation_id, bytes_used=seq.bytes_used,
-            num_tokens=sum(h.num_rows for h in heads), num_clusters=sum(h.num_clusters for h in heads),
-            num_segments=sum(h.num_segments for h in heads), created_unix_s=seq.created_unix_s,
+            namespace=seq.namespace,
+            sequence_id=seq.sequence_id,
+            geometry=pb.Geometry(
+                num_layers=g.num_layers,
+                num_kv_heads=g.num_kv_heads,
+                head_dim=g.head_dim,
+                dtype=wire_dtype(g.dtype),
+            ),
+            incarnation_id=self.store.incarnation_id,
+            bytes_used=seq.bytes_used,
+            num_tokens=sum(h.num_rows for h in heads),
+            num_clusters=sum(h.num_clusters for h in heads),
+            num_segments=sum(h.num_segments for h in heads),
+            created_unix_s=seq.created_unix_s,
         )
+
+
+def _serialize(msg: Any) -> bytes:
+    """FetchClusters chunks arrive pre-serialized (wavekv_proto.framing); headers are messages."""
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+def add_to_server(servicer: KVStoreServicer, server: grpc.aio.Server) -> None:
+    """Register every KVStore method (as the generated helper does) with a pass-through
+    serializer for FetchClusters so chunks skip protobuf."""
+    service = pb.DESCRIPTOR.services_by_name["KVStore"]
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+    }
+    handlers = {}
+    for method in service.methods:
+        response_cls = getattr(pb, method.output_type.name)
+        make = kinds[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            response_serializer=_serialize
+            if method.name == "FetchClusters"
+            else response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    register = getattr(server, "add_registered_method_handlers", None)  # grpcio >= 1.62
+    if register is not None:
+        register(service.full_name, handlers)
 
 
 def _geometry(msg: pb.Geometry) -> Geometry:
@@ -181,8 +271,11 @@ def _array(field: str, msg: pb.Tensor, dtype: str) -> np.ndarray:
 def _fetch_header(plan: FetchPlan) -> pb.FetchHeader:
     layouts = [
         pb.FetchLayout(
-            dtype=wire_dtype(lay.dtype), head_dim=lay.head_dim, num_rows=lay.num_rows,
-            keys_offset=lay.keys_offset, values_offset=lay.values_offset,
+            dtype=wire_dtype(lay.dtype),
+            head_dim=lay.head_dim,
+            num_rows=lay.num_rows,
+            keys_offset=lay.keys_offset,
+            values_offset=lay.values_offset,
             cluster_offsets=encode_numpy(lay.cluster_offsets, "int64"),
         )
         for lay in plan.layouts

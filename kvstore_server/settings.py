@@ -1,4 +1,4 @@
-"""Server settings: one dataclass, read from WAVEKV_* environment variables, overridden by CLI flags."""
+"""Server settings: one dataclass read from WAVEKV_* environment variables; CLI flags override."""
 
 from __future__ import annotations
 
@@ -35,12 +35,17 @@ class ServerSettings:
         if self.capacity_bytes < 0:
             raise ValueError(f"capacity_bytes={self.capacity_bytes} must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError(f"tls_cert={self.tls_cert!r} and tls_key={self.tls_key!r}: give both or neither")
+            raise ValueError(
+                f"tls_cert={self.tls_cert!r} and tls_key={self.tls_key!r}: give both or neither"
+            )
         if not 1 << 20 <= self.max_message_bytes <= 1 << 31:
-            raise ValueError(f"max_message_bytes={self.max_message_bytes} out of range [1 MiB, 2 GiB]")
+            raise ValueError(
+                f"max_message_bytes={self.max_message_bytes} out of range [1 MiB, 2 GiB]"
+            )
         if not 4096 <= self.fetch_chunk_bytes <= self.max_message_bytes // 2:
             raise ValueError(
-                f"fetch_chunk_bytes={self.fetch_chunk_bytes} out of range [4096, max_message_bytes/2="
+                f"fetch_chunk_bytes={self.fetch_chunk_bytes} out of range [4096, "
+                f"max_message_bytes/2="
                 f"{self.max_message_bytes // 2}]"
             )
         if self.shutdown_grace_s < 0:
@@ -68,4 +73,6 @@ def _parse(name: str, raw: str, default: Any) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        raise ValueError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}"
+        ) from None

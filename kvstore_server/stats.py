@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class MethodStats:
     max_s: float = 0.0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         lat = np.fromiter(self.recent, np.float64) * 1e3 if self.recent else np.zeros(1)
         return {
             "count": self.count,
@@ -54,12 +54,23 @@ class PrometheusExporter:
     """Serves wavekv_* metrics on its own port from a private registry."""
 
     def __init__(self, store: Store, port: int, host: str = "127.0.0.1") -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            start_http_server,
+        )
 
         self.registry = CollectorRegistry()
-        self._calls = Counter("wavekv_rpc", "RPCs handled", ["method", "code"], registry=self.registry)
+        self._calls = Counter(
+            "wavekv_rpc", "RPCs handled", ["method", "code"], registry=self.registry
+        )
         self._latency = Histogram(
-            "wavekv_rpc_latency_seconds", "RPC latency", ["method"], registry=self.registry,
+            "wavekv_rpc_latency_seconds",
+            "RPC latency",
+            ["method"],
+            registry=self.registry,
             buckets=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0),
         )
         gauges = {

@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvstore_server.errors import AlreadyExists, CapacityExceeded, FailedPrecondition, InvalidArgument
-from kvstore_server.errors import NotFound
+from kvstore_server.errors import (
+    AlreadyExists,
+    CapacityExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from kvstore_server.search import SCORINGS, rank_clusters
 from kvstore_server.segments import HeadStore, Segment
 from wavekv_proto.codec import KV_DTYPE_NAMES, itemsize
@@ -33,9 +38,11 @@ class Geometry:
     dtype: str  # "float16" | "bfloat16" | "float32"
 
     def __post_init__(self) -> None:
-        for name, value, hi in (("num_layers", self.num_layers, MAX_LAYERS),
-                                ("num_kv_heads", self.num_kv_heads, MAX_KV_HEADS),
-                                ("head_dim", self.head_dim, MAX_HEAD_DIM)):
+        for name, value, hi in (
+            ("num_layers", self.num_layers, MAX_LAYERS),
+            ("num_kv_heads", self.num_kv_heads, MAX_KV_HEADS),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+        ):
             if not 1 <= value <= hi:
                 raise InvalidArgument(f"geometry.{name}={value} out of range [1, {hi}]")
         if self.dtype not in KV_DTYPE_NAMES:
@@ -63,7 +70,9 @@ class Sequence:
         if not 0 <= layer < g.num_layers:
             raise InvalidArgument(f"{field_prefix}layer={layer} out of range [0, {g.num_layers})")
         if not 0 <= kv_head < g.num_kv_heads:
-            raise InvalidArgument(f"{field_prefix}kv_head={kv_head} out of range [0, {g.num_kv_heads})")
+            raise InvalidArgument(
+                f"{field_prefix}kv_head={kv_head} out of range [0, {g.num_kv_heads})"
+            )
 
     def head(self, layer: int, kv_head: int) -> HeadStore | None:
         return self.heads.get((layer, kv_head))
@@ -132,7 +141,7 @@ class Store:
         self.bytes_used -= seq.bytes_used
         return seq.bytes_used
 
-    def list(self, namespace: str) -> list[Sequence]:
+    def list_sequences(self, namespace: str) -> list[Sequence]:
         return [s for (ns, _), s in sorted(self._sequences.items()) if ns == namespace]
 
     def check_capacity(self, extra_bytes: int, what: str) -> None:
@@ -186,7 +195,9 @@ class Store:
         seq.check_head(f"entries[{i}].", layer, kv_head)
         d = seq.geometry.head_dim
         if queries.ndim != 2 or queries.shape[0] == 0 or queries.shape[1] != d:
-            raise InvalidArgument(f"entries[{i}].queries shape={list(queries.shape)}, want [G>=1, {d}]")
+            raise InvalidArgument(
+                f"entries[{i}].queries shape={list(queries.shape)}, want [G>=1, {d}]"
+            )
         head = seq.head(layer, kv_head)
         if head is None or head.num_clusters == 0:
             raise FailedPrecondition(f"entries[{i}]: {seq.where(layer, kv_head)} has no segments")

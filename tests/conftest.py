@@ -17,7 +17,9 @@ _namespaces = itertools.count()
 @pytest.fixture(scope="module")
 def store_server() -> Iterator[EmbeddedStore]:
     """A real gRPC store bound to 127.0.0.1 on a free port for the test module."""
-    server = EmbeddedStore(ServerSettings(host="127.0.0.1", port=0, log_format="text", log_level="WARNING"))
+    server = EmbeddedStore(
+        ServerSettings(host="127.0.0.1", port=0, log_format="text", log_level="WARNING")
+    )
     server.start()
     yield server
     server.stop()

@@ -11,8 +11,14 @@ TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32":
 
 
 def make_segment(
-    rng: np.random.Generator, layer: int, kv_head: int, num_clusters: int, head_dim: int, dtype: str,
-    max_size: int = 12, empty_every: int = 0,
+    rng: np.random.Generator,
+    layer: int,
+    kv_head: int,
+    num_clusters: int,
+    head_dim: int,
+    dtype: str,
+    max_size: int = 12,
+    empty_every: int = 0,
 ) -> ClusterSegment:
     """Random cluster-major segment; every `empty_every`-th cluster is empty when > 0."""
     sizes = rng.integers(1, max_size + 1, num_clusters)  # [C]
@@ -21,17 +27,27 @@ def make_segment(
     offsets = np.zeros(num_clusters + 1, np.int64)  # [C + 1]
     np.cumsum(sizes, out=offsets[1:])
     n = int(offsets[-1])
-    keys = torch.randn(n, head_dim, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30))))
-    values = torch.randn(n, head_dim, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30))))
+    keys = torch.randn(
+        n, head_dim, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+    )
+    values = torch.randn(
+        n, head_dim, generator=torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+    )
     return ClusterSegment(
-        layer=layer, kv_head=kv_head,
+        layer=layer,
+        kv_head=kv_head,
         centroids=rng.standard_normal((num_clusters, head_dim), dtype=np.float32),
-        sizes=sizes, value_sums=rng.standard_normal((num_clusters, head_dim), dtype=np.float32),
-        keys=keys.to(TORCH_DTYPES[dtype]), values=values.to(TORCH_DTYPES[dtype]), offsets=offsets,
+        sizes=sizes,
+        value_sums=rng.standard_normal((num_clusters, head_dim), dtype=np.float32),
+        keys=keys.to(TORCH_DTYPES[dtype]),
+        values=values.to(TORCH_DTYPES[dtype]),
+        offsets=offsets,
     )
 
 
-def reference_fetch(segments: list[ClusterSegment], cluster_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_fetch(
+    segments: list[ClusterSegment], cluster_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain per-cluster slicing over a (layer, kv_head)'s appended segments, in id order."""
     keys, values = [], []
     for cid in cluster_ids:
@@ -46,9 +62,13 @@ def reference_fetch(segments: list[ClusterSegment], cluster_ids: list[int]) -> t
     return torch.cat(keys), torch.cat(values)
 
 
-def reference_gqa_scores(centroids: np.ndarray, sizes: np.ndarray, queries: np.ndarray) -> np.ndarray:
+def reference_gqa_scores(
+    centroids: np.ndarray, sizes: np.ndarray, queries: np.ndarray
+) -> np.ndarray:
     """Brute force in float64: sum over query heads of softmax(q . c / sqrt(D)); empty -> -inf."""
-    logits = queries.astype(np.float64) @ centroids.astype(np.float64).T / np.sqrt(centroids.shape[1])
+    logits = (
+        queries.astype(np.float64) @ centroids.astype(np.float64).T / np.sqrt(centroids.shape[1])
+    )
     logits[:, sizes == 0] = -np.inf
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)

@@ -31,8 +31,21 @@ def _wait_for_log(proc: subprocess.Popen, msg: str) -> dict:
 
 def test_cli_ready_file_metrics_and_sigterm(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
-    cmd = [sys.executable, "-m", "kvstore_server", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-           "--ready-file", str(ready), "--shutdown-grace-s", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kvstore_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--ready-file",
+        str(ready),
+        "--shutdown-grace-s",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         serving = _wait_for_log(proc, "serving")
@@ -42,7 +55,11 @@ def test_cli_ready_file_metrics_and_sigterm(tmp_path: Path) -> None:
             client.wait_ready()
             info = client.create_sequence("s", SequenceGeometry(1, 1, 8, "float16"))
             assert info.incarnation_id == doc["incarnation_id"]
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{doc['metrics_port']}/metrics").read().decode()
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{doc['metrics_port']}/metrics")
+            .read()
+            .decode()
+        )
         assert 'wavekv_rpc_total{code="OK",method="CreateSequence"} 1.0' in metrics
         proc.send_signal(signal.SIGTERM)
         _wait_for_log(proc, "stopped")
@@ -54,8 +71,12 @@ def test_cli_ready_file_metrics_and_sigterm(tmp_path: Path) -> None:
 
 
 def test_generated_protocol_code_is_fresh() -> None:
-    result = subprocess.run([sys.executable, "scripts/gen_proto.py", "--check"], cwd=ROOT, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, "scripts/gen_proto.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -28,13 +28,19 @@ def _worker(target: str, namespace: str, worker: int) -> int:
             first = client.put_segments(name, [seg])[0]
             assert first == 24 * len(segs.get((layer, head), []))
             segs.setdefault((layer, head), []).append(seg)
-            requests = [FetchRequest(name, la, h, rng.choice(24 * len(s), 10, replace=False))
-                        for (la, h), s in segs.items()]
+            requests = [
+                FetchRequest(name, la, h, rng.choice(24 * len(s), 10, replace=False))
+                for (la, h), s in segs.items()
+            ]
             for req, got in zip(requests, client.fetch_clusters(requests), strict=True):
-                want_k, want_v = reference_fetch(segs[(req.layer, req.kv_head)], list(req.cluster_ids))
+                want_k, want_v = reference_fetch(
+                    segs[(req.layer, req.kv_head)], list(req.cluster_ids)
+                )
                 assert torch.equal(got.keys, want_k) and torch.equal(got.values, want_v)
                 checks += 1
-            res = client.search_clusters([SearchQuery(name, layer, head, rng.standard_normal((4, DIM)))], k=5)
+            res = client.search_clusters(
+                [SearchQuery(name, layer, head, rng.standard_normal((4, DIM)))], k=5
+            )
             assert res[0].cluster_ids.shape == (5,)
         assert client.get_sequence(name).num_segments == 6
         return checks

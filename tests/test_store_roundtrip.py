@@ -22,8 +22,10 @@ def test_round_trip_is_bit_exact(store_client: KVStoreClient, dtype: str, as_num
     if as_numpy and dtype != "bfloat16":
         seg.keys, seg.values = seg.keys.numpy(), seg.values.numpy()
     elif as_numpy:  # numpy carries bf16 as its uint16 bit pattern
-        seg.keys, seg.values = seg.keys.view(torch.int16).numpy().view(np.uint16), seg.values.view(
-            torch.int16).numpy().view(np.uint16)
+        seg.keys, seg.values = (
+            seg.keys.view(torch.int16).numpy().view(np.uint16),
+            seg.values.view(torch.int16).numpy().view(np.uint16),
+        )
     assert store_client.put_segments("s", [seg]) == [0]
     ids = [7, 0, 19, 3]
     (got,) = store_client.fetch_clusters([FetchRequest("s", 1, 0, np.array(ids))])
@@ -59,11 +61,15 @@ def test_many_clusters_across_layers_and_heads_in_one_fetch(store_client: KVStor
     segs = {}
     for name in ("a", "b"):
         store_client.create_sequence(name, SequenceGeometry(layers, heads, dim, "float16"))
-        batch = [make_segment(rng, la, h, 40, dim, "float16") for la in range(layers) for h in range(heads)]
+        batch = [
+            make_segment(rng, la, h, 40, dim, "float16")
+            for la in range(layers)
+            for h in range(heads)
+        ]
         store_client.put_segments(name, batch)
         segs.update({(name, s.layer, s.kv_head): s for s in batch})
     requests = []
-    for (name, la, h) in segs:
+    for name, la, h in segs:
         ids = rng.choice(40, size=int(rng.integers(0, 25)), replace=False)
         requests.append(FetchRequest(name, la, h, ids))
     results = store_client.fetch_clusters(requests)
@@ -123,7 +129,11 @@ def test_async_client_round_trip(store_server: EmbeddedStore, namespace: str) ->
 
 def test_sharded_client_routes_by_consistent_hash(namespace: str) -> None:
     rng = np.random.default_rng(6)
-    with EmbeddedStore() as s1, EmbeddedStore() as s2, KVStoreClient([s1.target, s2.target], namespace) as client:
+    with (
+        EmbeddedStore() as s1,
+        EmbeddedStore() as s2,
+        KVStoreClient([s1.target, s2.target], namespace) as client,
+    ):
         names = [f"seq-{i}" for i in range(12)]
         segs = {}
         for name in names:

@@ -13,8 +13,10 @@ DIM = 64
 
 
 def _centroids(segs: list) -> tuple[np.ndarray, np.ndarray]:
-    return (np.concatenate([np.asarray(s.centroids) for s in segs]),
-            np.concatenate([np.asarray(s.sizes) for s in segs]))
+    return (
+        np.concatenate([np.asarray(s.centroids) for s in segs]),
+        np.concatenate([np.asarray(s.sizes) for s in segs]),
+    )
 
 
 def _check(ids: np.ndarray, scores: np.ndarray, ref: np.ndarray, k: int) -> None:
@@ -24,7 +26,9 @@ def _check(ids: np.ndarray, scores: np.ndarray, ref: np.ndarray, k: int) -> None
 
 
 @pytest.mark.parametrize("scoring", ["gqa_softmax", "inner_product"])
-def test_search_matches_brute_force_over_many_entries(store_client: KVStoreClient, scoring: str) -> None:
+def test_search_matches_brute_force_over_many_entries(
+    store_client: KVStoreClient, scoring: str
+) -> None:
     rng = np.random.default_rng(11)
     layers, heads, group = 2, 3, 4
     segs: dict[tuple[str, int, int], list] = {}
@@ -32,13 +36,17 @@ def test_search_matches_brute_force_over_many_entries(store_client: KVStoreClien
         store_client.create_sequence(name, SequenceGeometry(layers, heads, DIM, "float16"))
         for la in range(layers):
             for h in range(heads):  # two appended segments per head, some empty clusters
-                parts = [make_segment(rng, la, h, 150, DIM, "float16", empty_every=17),
-                         make_segment(rng, la, h, 64, DIM, "float16")]
+                parts = [
+                    make_segment(rng, la, h, 150, DIM, "float16", empty_every=17),
+                    make_segment(rng, la, h, 64, DIM, "float16"),
+                ]
                 store_client.put_segments(name, parts[:1])
                 store_client.put_segments(name, parts[1:])
                 segs[(name, la, h)] = parts
-    queries = [SearchQuery(n, la, h, rng.standard_normal((group, DIM), dtype=np.float32) * 3)
-               for (n, la, h) in segs]
+    queries = [
+        SearchQuery(n, la, h, rng.standard_normal((group, DIM), dtype=np.float32) * 3)
+        for (n, la, h) in segs
+    ]
     k = 12
     results = store_client.search_clusters(queries, k=k, scoring=scoring)
     assert len(results) == len(queries)
@@ -47,7 +55,7 @@ def test_search_matches_brute_force_over_many_entries(store_client: KVStoreClien
         if scoring == "gqa_softmax":
             ref = reference_gqa_scores(centroids, sizes, q.queries)
         else:
-            ref = (q.queries.astype(np.float64).sum(0) @ centroids.astype(np.float64).T)
+            ref = q.queries.astype(np.float64).sum(0) @ centroids.astype(np.float64).T
             ref[sizes == 0] = -np.inf
         _check(res.cluster_ids.numpy(), res.scores.numpy(), ref, k)
 

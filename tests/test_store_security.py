@@ -17,7 +17,13 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from store_fixtures import make_segment, reference_fetch
 
-from client import FetchRequest, KVStoreClient, SequenceGeometry, UnauthenticatedError, UnavailableError
+from client import (
+    FetchRequest,
+    KVStoreClient,
+    SequenceGeometry,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
 
@@ -27,18 +33,31 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -46,7 +65,9 @@ def test_tls_and_token_round_trip(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    settings = ServerSettings(port=0, tls_cert=str(cert), tls_key=str(key), auth_token_file=str(token_file))
+    settings = ServerSettings(
+        port=0, tls_cert=str(cert), tls_key=str(key), auth_token_file=str(token_file)
+    )
     seg = make_segment(np.random.default_rng(0), 0, 0, 8, 16, "bfloat16")
     with EmbeddedStore(settings) as server:
         target = f"localhost:{server.server.port}"
@@ -57,25 +78,36 @@ def test_tls_and_token_round_trip(tmp_path: Path) -> None:
             (got,) = client.fetch_clusters([FetchRequest("s", 0, 0, [3, 1])])
             assert torch.equal(got.keys, reference_fetch([seg], [3, 1])[0])
         for token, fragment in ((None, "missing"), ("wrong", "wrong token")):
-            with KVStoreClient(target, "t", token=token, tls_root_cert=cert) as bad, \
-                    pytest.raises(UnauthenticatedError) as info:
+            with (
+                KVStoreClient(target, "t", token=token, tls_root_cert=cert) as bad,
+                pytest.raises(UnauthenticatedError) as info,
+            ):
                 bad.fetch_clusters([FetchRequest("s", 0, 0, [0])])
-            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED and fragment in info.value.details
-            with KVStoreClient(target, "t", token=token, tls_root_cert=cert) as bad, \
-                    pytest.raises(UnauthenticatedError):
+            assert (
+                info.value.code == grpc.StatusCode.UNAUTHENTICATED
+                and fragment in info.value.details
+            )
+            with (
+                KVStoreClient(target, "t", token=token, tls_root_cert=cert) as bad,
+                pytest.raises(UnauthenticatedError),
+            ):
                 bad.put_segments("s", [seg])
         with KVStoreClient(target, "t", token="s3cret-token", tls_root_cert=cert) as client:
             assert client.get_sequence("s").num_segments == 1  # rejected puts stored nothing
         creds = grpc.ssl_channel_credentials(cert.read_bytes())
         with grpc.secure_channel(target, creds) as channel:  # health stays open without a token
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="")
+            )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_plaintext_client_cannot_talk_to_tls_server(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
-    with EmbeddedStore(ServerSettings(port=0, tls_cert=str(cert), tls_key=str(key))) as server, \
-            KVStoreClient(server.target, "t", timeout_s=5.0) as client:
+    with (
+        EmbeddedStore(ServerSettings(port=0, tls_cert=str(cert), tls_key=str(key))) as server,
+        KVStoreClient(server.target, "t", timeout_s=5.0) as client,
+    ):
         client._aio.retry.max_attempts = 2
         with pytest.raises(UnavailableError):
             client.list_sequences()

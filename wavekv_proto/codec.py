@@ -30,16 +30,16 @@ _WIRE = {
     "int32": pb.DTYPE_INT32,
     "int64": pb.DTYPE_INT64,
 }
-_NAME = {v: k for k, v in _WIRE.items()}
+_NAME: dict[int, str] = {v: k for k, v in _WIRE.items()}
 # numpy storage dtype per name (bf16 carried as its uint16 bit pattern)
-_NUMPY = {
+_NUMPY: dict[str, np.dtype] = {
     "float16": np.dtype(np.float16),
     "bfloat16": np.dtype(np.uint16),
     "float32": np.dtype(np.float32),
     "int32": np.dtype(np.int32),
     "int64": np.dtype(np.int64),
 }
-_FROM_NUMPY = {v: k for k, v in _NUMPY.items() if k != "bfloat16"}
+_FROM_NUMPY: dict[np.dtype, str] = {v: k for k, v in _NUMPY.items() if k != "bfloat16"}
 _FROM_NUMPY[np.dtype(np.uint16)] = "bfloat16"
 
 
@@ -47,7 +47,7 @@ def itemsize(name: str) -> int:
     return _NUMPY[name].itemsize
 
 
-def wire_dtype(name: str) -> int:
+def wire_dtype(name: str) -> pb.DType:
     """dtype name -> wavekv.v1.DType value; ValueError on unknown names."""
     if name not in _WIRE:
         raise ValueError(f"dtype={name!r} is not one of {DTYPE_NAMES}")
@@ -138,7 +138,9 @@ def decode_numpy(msg: pb.Tensor) -> tuple[np.ndarray, str]:
     count = int(np.prod(shape, dtype=np.int64))
     expected = count * _NUMPY[name].itemsize
     if len(msg.data) != expected:
-        raise ValueError(f"shape={list(shape)} dtype={name} needs {expected} bytes, got {len(msg.data)}")
+        raise ValueError(
+            f"shape={list(shape)} dtype={name} needs {expected} bytes, got {len(msg.data)}"
+        )
     return np.frombuffer(msg.data, dtype=_NUMPY[name], count=count).reshape(shape), name
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m kvstore_server.benchmarks.<name>`); never collected by pytest."""
