@@ -34,6 +34,7 @@ TORCH_TO_STORE_DTYPE = {
     torch.bfloat16: "bfloat16",
     torch.float32: "float32",
 }
+STORE_TO_TORCH_DTYPE = {name: dtype for dtype, name in TORCH_TO_STORE_DTYPE.items()}
 
 
 class StoreRestartedError(RuntimeError):
@@ -157,8 +158,10 @@ class GrpcStoreLink:
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._incarnation: str | None = None
+        self._head_dim, self._dtype = 1, torch.float32  # set by open()
 
     def open(self, sequence_ids: Sequence[str], geometry: SequenceGeometry) -> None:
+        self._head_dim, self._dtype = geometry.head_dim, STORE_TO_TORCH_DTYPE[geometry.dtype]
         for sid in sequence_ids:
             info = self.client.create_sequence(sid, geometry)
             self._incarnation = info.incarnation_id
@@ -252,9 +255,7 @@ class GrpcStoreLink:
         max_tokens: int,
     ) -> FetchedBatch:
         b, h, n = ids.shape
-        d = fetched[0].keys.shape[-1] if fetched else 1
-        dtype = fetched[0].keys.dtype if fetched else torch.float32
-        keys = torch.zeros(b, h, max_tokens, d, dtype=dtype)  # [B, Hkv, M, D]
+        keys = torch.zeros(b, h, max_tokens, self._head_dim, dtype=self._dtype)  # [B, Hkv, M, D]
         values = torch.zeros_like(keys)
         sizes = torch.zeros(b, h, n, dtype=torch.int64)  # [B, Hkv, n]
         for (i, j), got in zip(rows, fetched, strict=True):
