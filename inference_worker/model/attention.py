@@ -36,6 +36,7 @@ class AttentionMetadata:
     kv_len: int  # max_b(start_pos[b] + num_tokens[b]): cached length after this call
     start_list: list[int] = field(default_factory=list)  # start_pos as Python ints
     count_list: list[int] = field(default_factory=list)  # num_tokens as Python ints
+    slot_list: list[int] | None = None  # slots as Python ints
 
     @property
     def batch_size(self) -> int:
@@ -88,6 +89,7 @@ class AttentionMetadata:
             kv_len=max(s + n for s, n in zip(starts, counts, strict=True)),
             start_list=starts,
             count_list=counts,
+            slot_list=None if slots is None else [int(s) for s in slots],
         )
 
 

@@ -45,8 +45,11 @@ class FullAttentionBackend(nn.Module):
         shape = (num_layers, max_batch_size, num_kv_heads, max_seq_len + 1, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device))
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device))
-        self._mask_meta: AttentionMetadata | None = None  # metadata the cached mask belongs to
-        self._mask: Tensor | None = None
+        # Per-call state shared by all layers of one forward call (built at its first layer).
+        self._call_meta: AttentionMetadata | None = None
+        self._mask = torch.empty(0, dtype=torch.bool)  # [B, 1, T, kv_len]
+        self._cols = torch.empty(0, dtype=torch.int64)  # [B, T] cache column per token
+        self._rows = torch.empty(0, dtype=torch.int64)  # [B, 1] cache row per batch row
 
     @classmethod
     def for_model(
@@ -84,36 +87,40 @@ class FullAttentionBackend(nn.Module):
     def _attend(
         self, layer: int, q: Tensor, k: Tensor, v: Tensor, meta: AttentionMetadata
     ) -> Tensor:
-        if layer == 0:
-            self._check(meta)
+        if self._call_meta is not meta:
+            self._prepare(meta)
         self._write(layer, k, v, meta)
         keys, values = self._read(layer, meta)  # [B, Hkv, kv_len, D] each
-        mask = self._causal_mask(meta)  # [B, 1, T, kv_len]
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=self._mask, enable_gqa=True
+        )  # [B, Hq, T, D]
 
-    def _check(self, meta: AttentionMetadata) -> None:
+    def _prepare(self, meta: AttentionMetadata) -> None:
+        """Validate one forward call and build what all its layers share (no device sync)."""
         if meta.kv_len > self.max_seq_len:
             raise ValueError(
                 f"sequence length {meta.kv_len} exceeds the cache's max_seq_len={self.max_seq_len}"
             )
-        rows = meta.batch_size if meta.slots is None else int(meta.slots.max()) + 1
+        rows = meta.batch_size if meta.slot_list is None else max(meta.slot_list) + 1
         if rows > self.max_batch_size:
             raise ValueError(
                 f"batch needs cache row {rows - 1} but max_batch_size={self.max_batch_size}"
             )
-
-    def _rows(self, meta: AttentionMetadata) -> Tensor:
-        if meta.slots is not None:
-            return meta.slots
-        return torch.arange(meta.batch_size, device=meta.start_pos.device)
+        device = meta.positions.device
+        t = torch.arange(meta.chunk_len, device=device)
+        is_real = t[None, :] < meta.num_tokens[:, None]  # [B, T]
+        self._cols = torch.where(is_real, meta.positions, self.max_seq_len)  # [B, T]
+        slots = (
+            meta.slots if meta.slots is not None else torch.arange(meta.batch_size, device=device)
+        )
+        self._rows = slots[:, None]  # [B, 1]
+        self._mask = self._causal_mask(meta)  # [B, 1, T, kv_len]
+        self._call_meta = meta
 
     def _write(self, layer: int, k: Tensor, v: Tensor, meta: AttentionMetadata) -> None:
-        t = torch.arange(meta.chunk_len, device=meta.positions.device)
-        is_real = t[None, :] < meta.num_tokens[:, None]  # [B, T]
-        cols = torch.where(is_real, meta.positions, self.max_seq_len)  # [B, T]
-        rows = self._rows(meta)[:, None]  # [B, 1]
-        self.k_cache[layer][rows, :, cols] = k.transpose(1, 2)  # [B, T, Hkv, D]
-        self.v_cache[layer][rows, :, cols] = v.transpose(1, 2)
+        """Real tokens go to their positions, padding to the scratch column S."""
+        self.k_cache[layer][self._rows, :, self._cols] = k.transpose(1, 2)  # [B, T, Hkv, D]
+        self.v_cache[layer][self._rows, :, self._cols] = v.transpose(1, 2)
 
     def _read(self, layer: int, meta: AttentionMetadata) -> tuple[Tensor, Tensor]:
         n = meta.kv_len
@@ -124,12 +131,9 @@ class FullAttentionBackend(nn.Module):
 
     def _causal_mask(self, meta: AttentionMetadata) -> Tensor:
         """[B, 1, T, kv_len] bool, True where query (b, t) may attend key column j."""
-        if self._mask is not None and self._mask_meta is meta:
-            return self._mask
         cols = torch.arange(meta.kv_len, device=meta.positions.device)  # [kv_len]
         q_pos = meta.positions[:, :, None]  # [B, T, 1]
         mask = cols <= q_pos  # [B, T, kv_len]
         if self.sliding_window is not None:
             mask &= q_pos - cols < self.sliding_window
-        self._mask_meta, self._mask = meta, mask[:, None]
-        return self._mask
+        return mask[:, None]
