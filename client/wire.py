@@ -25,7 +25,6 @@ from wavekv_proto.codec import (
     dtype_name,
     encode,
     encode_numpy,
-    numpy_dtype,
     to_numpy,
     torch_dtype,
     wire_dtype,
@@ -176,17 +175,22 @@ class FetchAssembler:
             total = self.header.total_bytes if self.header else "?"
             raise ValueError(f"FetchClusters stream ended after {self._received} of {total} bytes")
         payload = torch.from_numpy(self.buffer)  # [total_bytes] uint8, shared by every result
-        return [self._entry(payload, lay) for lay in self.header.layouts]
+        typed: dict[int, torch.Tensor] = {}  # payload viewed per dtype (sections are 64-B aligned)
+        out = []
+        for lay in self.header.layouts:
+            view = typed.get(lay.dtype)
+            if view is None:
+                view = typed[lay.dtype] = payload.view(
+                    torch_dtype(dtype_name(lay.dtype) or "float32")
+                )
+            out.append(self._entry(view, lay))
+        return out
 
     @staticmethod
-    def _entry(payload: torch.Tensor, lay: pb.FetchLayout) -> FetchedClusters:
-        name = dtype_name(lay.dtype) or "float32"
-        dtype = torch_dtype(name)
-        nbytes = lay.num_rows * lay.head_dim * numpy_dtype(name).itemsize
-        keys, values = (
-            payload[off : off + nbytes].view(dtype).view(lay.num_rows, lay.head_dim)
-            for off in (lay.keys_offset, lay.values_offset)
-        )
+    def _entry(typed: torch.Tensor, lay: pb.FetchLayout) -> FetchedClusters:
+        shape, strides, size = (lay.num_rows, lay.head_dim), (lay.head_dim, 1), typed.element_size()
+        keys = typed.as_strided(shape, strides, lay.keys_offset // size)  # [M, D] view
+        values = typed.as_strided(shape, strides, lay.values_offset // size)  # [M, D] view
         offsets = torch.frombuffer(bytearray(lay.cluster_offsets.data), dtype=torch.int64)
         return FetchedClusters(keys, values, offsets)
 

@@ -9,6 +9,7 @@ one copy into a writable buffer).
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +136,7 @@ def decode_numpy(msg: pb.Tensor) -> tuple[np.ndarray, str]:
     shape = tuple(msg.shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"shape={list(shape)} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     expected = count * _NUMPY[name].itemsize
     if len(msg.data) != expected:
         raise ValueError(

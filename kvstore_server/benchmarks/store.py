@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -61,8 +62,6 @@ def device_name() -> str:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    import os
-
     return f"{model}, {os.cpu_count()} cores ({platform.machine()})"
 
 
@@ -199,9 +198,9 @@ async def bench_context(store_target: str, raw_target: str, context: int, steps:
                 for fn in fns:
                     await timed(fn, LAYERS)  # warm-up: one decode step
                 lat: dict[str, list[float]] = {"store": [], "raw": []}
-                for _ in range(steps):  # interleave store and raw steps
+                for _ in range(steps * LAYERS):  # alternate calls: both see the same machine load
                     for system, fn in zip(("store", "raw"), fns, strict=True):
-                        lat[system] += await timed(fn, LAYERS)
+                        lat[system] += await timed(fn, 1)
                 for system in ("store", "raw"):
                     rows.append(summarize(context, op, system, lat[system], nbytes, KV_HEADS))
         await client.delete_sequence(seq)
@@ -216,6 +215,11 @@ async def bench_context(store_target: str, raw_target: str, context: int, steps:
     return rows
 
 
+def overheads(store: Row, raw: Row) -> tuple[float, float]:
+    """Store latency over raw latency, minus 1: (by mean, by median)."""
+    return store.mean_ms / raw.mean_ms - 1, store.p50_ms / raw.p50_ms - 1
+
+
 def print_table(rows: list[Row], device: str) -> None:
     print(
         f"\nWaveKV store benchmark on {device}: 8B GQA decode step (32 layers x 8 KV heads, bf16)"
@@ -223,16 +227,19 @@ def print_table(rows: list[Row], device: str) -> None:
     print(
         f"{'context':>8} {'op':>6} {'system':>6} {'KB/call':>9} {'mean ms':>8} "
         f"{'p50 ms':>7} {'p99 ms':>7} "
-        f"{'queries/s':>10} {'GB/s':>6} {'overhead':>8}"
+        f"{'queries/s':>10} {'GB/s':>6} {'overhead mean / p50':>20}"
     )
     raw = {(r.context, r.op): r for r in rows if r.system == "raw"}
     for r in rows:
         base = raw[(r.context, r.op)]
-        overhead = f"{(r.mean_ms / base.mean_ms - 1) * 100:+.0f}%" if r.system == "store" else ""
+        overhead = ""
+        if r.system == "store":
+            mean, p50 = overheads(r, base)
+            overhead = f"{mean * 100:+.0f}% / {p50 * 100:+.0f}%"
         print(
             f"{r.context:>8} {r.op:>6} {r.system:>6} {r.bytes_per_call / 1e3:>9.1f} "
             f"{r.mean_ms:>8.3f} {r.p50_ms:>7.3f} {r.p99_ms:>7.3f} {r.queries_per_s:>10.0f} "
-            f"{r.gb_per_s:>6.2f} {overhead:>8}"
+            f"{r.gb_per_s:>6.2f} {overhead:>20}"
         )
 
 
@@ -281,6 +288,14 @@ def main() -> None:
             "cluster_size": CLUSTER,
             "retrieval_budget": RETRIEVAL,
         },
+        "overhead_vs_raw": {
+            f"{s.op}@{s.context}": dict(zip(("mean", "p50"), overheads(s, r), strict=True))
+            for s in rows
+            if s.system == "store"
+            for r in rows
+            if r.system == "raw" and (r.op, r.context) == (s.op, s.context)
+        },
+        "load_average_1m": os.getloadavg()[0],
         "stored_layers": STORED_LAYERS,
         "steps": args.steps,
         "rows": [asdict(r) for r in rows],
