@@ -8,7 +8,7 @@ from collections import OrderedDict
 import torch
 
 from inference_worker.retroinfer import WaveBuffer
-from inference_worker.retroinfer.wave_buffer import _compact
+from inference_worker.retroinfer.wave_buffer import compact_order
 
 PT = 2  # page tokens in these tests
 
@@ -79,7 +79,8 @@ def _step(buf: WaveBuffer, ranked: list[list[int]], sizes_of: torch.Tensor):
     hit = buf.lookup(ids, valid)
     miss = valid & ~hit
     keys, values, offsets = _pack(ids, miss, sizes, 3)
-    _, packed_sizes = _compact(sizes, miss, sizes)
+    order, kept = compact_order(miss)
+    packed_sizes = torch.where(kept, sizes.gather(1, order), 0)
     offs = torch.zeros_like(offsets)
     offs[:, 1:] = packed_sizes.cumsum(1)
     result = buf.admit(ids, valid, hit, sizes, keys, values, offs)

@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Hashable, Sequence
+from functools import partial
 
 import torch
 
 from .attention import estimate, merge, partial_attention, rank_clusters
 from .config import RetroInferConfig
+from .graph import StepGraph
 from .index import ClusterMetadata, IndexSegment, build_segment
 from .source import ClusterSource
 from .stats import StepStats
 from .steady import SteadyZone
-from .wave_buffer import WaveBuffer, _compact
+from .wave_buffer import WaveBuffer, compact_order
 
 log = logging.getLogger(__name__)
+COUNT_NAMES = ("hits", "misses", "admitted", "rejected", "evicted", "overflow_clusters",
+               "retrieved_tokens")
 
 
 class RetroInferLayer:
@@ -41,6 +45,7 @@ class RetroInferLayer:
         device: torch.device | str = "cpu",
         scale: float | None = None,
         on_segment: Callable[[IndexSegment], None] | None = None,
+        use_cuda_graph: bool = True,
     ) -> None:
         if num_q_heads % num_kv_heads:
             raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads "
@@ -57,6 +62,11 @@ class RetroInferLayer:
         self.steady: SteadyZone | None = None
         self.next_position = 0  # position of the first not-yet-clustered recent token
         self.record_selection = False  # put the chosen clusters into StepStats.selection
+        self.use_cuda_graph = use_cuda_graph
+        self.static_shapes = False  # eager steps use the graph's fixed widths (no host sync)
+        self._graph: StepGraph | None = None
+        self._graph_warm = False  # one eager tripartite step ran since the last index change
+        self._pos = torch.zeros(1, dtype=torch.int64, device=self.device)
 
     @property
     def rows(self) -> int:
@@ -95,30 +105,77 @@ class RetroInferLayer:
                ) -> tuple[torch.Tensor, StepStats]:
         """One decode step. q [B, Hq, D]; k_new, v_new [B, Hkv, D] (post-RoPE).
         Returns (output [B, Hq, D] in q's dtype, stats)."""
-        if self.steady is None:
+        steady = self.steady
+        if steady is None:
             raise RuntimeError("decode() called before prefill()")
         self._check_step(q, k_new, v_new)
-        self.steady.extend(k_new.unsqueeze(2), v_new.unsqueeze(2))
-        qg = q.reshape(self.rows, self.group, self.head_dim)  # [R, G, D]
-        if self.num_clusters == 0:
-            out, stats = self._dense(qg)
+        if steady.length >= steady.keys.shape[2]:
+            steady._resize(steady.length + 1)
+            self._graph = None
+        self._pos.fill_(steady.length)  # device-side position of the new token
+        inputs = (q.to(self.dtype), k_new.to(self.dtype), v_new.to(self.dtype), self._pos)
+        c = self.num_clusters
+        stats = StepStats(num_clusters=c, retrieval_clusters=self.config.retrieval_clusters(c),
+                          estimation_clusters=self.config.estimation_clusters(c),
+                          steady_tokens=steady.length + 1, dense=c == 0)
+        if c == 0:
+            out = self._dense(*inputs)
+            stats.exec_tokens = stats.steady_tokens
+        elif self._graph_ready():
+            if self._graph is None:
+                self._graph = StepGraph(partial(self._tripartite, widths=self._fixed_widths()),
+                                        inputs, self._buffer(c).snapshot,
+                                        self._buffer(c).restore)  # type: ignore[arg-type]
+            out, counts, exec_tokens = self._graph(*inputs)[:3]
+            stats.counts = dict(zip(COUNT_NAMES, counts.clone().unbind(), strict=True))
+            stats.exec_tokens = int(exec_tokens.shape[0])
         else:
-            out, stats = self._tripartite(qg)
+            self._buffer(c)
+            widths = self._fixed_widths() if self.static_shapes else None
+            out, counts, exec_tokens, *sel = self._tripartite(*inputs, widths=widths)
+            stats.counts = dict(zip(COUNT_NAMES, counts.unbind(), strict=True))
+            stats.exec_tokens = int(exec_tokens.shape[0])
+            if self.record_selection:
+                stats.selection = dict(zip(("retrieved", "estimated", "estimated_mask"), sel,
+                                           strict=True))
+            self._graph_warm = True
+        steady.length += 1
         stats.new_segment = self._maybe_update()
         return out.reshape(q.shape).to(q.dtype), stats
 
-    def _dense(self, qg: torch.Tensor) -> tuple[torch.Tensor, StepStats]:
-        st = self._steady_rows()
-        o, _ = partial_attention(qg, st[0], st[1], st[2], self.scale)
-        n = st[0].shape[1]
-        return o, StepStats(steady_tokens=n, exec_tokens=n, dense=True)
+    def _graph_ready(self) -> bool:
+        """CUDA graphs: CUDA device, capturable source, not recording, one eager step done."""
+        return (self.use_cuda_graph and self.device.type == "cuda" and self._graph_warm
+                and not self.record_selection and getattr(self.source, "capturable", False))
 
-    def _tripartite(self, qg: torch.Tensor) -> tuple[torch.Tensor, StepStats]:
-        cfg, c, r = self.config, self.num_clusters, self.rows
+    def _fixed_widths(self) -> tuple[int, int]:
+        """Static execution-buffer widths for graph replay: (miss tokens, hit pages)."""
+        cfg, c = self.config, self.num_clusters
+        tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
+        pages = tokens // cfg.page_tokens + cfg.retrieval_clusters(c)
+        assert self.buffer is not None
+        return tokens, min(pages, self.buffer.pages + 1)
+
+    def _dense(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+               pos: torch.Tensor) -> torch.Tensor:
+        assert self.steady is not None
+        self.steady.append_at(k_new, v_new, pos)
+        st_k, st_v, st_mask = self._steady_rows(pos)
+        qg = q.reshape(self.rows, self.group, self.head_dim)
+        return partial_attention(qg, st_k, st_v, st_mask, self.scale)[0]
+
+    def _tripartite(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+                    pos: torch.Tensor, widths: tuple[int, int] | None
+                    ) -> tuple[torch.Tensor, ...]:
+        """The step's device work. Returns (out [R, G, D] fp32, counts [7], exec marker [T],
+        retrieved ids, ranked ids, estimated mask). widths None: measured (one host sync)."""
+        assert self.steady is not None
+        self.steady.append_at(k_new, v_new, pos)
+        cfg, c, r, d = self.config, self.num_clusters, self.rows, self.head_dim
+        qg = q.reshape(r, self.group, d)  # [R, G, D]
         n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
-        centroids = self.meta.centroids.reshape(r, c, self.head_dim)
         sizes = self.meta.sizes.reshape(r, c)
-        z, score = rank_clusters(qg, centroids, sizes, self.scale)  # [R, G, C], [R, C]
+        z, score = rank_clusters(qg, self.meta.centroids.reshape(r, c, d), sizes, self.scale)
         top = torch.topk(score, n_ret + n_est, dim=-1, sorted=True).indices  # [R, k]
         top_sizes = sizes.gather(1, top)
         ret, ret_sizes = top[:, :n_ret], top_sizes[:, :n_ret]
@@ -128,62 +185,56 @@ class RetroInferLayer:
         buffer = self._buffer(c)
         hit = buffer.lookup(ret, ret_valid)
         miss = ret_valid & ~hit
-        miss_ids, miss_sizes = _compact(ret, miss, ret_sizes)
-        miss_ids = torch.where(miss_sizes > 0, miss_ids, -1)
-        hit_pages = torch.where(hit, buffer._pages_of(ret_sizes), 0).sum(1)
-        widths = torch.stack([miss_sizes.sum(1).max(), hit_pages.max()]).tolist()  # one sync
-        miss_width = _round_up(max(widths[0], 1), 16)
+        order, kept = compact_order(miss)
+        miss_ids = torch.where(kept, ret.gather(1, order), -1)  # [R, n_ret] misses first
+        if widths is None:
+            miss_tokens = torch.where(miss, ret_sizes, 0).sum(1).max()
+            hit_pages = torch.where(hit, buffer._pages_of(ret_sizes), 0).sum(1).max()
+            need = torch.stack([miss_tokens, hit_pages]).tolist()  # the step's one host sync
+            widths = (_round_up(max(need[0], 1), 64), max(need[1], 1))
         fetched = self.source.fetch(self.layer, self.sequence_ids,
-                                    miss_ids.view(self.batch, self.kv_heads, n_ret), miss_width)
-        miss_k = fetched.keys.to(self.device).reshape(r, miss_width, self.head_dim)
-        miss_v = fetched.values.to(self.device).reshape(r, miss_width, self.head_dim)
+                                    miss_ids.view(self.batch, self.kv_heads, n_ret), widths[0])
+        miss_k = fetched.keys.to(self.device).reshape(r, widths[0], d)
+        miss_v = fetched.values.to(self.device).reshape(r, widths[0], d)
         miss_off = fetched.offsets.to(self.device).reshape(r, n_ret + 1)
-        hit_k, hit_v, hit_fill = buffer.hit_pages(ret, hit, max(widths[1], 1))
-        o_x, lse_x, exec_tokens = self._exact(qg, miss_k, miss_v, miss_off, hit_k, hit_v,
+        hit_k, hit_v, hit_fill = buffer.hit_pages(ret, hit, widths[1])
+        o_x, lse_x, exec_tokens = self._exact(qg, pos, miss_k, miss_v, miss_off, hit_k, hit_v,
                                               hit_fill)
         est_keep = torch.cat([overflow, top_sizes[:, n_ret:] > 0], dim=1)  # [R, k]
         z_top = z.gather(2, top.unsqueeze(1).expand(-1, self.group, -1))  # [R, G, k]
-        vs = self.meta.value_sums.reshape(r, c, self.head_dim)
-        vs_top = vs.gather(1, top.unsqueeze(-1).expand(-1, -1, self.head_dim))
+        flat_top = (top + (torch.arange(r, device=self.device) * c).view(r, 1)).view(-1)
+        vs_top = self.meta.value_sums.reshape(r * c, d).index_select(0, flat_top).view(r, -1, d)
         o_e, lse_e = estimate(z_top, top_sizes, vs_top, est_keep)
         admitted = buffer.admit(ret, ret_valid, hit, ret_sizes, miss_k, miss_v, miss_off)
-        stats = StepStats(
-            num_clusters=c, retrieval_clusters=n_ret, estimation_clusters=n_est,
-            steady_tokens=self.steady.length if self.steady else 0, exec_tokens=exec_tokens,
-            dense=False,
-            counts={
-                "hits": hit.sum(), "misses": miss.sum(), "admitted": admitted.admitted.sum(),
-                "rejected": admitted.rejected.sum(), "evicted": admitted.evicted.sum(),
-                "overflow_clusters": overflow.sum(),
-                "retrieved_tokens": torch.where(ret_valid, ret_sizes, 0).sum(),
-            },
-        )
-        if self.record_selection:
-            shape = (self.batch, self.kv_heads, -1)
-            stats.selection = {"retrieved": torch.where(ret_valid, ret, -1).view(shape),
-                               "estimated": top.view(shape), "estimated_mask": est_keep.view(shape)}
-        return merge(o_x, lse_x, o_e, lse_e), stats
+        counts = torch.stack([
+            hit.sum(), miss.sum(), admitted.admitted.sum(), admitted.rejected.sum(),
+            admitted.evicted.sum(), overflow.sum(), torch.where(ret_valid, ret_sizes, 0).sum()])
+        shape = (self.batch, self.kv_heads, -1)
+        return (merge(o_x, lse_x, o_e, lse_e), counts, exec_tokens,
+                torch.where(ret_valid, ret, -1).view(shape), top.view(shape),
+                est_keep.view(shape))
 
-    def _exact(self, qg: torch.Tensor, miss_k: torch.Tensor, miss_v: torch.Tensor,
-               miss_off: torch.Tensor, hit_k: torch.Tensor, hit_v: torch.Tensor,
-               hit_fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _exact(self, qg: torch.Tensor, pos: torch.Tensor, miss_k: torch.Tensor,
+               miss_v: torch.Tensor, miss_off: torch.Tensor, hit_k: torch.Tensor,
+               hit_v: torch.Tensor, hit_fill: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Exact attention over the execution buffer [steady | misses | hits]."""
         r, d, pt = self.rows, self.head_dim, self.config.page_tokens
-        st_k, st_v, st_mask = self._steady_rows()
+        st_k, st_v, st_mask = self._steady_rows(pos)
         miss_mask = torch.arange(miss_k.shape[1], device=self.device) < miss_off[:, -1:]
         hit_mask = (torch.arange(pt, device=self.device) < hit_fill.unsqueeze(-1)).reshape(r, -1)
         keys = torch.cat([st_k, miss_k, hit_k.reshape(r, -1, d)], dim=1)  # [R, T, D]
         values = torch.cat([st_v, miss_v, hit_v.reshape(r, -1, d)], dim=1)
         mask = torch.cat([st_mask, miss_mask, hit_mask], dim=1)  # [R, T]
         o, lse = partial_attention(qg, keys, values, mask, self.scale)
-        return o, lse, keys.shape[1]
+        return o, lse, mask[0]
 
-    def _steady_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _steady_rows(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steady zone as rows over its whole capacity, masked past position pos [1]."""
         assert self.steady is not None
-        n, r, d = self.steady.length, self.rows, self.head_dim
-        keys = self.steady.keys[:, :, :n].reshape(r, n, d)
-        values = self.steady.values[:, :, :n].reshape(r, n, d)
-        return keys, values, torch.ones(r, n, dtype=torch.bool, device=self.device)
+        cap, r, d = self.steady.keys.shape[2], self.rows, self.head_dim
+        mask = (torch.arange(cap, device=self.device) <= pos).expand(r, cap)
+        return self.steady.keys.view(r, cap, d), self.steady.values.view(r, cap, d), mask
 
     def _maybe_update(self) -> IndexSegment | None:
         """Cluster the oldest update_tokens recent tokens once the window is full."""
@@ -203,6 +254,7 @@ class RetroInferLayer:
         segment = build_segment(keys, values, first_position, self.layer, self.num_clusters,
                                 n_seg, per_seg, cfg.kmeans_iterations, cfg.final_assign_chunk)
         self.meta.append(segment)
+        self._graph, self._graph_warm = None, False
         if self.buffer is not None:
             self.buffer.grow(self.num_clusters)
         if self.on_segment is not None:

@@ -41,8 +41,11 @@ class InProcessClusterSource:
     """Keeps uploaded segments in memory (device or host) and gathers clusters with index math.
 
     Sequences uploaded together by one `put` (one batched prefill) are fetched together in one
-    vectorised gather; any other combination is served sequence by sequence.
+    vectorised gather; any other combination is served sequence by sequence. `fetch` never
+    synchronises with the device, so a RetroInferLayer may capture it in a CUDA graph.
     """
+
+    capturable = True  # fetch is pure device work (no host sync): CUDA-graph safe
 
     def __init__(self) -> None:
         # (layer, sequence ids of the batch) -> that batch's segments in id order
@@ -129,15 +132,19 @@ def _gather(
     offsets[..., 1:] = size.cumsum(-1)
     m = torch.arange(max_tokens, device=device).expand(b, h, max_tokens).contiguous()
     which = torch.searchsorted(offsets[..., 1:].contiguous(), m, right=True).clamp(max=n - 1)
-    within = m - offsets.gather(2, which)
-    valid = m < offsets[..., -1:]
-    src = start.gather(2, which) + within  # [B, Hkv, M] token index inside its segment
-    tok_owner = torch.where(valid, owner.gather(2, which), -1)
-    keys = torch.zeros(b, h, max_tokens, d, dtype=first.keys.dtype, device=device)
-    values = torch.zeros_like(keys)
-    for s, seg in enumerate(segments):
-        hit = (tok_owner == s).unsqueeze(-1)
-        idx = src.clamp(0, seg.keys.shape[2] - 1).unsqueeze(-1).expand(b, h, max_tokens, d)
-        keys = torch.where(hit, seg.keys[sel].gather(2, idx), keys)
-        values = torch.where(hit, seg.values[sel].gather(2, idx), values)
+    src = start.gather(2, which) + m - offsets.gather(2, which)  # [B, Hkv, M] index in segment
+    tok_owner = owner.gather(2, which)
+    keys = values = None
+    for s, seg in enumerate(segments):  # padding tokens read a clamped real row (masked later)
+        length = seg.keys.shape[2]
+        base = (torch.arange(b * h, device=device) * length).view(b, h, 1)
+        flat = (src.clamp(0, length - 1) + base).view(-1)
+        seg_k = seg.keys[sel].reshape(-1, d).index_select(0, flat).view(b, h, max_tokens, d)
+        seg_v = seg.values[sel].reshape(-1, d).index_select(0, flat).view(b, h, max_tokens, d)
+        if keys is None or values is None:
+            keys, values = seg_k, seg_v
+        else:
+            mine = (tok_owner == s).unsqueeze(-1)
+            keys, values = torch.where(mine, seg_k, keys), torch.where(mine, seg_v, values)
+    assert keys is not None and values is not None
     return FetchedBatch(keys=keys, values=values, offsets=offsets)

@@ -29,6 +29,12 @@ class SteadyZone:
         self.values[:, :, self.length : self.length + n] = values
         self.length += n
 
+    def append_at(self, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor) -> None:
+        """Write one token (keys/values [B, Hkv, D]) at device position pos [1] (no host sync;
+        the caller advances `length`)."""
+        self.keys.index_copy_(2, pos, keys.unsqueeze(2))
+        self.values.index_copy_(2, pos, values.unsqueeze(2))
+
     def pop_oldest_recent(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Remove and return the oldest n recent tokens ([B, Hkv, n, D] each)."""
         s, end = self.sink, self.length

@@ -36,7 +36,7 @@ class WaveBuffer:
         self.owner[:, pages] = -2  # scratch page: never free, never evictable
         self.fill = torch.zeros(rows, pages + 1, dtype=torch.int64, device=device)
         self.stamp = torch.full((rows, 1), -1, dtype=torch.int64, device=device)  # [R, C+1]
-        self.clock = 0
+        self.clock = torch.zeros(1, dtype=torch.int64, device=device)  # LRU time (device)
         self.hits = torch.zeros(rows, dtype=torch.int64, device=device)  # cumulative
         self.misses = torch.zeros(rows, dtype=torch.int64, device=device)
         self.evictions = torch.zeros(rows, dtype=torch.int64, device=device)
@@ -88,15 +88,17 @@ class WaveBuffer:
         copying them from the execution buffer. Best-ranked clusters end most recent."""
         n = ids.shape[1]
         miss = valid & ~hit
-        base = self.clock
-        self.clock += n + 1
+        base = self.clock.clone()  # [1]
         new_stamp = base + (n - torch.arange(n, device=ids.device)).expand_as(ids)  # [R, n]
+        self.clock += n + 1
         self.stamp.scatter_(1, self._safe(ids, hit), new_stamp)
         self.hits += hit.sum(1)
         self.misses += miss.sum(1)
-        miss_ids, miss_pages = _compact(ids, miss, self._pages_of(sizes))  # [R, n] each
-        miss_sizes = _compact(sizes, miss, sizes)[1]
-        miss_stamp = _compact(new_stamp, miss, new_stamp)[0]
+        order, kept = compact_order(miss)
+        miss_ids = torch.where(kept, ids.gather(1, order), 0)  # [R, n] misses first, rank order
+        miss_sizes = torch.where(kept, sizes.gather(1, order), 0)
+        miss_stamp = new_stamp.gather(1, order)
+        miss_pages = self._pages_of(miss_sizes)
         free = (self.owner == -1).sum(1)  # [R]
         page_stamp = self.stamp.gather(1, self.owner.clamp(min=0))
         evictable = (self.owner >= 0) & (page_stamp < base)  # [R, P+1]
@@ -104,8 +106,9 @@ class WaveBuffer:
         fits = (cum <= (free + evictable.sum(1)).unsqueeze(1)) & (miss_pages > 0)
         admitted_pages = torch.where(fits, miss_pages, 0).sum(1)  # [R]
         evicted = self._evict(evictable, page_stamp, (admitted_pages - free).clamp(min=0))
+        width = min(self.pages + 1, miss_keys.shape[1] // self.page_tokens + n)
         self._place(miss_ids, torch.where(fits, miss_pages, 0), miss_sizes, miss_keys,
-                    miss_values, miss_offsets)
+                    miss_values, miss_offsets, width)
         self.stamp.scatter_(1, self._safe(miss_ids, fits), miss_stamp)
         self.stamp[:, -1] = -1
         self.evictions += evicted
@@ -124,32 +127,47 @@ class WaveBuffer:
         gone_sorted = (sorted_key != _NEVER) & (run_start < need.unsqueeze(1))  # [R, P+1]
         gone = torch.zeros_like(evictable).scatter_(1, order, gone_sorted)
         self.stamp.scatter_(1, torch.where(gone, self.owner, self.num_clusters), -1)
-        self.owner = torch.where(gone, -1, self.owner)
+        self.owner.masked_fill_(gone, -1)
         return (gone_sorted & starts).sum(1)
 
     def _place(self, miss_ids: torch.Tensor, pages: torch.Tensor, sizes: torch.Tensor,
-               keys: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor) -> None:
-        """Copy admitted misses' pages from the packed execution-buffer rows into free pages."""
-        p1, pt = self.pages + 1, self.page_tokens
-        pos = torch.arange(p1, device=self.owner.device).expand(self.rows, p1)
+               keys: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
+               width: int) -> None:
+        """Copy admitted misses' pages from the packed execution-buffer rows into free pages.
+        `width` bounds the pages placed per row (admitted pages never exceed it)."""
+        p1, pt, r, d = self.pages + 1, self.page_tokens, self.rows, keys.shape[-1]
+        dev = self.owner.device
+        pos = torch.arange(p1, device=dev).expand(r, p1)
         free_list = torch.sort(torch.where(self.owner == -1, pos, pos + p1), dim=1).indices
+        q = torch.arange(width, device=dev).expand(r, width).contiguous()  # [R, W] page slots
         cum = pages.cumsum(1)  # [R, n]
-        which = torch.searchsorted(cum, pos.contiguous(), right=True).clamp(max=pages.shape[1] - 1)
-        page_in = pos - (cum - pages).gather(1, which)  # page index inside its cluster
-        ok = pos < cum[:, -1:]
-        dest = torch.where(ok, free_list, self.pages)  # [R, P+1] (scratch when not placed)
-        size = sizes.gather(1, which)
-        t = torch.arange(pt, device=pos.device)
-        within = page_in.unsqueeze(-1) * pt + t  # [R, P+1, pt]
+        which = torch.searchsorted(cum, q, right=True).clamp(max=pages.shape[1] - 1)
+        page_in = q - (cum - pages).gather(1, which)  # page index inside its cluster
+        ok = q < cum[:, -1:]
+        dest = torch.where(ok, free_list[:, :width], self.pages)  # [R, W] (scratch if unused)
+        within = page_in.unsqueeze(-1) * pt + torch.arange(pt, device=dev)  # [R, W, pt]
         src = (offsets.gather(1, which).unsqueeze(-1) + within).clamp(max=keys.shape[1] - 1)
-        d = keys.shape[-1]
-        idx = src.reshape(self.rows, -1, 1).expand(-1, -1, d)
-        dst = dest.view(self.rows, p1, 1, 1).expand(-1, -1, pt, d)
-        self.keys.scatter_(1, dst, keys.gather(1, idx).view(self.rows, p1, pt, d))
-        self.values.scatter_(1, dst, values.gather(1, idx).view(self.rows, p1, pt, d))
+        flat_src = (src + (torch.arange(r, device=dev) * keys.shape[1]).view(r, 1, 1)).view(-1)
+        flat_dst = (dest + (torch.arange(r, device=dev) * p1).view(r, 1)).view(-1)
+        self.keys.view(-1, pt, d).index_copy_(
+            0, flat_dst, keys.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d))
+        self.values.view(-1, pt, d).index_copy_(
+            0, flat_dst, values.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d))
         self.owner.scatter_(1, dest, torch.where(ok, miss_ids.gather(1, which), -2))
-        self.fill.scatter_(1, dest, (size - page_in * pt).clamp(0, pt))
+        self.fill.scatter_(1, dest, (sizes.gather(1, which) - page_in * pt).clamp(0, pt))
         self.owner[:, self.pages] = -2
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """Copies of the mutable state (to undo a CUDA-graph warm-up run)."""
+        return [t.clone() for t in self._state()]
+
+    def restore(self, saved: list[torch.Tensor]) -> None:
+        for t, s in zip(self._state(), saved, strict=True):
+            t.copy_(s)
+
+    def _state(self) -> list[torch.Tensor]:
+        return [self.keys, self.values, self.owner, self.fill, self.stamp, self.clock,
+                self.hits, self.misses, self.evictions]
 
     def _pages_of(self, sizes: torch.Tensor) -> torch.Tensor:
         return (sizes + self.page_tokens - 1) // self.page_tokens
@@ -159,17 +177,16 @@ class WaveBuffer:
         return torch.where(keep, ids, self.num_clusters)
 
 
-def _compact(ids: torch.Tensor, keep: torch.Tensor, pages: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move kept entries to the front keeping order: (ids, pages) with 0 pages for dropped."""
-    n = ids.shape[1]
-    pos = torch.arange(n, device=ids.device).expand_as(ids)
+def compact_order(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order [R, n] that moves kept entries to the front (stable) and the kept mask in it."""
+    n = keep.shape[1]
+    pos = torch.arange(n, device=keep.device).expand_as(keep)
     order = torch.sort(torch.where(keep, pos, pos + n), dim=1).indices
-    kept = keep.gather(1, order)
-    return torch.where(kept, ids.gather(1, order), 0), torch.where(kept, pages.gather(1, order), 0)
+    return order, keep.gather(1, order)
 
 
 def _take_pages(pool: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
     """pool [R, P+1, pt, D] gathered at page indices take [R, W] -> [R, W, pt, D]."""
-    r, w = take.shape
-    return pool.gather(1, take.view(r, w, 1, 1).expand(-1, -1, *pool.shape[2:]))
+    r, p1 = pool.shape[:2]
+    flat = (take + (torch.arange(r, device=take.device) * p1).view(r, 1)).view(-1)
+    return pool.view(r * p1, *pool.shape[2:]).index_select(0, flat).view(r, -1, *pool.shape[2:])
