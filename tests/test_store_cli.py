@@ -10,11 +10,15 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client import KVStoreClient, SequenceGeometry
+from kvstore_server.embedded import EmbeddedStore
 from wavekv_proto import codec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,3 +101,15 @@ def test_codec_rejects_inconsistent_tensors() -> None:
         codec.decode_numpy(msg)
     with pytest.raises(TypeError, match="numpy dtype"):
         codec.encode(np.zeros(3, np.complex64))
+
+
+def test_health_and_reflection_list_the_service(store_server: EmbeddedStore) -> None:
+    with grpc.insecure_channel(store_server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service="wavekv.v1.KVStore"))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (response,) = list(stub.ServerReflectionInfo(iter([request])))
+        names = {s.name for s in response.list_services_response.service}
+        assert {"wavekv.v1.KVStore", "grpc.health.v1.Health"} <= names
