@@ -2,6 +2,7 @@
 
 from inference_worker.model.attention import AttentionBackend, AttentionMetadata
 from inference_worker.model.config import ModelConfig, RopeScaling
+from inference_worker.model.cuda_graph import GraphedDecoder
 from inference_worker.model.full_attention import FullAttentionBackend
 from inference_worker.model.greedy import greedy_generate, prefill_chunked
 from inference_worker.model.llama import CausalLM
@@ -21,6 +22,7 @@ __all__ = [
     "AttentionMetadata",
     "CausalLM",
     "FullAttentionBackend",
+    "GraphedDecoder",
     "LoadedModel",
     "ModelConfig",
     "RopeScaling",

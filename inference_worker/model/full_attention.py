@@ -33,6 +33,7 @@ class FullAttentionBackend(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         sliding_window: int | None = None,
+        fixed_kv_len: bool = False,
     ) -> None:
         super().__init__()
         if max_batch_size < 1 or max_seq_len < 1:
@@ -42,6 +43,9 @@ class FullAttentionBackend(nn.Module):
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
         self.sliding_window = sliding_window
+        # fixed_kv_len: attend over all max_seq_len columns (masked) instead of the kv_len
+        # prefix, so tensor shapes do not change between steps (CUDA-graph capturable).
+        self.fixed_kv_len = fixed_kv_len
         shape = (num_layers, max_batch_size, num_kv_heads, max_seq_len + 1, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device))
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device))
@@ -59,6 +63,7 @@ class FullAttentionBackend(nn.Module):
         max_seq_len: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        fixed_kv_len: bool = False,
     ) -> FullAttentionBackend:
         """A cache shaped for `config` (use the model's compute dtype and device)."""
         return cls(
@@ -70,6 +75,7 @@ class FullAttentionBackend(nn.Module):
             dtype,
             device,
             config.sliding_window,
+            fixed_kv_len,
         )
 
     def prefill(
@@ -94,6 +100,10 @@ class FullAttentionBackend(nn.Module):
         return F.scaled_dot_product_attention(
             q, keys, values, attn_mask=self._mask, enable_gqa=True
         )  # [B, Hq, T, D]
+
+    def forget_call(self) -> None:
+        """Drop the per-call state so the next call rebuilds it (used around graph capture)."""
+        self._call_meta = None
 
     def _prepare(self, meta: AttentionMetadata) -> None:
         """Validate one forward call and build what all its layers share (no device sync)."""
@@ -122,8 +132,11 @@ class FullAttentionBackend(nn.Module):
         self.k_cache[layer][self._rows, :, self._cols] = k.transpose(1, 2)  # [B, T, Hkv, D]
         self.v_cache[layer][self._rows, :, self._cols] = v.transpose(1, 2)
 
+    def _attended_len(self, meta: AttentionMetadata) -> int:
+        return self.max_seq_len if self.fixed_kv_len else meta.kv_len
+
     def _read(self, layer: int, meta: AttentionMetadata) -> tuple[Tensor, Tensor]:
-        n = meta.kv_len
+        n = self._attended_len(meta)
         if meta.slots is None:
             b = meta.batch_size
             return self.k_cache[layer, :b, :, :n], self.v_cache[layer, :b, :, :n]
@@ -131,7 +144,7 @@ class FullAttentionBackend(nn.Module):
 
     def _causal_mask(self, meta: AttentionMetadata) -> Tensor:
         """[B, 1, T, kv_len] bool, True where query (b, t) may attend key column j."""
-        cols = torch.arange(meta.kv_len, device=meta.positions.device)  # [kv_len]
+        cols = torch.arange(self._attended_len(meta), device=meta.positions.device)  # [kv_len]
         q_pos = meta.positions[:, :, None]  # [B, T, 1]
         mask = cols <= q_pos  # [B, T, kv_len]
         if self.sliding_window is not None:

@@ -58,10 +58,12 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
-    def new_full_attention(self, max_batch_size: int, max_seq_len: int) -> FullAttentionBackend:
+    def new_full_attention(
+        self, max_batch_size: int, max_seq_len: int, fixed_kv_len: bool = False
+    ) -> FullAttentionBackend:
         """A dense KV cache backend matching this model's shape, dtype and device."""
         return FullAttentionBackend.for_model(
-            self.config, max_batch_size, max_seq_len, self.dtype, self.device
+            self.config, max_batch_size, max_seq_len, self.dtype, self.device, fixed_kv_len
         )
 
 
