@@ -31,6 +31,7 @@ from inference_worker.cluster_probes import (
     ClusterDown,
     alive_ray_nodes,
     ray_head_ready,
+    stop_running_jobs,
     store_healthy,
     wait_for,
     wait_store_port,
@@ -44,6 +45,8 @@ STATE_FILE = "cluster.json"
 LOOPBACK = "127.0.0.1"
 # Extra nodes start through Ray's CLI wrapped to stay on loopback (see that module).
 RAY_NODE_LAUNCHER = [sys.executable, "-m", "inference_worker.cluster_ray_node"]
+# Bound on Ray's own drain phase after SIGTERM (Ray's default is 30 s); `down` stops jobs first.
+DRAIN_TIMEOUT_S = 5.0
 ENV_COMMAND = "python -m inference_worker.cluster env"
 
 
@@ -120,6 +123,7 @@ def _base_env(state: ClusterState) -> dict[str, str]:
     env["RAY_DISABLE_USAGE_STATS"] = "1"
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN_PATH"] = state.auth_token_path
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = str(DRAIN_TIMEOUT_S)
     env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_ADDRESS", None)
     return env
@@ -241,11 +245,25 @@ def down(state_dir: Path, timeout_s: float = 30.0) -> list[ProcessId]:
     if state is None:
         logger.info("no cluster recorded in %s", state_dir)
         return []
+    _stop_jobs(state)
     killed = procs.stop(state.leaders(), timeout_s)
     if killed:
         logger.warning("needed SIGKILL: pids %s", [p.pid for p in killed])
     _cleanup_files(state)
     return killed
+
+
+def _stop_jobs(state: ClusterState) -> None:
+    """Stop running Ray jobs first: Ray drains a busy node for a while before it exits."""
+    if not state.dashboard_url:
+        return
+    try:
+        stopped = stop_running_jobs(state.dashboard_url, state.token())
+    except (OSError, ValueError) as err:  # head already gone or not up yet
+        logger.info("could not list Ray jobs (%s); stopping processes directly", err)
+        return
+    if stopped:
+        logger.info("asked Ray to stop running jobs %s", stopped)
 
 
 def status(state: ClusterState) -> dict[str, object]:

@@ -78,8 +78,8 @@ def store_healthy(address: str, timeout_s: float) -> bool:
     return result.returncode == 0
 
 
-def _get(url: str, token: str | None) -> bytes:
-    request = urllib.request.Request(url)
+def _get(url: str, token: str | None, method: str = "GET") -> bytes:
+    request = urllib.request.Request(url, method=method)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
@@ -99,3 +99,12 @@ def alive_ray_nodes(dashboard_url: str, token: str) -> int:
     body = json.loads(_get(f"{dashboard_url}/nodes?view=summary", token))
     summary = body.get("data", {}).get("summary", [])
     return sum(1 for node in summary if node.get("raylet", {}).get("state") == "ALIVE")
+
+
+def stop_running_jobs(dashboard_url: str, token: str) -> list[str]:
+    """Ask the job server to stop every job that has not finished; return their ids."""
+    jobs = json.loads(_get(f"{dashboard_url}/api/jobs/", token))
+    live = [j["submission_id"] for j in jobs if j.get("status") in ("PENDING", "RUNNING")]
+    for submission_id in live:
+        _get(f"{dashboard_url}/api/jobs/{submission_id}/stop", token, method="POST")
+    return live

@@ -139,10 +139,18 @@ def wait_gone(procs: Iterable[ProcessId], timeout_s: float) -> set[ProcessId]:
 
 
 def stop(leaders: Sequence[ProcessId], timeout_s: float) -> list[ProcessId]:
-    """SIGTERM the leaders, wait for all members, SIGKILL what is left; return the killed ones."""
+    """Stop leaders and all members; return those that needed SIGKILL.
+
+    SIGTERM the leaders and give them `timeout_s` to stop their own children (Ray's `--block`
+    mode does), then SIGTERM whatever member is left (e.g. a job entrypoint in its own session)
+    and finally SIGKILL the rest.
+    """
     group = members(leaders)
     send(leaders, signal.SIGTERM)
-    survivors = wait_gone(group, timeout_s)
+    wait_gone(leaders, timeout_s)
+    rest = {p for p in group | members(leaders) if is_alive(p)}
+    send(rest, signal.SIGTERM)
+    survivors = wait_gone(rest, min(timeout_s, 5.0))
     survivors |= members(leaders) - group  # processes born during the shutdown
     send(survivors, signal.SIGKILL)
     still = wait_gone(survivors, 5.0)

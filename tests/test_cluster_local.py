@@ -10,8 +10,11 @@ import importlib
 import json
 import os
 import re
+import selectors
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,9 +139,34 @@ def test_inference_job_writes_results(state: ClusterState, tmp_path: Path) -> No
         assert client.list_sequences() == []
 
 
+def start_blocking_job(state: ClusterState, marker: str) -> subprocess.Popen[bytes]:
+    """Submit a job that prints `marker` and then blocks; return once its entrypoint runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | state.client_env()
+    code = "import signal, sys; print(sys.argv[1], flush=True); signal.pause()"
+    argv = [RAY, "job", "submit", "--address", state.dashboard_url, "--"]
+    argv += ["python", "-c", code, marker]  # ray job submit shell-quotes each word
+    submit = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    assert submit.stdout is not None
+    fd = submit.stdout.fileno()
+    deadline = time.monotonic() + 120
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while f"\n{marker}\n".encode() not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0 and selector.select(left), f"job did not start: {seen!r}"
+            chunk = os.read(fd, 1 << 16)
+            assert chunk, f"ray job submit ended early: {seen!r}"
+            seen += chunk
+    return submit
+
+
 def test_down_leaves_no_stray_processes(state_dir: Path, state: ClusterState) -> None:
+    marker = f"wkv-running-job-{uuid.uuid4().hex}"
+    submit = start_blocking_job(state, marker)
     group = procs.members(state.leaders())
-    assert len(group) >= 3
+    running_job = [p for p in group if marker in Path(f"/proc/{p.pid}/cmdline").read_text()]
+    assert running_job, "the job entrypoint is not counted as a cluster process"
     result = cluster_cli("down", "--state-dir", str(state_dir), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not [p for p in group if procs.is_alive(p)]
@@ -150,10 +178,12 @@ def test_down_leaves_no_stray_processes(state_dir: Path, state: ClusterState) ->
         sid, stat, args = parts[1], parts[2], parts[3] if len(parts) > 3 else ""
         if stat.startswith("Z"):  # exited, only waiting for init to reap it
             continue
-        if int(sid) in sessions or state.ray_temp_dir in args or str(state_dir) in args:
+        ours = (state.ray_temp_dir, str(state_dir), marker)
+        if int(sid) in sessions or any(text in args for text in ours):
             strays.append(line)
     assert not strays, strays
     assert ClusterState.load(state_dir) is None
     assert not Path(state.ray_temp_dir).exists()
     status = cluster_cli("status", "--state-dir", str(state_dir), timeout=60)
     assert status.returncode == 1
+    submit.communicate(timeout=120)  # the submitting CLI ends once its job is gone
