@@ -17,17 +17,24 @@ def full_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) ->
     return torch.einsum("bhl,bhld->bhd", torch.softmax(logits, dim=-1), v)
 
 
-def make_layer(config: RetroInferConfig, hq: int, hkv: int, d: int, batch: int,
-               layer: int = 0) -> tuple[RetroInferLayer, InProcessClusterSource]:
+def make_layer(
+    config: RetroInferConfig, hq: int, hkv: int, d: int, batch: int, layer: int = 0
+) -> tuple[RetroInferLayer, InProcessClusterSource]:
     ids = [f"s{b}" for b in range(batch)]
     source = InProcessClusterSource()
-    rl = RetroInferLayer(config, layer, hq, hkv, d, source, ids,
-                         on_segment=lambda seg: source.put(ids, seg))
+    rl = RetroInferLayer(
+        config, layer, hq, hkv, d, source, ids, on_segment=lambda seg: source.put(ids, seg)
+    )
     return rl, source
 
 
-def run_decode(layer: RetroInferLayer, keys: torch.Tensor, values: torch.Tensor, steps: int,
-               gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+def run_decode(
+    layer: RetroInferLayer,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    steps: int,
+    gen: torch.Generator,
+) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
     """Prefill with keys/values, decode `steps` random tokens; returns (ours, reference, stats)."""
     b, hkv, _, d = keys.shape
     hq = hkv * layer.group

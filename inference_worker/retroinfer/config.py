@@ -25,9 +25,13 @@ class RetroInferConfig:
     update_clusters: int = 64  # clusters per update segment
     cache_clusters_factor: float = 3.0  # cache = factor * n_ret clusters (if cache_ratio is None)
     cache_ratio: float | None = None  # cache = cache_ratio * C clusters (paper: 0.05)
-    exec_buffer_factor: float = 4.0  # execution buffer >= max(exec_buffer_min, factor*n_ret) clusters
+    exec_buffer_factor: float = (
+        4.0  # execution buffer >= max(exec_buffer_min, factor*n_ret) clusters
+    )
     exec_buffer_min_clusters: int = 32
-    final_assign_chunk: int = 16384  # tokens per chunk of the final global assignment (memory bound)
+    final_assign_chunk: int = (
+        16384  # tokens per chunk of the final global assignment (memory bound)
+    )
 
     def __post_init__(self) -> None:
         _check_int("sink_tokens", self.sink_tokens, 0)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 StepFn = Callable[..., tuple[torch.Tensor, ...]]
+State = list[torch.Tensor]
 
 
 class StepGraph:
@@ -16,8 +17,13 @@ class StepGraph:
     so capturing has no visible effect besides the kernels' lazy initialisation.
     """
 
-    def __init__(self, fn: StepFn, inputs: tuple[torch.Tensor, ...],
-                 snapshot: Callable[[], object], restore: Callable[[object], None]) -> None:
+    def __init__(
+        self,
+        fn: StepFn,
+        inputs: tuple[torch.Tensor, ...],
+        snapshot: Callable[[], State],
+        restore: Callable[[State], None],
+    ) -> None:
         self.inputs = tuple(x.clone() for x in inputs)
         saved = snapshot()
         side = torch.cuda.Stream()

@@ -84,8 +84,9 @@ def build_segment(
 class ClusterMetadata:
     """Device-resident metadata of all clusters of one layer, concatenated over segments."""
 
-    def __init__(self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(
+        self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
         self.scan_dtype = dtype
         self.centroids = torch.zeros(batch, kv_heads, 0, head_dim, dtype=dtype, device=device)
         self.value_sums = torch.zeros(batch, kv_heads, 0, head_dim, device=device)  # fp32

@@ -77,8 +77,11 @@ def _segment_centroids(
     valid = t.unsqueeze(0) < lengths.unsqueeze(1)  # [n_seg, T]
     idx = (bounds[:-1].unsqueeze(1) + t).clamp(max=n - 1)  # [n_seg, T]
     seg32 = centred[:, idx.reshape(-1)].reshape(rows * num_segments, width, dim)  # [S, T, D]
-    init_pos = ((torch.arange(per_seg, device=centred.device) + 0.5).unsqueeze(0)
-                * lengths.unsqueeze(1) / per_seg).long()  # [n_seg, C_s]
+    init_pos = (
+        (torch.arange(per_seg, device=centred.device) + 0.5).unsqueeze(0)
+        * lengths.unsqueeze(1)
+        / per_seg
+    ).long()  # [n_seg, C_s]
     init_pos = init_pos.clamp(max=width - 1)
     init = seg32.reshape(rows, num_segments, width, dim)
     init = init.gather(2, init_pos.view(1, num_segments, per_seg, 1).expand(rows, -1, -1, dim))
@@ -89,8 +92,12 @@ def _segment_centroids(
     for _ in range(iterations - 1):
         unit = torch.cat(
             [
-                _spherical_step(seg32[s : s + chunk], seg_mm[s : s + chunk],
-                                seg_valid[s : s + chunk], unit[s : s + chunk])
+                _spherical_step(
+                    seg32[s : s + chunk],
+                    seg_mm[s : s + chunk],
+                    seg_valid[s : s + chunk],
+                    unit[s : s + chunk],
+                )
                 for s in range(0, unit.shape[0], chunk)
             ]
         )

@@ -19,8 +19,15 @@ from .steady import SteadyZone
 from .wave_buffer import WaveBuffer, compact_order
 
 log = logging.getLogger(__name__)
-COUNT_NAMES = ("hits", "misses", "admitted", "rejected", "evicted", "overflow_clusters",
-               "retrieved_tokens")
+COUNT_NAMES = (
+    "hits",
+    "misses",
+    "admitted",
+    "rejected",
+    "evicted",
+    "overflow_clusters",
+    "retrieved_tokens",
+)
 
 
 class RetroInferLayer:
@@ -48,8 +55,9 @@ class RetroInferLayer:
         use_cuda_graph: bool = True,
     ) -> None:
         if num_q_heads % num_kv_heads:
-            raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads "
-                             f"({num_kv_heads})")
+            raise ValueError(
+                f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
+            )
         self.config, self.layer, self.source = config, layer, source
         self.sequence_ids = list(sequence_ids)
         self.batch, self.kv_heads, self.head_dim = len(self.sequence_ids), num_kv_heads, head_dim
@@ -84,16 +92,18 @@ class RetroInferLayer:
         cfg, length = self.config, keys.shape[2]
         sink = min(cfg.sink_tokens, length)
         cap = cfg.sink_tokens + cfg.window_tokens + cfg.update_tokens
-        self.steady = SteadyZone(sink, cap, self.batch, self.kv_heads, self.head_dim,
-                                 self.dtype, self.device)
+        self.steady = SteadyZone(
+            sink, cap, self.batch, self.kv_heads, self.head_dim, self.dtype, self.device
+        )
         self.steady.extend(keys[:, :, :sink], values[:, :, :sink])
         segments: list[IndexSegment] = []
         if length >= cfg.index_threshold:
             end = length - cfg.window_tokens
             n_seg = cfg.num_segments(length)
             per_seg = cfg.num_clusters(end - sink, n_seg) // n_seg
-            segments.append(self._cluster(keys[:, :, sink:end], values[:, :, sink:end], sink,
-                                          n_seg, per_seg))
+            segments.append(
+                self._cluster(keys[:, :, sink:end], values[:, :, sink:end], sink, n_seg, per_seg)
+            )
             self.steady.extend(keys[:, :, end:], values[:, :, end:])
             self.next_position = end
         else:
@@ -101,8 +111,9 @@ class RetroInferLayer:
             self.next_position = sink
         return segments
 
-    def decode(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor
-               ) -> tuple[torch.Tensor, StepStats]:
+    def decode(
+        self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor
+    ) -> tuple[torch.Tensor, StepStats]:
         """One decode step. q [B, Hq, D]; k_new, v_new [B, Hkv, D] (post-RoPE).
         Returns (output [B, Hq, D] in q's dtype, stats)."""
         steady = self.steady
@@ -115,17 +126,18 @@ class RetroInferLayer:
         self._pos.fill_(steady.length)  # device-side position of the new token
         inputs = (q.to(self.dtype), k_new.to(self.dtype), v_new.to(self.dtype), self._pos)
         c = self.num_clusters
-        stats = StepStats(num_clusters=c, retrieval_clusters=self.config.retrieval_clusters(c),
-                          estimation_clusters=self.config.estimation_clusters(c),
-                          steady_tokens=steady.length + 1, dense=c == 0)
+        stats = StepStats(
+            num_clusters=c,
+            retrieval_clusters=self.config.retrieval_clusters(c),
+            estimation_clusters=self.config.estimation_clusters(c),
+            steady_tokens=steady.length + 1,
+            dense=c == 0,
+        )
         if c == 0:
             out = self._dense(*inputs)
             stats.exec_tokens = stats.steady_tokens
-        elif self._graph_ready():
-            if self._graph is None:
-                self._graph = StepGraph(partial(self._tripartite, widths=self._fixed_widths()),
-                                        inputs, self._buffer(c).snapshot,
-                                        self._buffer(c).restore)  # type: ignore[arg-type]
+        elif self._graph_ready() and self._capture(inputs):
+            assert self._graph is not None
             out, counts, exec_tokens = self._graph(*inputs)[:3]
             stats.counts = dict(zip(COUNT_NAMES, counts.clone().unbind(), strict=True))
             stats.exec_tokens = int(exec_tokens.shape[0])
@@ -136,17 +148,42 @@ class RetroInferLayer:
             stats.counts = dict(zip(COUNT_NAMES, counts.unbind(), strict=True))
             stats.exec_tokens = int(exec_tokens.shape[0])
             if self.record_selection:
-                stats.selection = dict(zip(("retrieved", "estimated", "estimated_mask"), sel,
-                                           strict=True))
+                stats.selection = dict(
+                    zip(("retrieved", "estimated", "estimated_mask"), sel, strict=True)
+                )
             self._graph_warm = True
         steady.length += 1
         stats.new_segment = self._maybe_update()
         return out.reshape(q.shape).to(q.dtype), stats
 
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> bool:
+        """Capture the step graph if needed; on failure fall back to eager for good."""
+        if self._graph is None:
+            buffer = self._buffer(self.num_clusters)
+            try:
+                self._graph = StepGraph(
+                    partial(self._tripartite, widths=self._fixed_widths()),
+                    inputs,
+                    buffer.snapshot,
+                    buffer.restore,
+                )
+            except RuntimeError as err:  # capture unsupported here: stay correct, run eager
+                log.warning(
+                    "layer %d: CUDA graph capture failed (%s); running eager", self.layer, err
+                )
+                self.use_cuda_graph = False
+                return False
+        return True
+
     def _graph_ready(self) -> bool:
         """CUDA graphs: CUDA device, capturable source, not recording, one eager step done."""
-        return (self.use_cuda_graph and self.device.type == "cuda" and self._graph_warm
-                and not self.record_selection and getattr(self.source, "capturable", False))
+        return (
+            self.use_cuda_graph
+            and self.device.type == "cuda"
+            and self._graph_warm
+            and not self.record_selection
+            and getattr(self.source, "capturable", False)
+        )
 
     def _fixed_widths(self) -> tuple[int, int]:
         """Static execution-buffer widths for graph replay: (miss tokens, hit pages)."""
@@ -156,17 +193,23 @@ class RetroInferLayer:
         assert self.buffer is not None
         return tokens, min(pages, self.buffer.pages + 1)
 
-    def _dense(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-               pos: torch.Tensor) -> torch.Tensor:
+    def _dense(
+        self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, pos: torch.Tensor
+    ) -> torch.Tensor:
         assert self.steady is not None
         self.steady.append_at(k_new, v_new, pos)
         st_k, st_v, st_mask = self._steady_rows(pos)
         qg = q.reshape(self.rows, self.group, self.head_dim)
         return partial_attention(qg, st_k, st_v, st_mask, self.scale)[0]
 
-    def _tripartite(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                    pos: torch.Tensor, widths: tuple[int, int] | None
-                    ) -> tuple[torch.Tensor, ...]:
+    def _tripartite(
+        self,
+        q: torch.Tensor,
+        k_new: torch.Tensor,
+        v_new: torch.Tensor,
+        pos: torch.Tensor,
+        widths: tuple[int, int] | None,
+    ) -> tuple[torch.Tensor, ...]:
         """The step's device work. Returns (out [R, G, D] fp32, counts [7], exec marker [T],
         retrieved ids, ranked ids, estimated mask). widths None: measured (one host sync)."""
         assert self.steady is not None
@@ -192,32 +235,57 @@ class RetroInferLayer:
             hit_pages = torch.where(hit, buffer._pages_of(ret_sizes), 0).sum(1).max()
             need = torch.stack([miss_tokens, hit_pages]).tolist()  # the step's one host sync
             widths = (_round_up(max(need[0], 1), 64), max(need[1], 1))
-        fetched = self.source.fetch(self.layer, self.sequence_ids,
-                                    miss_ids.view(self.batch, self.kv_heads, n_ret), widths[0])
+        fetched = self.source.fetch(
+            self.layer,
+            self.sequence_ids,
+            miss_ids.view(self.batch, self.kv_heads, n_ret),
+            widths[0],
+        )
         miss_k = fetched.keys.to(self.device).reshape(r, widths[0], d)
         miss_v = fetched.values.to(self.device).reshape(r, widths[0], d)
         miss_off = fetched.offsets.to(self.device).reshape(r, n_ret + 1)
         hit_k, hit_v, hit_fill = buffer.hit_pages(ret, hit, widths[1])
-        o_x, lse_x, exec_tokens = self._exact(qg, pos, miss_k, miss_v, miss_off, hit_k, hit_v,
-                                              hit_fill)
+        o_x, lse_x, exec_tokens = self._exact(
+            qg, pos, miss_k, miss_v, miss_off, hit_k, hit_v, hit_fill
+        )
         est_keep = torch.cat([overflow, top_sizes[:, n_ret:] > 0], dim=1)  # [R, k]
         z_top = z.gather(2, top.unsqueeze(1).expand(-1, self.group, -1))  # [R, G, k]
         flat_top = (top + (torch.arange(r, device=self.device) * c).view(r, 1)).view(-1)
         vs_top = self.meta.value_sums.reshape(r * c, d).index_select(0, flat_top).view(r, -1, d)
         o_e, lse_e = estimate(z_top, top_sizes, vs_top, est_keep)
         admitted = buffer.admit(ret, ret_valid, hit, ret_sizes, miss_k, miss_v, miss_off)
-        counts = torch.stack([
-            hit.sum(), miss.sum(), admitted.admitted.sum(), admitted.rejected.sum(),
-            admitted.evicted.sum(), overflow.sum(), torch.where(ret_valid, ret_sizes, 0).sum()])
+        counts = torch.stack(
+            [
+                hit.sum(),
+                miss.sum(),
+                admitted.admitted.sum(),
+                admitted.rejected.sum(),
+                admitted.evicted.sum(),
+                overflow.sum(),
+                torch.where(ret_valid, ret_sizes, 0).sum(),
+            ]
+        )
         shape = (self.batch, self.kv_heads, -1)
-        return (merge(o_x, lse_x, o_e, lse_e), counts, exec_tokens,
-                torch.where(ret_valid, ret, -1).view(shape), top.view(shape),
-                est_keep.view(shape))
+        return (
+            merge(o_x, lse_x, o_e, lse_e),
+            counts,
+            exec_tokens,
+            torch.where(ret_valid, ret, -1).view(shape),
+            top.view(shape),
+            est_keep.view(shape),
+        )
 
-    def _exact(self, qg: torch.Tensor, pos: torch.Tensor, miss_k: torch.Tensor,
-               miss_v: torch.Tensor, miss_off: torch.Tensor, hit_k: torch.Tensor,
-               hit_v: torch.Tensor, hit_fill: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _exact(
+        self,
+        qg: torch.Tensor,
+        pos: torch.Tensor,
+        miss_k: torch.Tensor,
+        miss_v: torch.Tensor,
+        miss_off: torch.Tensor,
+        hit_k: torch.Tensor,
+        hit_v: torch.Tensor,
+        hit_fill: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Exact attention over the execution buffer [steady | misses | hits]."""
         r, d, pt = self.rows, self.head_dim, self.config.page_tokens
         st_k, st_v, st_mask = self._steady_rows(pos)
@@ -248,11 +316,26 @@ class RetroInferLayer:
         log.debug("layer %d: index update, %d clusters", self.layer, self.num_clusters)
         return segment
 
-    def _cluster(self, keys: torch.Tensor, values: torch.Tensor, first_position: int,
-                 n_seg: int, per_seg: int) -> IndexSegment:
+    def _cluster(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        first_position: int,
+        n_seg: int,
+        per_seg: int,
+    ) -> IndexSegment:
         cfg = self.config
-        segment = build_segment(keys, values, first_position, self.layer, self.num_clusters,
-                                n_seg, per_seg, cfg.kmeans_iterations, cfg.final_assign_chunk)
+        segment = build_segment(
+            keys,
+            values,
+            first_position,
+            self.layer,
+            self.num_clusters,
+            n_seg,
+            per_seg,
+            cfg.kmeans_iterations,
+            cfg.final_assign_chunk,
+        )
         self.meta.append(segment)
         self._graph, self._graph_warm = None, False
         if self.buffer is not None:
@@ -264,19 +347,24 @@ class RetroInferLayer:
     def _buffer(self, num_clusters: int) -> WaveBuffer:
         if self.buffer is None:
             cfg = self.config
-            pages = math.ceil(cfg.cache_clusters(num_clusters) * cfg.cluster_size
-                              / cfg.page_tokens)
-            self.buffer = WaveBuffer(self.rows, pages, cfg.page_tokens, self.head_dim,
-                                     self.dtype, self.device)
+            pages = math.ceil(cfg.cache_clusters(num_clusters) * cfg.cluster_size / cfg.page_tokens)
+            self.buffer = WaveBuffer(
+                self.rows, pages, cfg.page_tokens, self.head_dim, self.dtype, self.device
+            )
             self.buffer.grow(num_clusters)
         return self.buffer
 
     def _check_kv(self, name: str, t: torch.Tensor, length: int | None) -> None:
-        want = (self.batch, self.kv_heads, length if length is not None else t.shape[2],
-                self.head_dim)
+        want = (
+            self.batch,
+            self.kv_heads,
+            length if length is not None else t.shape[2],
+            self.head_dim,
+        )
         if t.dim() != 4 or tuple(t.shape) != want:
-            raise ValueError(f"{name} must have shape [B, Hkv, L, D] = {list(want)}, "
-                             f"got {list(t.shape)}")
+            raise ValueError(
+                f"{name} must have shape [B, Hkv, L, D] = {list(want)}, got {list(t.shape)}"
+            )
 
     def _check_step(self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
         want_q = [self.batch, self.kv_heads * self.group, self.head_dim]
@@ -285,8 +373,9 @@ class RetroInferLayer:
             raise ValueError(f"q must have shape [B, Hq, D] = {want_q}, got {list(q.shape)}")
         for name, t in (("k_new", k_new), ("v_new", v_new)):
             if list(t.shape) != want_kv:
-                raise ValueError(f"{name} must have shape [B, Hkv, D] = {want_kv}, "
-                                 f"got {list(t.shape)}")
+                raise ValueError(
+                    f"{name} must have shape [B, Hkv, D] = {want_kv}, got {list(t.shape)}"
+                )
 
 
 def _round_up(x: int, multiple: int) -> int:

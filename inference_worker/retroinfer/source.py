@@ -74,10 +74,10 @@ class InProcessClusterSource:
     def drop(self, sequence_ids: Sequence[Hashable]) -> None:
         """Forget a batch of sequences that was uploaded together."""
         ids = tuple(sequence_ids)
-        for key in [k for k in self._groups if k[1] == ids]:
-            del self._groups[key]
-        for key in [k for k in self._where if k[1] in ids]:
-            del self._where[key]
+        for group in [k for k in self._groups if k[1] == ids]:
+            del self._groups[group]
+        for where in [k for k in self._where if k[1] in ids]:
+            del self._where[where]
 
     def fetch(
         self,
@@ -94,8 +94,9 @@ class InProcessClusterSource:
             if (layer, seq) not in self._where:
                 raise KeyError(f"no segments for sequence {seq!r} at layer {layer}")
             group_ids, row = self._where[(layer, seq)]
-            parts.append(_gather(self._groups[(layer, group_ids)], row,
-                                 cluster_ids[b : b + 1], max_tokens))
+            parts.append(
+                _gather(self._groups[(layer, group_ids)], row, cluster_ids[b : b + 1], max_tokens)
+            )
         return FetchedBatch(
             keys=torch.cat([p.keys for p in parts]),
             values=torch.cat([p.values for p in parts]),

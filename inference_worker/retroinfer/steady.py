@@ -8,8 +8,16 @@ import torch
 class SteadyZone:
     """Dense exact-attention tokens of one layer for B sequences: [sinks | recent]."""
 
-    def __init__(self, sink: int, capacity: int, batch: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        sink: int,
+        capacity: int,
+        batch: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         self.sink = sink  # tokens at the front that are never clustered
         shape = (batch, kv_heads, capacity, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)  # [B, Hkv, cap, D]
@@ -47,8 +55,9 @@ class SteadyZone:
 
     def _resize(self, needed: int) -> None:
         b, h, cap, d = self.keys.shape
-        grown = torch.zeros(b, h, max(needed, 2 * cap), d, dtype=self.keys.dtype,
-                            device=self.keys.device)
+        grown = torch.zeros(
+            b, h, max(needed, 2 * cap), d, dtype=self.keys.dtype, device=self.keys.device
+        )
         grown_v = torch.zeros_like(grown)
         grown[:, :, : self.length] = self.keys[:, :, : self.length]
         grown_v[:, :, : self.length] = self.values[:, :, : self.length]

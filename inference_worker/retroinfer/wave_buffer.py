@@ -26,8 +26,15 @@ class AdmitResult:
 class WaveBuffer:
     """LRU cache of clusters for R rows; cluster ids are global per row."""
 
-    def __init__(self, rows: int, pages: int, page_tokens: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        rows: int,
+        pages: int,
+        page_tokens: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         self.rows, self.pages, self.page_tokens = rows, pages, page_tokens
         shape = (rows, pages + 1, page_tokens, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)  # [R, P+1, pt, D]
@@ -60,8 +67,9 @@ class WaveBuffer:
         """ids [R, n] (rank order) -> hit [R, n] bool; invalid entries are never hits."""
         return valid & (self.stamp.gather(1, self._safe(ids, valid)) >= 0)
 
-    def hit_pages(self, ids: torch.Tensor, hit: torch.Tensor, width: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def hit_pages(
+        self, ids: torch.Tensor, hit: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Copy the pages of hit clusters, compacted: (keys, values [R, width, pt, D],
         fill [R, width] valid tokens per page)."""
         selected = torch.zeros_like(self.stamp, dtype=torch.bool)  # [R, C+1]
@@ -107,16 +115,25 @@ class WaveBuffer:
         admitted_pages = torch.where(fits, miss_pages, 0).sum(1)  # [R]
         evicted = self._evict(evictable, page_stamp, (admitted_pages - free).clamp(min=0))
         width = min(self.pages + 1, miss_keys.shape[1] // self.page_tokens + n)
-        self._place(miss_ids, torch.where(fits, miss_pages, 0), miss_sizes, miss_keys,
-                    miss_values, miss_offsets, width)
+        self._place(
+            miss_ids,
+            torch.where(fits, miss_pages, 0),
+            miss_sizes,
+            miss_keys,
+            miss_values,
+            miss_offsets,
+            width,
+        )
         self.stamp.scatter_(1, self._safe(miss_ids, fits), miss_stamp)
         self.stamp[:, -1] = -1
         self.evictions += evicted
-        return AdmitResult(admitted=fits.sum(1), rejected=(miss_pages > 0).sum(1) - fits.sum(1),
-                           evicted=evicted)
+        return AdmitResult(
+            admitted=fits.sum(1), rejected=(miss_pages > 0).sum(1) - fits.sum(1), evicted=evicted
+        )
 
-    def _evict(self, evictable: torch.Tensor, page_stamp: torch.Tensor, need: torch.Tensor
-               ) -> torch.Tensor:
+    def _evict(
+        self, evictable: torch.Tensor, page_stamp: torch.Tensor, need: torch.Tensor
+    ) -> torch.Tensor:
         """Free whole least-recent clusters until `need` [R] pages are freed; returns counts."""
         key = torch.where(evictable, page_stamp, _NEVER)
         sorted_key, order = torch.sort(key, dim=1, stable=True)  # [R, P+1]
@@ -130,9 +147,16 @@ class WaveBuffer:
         self.owner.masked_fill_(gone, -1)
         return (gone_sorted & starts).sum(1)
 
-    def _place(self, miss_ids: torch.Tensor, pages: torch.Tensor, sizes: torch.Tensor,
-               keys: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor,
-               width: int) -> None:
+    def _place(
+        self,
+        miss_ids: torch.Tensor,
+        pages: torch.Tensor,
+        sizes: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        offsets: torch.Tensor,
+        width: int,
+    ) -> None:
         """Copy admitted misses' pages from the packed execution-buffer rows into free pages.
         `width` bounds the pages placed per row (admitted pages never exceed it)."""
         p1, pt, r, d = self.pages + 1, self.page_tokens, self.rows, keys.shape[-1]
@@ -150,9 +174,11 @@ class WaveBuffer:
         flat_src = (src + (torch.arange(r, device=dev) * keys.shape[1]).view(r, 1, 1)).view(-1)
         flat_dst = (dest + (torch.arange(r, device=dev) * p1).view(r, 1)).view(-1)
         self.keys.view(-1, pt, d).index_copy_(
-            0, flat_dst, keys.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d))
+            0, flat_dst, keys.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d)
+        )
         self.values.view(-1, pt, d).index_copy_(
-            0, flat_dst, values.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d))
+            0, flat_dst, values.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d)
+        )
         self.owner.scatter_(1, dest, torch.where(ok, miss_ids.gather(1, which), -2))
         self.fill.scatter_(1, dest, (sizes.gather(1, which) - page_in * pt).clamp(0, pt))
         self.owner[:, self.pages] = -2
@@ -166,8 +192,17 @@ class WaveBuffer:
             t.copy_(s)
 
     def _state(self) -> list[torch.Tensor]:
-        return [self.keys, self.values, self.owner, self.fill, self.stamp, self.clock,
-                self.hits, self.misses, self.evictions]
+        return [
+            self.keys,
+            self.values,
+            self.owner,
+            self.fill,
+            self.stamp,
+            self.clock,
+            self.hits,
+            self.misses,
+            self.evictions,
+        ]
 
     def _pages_of(self, sizes: torch.Tensor) -> torch.Tensor:
         return (sizes + self.page_tokens - 1) // self.page_tokens
