@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -153,39 +154,53 @@ def _start_store(state: ClusterState, settings: ClusterSettings) -> None:
     state.store_address = f"{LOOPBACK}:{port}"
     state.save()
     if not store_healthy(state.store_address, settings.startup_timeout_s):
-        raise ClusterDown(f"store at {state.store_address} is not SERVING; see {ready.parent}")
+        log = state.components[-1].log
+        raise ClusterDown(f"store at {state.store_address} is not SERVING; see {log}")
 
 
-def _node_resources(settings: ClusterSettings) -> list[str]:
+def _node_resources(settings: ClusterSettings, num_gpus: int | None) -> list[str]:
     args = []
     if settings.num_cpus is not None:
         args.append(f"--num-cpus={settings.num_cpus}")
-    if settings.num_gpus is not None:
-        args.append(f"--num-gpus={settings.num_gpus}")
+    if num_gpus is not None:
+        args.append(f"--num-gpus={num_gpus}")
     if settings.object_store_bytes is not None:
         args.append(f"--object-store-memory={settings.object_store_bytes}")
     return args
 
 
-def _start_ray(state: ClusterState, settings: ClusterSettings) -> None:
-    gcs_port = settings.ray_port or procs.free_port()
-    dash_port = settings.dashboard_port or procs.free_port()
-    state.gcs_address = f"{LOOPBACK}:{gcs_port}"
-    state.dashboard_url = f"http://{LOOPBACK}:{dash_port}"
-    env = _base_env(state)
-    env["WAVEKV_STORE_ADDRESS"] = state.store_address
+def _head_command(state: ClusterState, settings: ClusterSettings) -> list[str]:
+    gcs_port = int(state.gcs_address.rsplit(":", 1)[1])
+    dash_port = int(state.dashboard_url.rsplit(":", 1)[1])
+    # Like the compose file: with worker nodes the head keeps no GPU, the workers get them.
+    gpus = 0 if settings.worker_nodes else settings.num_gpus
+    head = [_ray_binary(), "start", "--head", f"--port={gcs_port}", *_node_common(state)]
+    head += [*_node_resources(settings, gpus), f"--dashboard-host={LOOPBACK}"]
+    head += [f"--dashboard-port={dash_port}", f"--ray-client-server-port={procs.free_port()}"]
+    return [*head, f"--dashboard-agent-listen-port={procs.free_port()}"]
+
+
+def _worker_command(state: ClusterState, settings: ClusterSettings) -> list[str]:
+    worker = [*RAY_NODE_LAUNCHER, "start", f"--address={state.gcs_address}"]
+    worker += [*_node_common(state), *_node_resources(settings, settings.num_gpus)]
+    return [*worker, f"--dashboard-agent-listen-port={procs.free_port()}"]
+
+
+def _node_common(state: ClusterState) -> list[str]:
     common = ["--block", f"--node-ip-address={LOOPBACK}", f"--temp-dir={state.ray_temp_dir}"]
-    common += ["--disable-usage-stats", *_node_resources(settings)]
-    head = [_ray_binary(), "start", "--head", f"--port={gcs_port}", *common]
-    head += [f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dash_port}"]
-    head += [f"--ray-client-server-port={procs.free_port()}"]
-    head += [f"--dashboard-agent-listen-port={procs.free_port()}"]
+    return [*common, "--disable-usage-stats"]
+
+
+def _start_ray(state: ClusterState, settings: ClusterSettings) -> None:
+    state.gcs_address = f"{LOOPBACK}:{settings.ray_port or procs.free_port()}"
+    state.dashboard_url = f"http://{LOOPBACK}:{settings.dashboard_port or procs.free_port()}"
+    env = _base_env(state) | {"WAVEKV_STORE_ADDRESS": state.store_address}
     # Ray's head metrics endpoints default to fixed ports; free ones let clusters coexist.
     head_env = env | {
         "AUTOSCALER_METRIC_PORT": str(procs.free_port()),
         "DASHBOARD_METRIC_PORT": str(procs.free_port()),
     }
-    started = [_start(state, "ray-head", head, head_env)]
+    started = [_start(state, "ray-head", _head_command(state, settings), head_env)]
     wait_for(
         lambda: ray_head_ready(state.dashboard_url, state.token()),
         started,
@@ -193,8 +208,7 @@ def _start_ray(state: ClusterState, settings: ClusterSettings) -> None:
         f"Ray head dashboard/job server at {state.dashboard_url}",
     )
     for index in range(settings.worker_nodes):
-        worker = [*RAY_NODE_LAUNCHER, "start", f"--address={state.gcs_address}", *common]
-        worker += [f"--dashboard-agent-listen-port={procs.free_port()}"]
+        worker = _worker_command(state, settings)
         started.append(_start(state, f"ray-worker-{index}", worker, env))
     state.expected_nodes = 1 + settings.worker_nodes
     state.save()
@@ -209,8 +223,10 @@ def _start_ray(state: ClusterState, settings: ClusterSettings) -> None:
 def _new_state(state_dir: Path) -> ClusterState:
     state_dir.mkdir(parents=True, exist_ok=True)
     token_path = state_dir / "ray_auth_token"
-    token_path.touch(mode=0o600)
-    token_path.write_text(secrets.token_hex(32))
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as token_file:
+        token_file.write(secrets.token_hex(32))
     temp_dir = tempfile.mkdtemp(prefix="wkv-ray-", dir="/tmp")
     return ClusterState(str(state_dir), temp_dir, str(token_path))
 
@@ -290,7 +306,7 @@ def _print_summary(state: ClusterState) -> None:
     print(f"state dir:  {state.state_dir}")
     print(f'client environment (eval "$({ENV_COMMAND} --state-dir {state.state_dir})"):')
     for key, value in state.client_env().items():
-        print(f"  export {key}={value}")
+        print(f"  export {key}={shlex.quote(value)}")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -351,7 +367,7 @@ def _run(command: str, settings: ClusterSettings) -> int:
         return 1
     if command == "env":
         for key, value in state.client_env().items():
-            print(f"export {key}={value}")
+            print(f"export {key}={shlex.quote(value)}")
         return 0
     report = status(state)
     for name, outcome in report.items():

@@ -63,7 +63,7 @@ class ClusterSettings:
     state_dir: Path = field(default_factory=default_cluster_dir)  # pids, ports, logs, token
     worker_nodes: int = 0  # extra `ray start --address` nodes beside the head
     num_cpus: int | None = None  # CPUs each Ray node advertises (None: Ray detects)
-    num_gpus: int | None = None  # GPUs each Ray node advertises (None: Ray detects)
+    num_gpus: int | None = None  # GPUs per worker node (head: 0 if worker nodes); None: detect
     object_store_bytes: int | None = None  # Ray object store per node (None: Ray default)
     store_capacity_bytes: int | None = (
         None  # --capacity-bytes (None: WAVEKV_CAPACITY_BYTES/default)
