@@ -67,6 +67,20 @@ def test_compose_topology() -> None:
     assert any(v["target"] == "/models" for v in config["ray-worker"]["volumes"])
 
 
+def test_env_example_documents_every_variable() -> None:
+    """Each ${WAVEKV_*} in the compose file has a line in .env.example, and no line is unused."""
+    listed = run_config(COMPOSE_FILE, "config", "--variables")
+    assert listed.returncode == 0, listed.stderr
+    used = {line.split()[0] for line in listed.stdout.splitlines()[1:] if line.strip()}
+    example = {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert "WAVEKV_RAY_AUTH_TOKEN" in used
+    assert used - {"WAVEKV_PROJECT_NAME"} == example - {"WAVEKV_PROJECT_NAME"}
+
+
 def test_required_token_is_enforced(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WAVEKV_", "COMPOSE_"))}
     empty_env = tmp_path / "empty.env"
