@@ -39,8 +39,8 @@ def test_full_retrieval_exact_through_index_updates_and_tiny_cache():
     cfg = RetroInferConfig(
         sink_tokens=2,
         window_tokens=8,
-        update_tokens=32,
-        update_clusters=4,
+        update_tokens=16,
+        update_clusters=2,
         cluster_size=8,
         cache_ratio=0.3,
         **FULL,
@@ -49,13 +49,13 @@ def test_full_retrieval_exact_through_index_updates_and_tiny_cache():
     layer, _ = make_layer(cfg, 9, 3, 16, 2)
     keys = torch.randn(2, 3, 301, 16, generator=gen)
     values = torch.randn(2, 3, 301, 16, generator=gen)
-    results = run_decode(layer, keys, values, 90, gen)
+    results = run_decode(layer, keys, values, 40, gen)
     for ours, ref, _ in results:
         torch.testing.assert_close(ours.double(), ref, atol=2e-5, rtol=1e-4)
     stats = [s for _, _, s in results]
-    assert sum(s["index_update"] for s in stats) == 2  # recent window full after 32 and 64 steps
+    assert sum(s["index_update"] for s in stats) == 2  # recent window full after 16 and 32 steps
     assert sum(s["hits"] for s in stats) > 0 and sum(s["misses"] for s in stats) > 0
-    assert layer.num_clusters == stats[0]["num_clusters"] + 4 * sum(
+    assert layer.num_clusters == stats[0]["num_clusters"] + 2 * sum(
         s["index_update"] for s in stats
     )
 
@@ -201,3 +201,10 @@ def test_wave_buffer_does_not_change_the_output():
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
     assert totals[0]["hits"] > 0 and totals[0]["evicted"] > 0
     assert totals[1] == {"hits": 0, "evicted": 0}
+
+
+def test_prefill_twice_is_refused():
+    layer, _ = make_layer(RetroInferConfig(), 9, 3, 16, 1)
+    layer.prefill(torch.zeros(1, 3, 10, 16), torch.zeros(1, 3, 10, 16))
+    with pytest.raises(RuntimeError, match="prefill\\(\\) already called for layer 0"):
+        layer.prefill(torch.zeros(1, 3, 10, 16), torch.zeros(1, 3, 10, 16))

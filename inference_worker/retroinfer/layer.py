@@ -87,6 +87,8 @@ class RetroInferLayer:
     def prefill(self, keys: torch.Tensor, values: torch.Tensor) -> list[IndexSegment]:
         """keys/values [B, Hkv, L, D] post-RoPE prompt K/V. Builds the index when
         L >= sink + window + update_tokens; returns the segments to upload (0 or 1)."""
+        if self.steady is not None:
+            raise RuntimeError(f"prefill() already called for layer {self.layer}")
         self._check_kv("keys", keys, None)
         self._check_kv("values", values, keys.shape[2])
         cfg, length = self.config, keys.shape[2]
