@@ -28,9 +28,9 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy kvstore_server client inference_worker
+	$(VENV)/bin/mypy kvstore_server client inference_worker wavekv_proto
 
-test: install proto-check
+test: install proto-check lint typecheck
 	$(PY) -m pytest -q tests
 
 demo: install
