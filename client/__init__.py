@@ -16,6 +16,13 @@ from client.errors import (
     UnavailableError,
 )
 from client.retry import RetryPolicy
+from client.shm import (
+    ArenaReader,
+    BadDescriptorError,
+    DescriptorBatch,
+    SharedMemoryUnavailable,
+    StaleDescriptorError,
+)
 from client.sync import KVStoreClient
 from client.types import (
     ClusterSegment,
@@ -31,10 +38,13 @@ from client.types import (
 
 __all__ = [
     "AlreadyExistsError",
+    "ArenaReader",
     "AsyncKVStoreClient",
+    "BadDescriptorError",
     "CapacityError",
     "ClusterSegment",
     "DeadlineExceededError",
+    "DescriptorBatch",
     "FailedPreconditionError",
     "FatalError",
     "FetchRequest",
@@ -51,6 +61,8 @@ __all__ = [
     "SearchResult",
     "SequenceGeometry",
     "SequenceInfo",
+    "SharedMemoryUnavailable",
+    "StaleDescriptorError",
     "StoreStats",
     "UnauthenticatedError",
     "UnavailableError",

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import torch
 
 from client import wire
 from client.retry import RetryPolicy, call_with_retry
 from client.sharding import HashRing
+from client.shm import (
+    ArenaReader,
+    DescriptorBatch,
+    SharedMemoryUnavailable,
+    StaleDescriptorError,
+)
 from client.types import (
     ClusterSegment,
     FetchedClusters,
@@ -26,6 +34,8 @@ from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 from wavekv_proto.wavekv.v1 import kvstore_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+log = logging.getLogger("client")
+SHM_MODES = ("off", "auto", "require")
 MAX_MESSAGE_BYTES = 64 << 20
 PUT_CHUNK_BYTES = 1 << 20
 
@@ -88,7 +98,16 @@ class AsyncKVStoreClient:
         timeout_s: float = 30.0,
         retry: RetryPolicy | None = None,
         put_chunk_bytes: int = PUT_CHUNK_BYTES,
+        shared_memory: str = "off",
+        lease_ttl_s: float = 10.0,
     ) -> None:
+        if shared_memory not in SHM_MODES:
+            raise ValueError(f"shared_memory={shared_memory!r} is not one of {SHM_MODES}")
+        self.shared_memory = shared_memory
+        self.lease_ttl_s = lease_ttl_s
+        self._arena: ArenaReader | None = None
+        self._arena_checked = False
+        self._done_leases: list[int] = []
         targets = [target] if isinstance(target, str) else list(target)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s} must be > 0")
@@ -177,7 +196,108 @@ class AsyncKVStoreClient:
     async def fetch_clusters(
         self, requests: list[FetchRequest], timeout_s: float | None = None
     ) -> list[FetchedClusters]:
-        """K/V of the requested clusters, in request order: ONE streaming RPC per shard."""
+        """K/V of the requested clusters, in request order: ONE streaming RPC per shard, or
+        (shared_memory="auto"/"require" and the store on this host) one FetchDescriptors RPC
+        and a local gather from the mapped arena. Results are identical either way."""
+        if self.shared_memory != "off":
+            arena = await self.shared_arena()
+            if arena is not None:
+                try:
+                    return await self._fetch_shared(arena, requests, timeout_s)
+                except StaleDescriptorError as exc:
+                    if self.shared_memory == "require":
+                        raise
+                    log.warning("shared-memory fetch stale (%s); streaming instead", exc)
+        return await self._fetch_streaming(requests, timeout_s)
+
+    async def _fetch_shared(
+        self, arena: ArenaReader, requests: list[FetchRequest], timeout_s: float | None
+    ) -> list[FetchedClusters]:
+        batch = await self.fetch_descriptors(requests, timeout_s=timeout_s)
+        out = []
+        for d in batch.entries:
+            keys, values = arena.gather_cpu(d)
+            out.append(FetchedClusters(keys, values, torch.from_numpy(d.cluster_offsets.copy())))
+        arena.verify(batch)
+        self.done_with_lease(batch.lease_id)
+        return out
+
+    async def shared_arena(self) -> ArenaReader | None:
+        """The mapped arena of a same-host single store, or None (remote, sharded, shm off).
+        shared_memory="require" raises SharedMemoryUnavailable instead of returning None."""
+        if not self._arena_checked:
+            self._arena_checked = True
+            try:
+                if len(self._shards) != 1:
+                    raise SharedMemoryUnavailable("sharded clients stream (one arena per store)")
+                shard = self._shards[0]
+                info = await self._call(
+                    shard,
+                    lambda t: shard.stub.GetArena(
+                        pb.GetArenaRequest(), timeout=t, metadata=shard.metadata
+                    ),
+                    True,
+                    None,
+                )
+                self._arena = ArenaReader(info)
+            except SharedMemoryUnavailable as exc:
+                log.info("shared memory not used: %s", exc)
+                self._arena = None
+                if self.shared_memory == "require":
+                    raise
+        return self._arena
+
+    async def fetch_descriptors(
+        self,
+        requests: list[FetchRequest],
+        lease_ttl_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> DescriptorBatch:
+        """Where the requested clusters lie in the mapped arena, under a new lease. Leases
+        handed to `done_with_lease` are released by this call (no extra RPC)."""
+        arena = await self.shared_arena()
+        if arena is None:
+            raise SharedMemoryUnavailable("no shared arena for this client")
+        if not requests:
+            raise ValueError("requests is empty")
+        shard = self._shards[0]
+        release, self._done_leases = self._done_leases, []
+        req = pb.FetchDescriptorsRequest(
+            namespace=self.namespace,
+            entries=wire.fetch_request(self.namespace, requests).entries,
+            lease_ttl_s=self.lease_ttl_s if lease_ttl_s is None else lease_ttl_s,
+            release_leases=release,
+        )
+        resp = await self._call(
+            shard,
+            lambda t: shard.stub.FetchDescriptors(req, timeout=t, metadata=shard.metadata),
+            True,
+            timeout_s,
+        )
+        return arena.decode(resp)
+
+    def done_with_lease(self, lease_id: int) -> None:
+        """Mark a lease finished; it is released with the next FetchDescriptors call."""
+        self._done_leases.append(lease_id)
+
+    async def release_leases(self, timeout_s: float | None = None) -> int:
+        """Release finished leases now (otherwise the next FetchDescriptors does it)."""
+        if not self._done_leases or len(self._shards) != 1:
+            return 0
+        shard = self._shards[0]
+        req = pb.ReleaseLeasesRequest(lease_ids=self._done_leases)
+        self._done_leases = []
+        resp = await self._call(
+            shard,
+            lambda t: shard.stub.ReleaseLeases(req, timeout=t, metadata=shard.metadata),
+            True,
+            timeout_s,
+        )
+        return int(resp.released)
+
+    async def _fetch_streaming(
+        self, requests: list[FetchRequest], timeout_s: float | None = None
+    ) -> list[FetchedClusters]:
 
         async def one(shard: _Shard, part: list[FetchRequest]) -> list[FetchedClusters]:
             req = wire.fetch_request(self.namespace, part)
@@ -270,6 +390,10 @@ class AsyncKVStoreClient:
         return wire.merge_stats(dict(zip(self.targets, parts, strict=True)))
 
     async def close(self) -> None:
+        try:
+            await self.release_leases(timeout_s=2.0)
+        except Exception as exc:  # leases expire on their own
+            log.debug("could not release leases at close: %s", exc)
         await asyncio.gather(*(s.channel.close(None) for s in self._shards))
 
     async def __aenter__(self) -> AsyncKVStoreClient:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from client.aio import AsyncKVStoreClient
 from client.retry import RetryPolicy
+from client.shm import ArenaReader, DescriptorBatch
 from client.types import (
     ClusterSegment,
     FetchedClusters,
@@ -40,6 +41,8 @@ class KVStoreClient:
         timeout_s: float = 30.0,
         retry: RetryPolicy | None = None,
         put_chunk_bytes: int = 1 << 20,
+        shared_memory: str = "off",
+        lease_ttl_s: float = 10.0,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -58,6 +61,8 @@ class KVStoreClient:
                 timeout_s=timeout_s,
                 retry=retry,
                 put_chunk_bytes=put_chunk_bytes,
+                shared_memory=shared_memory,
+                lease_ttl_s=lease_ttl_s,
             )
 
         try:
@@ -103,6 +108,24 @@ class KVStoreClient:
         self, requests: list[FetchRequest], timeout_s: float | None = None
     ) -> list[FetchedClusters]:
         return self._run(self._aio.fetch_clusters(requests, timeout_s))
+
+    def shared_arena(self) -> ArenaReader | None:
+        """The mapped arena of a same-host store, or None (see AsyncKVStoreClient)."""
+        return self._run(self._aio.shared_arena())
+
+    def fetch_descriptors(
+        self,
+        requests: list[FetchRequest],
+        lease_ttl_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> DescriptorBatch:
+        return self._run(self._aio.fetch_descriptors(requests, lease_ttl_s, timeout_s))
+
+    def done_with_lease(self, lease_id: int) -> None:
+        self._loop.call_soon_threadsafe(self._aio.done_with_lease, lease_id)
+
+    def release_leases(self, timeout_s: float | None = None) -> int:
+        return self._run(self._aio.release_leases(timeout_s))
 
     def delete_sequence(self, sequence_id: str, timeout_s: float | None = None) -> int:
         return self._run(self._aio.delete_sequence(sequence_id, timeout_s))

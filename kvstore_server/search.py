@@ -4,14 +4,14 @@ gqa_softmax (retroinfer.md, "Rank"): score_j = sum over the G query heads of
 softmax_j(q_h . c_j / sqrt(D)); empty clusters score -inf. Softmax needs every logit, so this
 mode is one BLAS matmul [G, D] x [D, C] plus a partial sort.
 inner_product: score_j = sum_h q_h . c_j = (sum_h q_h) . c_j, an exact faiss inner-product
-top-k over the centroids.
+top-k over the centroids (faiss is imported lazily; without faiss an exact numpy top-k over
+the same scores is used, so the store runs on hosts without faiss).
 """
 
 from __future__ import annotations
 
 import math
 
-import faiss
 import numpy as np
 
 SCORINGS = ("gqa_softmax", "inner_product")
@@ -73,8 +73,13 @@ def _faiss_inner_product(
     empty = sizes == 0
     num_empty = int(empty.sum())
     kk = min(centroids.shape[0], k + num_empty)
-    dist, ids = faiss.knn(q, np.ascontiguousarray(centroids), kk, metric=faiss.METRIC_INNER_PRODUCT)
-    ids, dist = ids[0].astype(np.int64), dist[0].astype(np.float32)  # [kk]
+    try:
+        import faiss
+    except ImportError:  # exact numpy fallback: same scores, ties by lower id
+        ids, dist = top_k((centroids @ q[0]).astype(np.float32), kk)  # [kk]
+    else:
+        found = faiss.knn(q, np.ascontiguousarray(centroids), kk, metric=faiss.METRIC_INNER_PRODUCT)
+        ids, dist = found[1][0].astype(np.int64), found[0][0].astype(np.float32)  # [kk]
     if num_empty:
         keep = ~empty[ids]
         ids, dist = ids[keep], dist[keep]

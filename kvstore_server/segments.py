@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvstore_server.arena import Extent, HeapArena, SharedArena
 from kvstore_server.errors import InvalidArgument
 
 GROWTH = 1.5
@@ -93,7 +94,9 @@ class HeadStore:
     """Cluster-major K/V of one (layer, kv_head), appended segment by segment."""
 
     __slots__ = (
+        "_arena",
         "_centroids",
+        "_extent",
         "_keys",
         "_offsets",
         "_sizes",
@@ -106,7 +109,11 @@ class HeadStore:
         "row_bytes",
     )
 
-    def __init__(self, head_dim: int, row_bytes: int) -> None:
+    def __init__(
+        self, head_dim: int, row_bytes: int, arena: HeapArena | SharedArena | None = None
+    ) -> None:
+        self._arena = arena if arena is not None else HeapArena()
+        self._extent: Extent | None = None
         self.head_dim = head_dim
         self.row_bytes = row_bytes
         self.num_clusters = 0
@@ -168,8 +175,29 @@ class HeadStore:
             self._offsets = _grown(self._offsets, cap + 1, self.num_clusters + 1)
         if rows > self._keys.shape[0]:
             cap = max(rows, int(self._keys.shape[0] * GROWTH))
-            self._keys = _grown(self._keys, cap, self.num_rows)
-            self._values = _grown(self._values, cap, self.num_rows)
+            rb = self.row_bytes
+            extent = self._arena.alloc(2 * cap * rb, rb)
+            keys = extent.data[: cap * rb].reshape(cap, rb)  # [cap, row_bytes]
+            values = extent.data[cap * rb :].reshape(cap, rb)  # [cap, row_bytes]
+            keys[: self.num_rows] = self._keys[: self.num_rows]
+            values[: self.num_rows] = self._values[: self.num_rows]
+            self.release()
+            self._extent, self._keys, self._values = extent, keys, values
+
+    @property
+    def extent(self) -> Extent | None:
+        """The arena extent holding keys then values (None before the first append)."""
+        return self._extent
+
+    @property
+    def capacity_rows(self) -> int:
+        return int(self._keys.shape[0])
+
+    def release(self) -> None:
+        """Give the K/V extent back to the arena (deferred there while leased)."""
+        if self._extent is not None:
+            self._arena.free(self._extent)
+            self._extent = None
 
     def gather_rows(self, cluster_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """cluster_ids [n] int64 -> (row index [M] int64, cluster offsets [n + 1] int64).

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kvstore_server.arena import make_arena
 from kvstore_server.auth import TokenAuthInterceptor, read_token
 from kvstore_server.servicer import KVStoreServicer, add_to_server
 from kvstore_server.settings import ServerSettings
@@ -29,7 +30,13 @@ class StoreServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.store = Store(settings.capacity_bytes)
+        arena = make_arena(
+            settings.shared_memory,
+            settings.shm_dir,
+            settings.shm_slab_bytes,
+            settings.max_lease_ttl_s,
+        )
+        self.store = Store(settings.capacity_bytes, arena)
         self.metrics: PrometheusExporter | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -104,6 +111,7 @@ class StoreServer:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._server.stop(grace)
         self._server = None
+        self.store.arena.close()
         if self.metrics is not None:
             self.metrics.close()
         log.info("stopped", extra={"port": self.port})

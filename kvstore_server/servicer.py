@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from kvstore_server.arena import SharedArena
+from kvstore_server.descriptors import DescriptorPlan, plan_descriptors
 from kvstore_server.errors import InvalidArgument, StoreError
 from kvstore_server.fetch import BufferPool, FetchPlan, gather_progressively, plan_fetch
 from kvstore_server.put_stream import SegmentAssembler
@@ -197,6 +199,52 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
 
         return await self._unary("GetStats", context, run)
 
+    async def GetArena(self, request: Any, context: Any) -> pb.ArenaInfo:
+        def run() -> pb.ArenaInfo:
+            arena = self.store.arena
+            if not isinstance(arena, SharedArena):
+                return pb.ArenaInfo(enabled=False)
+            return pb.ArenaInfo(
+                enabled=True,
+                arena_id=arena.arena_id,
+                directory=str(arena.directory),
+                file_prefix=arena.file_prefix,
+                max_lease_ttl_s=arena.max_lease_ttl_s,
+            )
+
+        return await self._unary("GetArena", context, run)
+
+    async def FetchDescriptors(self, request: Any, context: Any) -> pb.FetchDescriptorsResponse:
+        def run() -> pb.FetchDescriptorsResponse:
+            entries = [
+                (
+                    e.sequence_id,
+                    e.layer,
+                    e.kv_head,
+                    _array(f"entries[{i}].cluster_ids", e.cluster_ids, "int64"),
+                )
+                for i, e in enumerate(request.entries)
+            ]
+            plan = plan_descriptors(
+                self.store,
+                request.namespace,
+                entries,
+                request.lease_ttl_s,
+                list(request.release_leases),
+            )
+            return _descriptors(plan)
+
+        return await self._unary("FetchDescriptors", context, run)
+
+    async def ReleaseLeases(self, request: Any, context: Any) -> pb.ReleaseLeasesResponse:
+        def run() -> pb.ReleaseLeasesResponse:
+            arena = self.store.arena
+            if not isinstance(arena, SharedArena):
+                return pb.ReleaseLeasesResponse(released=0)
+            return pb.ReleaseLeasesResponse(released=arena.release_leases(list(request.lease_ids)))
+
+        return await self._unary("ReleaseLeases", context, run)
+
     def _info(self, seq: Sequence) -> pb.SequenceInfo:
         g = seq.geometry
         heads = seq.heads.values()
@@ -281,3 +329,28 @@ def _fetch_header(plan: FetchPlan) -> pb.FetchHeader:
         for lay in plan.layouts
     ]
     return pb.FetchHeader(layouts=layouts, total_bytes=plan.total_bytes)
+
+
+def _descriptors(plan: DescriptorPlan) -> pb.FetchDescriptorsResponse:
+    entries = [
+        pb.EntryDescriptor(
+            slab=d.slab,
+            slab_bytes=d.slab_bytes,
+            generation=d.generation,
+            extent_offset=d.extent_offset,
+            keys_offset=d.keys_offset,
+            values_offset=d.values_offset,
+            row_bytes=d.row_bytes,
+            dtype=wire_dtype(d.dtype),
+            head_dim=d.head_dim,
+            row_starts=encode_numpy(d.row_starts, "int64"),
+            cluster_offsets=encode_numpy(d.cluster_offsets, "int64"),
+        )
+        for d in plan.entries
+    ]
+    return pb.FetchDescriptorsResponse(
+        arena_id=plan.arena_id,
+        lease_id=plan.lease_id,
+        lease_ttl_s=plan.lease_ttl_s,
+        entries=entries,
+    )

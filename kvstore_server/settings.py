@@ -9,6 +9,7 @@ from typing import Any
 ENV_PREFIX = "WAVEKV_"
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SHM_MODES = ("auto", "off", "require")
 
 
 @dataclass(slots=True)
@@ -24,6 +25,10 @@ class ServerSettings:
     max_message_bytes: int = 64 << 20  # gRPC max send/receive message size
     fetch_chunk_bytes: int = 1 << 20  # FetchClusters payload chunk size
     shutdown_grace_s: float = 5.0  # in-flight RPCs get this long after SIGTERM
+    shared_memory: str = "auto"  # auto | off | require: K/V in shared-memory slabs
+    shm_dir: str = "/dev/shm"  # where slab files live
+    shm_slab_bytes: int = 256 << 20  # slab file size (larger allocations get their own slab)
+    max_lease_ttl_s: float = 60.0  # longest lease a same-host reader may hold
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -48,6 +53,12 @@ class ServerSettings:
                 f"max_message_bytes/2="
                 f"{self.max_message_bytes // 2}]"
             )
+        if self.shared_memory not in SHM_MODES:
+            raise ValueError(f"shared_memory={self.shared_memory!r} is not one of {SHM_MODES}")
+        if self.shm_slab_bytes < 2 << 20:
+            raise ValueError(f"shm_slab_bytes={self.shm_slab_bytes} must be >= 2 MiB")
+        if not self.max_lease_ttl_s > 0:
+            raise ValueError(f"max_lease_ttl_s={self.max_lease_ttl_s} must be > 0")
         if self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s={self.shutdown_grace_s} must be >= 0")
         if self.log_level.upper() not in LOG_LEVELS:

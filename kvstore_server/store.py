@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kvstore_server.arena import HeapArena, SharedArena
 from kvstore_server.errors import (
     AlreadyExists,
     CapacityExceeded,
@@ -77,10 +78,12 @@ class Sequence:
     def head(self, layer: int, kv_head: int) -> HeadStore | None:
         return self.heads.get((layer, kv_head))
 
-    def head_or_create(self, layer: int, kv_head: int) -> HeadStore:
+    def head_or_create(
+        self, layer: int, kv_head: int, arena: HeapArena | SharedArena | None = None
+    ) -> HeadStore:
         head = self.heads.get((layer, kv_head))
         if head is None:
-            head = HeadStore(self.geometry.head_dim, self.geometry.row_bytes)
+            head = HeadStore(self.geometry.head_dim, self.geometry.row_bytes, arena)
             self.heads[(layer, kv_head)] = head
         return head
 
@@ -93,10 +96,13 @@ def check_name(field_name: str, value: str) -> None:
 class Store:
     """All sequences of all namespaces, with a byte budget (0 = unlimited)."""
 
-    def __init__(self, capacity_bytes: int = 0) -> None:
+    def __init__(
+        self, capacity_bytes: int = 0, arena: HeapArena | SharedArena | None = None
+    ) -> None:
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes={capacity_bytes} must be >= 0")
         self.capacity_bytes = capacity_bytes
+        self.arena = arena if arena is not None else HeapArena()
         self.incarnation_id = uuid.uuid4().hex
         self.started_unix_s = time.time()
         self.bytes_used = 0
@@ -138,6 +144,8 @@ class Store:
     def delete(self, namespace: str, sequence_id: str) -> int:
         seq = self.get(namespace, sequence_id)
         del self._sequences[(namespace, sequence_id)]
+        for head in seq.heads.values():
+            head.release()  # leased extents are freed when their leases end
         self.bytes_used -= seq.bytes_used
         return seq.bytes_used
 
@@ -162,7 +170,7 @@ class Store:
             by_head.setdefault((seg.layer, seg.kv_head), []).append(i)
         firsts = [0] * len(segments)
         for (layer, kv_head), idx in by_head.items():
-            head = seq.head_or_create(layer, kv_head)
+            head = seq.head_or_create(layer, kv_head, self.arena)
             for i, first in zip(idx, head.append([segments[i] for i in idx]), strict=True):
                 firsts[i] = first
         seq.bytes_used += total

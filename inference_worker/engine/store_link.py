@@ -16,14 +16,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from client import (
+    ArenaReader,
     ClusterSegment,
     FetchRequest,
     KVStoreClient,
     NotFoundError,
     SequenceGeometry,
+    SharedMemoryUnavailable,
+    StaleDescriptorError,
 )
 from inference_worker.retroinfer import FetchedBatch, IndexSegment, InProcessClusterSource
 
@@ -35,6 +39,7 @@ TORCH_TO_STORE_DTYPE = {
     torch.float32: "float32",
 }
 STORE_TO_TORCH_DTYPE = {name: dtype for dtype, name in TORCH_TO_STORE_DTYPE.items()}
+SAME_HOST_MODES = ("auto", "off", "require")
 
 
 class StoreRestartedError(RuntimeError):
@@ -149,10 +154,27 @@ class InProcessStoreLink:
 
 class GrpcStoreLink:
     """The real store through the SDK. Uploads run on a background thread (overlapping the
-    next layer's prefill compute); fetches are one streaming RPC per call."""
+    next layer's prefill compute). Fetches are one RPC per call: with the store on this host
+    (`same_host` "auto" finds out, "require" insists, "off" never tries) a FetchDescriptors
+    RPC and a gather straight from the mapped shared-memory arena into the requesting device
+    (a GPU gather from pinned host memory on CUDA); otherwise a FetchClusters stream. Both paths
+    give bit-identical results; a stale descriptor (lease expired) falls back to streaming."""
 
-    def __init__(self, client: KVStoreClient) -> None:
+    def __init__(self, client: KVStoreClient, same_host: str = "auto") -> None:
+        if same_host not in SAME_HOST_MODES:
+            raise ValueError(f"same_host={same_host!r} is not one of {SAME_HOST_MODES}")
         self.client = client
+        self.same_host = same_host
+        self._arena: ArenaReader | None = None
+        if same_host != "off":
+            try:
+                self._arena = client.shared_arena()
+            except SharedMemoryUnavailable:
+                if same_host == "require":
+                    raise
+            if self._arena is None and same_host == "require":
+                raise SharedMemoryUnavailable("store arena is not mappable from this host")
+        log.info("store link: %s", "shared memory" if self._arena else "gRPC streaming")
         self.counters = LinkCounters()
         self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavekv-upload")
         self._pending: list[Future[None]] = []
@@ -223,8 +245,50 @@ class GrpcStoreLink:
         requests = [
             FetchRequest(str(sequence_ids[i]), layer, j, ids[i, j][valid[i, j]]) for i, j in rows
         ]
+        if requests and self._arena is not None:
+            try:
+                return self._fetch_shared(
+                    requests, ids, valid, rows, max_tokens, cluster_ids.device
+                )
+            except StaleDescriptorError as exc:
+                log.warning("shared-memory fetch stale (%s); streaming this call", exc)
         fetched = self._fetch(requests) if requests else []
         return self._pack(ids, valid, rows, fetched, max_tokens)
+
+    @property
+    def uses_shared_memory(self) -> bool:
+        return self._arena is not None
+
+    def _fetch_shared(
+        self,
+        requests: list[FetchRequest],
+        ids: torch.Tensor,  # [B, Hkv, n] int64 (cpu)
+        valid: torch.Tensor,  # [B, Hkv, n] bool
+        rows: list[tuple[int, int]],
+        max_tokens: int,
+        device: torch.device,
+    ) -> FetchedBatch:
+        assert self._arena is not None
+        b, h, n = ids.shape
+        try:
+            batch = self.client.fetch_descriptors(requests)
+        except NotFoundError as exc:
+            self._raise_if_restarted(exc)
+            raise
+        self.counters.fetch_rpcs += 1
+        slots = [i * h + j for i, j in rows]
+        keys, values = self._arena.gather_packed(batch, slots, b * h, max_tokens, device)
+        self._arena.verify(batch)
+        self.client.done_with_lease(batch.lease_id)
+        sizes = torch.zeros(b, h, n, dtype=torch.int64)  # [B, Hkv, n]
+        row_bytes = 2 * self._head_dim * keys.element_size()
+        for (i, j), d in zip(rows, batch.entries, strict=True):
+            sizes[i, j][valid[i, j]] = torch.from_numpy(np.diff(d.cluster_offsets))
+            self.counters.fetched_bytes += d.num_rows * row_bytes
+        offsets = torch.zeros(b, h, n + 1, dtype=torch.int64)
+        offsets[..., 1:] = sizes.cumsum(-1)
+        shape = (b, h, max_tokens, self._head_dim)
+        return FetchedBatch(keys.view(shape), values.view(shape), offsets.to(device))
 
     def _fetch(self, requests: list[FetchRequest]) -> list:
         try:
@@ -293,8 +357,11 @@ def connect_store(
     namespace: str = "wavekv",
     token: str | None = None,
     timeout_s: float = 10.0,
+    same_host: str = "auto",
 ) -> GrpcStoreLink:
-    """A GrpcStoreLink to one store (HOST:PORT) or a sharded set of stores."""
+    """A GrpcStoreLink to one store (HOST:PORT) or a sharded set of stores; `same_host`
+    picks the shared-memory data plane ("auto": when the store's arena maps from here)."""
     return GrpcStoreLink(
-        KVStoreClient(address, namespace=namespace, token=token, timeout_s=timeout_s)
+        KVStoreClient(address, namespace=namespace, token=token, timeout_s=timeout_s),
+        same_host,
     )

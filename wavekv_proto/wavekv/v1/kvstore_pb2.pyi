@@ -322,3 +322,83 @@ class GetStatsResponse(_message.Message):
     uptime_s: float
     rpcs: _containers.RepeatedCompositeFieldContainer[RpcStats]
     def __init__(self, incarnation_id: _Optional[str] = ..., bytes_used: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., bytes_free: _Optional[int] = ..., num_sequences: _Optional[int] = ..., num_namespaces: _Optional[int] = ..., uptime_s: _Optional[float] = ..., rpcs: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ...) -> None: ...
+
+class GetArenaRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ArenaInfo(_message.Message):
+    __slots__ = ("enabled", "arena_id", "directory", "file_prefix", "max_lease_ttl_s")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    ARENA_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    FILE_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    arena_id: str
+    directory: str
+    file_prefix: str
+    max_lease_ttl_s: float
+    def __init__(self, enabled: _Optional[bool] = ..., arena_id: _Optional[str] = ..., directory: _Optional[str] = ..., file_prefix: _Optional[str] = ..., max_lease_ttl_s: _Optional[float] = ...) -> None: ...
+
+class FetchDescriptorsRequest(_message.Message):
+    __slots__ = ("namespace", "entries", "lease_ttl_s", "release_leases")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASES_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    entries: _containers.RepeatedCompositeFieldContainer[FetchEntry]
+    lease_ttl_s: float
+    release_leases: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, namespace: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[FetchEntry, _Mapping]]] = ..., lease_ttl_s: _Optional[float] = ..., release_leases: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EntryDescriptor(_message.Message):
+    __slots__ = ("slab", "slab_bytes", "generation", "extent_offset", "keys_offset", "values_offset", "row_bytes", "dtype", "head_dim", "row_starts", "cluster_offsets")
+    SLAB_FIELD_NUMBER: _ClassVar[int]
+    SLAB_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    EXTENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    KEYS_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    VALUES_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ROW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    ROW_STARTS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    slab: int
+    slab_bytes: int
+    generation: int
+    extent_offset: int
+    keys_offset: int
+    values_offset: int
+    row_bytes: int
+    dtype: DType
+    head_dim: int
+    row_starts: Tensor
+    cluster_offsets: Tensor
+    def __init__(self, slab: _Optional[int] = ..., slab_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., extent_offset: _Optional[int] = ..., keys_offset: _Optional[int] = ..., values_offset: _Optional[int] = ..., row_bytes: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., head_dim: _Optional[int] = ..., row_starts: _Optional[_Union[Tensor, _Mapping]] = ..., cluster_offsets: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class FetchDescriptorsResponse(_message.Message):
+    __slots__ = ("arena_id", "lease_id", "lease_ttl_s", "entries")
+    ARENA_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    arena_id: str
+    lease_id: int
+    lease_ttl_s: float
+    entries: _containers.RepeatedCompositeFieldContainer[EntryDescriptor]
+    def __init__(self, arena_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., entries: _Optional[_Iterable[_Union[EntryDescriptor, _Mapping]]] = ...) -> None: ...
+
+class ReleaseLeasesRequest(_message.Message):
+    __slots__ = ("lease_ids",)
+    LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    lease_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, lease_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ReleaseLeasesResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...

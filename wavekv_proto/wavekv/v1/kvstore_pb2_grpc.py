@@ -74,6 +74,21 @@ class KVStoreStub:
                 request_serializer=wavekv_dot_v1_dot_kvstore__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=wavekv_dot_v1_dot_kvstore__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.GetArena = channel.unary_unary(
+                '/wavekv.v1.KVStore/GetArena',
+                request_serializer=wavekv_dot_v1_dot_kvstore__pb2.GetArenaRequest.SerializeToString,
+                response_deserializer=wavekv_dot_v1_dot_kvstore__pb2.ArenaInfo.FromString,
+                _registered_method=True)
+        self.FetchDescriptors = channel.unary_unary(
+                '/wavekv.v1.KVStore/FetchDescriptors',
+                request_serializer=wavekv_dot_v1_dot_kvstore__pb2.FetchDescriptorsRequest.SerializeToString,
+                response_deserializer=wavekv_dot_v1_dot_kvstore__pb2.FetchDescriptorsResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLeases = channel.unary_unary(
+                '/wavekv.v1.KVStore/ReleaseLeases',
+                request_serializer=wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesRequest.SerializeToString,
+                response_deserializer=wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesResponse.FromString,
+                _registered_method=True)
 
 
 class KVStoreServicer:
@@ -127,6 +142,24 @@ class KVStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetArena(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchDescriptors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLeases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +202,21 @@ def add_KVStoreServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=wavekv_dot_v1_dot_kvstore__pb2.GetStatsRequest.FromString,
                     response_serializer=wavekv_dot_v1_dot_kvstore__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'GetArena': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArena,
+                    request_deserializer=wavekv_dot_v1_dot_kvstore__pb2.GetArenaRequest.FromString,
+                    response_serializer=wavekv_dot_v1_dot_kvstore__pb2.ArenaInfo.SerializeToString,
+            ),
+            'FetchDescriptors': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchDescriptors,
+                    request_deserializer=wavekv_dot_v1_dot_kvstore__pb2.FetchDescriptorsRequest.FromString,
+                    response_serializer=wavekv_dot_v1_dot_kvstore__pb2.FetchDescriptorsResponse.SerializeToString,
+            ),
+            'ReleaseLeases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLeases,
+                    request_deserializer=wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesRequest.FromString,
+                    response_serializer=wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +435,87 @@ class KVStore:
             '/wavekv.v1.KVStore/GetStats',
             wavekv_dot_v1_dot_kvstore__pb2.GetStatsRequest.SerializeToString,
             wavekv_dot_v1_dot_kvstore__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArena(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wavekv.v1.KVStore/GetArena',
+            wavekv_dot_v1_dot_kvstore__pb2.GetArenaRequest.SerializeToString,
+            wavekv_dot_v1_dot_kvstore__pb2.ArenaInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchDescriptors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wavekv.v1.KVStore/FetchDescriptors',
+            wavekv_dot_v1_dot_kvstore__pb2.FetchDescriptorsRequest.SerializeToString,
+            wavekv_dot_v1_dot_kvstore__pb2.FetchDescriptorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLeases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wavekv.v1.KVStore/ReleaseLeases',
+            wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesRequest.SerializeToString,
+            wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesResponse.FromString,
             options,
             channel_credentials,
             insecure,
