@@ -1,0 +1,210 @@
+"""Triton kernels of estimate.py and decode_attention.py (imported only when Triton runs).
+
+A partial is (m, l, acc) per query head: running max, sum of weights, weighted value sum."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _online(s, vals, m, l, acc, weight):
+    """Fold logits s [GP, N] (-inf = absent) with values vals [N, D] into a partial; weight
+    [N] multiplies the denominator terms (cluster sizes for the estimation zone)."""
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l = l * alpha + tl.sum(p * weight[None, :], axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(vals.dtype), vals, input_precision="ieee")
+    return m_new, l, acc
+
+
+@triton.jit
+def _estimate_split(
+    z_ptr, est_ptr, sizes_ptr, vs_ptr, r, split, C,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    offs_g = tl.arange(0, GP)
+    offs_d = tl.arange(0, D)
+    m = tl.full([GP], float("-inf"), tl.float32)
+    l = tl.zeros([GP], tl.float32)
+    acc = tl.zeros([GP, D], tl.float32)
+    row = r.to(tl.int64) * C
+    end = tl.minimum(split * CHUNK + CHUNK, C)
+    for c0 in range(split * CHUNK, end, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        in_c = offs_c < end
+        size = tl.load(sizes_ptr + row + offs_c, mask=in_c, other=0)
+        keep = in_c & (size > 0) & (tl.load(est_ptr + row + offs_c, mask=in_c, other=0) != 0)
+        zt = tl.load(
+            z_ptr + (r.to(tl.int64) * G + offs_g[:, None]) * C + offs_c[None, :],
+            mask=(offs_g[:, None] < G) & keep[None, :],
+            other=float("-inf"),
+        )
+        vs = tl.load(
+            vs_ptr + (row + offs_c)[:, None] * D + offs_d[None, :], mask=keep[:, None], other=0.0
+        )
+        m, l, acc = _online(zt, vs, m, l, acc, size.to(tl.float32))
+    return m, l, acc
+
+
+@triton.jit
+def _store_partial(
+    pm_ptr, pl_ptr, pacc_ptr, r, s, S, m, l, acc,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+):  # fmt: skip
+    offs_g = tl.arange(0, GP)
+    offs_d = tl.arange(0, D)
+    base = (r.to(tl.int64) * S + s) * G
+    tl.store(pm_ptr + base + offs_g, m, mask=offs_g < G)
+    tl.store(pl_ptr + base + offs_g, l, mask=offs_g < G)
+    tl.store(
+        pacc_ptr + (base + offs_g[:, None]) * D + offs_d[None, :], acc, mask=offs_g[:, None] < G
+    )
+
+
+@triton.jit
+def estimate_kernel(
+    z_ptr, est_ptr, sizes_ptr, vs_ptr, pm_ptr, pl_ptr, pacc_ptr, C, S,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    r = tl.program_id(0)
+    s = tl.program_id(1)
+    m, l, acc = _estimate_split(
+        z_ptr, est_ptr, sizes_ptr, vs_ptr, r, s, C, G, GP, D, CHUNK, BLOCK_C
+    )
+    _store_partial(pm_ptr, pl_ptr, pacc_ptr, r, s, S, m, l, acc, G, GP, D)
+
+
+@triton.jit
+def _attend_rows(q, k_ptr, v_ptr, row_off, start, end, m, l, acc, scale,
+                 D: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Exact attention over contiguous token rows [start, end) at element offset row_off."""
+    offs_d = tl.arange(0, D)
+    for t0 in range(start, end, BLOCK_N):
+        offs_n = t0 + tl.arange(0, BLOCK_N)
+        valid = offs_n < end
+        ptrs = row_off + offs_n.to(tl.int64)[:, None] * D + offs_d[None, :]
+        k = tl.load(k_ptr + ptrs, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + ptrs, mask=valid[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m, l, acc = _online(s, v, m, l, acc, tl.full([BLOCK_N], 1.0, tl.float32))
+    return m, l, acc
+
+
+@triton.jit
+def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end, m, l, acc,
+                  scale, D: tl.constexpr, PT: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Exact attention over cache pages take[r, p_start:p_end] (fill[r, p] valid tokens)."""
+    offs_d = tl.arange(0, D)
+    pages_per_tile: tl.constexpr = BLOCK_N // PT
+    for p0 in range(p_start, p_end, pages_per_tile):
+        offs_n = tl.arange(0, BLOCK_N)
+        p = p0 + offs_n // PT
+        in_p = p < p_end
+        page = tl.load(take_ptr + r.to(tl.int64) * W + p, mask=in_p, other=0)
+        fill = tl.load(fill_ptr + r.to(tl.int64) * W + p, mask=in_p, other=0)
+        valid = in_p & ((offs_n % PT) < fill)
+        tok = (r.to(tl.int64) * P1 + page) * PT + offs_n % PT
+        ptrs = tok[:, None] * D + offs_d[None, :]
+        k = tl.load(k_ptr + ptrs, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr + ptrs, mask=valid[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m, l, acc = _online(s, v, m, l, acc, tl.full([BLOCK_N], 1.0, tl.float32))
+    return m, l, acc
+
+
+@triton.jit
+def decode_kernel(
+    q_ptr, st_k, st_v, pos_ptr, CAP, mi_k, mi_v, mi_len_ptr, M,
+    ca_k, ca_v, take_ptr, fill_ptr, hit_n_ptr, P1, W,
+    z_ptr, est_ptr, sizes_ptr, vs_ptr, C,
+    pm_ptr, pl_ptr, pacc_ptr, scale,
+    S_ST, S_MI, S_HI, S,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, PT: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, EST_CHUNK: tl.constexpr,
+    EST_BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One split of one row: steady tokens, packed misses, cache pages or estimated clusters."""
+    r = tl.program_id(0)
+    sid = tl.program_id(1)
+    offs_g = tl.arange(0, GP)
+    offs_d = tl.arange(0, D)
+    q = tl.load(
+        q_ptr + (r.to(tl.int64) * G + offs_g[:, None]) * D + offs_d[None, :],
+        mask=offs_g[:, None] < G,
+        other=0.0,
+    )
+    m = tl.full([GP], float("-inf"), tl.float32)
+    l = tl.zeros([GP], tl.float32)
+    acc = tl.zeros([GP, D], tl.float32)
+    if sid < S_ST:
+        n = tl.load(pos_ptr) + 1
+        start = sid * CHUNK
+        end = tl.minimum(start + CHUNK, n)
+        m, l, acc = _attend_rows(
+            q, st_k, st_v, r.to(tl.int64) * CAP * D, start, end, m, l, acc, scale, D, BLOCK_N
+        )
+    elif sid < S_ST + S_MI:
+        n = tl.load(mi_len_ptr + r)
+        start = (sid - S_ST) * CHUNK
+        end = tl.minimum(start + CHUNK, n)
+        m, l, acc = _attend_rows(
+            q, mi_k, mi_v, r.to(tl.int64) * M * D, start, end, m, l, acc, scale, D, BLOCK_N
+        )
+    elif sid < S_ST + S_MI + S_HI:
+        n = tl.load(hit_n_ptr + r)
+        start = (sid - S_ST - S_MI) * (CHUNK // PT)
+        end = tl.minimum(start + CHUNK // PT, n)
+        m, l, acc = _attend_pages(
+            q, ca_k, ca_v, take_ptr, fill_ptr, r, P1, W, start, end, m, l, acc, scale,
+            D, PT, BLOCK_N,
+        )  # fmt: skip
+    else:
+        m, l, acc = _estimate_split(
+            z_ptr, est_ptr, sizes_ptr, vs_ptr, r, sid - S_ST - S_MI - S_HI, C,
+            G, GP, D, EST_CHUNK, EST_BLOCK,
+        )  # fmt: skip
+    _store_partial(pm_ptr, pl_ptr, pacc_ptr, r, sid, S, m, l, acc, G, GP, D)
+
+
+@triton.jit
+def combine_kernel(
+    pm_ptr, pl_ptr, pacc_ptr, out_ptr, lse_ptr, S,
+    G: tl.constexpr, GC: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+):  # fmt: skip
+    """Log-sum-exp merge of a row's S partials (BS at a time) -> out [G, D] fp32, lse [G]."""
+    r = tl.program_id(0)
+    offs_s = tl.arange(0, BS)
+    offs_g = tl.arange(0, GC)
+    offs_d = tl.arange(0, D)
+    in_g = offs_g < G
+    m = tl.full([GC], float("-inf"), tl.float32)
+    l = tl.zeros([GC], tl.float32)
+    acc = tl.zeros([GC, D], tl.float32)
+    for s0 in range(0, S, BS):
+        ok = ((s0 + offs_s) < S)[:, None] & in_g[None, :]  # [BS, GC]
+        idx = (r.to(tl.int64) * S + s0 + offs_s)[:, None] * G + offs_g[None, :]
+        ms = tl.load(pm_ptr + idx, mask=ok, other=float("-inf"))
+        ls = tl.load(pl_ptr + idx, mask=ok, other=0.0)
+        accs = tl.load(
+            pacc_ptr + idx[:, :, None] * D + offs_d[None, None, :], mask=ok[:, :, None], other=0.0
+        )  # [BS, GC, D]
+        m_new = tl.maximum(m, tl.max(ms, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        a = tl.exp(m - m_safe)
+        b = tl.exp(ms - m_safe[None, :])  # [BS, GC]
+        l = l * a + tl.sum(ls * b, axis=0)
+        acc = acc * a[:, None] + tl.sum(accs * b[:, :, None], axis=0)
+        m = m_new
+    o = acc / tl.maximum(l, 1e-30)[:, None]
+    lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
+    row = r.to(tl.int64) * G
+    tl.store(out_ptr + (row + offs_g[:, None]) * D + offs_d[None, :], o, mask=in_g[:, None])
+    tl.store(lse_ptr + row + offs_g, lse, mask=in_g)

@@ -1,0 +1,87 @@
+"""Triton kernels of rank.py (imported only when Triton runs)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+_INF_BITS = 0x7F800000  # bit pattern of +inf: every non-negative finite float32 is below it
+
+
+@triton.jit
+def logits_kernel(
+    q_ptr, c_ptr, sizes_ptr, z_ptr, pm_ptr, pl_ptr, C, NB, scale,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """z[r, g, c] = q[r, g] . centroid[r, c] * scale (-inf if empty) and, per block, the max
+    and sum of exp(z - max) of each query head."""
+    r = tl.program_id(0)
+    blk = tl.program_id(1)
+    offs_c = blk * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, D)
+    in_c = offs_c < C
+    row = r.to(tl.int64) * C
+    cent = tl.load(
+        c_ptr + (row + offs_c)[:, None] * D + offs_d[None, :], mask=in_c[:, None], other=0.0
+    ).to(tl.float32)
+    size = tl.load(sizes_ptr + row + offs_c, mask=in_c, other=0)
+    valid = in_c & (size > 0)
+    for g in tl.static_range(G):
+        qv = tl.load(q_ptr + (r * G + g) * D + offs_d).to(tl.float32)
+        zg = tl.sum(cent * qv[None, :], axis=1) * scale
+        zg = tl.where(valid, zg, float("-inf"))
+        tl.store(z_ptr + (r.to(tl.int64) * G + g) * C + offs_c, zg, mask=in_c)
+        mg = tl.max(zg, axis=0)
+        lg = tl.sum(tl.where(valid, tl.exp(zg - mg), 0.0), axis=0)
+        tl.store(pm_ptr + (r * G + g) * NB + blk, mg)
+        tl.store(pl_ptr + (r * G + g) * NB + blk, lg)
+
+
+@triton.jit
+def select_kernel(
+    z_ptr, pm_ptr, pl_ptr, ret_ptr, rets_ptr, est_ptr, C, NB, K1, K2,
+    G: tl.constexpr, BLOCK: tl.constexpr, BLOCK_NB: tl.constexpr,
+):  # fmt: skip
+    """One row: group score, top-K1 ids (index order, with scores) and the mask of ranks
+    K1..K2-1. Ties at a threshold are taken in index order."""
+    r = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    inside = offs < C
+    offs_nb = tl.arange(0, BLOCK_NB)
+    score = tl.zeros([BLOCK], dtype=tl.float32)
+    for g in tl.static_range(G):
+        pm = tl.load(pm_ptr + (r * G + g) * NB + offs_nb, mask=offs_nb < NB, other=float("-inf"))
+        pl = tl.load(pl_ptr + (r * G + g) * NB + offs_nb, mask=offs_nb < NB, other=0.0)
+        top = tl.max(pm, axis=0)
+        top = tl.where(top == float("-inf"), 0.0, top)
+        lse = top + tl.log(tl.sum(pl * tl.exp(pm - top), axis=0))
+        zg = tl.load(z_ptr + (r.to(tl.int64) * G + g) * C + offs, mask=inside, other=float("-inf"))
+        score += tl.where(zg == float("-inf"), 0.0, tl.exp(zg - lse))
+    bits = score.to(tl.int32, bitcast=True)
+    bits = tl.where(inside, bits, -1)  # padding never counts
+    lo1 = tl.full([], 0, tl.int32)
+    hi1 = tl.full([], _INF_BITS, tl.int32)
+    lo2 = tl.full([], 0, tl.int32)
+    hi2 = tl.full([], _INF_BITS, tl.int32)
+    for _ in range(31):  # largest T with count(bits >= T) >= K, for K1 and K2 at once
+        mid1 = lo1 + (hi1 - lo1 + 1) // 2
+        mid2 = lo2 + (hi2 - lo2 + 1) // 2
+        both = tl.sum((bits >= mid1).to(tl.int32) + (bits >= mid2).to(tl.int32) * 65536, axis=0)
+        ok1 = (both % 65536) >= K1
+        ok2 = (both // 65536) >= K2
+        lo1 = tl.where(ok1, mid1, lo1)
+        hi1 = tl.where(ok1, hi1, mid1 - 1)
+        lo2 = tl.where(ok2, mid2, lo2)
+        hi2 = tl.where(ok2, hi2, mid2 - 1)
+    eq1 = bits == lo1
+    eq2 = bits == lo2
+    need1 = K1 - tl.sum((bits > lo1).to(tl.int32), axis=0)
+    need2 = K2 - tl.sum((bits > lo2).to(tl.int32), axis=0)
+    rank1 = tl.cumsum(eq1.to(tl.int32), axis=0) - eq1.to(tl.int32)
+    rank2 = tl.cumsum(eq2.to(tl.int32), axis=0) - eq2.to(tl.int32)
+    sel1 = (bits > lo1) | (eq1 & (rank1 < need1))
+    sel2 = (bits > lo2) | (eq2 & (rank2 < need2))
+    slot = tl.cumsum(sel1.to(tl.int32), axis=0) - 1
+    tl.store(ret_ptr + r.to(tl.int64) * K1 + slot, offs.to(tl.int64), mask=sel1)
+    tl.store(rets_ptr + r.to(tl.int64) * K1 + slot, score, mask=sel1)
+    tl.store(est_ptr + r.to(tl.int64) * C + offs, (sel2 & ~sel1).to(tl.int8), mask=inside)

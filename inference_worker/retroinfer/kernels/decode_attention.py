@@ -1,0 +1,123 @@
+"""Split-K decode attention over the execution buffer, read in place, with the estimation
+zone and the log-sum-exp merge fused in.
+
+The execution buffer [steady | misses | hits] is not materialised: one kernel reads the steady
+zone, the packed misses and the hit clusters' cache pages where they lie (each split of a row
+covers a chunk of one of them, or a chunk of the estimated clusters), writes split partials, and
+a combine kernel merges them. Widths are capacities (graph friendly) but every split stops at
+the row's real length, so unused capacity costs no memory traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import merge, partial_attention
+from .availability import pick
+from .estimate import EST_BLOCK, EST_CHUNK, estimate_partials_reference, estimate_splits
+from .partials import combine_partials
+
+CHUNK = 256  # tokens per exact split
+BLOCK_N = 64  # tokens per tile
+
+
+@dataclass(slots=True)
+class ExecView:
+    """Where the exactly attended tokens of a step lie (R = B * Hkv rows)."""
+
+    steady_k: torch.Tensor  # [R, CAP, D] steady zone; tokens 0..pos valid
+    steady_v: torch.Tensor  # [R, CAP, D]
+    pos: torch.Tensor  # [1] int64 index of the last valid steady token
+    miss_k: torch.Tensor  # [R, M, D] packed misses; the first miss_len[r] rows valid
+    miss_v: torch.Tensor  # [R, M, D]
+    miss_len: torch.Tensor  # [R] int64
+    cache_k: torch.Tensor  # [R, P1, PT, D] wave-buffer pages
+    cache_v: torch.Tensor  # [R, P1, PT, D]
+    take: torch.Tensor  # [R, W] int64 page index of each hit page (hit pages first)
+    fill: torch.Tensor  # [R, W] int64 valid tokens of each taken page
+    hit_pages: torch.Tensor  # [R] int64 number of hit pages at the front of `take`
+
+
+def decode_attention(
+    q: torch.Tensor,  # [R, G, D] in the K/V dtype
+    view: ExecView,
+    z: torch.Tensor,  # [R, G, C] fp32 centroid logits (scaled)
+    estimated: torch.Tensor,  # [R, C] bool estimation zone
+    sizes: torch.Tensor,  # [R, C] int64
+    value_sums: torch.Tensor,  # [R, C, D] fp32
+    scale: float,
+    use_triton: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tripartite attention output (o [R, G, D] fp32, lse [R, G] fp32)."""
+    if not pick(use_triton, q):
+        return decode_attention_reference(q, view, z, estimated, sizes, value_sums, scale)
+    from ._attn_triton import combine_kernel, decode_kernel
+
+    r, g, d = q.shape
+    cap, m_width = view.steady_k.shape[1], view.miss_k.shape[1]
+    p1, pt = view.cache_k.shape[1], view.cache_k.shape[2]
+    w, c = view.take.shape[1], z.shape[-1]
+    s_st, s_mi = _cdiv(cap, CHUNK), _cdiv(m_width, CHUNK)
+    s_hi = _cdiv(w, CHUNK // pt)
+    s = s_st + s_mi + s_hi + estimate_splits(c)
+    dev = q.device
+    pm = torch.empty(r, s, g, dtype=torch.float32, device=dev)
+    pl = torch.empty(r, s, g, dtype=torch.float32, device=dev)
+    pacc = torch.empty(r, s, g, d, dtype=torch.float32, device=dev)
+    decode_kernel[(r, s)](
+        q.contiguous(), view.steady_k, view.steady_v, view.pos, cap,
+        view.miss_k, view.miss_v, view.miss_len, m_width,
+        view.cache_k, view.cache_v, view.take, view.fill, view.hit_pages, p1, w,
+        z, estimated.to(torch.int8), sizes, value_sums, c,
+        pm, pl, pacc, scale, s_st, s_mi, s_hi, s,
+        G=g, GP=16, D=d, PT=pt, CHUNK=CHUNK, BLOCK_N=BLOCK_N, EST_CHUNK=EST_CHUNK,
+        EST_BLOCK=EST_BLOCK, num_warps=4,
+    )  # fmt: skip
+    out = torch.empty(r, g, d, dtype=torch.float32, device=dev)
+    lse = torch.empty(r, g, dtype=torch.float32, device=dev)
+    gc = 1 << max(g - 1, 0).bit_length()
+    combine_kernel[(r,)](pm, pl, pacc, out, lse, s, G=g, GC=gc, D=d, BS=16, num_warps=4)
+    return out, lse
+
+
+def decode_attention_reference(
+    q: torch.Tensor,
+    view: ExecView,
+    z: torch.Tensor,
+    estimated: torch.Tensor,
+    sizes: torch.Tensor,
+    value_sums: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch reference: materialise [steady | misses | hit pages], attend, estimate, merge."""
+    keys, values, mask = materialise(view)
+    o_x, lse_x = partial_attention(q, keys, values, mask, scale)
+    o_e, lse_e = combine_partials(*estimate_partials_reference(z, estimated, sizes, value_sums))
+    return merge(o_x, lse_x, o_e, lse_e), torch.logaddexp(lse_x, lse_e)
+
+
+def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The execution buffer as contiguous rows: keys, values [R, T, D] (invalid rows zeroed)
+    and the valid mask [R, T]."""
+    r, cap, d = view.steady_k.shape
+    dev = view.steady_k.device
+    p1, pt = view.cache_k.shape[1], view.cache_k.shape[2]
+    w = view.take.shape[1]
+    st_mask = (torch.arange(cap, device=dev) <= view.pos).expand(r, cap)
+    mi_mask = torch.arange(view.miss_k.shape[1], device=dev) < view.miss_len.unsqueeze(1)
+    in_w = torch.arange(w, device=dev) < view.hit_pages.unsqueeze(1)  # [R, W]
+    hit_mask = (torch.arange(pt, device=dev) < view.fill.unsqueeze(-1)) & in_w.unsqueeze(-1)
+    flat = (view.take + (torch.arange(r, device=dev) * p1).unsqueeze(1)).view(-1)
+    hit_k = view.cache_k.reshape(r * p1, pt, d).index_select(0, flat).view(r, w * pt, d)
+    hit_v = view.cache_v.reshape(r * p1, pt, d).index_select(0, flat).view(r, w * pt, d)
+    mask = torch.cat([st_mask, mi_mask, hit_mask.view(r, w * pt)], dim=1)  # [R, T]
+    keys = torch.cat([view.steady_k, view.miss_k, hit_k], dim=1)
+    values = torch.cat([view.steady_v, view.miss_v, hit_v], dim=1)
+    keep = mask.unsqueeze(-1)
+    return torch.where(keep, keys, 0), torch.where(keep, values, 0), mask
+
+
+def _cdiv(a: int, b: int) -> int:
+    return max((a + b - 1) // b, 1)

@@ -1,0 +1,77 @@
+"""Estimation-zone attention from centroid logits, value sums and cluster sizes (split-K).
+
+Every member of an estimated cluster j attends as if its key were the centroid c_j, so per
+query head: numerator = sum_j e^{z_j} VS_j, denominator = sum_j s_j e^{z_j}. The result is
+returned as split-K partials (max, denominator, numerator per split of the cluster range) so
+that it merges with the exact part by the same log-sum-exp combine (`combine_partials`). The
+logits z come from the ranking kernel: centroids are not read twice.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .availability import pick
+
+EST_CHUNK = 1024  # clusters per split
+EST_BLOCK = 64  # clusters per tile
+
+
+def estimate_splits(num_clusters: int) -> int:
+    return max((num_clusters + EST_CHUNK - 1) // EST_CHUNK, 1)
+
+
+def estimate_partials(
+    z: torch.Tensor,  # [R, G, C] fp32 logits (-inf for empty clusters)
+    estimated: torch.Tensor,  # [R, C] bool: clusters in the estimation zone
+    sizes: torch.Tensor,  # [R, C] int64
+    value_sums: torch.Tensor,  # [R, C, D] fp32
+    use_triton: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Partials (m [R, S, G], l [R, S, G], acc [R, S, G, D]) over S = ceil(C / 1024) splits."""
+    if not pick(use_triton, z):
+        return estimate_partials_reference(z, estimated, sizes, value_sums)
+    from ._attn_triton import estimate_kernel
+
+    r, g, c = z.shape
+    d = value_sums.shape[-1]
+    s = estimate_splits(c)
+    pm, pl, pacc = _empty_partials(r, s, g, d, z.device)
+    estimate_kernel[(r, s)](
+        z.contiguous(), estimated.to(torch.int8).contiguous(), sizes.contiguous(),
+        value_sums.contiguous(), pm, pl, pacc, c, s,
+        G=g, GP=16, D=d, CHUNK=EST_CHUNK, BLOCK_C=EST_BLOCK, num_warps=4,
+    )  # fmt: skip
+    return pm, pl, pacc
+
+
+def estimate_partials_reference(
+    z: torch.Tensor,
+    estimated: torch.Tensor,
+    sizes: torch.Tensor,
+    value_sums: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torch reference with the same split layout."""
+    r, g, c = z.shape
+    s = estimate_splits(c)
+    pad = s * EST_CHUNK - c
+    keep = estimated & (sizes > 0)  # [R, C]
+    zk = z.masked_fill(~keep.unsqueeze(1), float("-inf"))
+    zk = torch.nn.functional.pad(zk, (0, pad), value=float("-inf")).view(r, g, s, EST_CHUNK)
+    size = torch.nn.functional.pad(sizes.float(), (0, pad)).view(r, 1, s, EST_CHUNK)
+    vs = torch.nn.functional.pad(value_sums, (0, 0, 0, pad)).view(r, s, EST_CHUNK, -1)
+    m = zk.amax(dim=-1)  # [R, G, S]
+    w = torch.exp(zk - m.clamp(min=-1e30).unsqueeze(-1))  # [R, G, S, CH]
+    l = (w * size).sum(dim=-1)
+    acc = torch.einsum("rgsc,rscd->rsgd", w, vs.float())
+    return m.transpose(1, 2).contiguous(), l.transpose(1, 2).contiguous(), acc
+
+
+def _empty_partials(
+    r: int, s: int, g: int, d: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.empty(r, s, g, dtype=torch.float32, device=device),
+        torch.empty(r, s, g, dtype=torch.float32, device=device),
+        torch.empty(r, s, g, d, dtype=torch.float32, device=device),
+    )

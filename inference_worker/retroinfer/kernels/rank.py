@@ -1,0 +1,106 @@
+"""Centroid scoring with the GQA group sum of softmax probabilities, and top-k zone selection.
+
+Two Triton kernels: `_logits_kernel` scans the centroids once (grid rows x cluster blocks) and
+writes the logits z plus per-block softmax partials; `_select_kernel` (one program per row,
+scores held in registers) forms score_j = sum_g softmax_j(z_g), finds the n_ret-th and
+(n_ret + n_est)-th largest scores by bisection on their bit patterns, and writes the retrieval
+ids (index order, then sorted by score) and the estimation-zone mask. No [R, C] top-k sort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attention import rank_clusters
+from .availability import pick
+
+MAX_SELECT_BLOCK = 32768  # clusters per row the register-resident selection handles
+
+
+@dataclass(slots=True)
+class RankSelection:
+    """Result of ranking one step's rows."""
+
+    z: torch.Tensor  # [R, G, C] fp32 centroid logits (scaled; -inf for empty clusters)
+    retrieved: torch.Tensor  # [R, n_ret] int64 cluster ids, best first
+    estimated: torch.Tensor  # [R, C] bool: the next n_est clusters (estimation zone)
+
+
+def rank_select(
+    q: torch.Tensor,  # [R, G, D]
+    centroids: torch.Tensor,  # [R, C, D]
+    sizes: torch.Tensor,  # [R, C] int64 (0 = empty cluster)
+    scale: float,
+    n_ret: int,
+    n_est: int,
+    use_triton: bool | None = None,
+) -> RankSelection:
+    """Top n_ret clusters by group score (best first) and the mask of the next n_est."""
+    c = centroids.shape[1]
+    if n_ret < 1 or n_ret + n_est > c:
+        raise ValueError(f"need 1 <= n_ret and n_ret + n_est <= C, got {n_ret}, {n_est}, C={c}")
+    fits = _next_pow2(c) <= MAX_SELECT_BLOCK and _is_pow2(q.shape[-1])
+    if not (fits and pick(use_triton, q)):
+        return rank_select_reference(q, centroids, sizes, scale, n_ret, n_est)
+    return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est)
+
+
+def rank_select_reference(
+    q: torch.Tensor,
+    centroids: torch.Tensor,
+    sizes: torch.Tensor,
+    scale: float,
+    n_ret: int,
+    n_est: int,
+) -> RankSelection:
+    """torch reference: softmax group scores, one sorted top-k."""
+    z, score = rank_clusters(q, centroids, sizes, scale)  # z [R, G, C], score [R, C]
+    top = torch.topk(score, n_ret + n_est, dim=-1, sorted=True).indices  # [R, k]
+    estimated = torch.zeros_like(score, dtype=torch.bool)
+    estimated.scatter_(1, top[:, n_ret:], True)
+    return RankSelection(z=z, retrieved=top[:, :n_ret], estimated=estimated)
+
+
+def _rank_select_triton(
+    q: torch.Tensor,
+    centroids: torch.Tensor,
+    sizes: torch.Tensor,
+    scale: float,
+    n_ret: int,
+    n_est: int,
+) -> RankSelection:
+    from ._rank_triton import logits_kernel, select_kernel
+
+    r, g, d = q.shape
+    c = centroids.shape[1]
+    block_c = 64
+    nb = (c + block_c - 1) // block_c
+    dev = q.device
+    q = q.to(centroids.dtype).contiguous()
+    z = torch.empty(r, g, c, dtype=torch.float32, device=dev)
+    part_m = torch.empty(r, g, nb, dtype=torch.float32, device=dev)
+    part_l = torch.empty(r, g, nb, dtype=torch.float32, device=dev)
+    logits_kernel[(r, nb)](
+        q, centroids.contiguous(), sizes.contiguous(), z, part_m, part_l, c, nb, scale,
+        G=g, D=d, BLOCK_C=block_c, num_warps=4,
+    )  # fmt: skip
+    ret = torch.empty(r, n_ret, dtype=torch.int64, device=dev)
+    ret_score = torch.empty(r, n_ret, dtype=torch.float32, device=dev)
+    estimated = torch.empty(r, c, dtype=torch.int8, device=dev)
+    block = _next_pow2(c)
+    select_kernel[(r,)](
+        z, part_m, part_l, ret, ret_score, estimated, c, nb, n_ret, n_ret + n_est,
+        G=g, BLOCK=block, BLOCK_NB=_next_pow2(nb), num_warps=16 if block >= 8192 else 8,
+    )  # fmt: skip
+    order = torch.sort(ret_score, dim=1, descending=True, stable=True).indices
+    return RankSelection(z=z, retrieved=ret.gather(1, order), estimated=estimated.bool())
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
