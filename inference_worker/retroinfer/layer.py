@@ -11,8 +11,10 @@ import torch
 
 from .attention import estimate, merge, partial_attention, rank_clusters
 from .config import RetroInferConfig
+from .fast_step import fast_tripartite
 from .graph import StepGraph
 from .index import ClusterMetadata, IndexSegment, build_segment
+from .kernels import kernels_available
 from .source import ClusterSource
 from .stats import StepStats
 from .steady import SteadyZone
@@ -72,6 +74,7 @@ class RetroInferLayer:
         self.record_selection = False  # put the chosen clusters into StepStats.selection
         self.use_cuda_graph = use_cuda_graph
         self.static_shapes = False  # eager steps use the graph's fixed widths (no host sync)
+        self.use_kernels = True  # Triton fast path where available (CUDA + triton)
         self._graph: StepGraph | None = None
         self._graph_warm = False  # one eager tripartite step ran since the last index change
         self._pos = torch.zeros(1, dtype=torch.int64, device=self.device)
@@ -214,6 +217,8 @@ class RetroInferLayer:
     ) -> tuple[torch.Tensor, ...]:
         """The step's device work. Returns (out [R, G, D] fp32, counts [7], exec marker [T],
         retrieved ids, ranked ids, estimated mask). widths None: measured (one host sync)."""
+        if self.use_kernels and not self.record_selection and kernels_available(self.device):
+            return fast_tripartite(self, q, k_new, v_new, pos, widths)
         assert self.steady is not None
         self.steady.append_at(k_new, v_new, pos)
         cfg, c, r, d = self.config, self.num_clusters, self.rows, self.head_dim
@@ -296,6 +301,8 @@ class RetroInferLayer:
         keys = torch.cat([st_k, miss_k, hit_k.reshape(r, -1, d)], dim=1)  # [R, T, D]
         values = torch.cat([st_v, miss_v, hit_v.reshape(r, -1, d)], dim=1)
         mask = torch.cat([st_mask, miss_mask, hit_mask], dim=1)  # [R, T]
+        keys = torch.where(mask.unsqueeze(-1), keys, 0)  # padding rows may hold anything
+        values = torch.where(mask.unsqueeze(-1), values, 0)
         o, lse = partial_attention(qg, keys, values, mask, self.scale)
         return o, lse, mask[0]
 

@@ -9,13 +9,15 @@ from typing import Protocol
 import torch
 
 from .index import IndexSegment
+from .kernels import kernels_available
+from .kernels.cluster_table import ClusterTable
 
 
 @dataclass(slots=True)
 class FetchedBatch:
     """Requested clusters' K/V packed per row, in request order."""
 
-    keys: torch.Tensor  # [B, Hkv, M, D]; row tokens past offsets[..., -1] are padding
+    keys: torch.Tensor  # [B, Hkv, M, D]; rows past offsets[..., -1] are padding (unspecified)
     values: torch.Tensor  # [B, Hkv, M, D]
     offsets: torch.Tensor  # [B, Hkv, n + 1] int64 token offset of each requested cluster
 
@@ -51,6 +53,7 @@ class InProcessClusterSource:
         # (layer, sequence ids of the batch) -> that batch's segments in id order
         self._groups: dict[tuple[int, tuple[Hashable, ...]], list[IndexSegment]] = {}
         self._where: dict[tuple[int, Hashable], tuple[tuple[Hashable, ...], int]] = {}
+        self._tables: dict[tuple[int, tuple[Hashable, ...]], ClusterTable] = {}
 
     def put(self, sequence_ids: Sequence[Hashable], segment: IndexSegment) -> None:
         """Store a segment of B sequences (`sequence_ids[b]` owns row b)."""
@@ -68,6 +71,7 @@ class InProcessClusterSource:
                 f"got {segment.first_cluster}"
             )
         group.append(segment)
+        self._tables.pop(key, None)
         for b, seq in enumerate(key[1]):
             self._where[(segment.layer, seq)] = (key[1], b)
 
@@ -76,6 +80,7 @@ class InProcessClusterSource:
         ids = tuple(sequence_ids)
         for group in [k for k in self._groups if k[1] == ids]:
             del self._groups[group]
+            self._tables.pop(group, None)
         for where in [k for k in self._where if k[1] in ids]:
             del self._where[where]
 
@@ -88,6 +93,9 @@ class InProcessClusterSource:
     ) -> FetchedBatch:
         ids = tuple(sequence_ids)
         if (layer, ids) in self._groups:
+            table = self._table((layer, ids))
+            if table is not None:  # one copy kernel for the whole layer (CUDA)
+                return FetchedBatch(*table.fetch(cluster_ids, max_tokens))
             return _gather(self._groups[(layer, ids)], None, cluster_ids, max_tokens)
         parts = []
         for b, seq in enumerate(ids):
@@ -102,6 +110,19 @@ class InProcessClusterSource:
             values=torch.cat([p.values for p in parts]),
             offsets=torch.cat([p.offsets for p in parts]),
         )
+
+    def _table(self, key: tuple[int, tuple[Hashable, ...]]) -> ClusterTable | None:
+        """The group's cluster table when its segments are on CUDA or in pinned host memory
+        and the Triton kernels can run there."""
+        if key not in self._tables:
+            segs = self._groups[key]
+            reachable = all((t.is_cuda or t.is_pinned()) for s in segs for t in (s.keys, s.values))
+            if not reachable or not kernels_available("cuda"):
+                return None
+            keys = segs[0].keys
+            device = keys.device if keys.is_cuda else torch.device("cuda", 0)
+            self._tables[key] = ClusterTable(self._groups[key], device)
+        return self._tables[key]
 
 
 def _gather(

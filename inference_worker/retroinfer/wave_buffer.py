@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .kernels import copy_runs, kernels_available
+
 _NEVER = torch.iinfo(torch.int64).max
 
 
@@ -72,15 +74,23 @@ class WaveBuffer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Copy the pages of hit clusters, compacted: (keys, values [R, width, pt, D],
         fill [R, width] valid tokens per page)."""
+        take, fill, _ = self.hit_table(ids, hit, width)
+        return _take_pages(self.keys, take), _take_pages(self.values, take), fill
+
+    def hit_table(
+        self, ids: torch.Tensor, hit: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Page table of the hit clusters, hit pages first (no copy): (take [R, width] page
+        indices, fill [R, width] valid tokens per page, count [R] hit pages in `take`)."""
         selected = torch.zeros_like(self.stamp, dtype=torch.bool)  # [R, C+1]
         selected.scatter_(1, self._safe(ids, hit), True)
         selected[:, -1] = False
         page_sel = (self.owner >= 0) & selected.gather(1, self.owner.clamp(min=0))  # [R, P+1]
         pos = torch.arange(self.pages + 1, device=self.owner.device)
         order = torch.sort(torch.where(page_sel, pos, pos + self.pages + 1), dim=1).indices
-        take = order[:, :width]  # [R, width]
+        take = order[:, :width].contiguous()  # [R, width]
         fill = torch.where(page_sel.gather(1, take), self.fill.gather(1, take), 0)
-        return _take_pages(self.keys, take), _take_pages(self.values, take), fill
+        return take, fill, page_sel.sum(1).clamp(max=width)
 
     def admit(
         self,
@@ -171,16 +181,25 @@ class WaveBuffer:
         dest = torch.where(ok, free_list[:, :width], self.pages)  # [R, W] (scratch if unused)
         within = page_in.unsqueeze(-1) * pt + torch.arange(pt, device=dev)  # [R, W, pt]
         src = (offsets.gather(1, which).unsqueeze(-1) + within).clamp(max=keys.shape[1] - 1)
-        flat_src = (src + (torch.arange(r, device=dev) * keys.shape[1]).view(r, 1, 1)).view(-1)
-        flat_dst = (dest + (torch.arange(r, device=dev) * p1).view(r, 1)).view(-1)
-        self.keys.view(-1, pt, d).index_copy_(
-            0, flat_dst, keys.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d)
-        )
-        self.values.view(-1, pt, d).index_copy_(
-            0, flat_dst, values.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d)
-        )
+        page_fill = (sizes.gather(1, which) - page_in * pt).clamp(0, pt)  # [R, W]
+        if kernels_available(dev):  # copy only the valid rows of the admitted pages
+            row0 = torch.arange(r, device=dev).view(r, 1)
+            src0 = (row0 * keys.shape[1] + offsets.gather(1, which) + page_in * pt) * d
+            copy_runs(
+                keys, values, self.keys, self.values, src0.view(-1), src0.view(-1),
+                ((row0 * p1 + dest) * pt * d).view(-1), torch.where(ok, page_fill, 0).view(-1), d,
+            )  # fmt: skip
+        else:
+            flat_src = (src + (torch.arange(r, device=dev) * keys.shape[1]).view(r, 1, 1)).view(-1)
+            flat_dst = (dest + (torch.arange(r, device=dev) * p1).view(r, 1)).view(-1)
+            self.keys.view(-1, pt, d).index_copy_(
+                0, flat_dst, keys.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d)
+            )
+            self.values.view(-1, pt, d).index_copy_(
+                0, flat_dst, values.reshape(-1, d).index_select(0, flat_src).view(-1, pt, d)
+            )
         self.owner.scatter_(1, dest, torch.where(ok, miss_ids.gather(1, which), -2))
-        self.fill.scatter_(1, dest, (sizes.gather(1, which) - page_in * pt).clamp(0, pt))
+        self.fill.scatter_(1, dest, page_fill)
         self.owner[:, self.pages] = -2
 
     def snapshot(self) -> list[torch.Tensor]:

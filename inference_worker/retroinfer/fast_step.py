@@ -1,0 +1,89 @@
+"""The decode step of RetroInferLayer on the Triton kernels (CUDA).
+
+Same semantics and statistics as `RetroInferLayer._tripartite` (the torch reference), with
+about a third of the kernels and no materialised execution buffer: ranking + selection is two
+kernels, the steady zone, misses, cache hits and the estimation zone are attended by one split-K
+kernel plus one combine, misses move once from the source (one copy kernel) and admitted misses
+once into the cache (one copy kernel).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .kernels import decode_attention, rank_select
+from .kernels.decode_attention import ExecView
+from .wave_buffer import compact_order
+
+if TYPE_CHECKING:
+    from .layer import RetroInferLayer
+
+
+def fast_tripartite(
+    layer: RetroInferLayer,
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    pos: torch.Tensor,
+    widths: tuple[int, int] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out [R, G, D] fp32, counts [7], exec marker [T]) of one step."""
+    steady = layer.steady
+    assert steady is not None
+    steady.append_at(k_new, v_new, pos)
+    cfg, c, r, d = layer.config, layer.num_clusters, layer.rows, layer.head_dim
+    qg = q.reshape(r, layer.group, d)  # [R, G, D]
+    n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
+    sizes = layer.meta.sizes.reshape(r, c)
+    sel = rank_select(qg, layer.meta.centroids.reshape(r, c, d), sizes, layer.scale, n_ret, n_est)
+    ret = sel.retrieved  # [R, n_ret] best first
+    ret_sizes = sizes.gather(1, ret)
+    cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
+    overflow = (ret_sizes > 0) & (ret_sizes.cumsum(1) > cap_tokens)  # reported + estimated
+    ret_valid = (ret_sizes > 0) & ~overflow
+    buffer = layer._buffer(c)
+    hit = buffer.lookup(ret, ret_valid)
+    miss = ret_valid & ~hit
+    order, kept = compact_order(miss)
+    miss_ids = torch.where(kept, ret.gather(1, order), -1)  # [R, n_ret] misses first
+    if widths is None:
+        miss_tokens = torch.where(miss, ret_sizes, 0).sum(1).max()
+        hit_pages = torch.where(hit, buffer._pages_of(ret_sizes), 0).sum(1).max()
+        need = torch.stack([miss_tokens, hit_pages]).tolist()  # the step's one host sync
+        widths = (-(-max(need[0], 1) // 64) * 64, max(need[1], 1))
+    fetched = layer.source.fetch(
+        layer.layer,
+        layer.sequence_ids,
+        miss_ids.view(layer.batch, layer.kv_heads, n_ret),
+        widths[0],
+    )
+    miss_k = fetched.keys.to(layer.device).reshape(r, widths[0], d)
+    miss_v = fetched.values.to(layer.device).reshape(r, widths[0], d)
+    miss_off = fetched.offsets.to(layer.device).reshape(r, n_ret + 1)
+    take, fill, count = buffer.hit_table(ret, hit, widths[1])
+    cap = steady.keys.shape[2]
+    view = ExecView(
+        steady.keys.view(r, cap, d), steady.values.view(r, cap, d), pos,
+        miss_k, miss_v, miss_off[:, -1].contiguous(),
+        buffer.keys, buffer.values, take, fill, count,
+    )  # fmt: skip
+    estimated = sel.estimated.scatter(1, ret, overflow)  # overflowed clusters are estimated
+    out, _ = decode_attention(
+        qg, view, sel.z, estimated, sizes, layer.meta.value_sums.reshape(r, c, d), layer.scale
+    )
+    admitted = buffer.admit(ret, ret_valid, hit, ret_sizes, miss_k, miss_v, miss_off)
+    counts = torch.stack(
+        [
+            hit.sum(),
+            miss.sum(),
+            admitted.admitted.sum(),
+            admitted.rejected.sum(),
+            admitted.evicted.sum(),
+            overflow.sum(),
+            torch.where(ret_valid, ret_sizes, 0).sum(),
+        ]
+    )
+    width = cap + widths[0] + take.shape[1] * buffer.page_tokens
+    return out, counts, torch.empty(width, device="meta")
