@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer.kernels import kernels_available
 
 log = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -147,10 +148,17 @@ def _time_retro(
     eager_ms = _timed(step, steps, device) if graphed else retro_ms
     if _PROFILE:
         _profile(step, device)
+    torch_ms = None
+    if layer.use_kernels and kernels_available(device):  # the pure-torch step, same layer
+        layer.use_kernels, layer.use_cuda_graph, layer._graph = False, graphed, None
+        layer._graph_warm = False
+        torch_ms = _timed(step, steps, device)
     looked_up = totals.get("hits", 0) + totals.get("misses", 0)
     return {
         "retro_ms": retro_ms,
         "retro_eager_ms": eager_ms,
+        "retro_torch_ms": torch_ms,
+        "kernels": torch_ms is not None,
         "cuda_graph": graphed,
         "index_build_ms": round(build_ms, 2),
         "clusters": layer.num_clusters,
@@ -213,17 +221,19 @@ def _print_table(result: dict[str, object]) -> None:
     print(
         f"\nPer-layer decode attention, device: {result['device']}, dtype {result['dtype']}, "
         f"{Q_HEADS}q/{KV_HEADS}kv heads, D={HEAD_DIM}; retro ms = CUDA graph replay when "
-        f"available (eager ms = same layer without graph); random queries (worst-case hits)"
+        f"available (eager ms = same layer without graph; torch ms = the pure-torch step, "
+        f"graph); random queries (worst-case hits)"
     )
     print(
         f"{'context':>8} {'batch':>5} {'sdpa ms':>9} {'retro ms':>9} {'speedup':>8} "
-        f"{'eager ms':>9} {'build ms':>9} {'hit':>6}  note"
+        f"{'eager ms':>9} {'torch ms':>9} {'build ms':>9} {'hit':>6}  note"
     )
     for row in result["rows"]:  # type: ignore[attr-defined]
         note = row.get("skipped") or row.get("retro_skipped") or ""
         print(
             f"{row['context']:>8} {row['batch']:>5} {_f(row, 'sdpa_ms'):>9} "
             f"{_f(row, 'retro_ms'):>9} {_f(row, 'speedup'):>8} {_f(row, 'retro_eager_ms'):>9} "
+            f"{_f(row, 'retro_torch_ms'):>9} "
             f"{_f(row, 'index_build_ms'):>9} "
             f"{_f(row, 'hit_ratio'):>6}  {note}"
         )

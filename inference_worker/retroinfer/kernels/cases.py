@@ -1,0 +1,122 @@
+"""Fresh random inputs for each kernel and a kernel-vs-reference comparison of all of them.
+
+Used by tests/test_retro_kernels.py (GPU part) and by the kernel benchmark, so that the numbers
+recorded on the GPU are the ones the tests assert on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .decode_attention import ExecView, decode_attention, decode_attention_reference
+from .estimate import estimate_partials, estimate_partials_reference
+from .gather import copy_runs, copy_runs_reference
+from .partials import combine_partials
+from .rank import rank_select, rank_select_reference
+
+Case = dict[str, Any]
+
+
+def rank_case(r: int, g: int, c: int, d: int, dtype: torch.dtype, device: str, seed: int) -> Case:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    sizes = torch.randint(0, 33, (r, c), generator=gen, device=device)
+    return {
+        "q": (torch.randn(r, g, d, generator=gen, device=device) * 2).to(dtype),
+        "centroids": torch.randn(r, c, d, generator=gen, device=device).to(dtype),
+        "sizes": sizes,
+        "scale": d**-0.5,
+        "n_ret": max(round(0.018 * c), 1),
+        "n_est": round(0.232 * c),
+    }
+
+
+def estimate_case(r: int, g: int, c: int, d: int, device: str, seed: int) -> Case:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    sizes = torch.randint(0, 33, (r, c), generator=gen, device=device)
+    z = torch.randn(r, g, c, generator=gen, device=device) * 3
+    return {
+        "z": z.masked_fill((sizes == 0).unsqueeze(1), float("-inf")),
+        "estimated": torch.rand(r, c, generator=gen, device=device) < 0.25,
+        "sizes": sizes,
+        "value_sums": torch.randn(r, c, d, generator=gen, device=device) * sizes.unsqueeze(-1),
+    }
+
+
+def attention_case(
+    r: int, g: int, d: int, tokens: int, c: int, dtype: torch.dtype, device: str, seed: int
+) -> Case:
+    """Steady zone of 1092 slots (900 valid), `tokens` packed miss slots, a 16-page-per-cluster
+    cache with random hit pages, and an estimation zone over c clusters."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=device).to(dtype)
+
+    p1, pt = tokens // 8 + 1, 8
+    w = p1 - 1
+    take = torch.argsort(torch.rand(r, p1, generator=gen, device=device), dim=1)[:, :w]
+    view = ExecView(
+        steady_k=rnd(r, 1092, d),
+        steady_v=rnd(r, 1092, d),
+        pos=torch.tensor([899], device=device),
+        miss_k=rnd(r, tokens, d),
+        miss_v=rnd(r, tokens, d),
+        miss_len=torch.randint(0, tokens + 1, (r,), generator=gen, device=device),
+        cache_k=rnd(r, p1, pt, d),
+        cache_v=rnd(r, p1, pt, d),
+        take=take.contiguous(),
+        fill=torch.randint(1, pt + 1, (r, w), generator=gen, device=device),
+        hit_pages=torch.randint(0, w + 1, (r,), generator=gen, device=device),
+    )
+    case = estimate_case(r, g, c, d, device, seed + 1)
+    case.update(q=rnd(r, g, d), view=view, scale=d**-0.5)
+    return case
+
+
+def copy_case(runs: int, d: int, dtype: torch.dtype, device: str, seed: int) -> Case:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rows = torch.randint(0, 40, (runs,), generator=gen, device=device)
+    src_rows = 50 * runs
+    start = torch.randint(0, src_rows - 40, (runs,), generator=gen, device=device)
+    dst_start = torch.cumsum(rows, 0) - rows
+    total = int(rows.sum()) + 1
+    return {
+        "src_k": torch.randn(src_rows, d, generator=gen, device=device).to(dtype),
+        "src_v": torch.randn(src_rows, d, generator=gen, device=device).to(dtype),
+        "dst_shape": (total, d),
+        "src_off": start * d,
+        "dst_off": dst_start * d,
+        "rows": rows,
+    }
+
+
+def compare_all(device: str, dtype: torch.dtype, seed: int = 0, big: bool = False) -> dict:
+    """Run every kernel and its reference on fresh inputs; max abs differences and agreement."""
+    r, g, d = (128, 4, 128) if big else (16, 4, 128)
+    c = 8192 if big else 1500
+    out: dict[str, Any] = {"rows": r, "group": g, "head_dim": d, "clusters": c}
+    case = rank_case(r, g, c, d, dtype, device, seed)
+    a = rank_select(**case, use_triton=True)
+    b = rank_select_reference(**case)
+    out["rank_z_max_abs"] = float((a.z - b.z).nan_to_num(0, 0, 0).abs().max())
+    out["rank_retrieved_equal"] = bool(torch.equal(a.retrieved, b.retrieved))
+    out["rank_estimated_equal"] = bool(torch.equal(a.estimated, b.estimated))
+    case = estimate_case(r, g, c, d, device, seed + 1)
+    oa = combine_partials(*estimate_partials(**case, use_triton=True))
+    ob = combine_partials(*estimate_partials_reference(**case))
+    out["estimate_o_max_abs"] = float((oa[0] - ob[0]).abs().max())
+    out["estimate_lse_max_abs"] = float((oa[1] - ob[1]).nan_to_num(0, 0, 0).abs().max())
+    case = attention_case(r, g, d, 2048, c, dtype, device, seed + 2)
+    oa = decode_attention(**case, use_triton=True)
+    ob = decode_attention_reference(**case)
+    out["attention_o_max_abs"] = float((oa[0] - ob[0]).abs().max())
+    out["attention_lse_max_abs"] = float((oa[1] - ob[1]).abs().max())
+    case = copy_case(r * 20, d, dtype, device, seed + 3)
+    dst = [torch.zeros(case["dst_shape"], dtype=dtype, device=device) for _ in range(4)]
+    args = (case["src_off"], case["src_off"], case["dst_off"], case["rows"], d)
+    copy_runs(case["src_k"], case["src_v"], dst[0], dst[1], *args, use_triton=True)
+    copy_runs_reference(case["src_k"], case["src_v"], dst[2], dst[3], *args)
+    out["copy_equal"] = bool(torch.equal(dst[0], dst[2]) and torch.equal(dst[1], dst[3]))
+    return out
