@@ -76,7 +76,7 @@ class RetroInferLayer:
         self.static_shapes = False  # eager steps use the graph's fixed widths (no host sync)
         self.use_kernels = True  # Triton fast path where available (CUDA + triton)
         self._graph: StepGraph | None = None
-        self._graph_warm = False  # one eager tripartite step ran since the last index change
+        self._graph_warm = False  # one eager tripartite step ran (kernels and source warmed up)
         self._pos = torch.zeros(1, dtype=torch.int64, device=self.device)
 
     @property
@@ -346,7 +346,7 @@ class RetroInferLayer:
             cfg.final_assign_chunk,
         )
         self.meta.append(segment)
-        self._graph, self._graph_warm = None, False
+        self._graph = None  # re-captured at the next step (shapes changed); no eager step needed
         if self.buffer is not None:
             self.buffer.grow(self.num_clusters)
         if self.on_segment is not None:
