@@ -73,7 +73,8 @@ class _NoAttention:
 
 class _RetroBackend:
     def __init__(self, layers: list[RetroInferLayer]) -> None:
-        self.layers, self.counts = layers, []
+        self.layers = layers
+        self.counts: list[dict[str, torch.Tensor]] = []
 
     def decode(self, layer, q, k, v, meta):
         out, stats = self.layers[layer].decode(q[:, :, 0], k[:, :, 0], v[:, :, 0])

@@ -82,7 +82,7 @@ def _timings() -> dict[str, dict[str, float]]:
     att["view"].pos.fill_(200)
     cp = copy_case(ROWS * 147, DIM, bf16, "cuda", 4)
     dst = [torch.empty(cp["dst_shape"], dtype=bf16, device="cuda") for _ in range(2)]
-    cargs = (cp["src_k"], cp["src_v"], *dst, cp["src_off"], cp["src_off"], cp["dst_off"])
+    cargs = (cp["src_k"], cp["src_v"], dst[0], dst[1], cp["src_off"], cp["src_off"], cp["dst_off"])
     cases: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
         "rank_select": (
             lambda: rank_select(**rank, use_triton=True),
