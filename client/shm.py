@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from client import gather_kernel
 from wavekv_proto.codec import decode_numpy, dtype_name, torch_dtype
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 
@@ -252,48 +253,97 @@ class ArenaReader:
         out_rows: int,
         max_tokens: int,
         device: torch.device,
+        method: str = "auto",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All entries into keys, values [out_rows, max_tokens, D] on `device` (zero padded)."""
+        """All entries into keys, values [out_rows, max_tokens, D] on `device` (zero padded).
+
+        method (CUDA): "auto" (Triton run gather if available, else index_select), "triton",
+        "index_select" (both read pinned host memory from the GPU), or "host" (gather on the CPU,
+        then one copy); on CPU always a numpy gather."""
+        if method not in GATHER_METHODS:
+            raise ValueError(f"method={method!r} is not one of {GATHER_METHODS}")
         first = batch.entries[0]
         w = first.row_bytes // _word_dtype(first.row_bytes).itemsize
         kv = torch.zeros(2, out_rows * max_tokens, w, dtype=_torch_word(first), device=device)
-        by_slab: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for index, runs in self._runs(batch, slots, max_tokens, kv.shape[1]).items():
+            self._gather_slab(index, first.row_bytes, runs, kv.view(-1, w), device, method)
+        kv = kv.view(first.dtype).view(2, out_rows, max_tokens, first.head_dim)
+        return kv[0], kv[1]
+
+    @staticmethod
+    def _runs(
+        batch: DescriptorBatch, slots: list[int], max_tokens: int, half: int
+    ) -> dict[int, np.ndarray]:
+        """Per slab: [3, K] int64 (source row, destination row, length) of every cluster run,
+        keys then values (value destinations start at `half`)."""
+        by_slab: dict[int, list[np.ndarray]] = {}
         for d, slot in zip(batch.entries, slots, strict=True):
             if d.num_rows == 0:
                 continue
             if d.num_rows > max_tokens:
                 raise ValueError(f"fetched {d.num_rows} tokens for row {slot} > {max_tokens}")
-            rows = d.rows()
-            dst = np.arange(d.num_rows, dtype=np.int64) + slot * max_tokens
-            by_slab.setdefault(d.slab, []).append((rows + d.keys_row, rows + d.values_row, dst))
-        for index, parts in by_slab.items():
-            src = np.concatenate([np.concatenate([p[0] for p in parts]), *[p[1] for p in parts]])
-            dst = np.concatenate([p[2] for p in parts])
-            self._gather_slab(index, first.row_bytes, src, dst, kv, device)
-        d_model = first.head_dim
-        kv = kv.view(first.dtype).view(2, out_rows, max_tokens, d_model)
-        return kv[0], kv[1]
+            lens = np.diff(d.cluster_offsets)
+            dst = d.cluster_offsets[:-1] + slot * max_tokens
+            part = np.stack(
+                [
+                    np.concatenate([d.row_starts + d.keys_row, d.row_starts + d.values_row]),
+                    np.concatenate([dst, dst + half]),
+                    np.concatenate([lens, lens]),
+                ]
+            )
+            by_slab.setdefault(d.slab, []).append(part)
+        return {k: np.concatenate(v, axis=1) for k, v in by_slab.items()}
 
     def _gather_slab(
         self,
         index: int,
         row_bytes: int,
-        src: np.ndarray,  # [2M] key rows then value rows
-        dst: np.ndarray,  # [M] packed destination rows
-        kv: torch.Tensor,  # [2, rows * max_tokens, W] words
+        runs: np.ndarray,  # [3, K] (source row, destination row, length)
+        flat: torch.Tensor,  # [2 * rows * max_tokens, W] words
         device: torch.device,
+        method: str,
     ) -> None:
         slab = self.slab(index)
-        flat = kv.view(-1, kv.shape[-1])  # [2 * rows * max_tokens, W]
-        dst2 = torch.from_numpy(np.concatenate([dst, dst + kv.shape[1]]))
+        words = flat.shape[1]
+        if device.type == "cuda" and method != "host":
+            try:
+                src = slab.cuda_rows(row_bytes, device)  # aliases pinned host memory
+            except SharedMemoryUnavailable as exc:
+                log.warning("GPU cannot read the arena (%s); gathering on the host", exc)
+                method = "host"
+            else:
+                use_triton = method == "triton" or (
+                    method == "auto" and gather_kernel.available(words)
+                )
+                if use_triton:
+                    table = torch.from_numpy(runs).pin_memory().to(device, non_blocking=True)
+                    gather_kernel.gather_runs(src, flat, table[0], table[1], table[2])
+                    return
+                src_rows, dst_rows = _expand(runs)
+                idx = torch.from_numpy(np.stack([src_rows, dst_rows])).to(device)
+                flat.index_copy_(0, idx[1], src.index_select(0, idx[0]))
+                return
+        src_rows, dst_rows = _expand(runs)
+        got = np.take(slab.rows(row_bytes), src_rows, axis=0)  # [M, W]
+        got_t = torch.from_numpy(got.view(_signed(got.dtype)))
         if device.type == "cuda":
-            words = slab.cuda_rows(row_bytes, device)  # aliases pinned host memory
-            idx = torch.from_numpy(src).pin_memory().to(device, non_blocking=True)
-            flat.index_copy_(0, dst2.to(device, non_blocking=True), words.index_select(0, idx))
-            return
-        host = slab.rows(row_bytes)
-        got = np.take(host, src, axis=0)  # [2M, W]
-        flat.numpy()[dst2.numpy()] = got.view(_signed(got.dtype))
+            flat.index_copy_(0, torch.from_numpy(dst_rows).to(device), got_t.to(device))
+        else:
+            flat.numpy()[dst_rows] = got_t.numpy()
+
+
+GATHER_METHODS = ("auto", "triton", "index_select", "host")
+
+
+def _expand(runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[3, K] runs -> (source rows [M], destination rows [M])."""
+    src, dst, lens = runs
+    total = int(lens.sum())
+    step = np.arange(total, dtype=np.int64)
+    cum = np.zeros(lens.shape[0] + 1, np.int64)
+    np.cumsum(lens, out=cum[1:])
+    within = step - np.repeat(cum[:-1], lens)
+    return np.repeat(src, lens) + within, np.repeat(dst, lens) + within
 
 
 def _typed(words: np.ndarray, d: Described) -> torch.Tensor:
