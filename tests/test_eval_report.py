@@ -75,6 +75,31 @@ def test_macro_averages_and_gap() -> None:
     assert summary["gap"]["cells"]["passkey"]["2048"]["score"] == -10.0
     assert [s["budget"] for s in summary["sweep"]] == [0.005, 0.018, 0.1]
     assert summary["sweep"][0]["score"] == 60.0
+    assert summary["informative"]["tasks"] == ["passkey", "vt"]
+    assert summary["informative"]["gap"] == -2.5
+
+
+def test_tasks_full_attention_cannot_do_are_left_out_of_the_informative_gap() -> None:
+    records = [r for r in synthetic_records() if r["task"] == "passkey"]
+    records += [
+        {**r, "task": "cwe", "score": 0.0} for r in synthetic_records() if r["task"] == "vt"
+    ]
+    summary = aggregate.summarize(records)
+    assert summary["gap"]["overall"]["score"] == -2.5  # (-5 + 0) / 2
+    assert summary["informative"]["tasks"] == ["passkey"]
+    assert summary["informative"]["gap"] == -5.0
+    assert "Over the 1 tasks where full attention scores at least 10 (passkey)" in report.markdown(
+        summary
+    )
+
+
+def test_empty_outputs_are_counted_per_configuration() -> None:
+    records = synthetic_records()
+    for rec in records[:3]:
+        rec["prediction"] = " \n"
+    summary = aggregate.summarize(records)
+    expected = {"full": 2, "retro@0.005": 1, "retro@0.018": 0, "retro@0.1": 0}
+    assert summary["empty_outputs"] == expected
 
 
 def test_unfinished_samples_are_left_out_of_every_configuration() -> None:
@@ -92,7 +117,7 @@ def test_report_files(tmp_path: Path) -> None:
     md = md_path.read_text()
     assert "| passkey | 4 | 100.0 | 95.0 | -5.0 | 70.0 | 100.0 |" in md
     assert "| 2048 | 4 | 75.0 | 70.0 | -5.0 | 60.0 | 75.0 |" in md
-    assert "| RetroInfer (default) | 1.8% | 8 | 72.5 | -2.5 |" in md
+    assert "| RetroInfer (default) | 1.8% | 8 | 72.5 | -2.5 | 0 |" in md
     assert "| passkey | 2048 | 2 | 100.0 | 90.0 | -10.0 |" in md
 
 

@@ -92,10 +92,18 @@ def test_every_sample_runs_under_every_configuration(tmp_path: Path) -> None:
     by_config = {r.config: r for r in records if r.index == 0}
     assert by_config["full"].score == 100.0 and by_config["retro@0.005"].score == 0.0
     assert by_config["retro@0.018"].default and by_config["retro@0.018"].budget == 0.018
-    assert by_config["full"].budget == 0.0
+    assert by_config["full"].budget == 0.0 and by_config["full"].output_ids == [1, 2, 3]
     assert by_config["full"].stats == {"prefill_s": 0.5, "hits": 3}  # tensors reduced/dropped
     lines = load_records(tmp_path / "records.jsonl")
     assert len(lines) == 12 and json.dumps(lines[0])
+
+
+def test_batches_hold_equal_length_samples_only() -> None:
+    samples = [_sample(0), _sample(1), _sample(2)]
+    samples[1].length = 1024
+    engine = AnsweringEngine({s.id: s.answers[0] for s in samples})
+    _runner(engine, batch_size=8).run(samples)
+    assert [len(ids) for ids, *_ in engine.calls][::4] == [1, 1, 1]
 
 
 def test_resume_skips_finished_pairs() -> None:

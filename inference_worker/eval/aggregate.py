@@ -13,6 +13,9 @@ from statistics import fmean
 from typing import Any
 
 Record = dict[str, Any]
+INFORMATIVE_MIN_FULL = (
+    10.0  # a task counts as informative where full attention scores at least this
+)
 
 
 def _sample_id(rec: Record) -> tuple[str, int, int]:
@@ -109,6 +112,8 @@ def summarize(records: list[Record], meta: dict[str, Any] | None = None) -> dict
         if c["attention"] != "full"
     ]
     return {
+        "informative": _informative(per_config, full, default),
+        "empty_outputs": _empty_outputs(used),
         "meta": dict(meta or {}),
         "samples": len({_sample_id(r) for r in used}),
         "dropped_incomplete_samples": dropped,
@@ -121,6 +126,33 @@ def summarize(records: list[Record], meta: dict[str, Any] | None = None) -> dict
         "gap": gap,
         "sweep": sorted(sweep, key=lambda s: s["budget"]),
     }
+
+
+def _empty_outputs(records: list[Record]) -> dict[str, int]:
+    """Per configuration, outputs with no visible text (e.g. only special tokens): a sign
+    of a broken attention path rather than of a wrong answer."""
+    counts: dict[str, int] = defaultdict(int)
+    for rec in records:
+        counts[rec["config"]] += 0 if rec["prediction"].strip() else 1
+    return dict(counts)
+
+
+def _informative(
+    per_config: dict[str, Any], full: str | None, default: str | None
+) -> dict[str, Any]:
+    """Averages over the tasks full attention can do at all: a small model scores 0 on some
+    tasks under any attention, which would pull the gap towards 0."""
+    if full is None:
+        return {}
+    by_task = per_config[full]["by_task"]
+    tasks = [t for t, e in by_task.items() if e["score"] >= INFORMATIVE_MIN_FULL]
+    out: dict[str, Any] = {"min_full_score": INFORMATIVE_MIN_FULL, "tasks": tasks, "scores": {}}
+    if tasks:
+        for key, summary in per_config.items():
+            out["scores"][key] = round(fmean(summary["by_task"][t]["score"] for t in tasks), 3)
+        if default is not None:
+            out["gap"] = round(out["scores"][default] - out["scores"][full], 3)
+    return out
 
 
 def _task_order(records: list[Record]) -> Any:

@@ -171,7 +171,7 @@ def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None
     )
     runner.run(samples, done)
     meta = {
-        "model": config.model_path or "SmolLM2-135M-Instruct Q4_1 (default)",
+        "model": engine_link.model_name(engine, config.model_path),
         "device": engine_link.device_name(engine),
         "seed": config.seed,
         "default_retrieval_budget": default_budget,

@@ -49,13 +49,18 @@ def retro_config(budget: float | None) -> Any:
 
 
 def open_store(address: str | None) -> Any:
-    """A store client for HOST:PORT, or None to let the engine use its in-process store."""
+    """A store link to the KV store at HOST:PORT, or None for the engine's in-process store."""
     if address is None:
         return None
-    from client import KVStoreClient
+    from inference_worker.engine import connect_store
 
     host, port = parse_store(address)
-    return KVStoreClient(f"{host}:{port}", namespace="eval")
+    return connect_store(f"{host}:{port}", namespace="wavekv-eval")
+
+
+def model_name(engine: Any, model_path: str | None) -> str:
+    name = getattr(engine, "model_name", None) or model_path or "default model"
+    return str(name)
 
 
 def device_name(engine: Any) -> str:

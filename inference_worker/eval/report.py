@@ -47,7 +47,8 @@ def _summary_rows(summary: dict[str, Any]) -> list[list[str]]:
             if c["key"] == full or full is None
             else (f"{overall['score'] - res[full]['overall']['score']:+.1f}")
         )
-        rows.append([name, budget, str(overall["n"]), _fmt(overall), vs])
+        empty = str(summary.get("empty_outputs", {}).get(c["key"], 0))
+        rows.append([name, budget, str(overall["n"]), _fmt(overall), vs, empty])
     return rows
 
 
@@ -85,6 +86,19 @@ def _cell_rows(summary: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _informative_lines(summary: dict[str, Any]) -> list[str]:
+    info = summary.get("informative") or {}
+    if not info.get("tasks") or "gap" not in info:
+        return []
+    full, retro = info["scores"][summary["full"]], info["scores"][summary["default"]]
+    return [
+        f"Over the {len(info['tasks'])} tasks where full attention scores at least "
+        f"{info['min_full_score']:g} ({', '.join(info['tasks'])}): full {full:.1f}, "
+        f"RetroInfer (default) {retro:.1f}, gap {info['gap']:+.1f}.",
+        "",
+    ]
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The report: summary, by task, by length, by task and length."""
     meta = summary["meta"]
@@ -107,9 +121,11 @@ def markdown(summary: dict[str, Any]) -> str:
         "## Summary",
         "",
         *_table(
-            ["configuration", "retrieval budget", "samples", "score", "vs full"],
+            ["configuration", "retrieval budget", "samples", "score", "vs full", "empty outputs"],
             _summary_rows(summary),
         ),
+        "",
+        *_informative_lines(summary),
         "",
         "## By task (mean over lengths)",
         "",

@@ -72,6 +72,7 @@ class Record:
     metric: str
     prompt_tokens: int
     new_tokens: int
+    output_ids: list[int]  # generated token ids (special tokens decode to nothing)
     seconds: float  # wall time of the generate call, divided by its batch size
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -121,8 +122,7 @@ class SuiteRunner:
         todo = [(s, spec) for s in samples for spec in self.specs if (s.id, spec.key) not in done]
         records: list[Record] = []
         with tqdm(total=len(todo), disable=not self.progress, desc="eval", unit="req") as bar:
-            for start in range(0, len(samples), self.batch_size):
-                batch = samples[start : start + self.batch_size]
+            for batch in self._batches(samples):
                 for spec in self.specs:
                     pending = [s for s in batch if (s.id, spec.key) not in done]
                     if pending:
@@ -132,6 +132,18 @@ class SuiteRunner:
                         bar.update(len(new))
                         bar.set_postfix_str(_running_means(records))
         return records
+
+    def _batches(self, samples: list[Sample]) -> list[list[Sample]]:
+        """Runs of consecutive equal-length samples, at most `batch_size` each (the engine
+        batches equal-length prompts together)."""
+        batches: list[list[Sample]] = []
+        for sample in samples:
+            last = batches[-1] if batches else None
+            if last and len(last) < self.batch_size and last[0].length == sample.length:
+                last.append(sample)
+            else:
+                batches.append([sample])
+        return batches
 
     def _run_batch(self, batch: list[Sample], spec: RunSpec) -> list[Record]:
         requests = [self.make_request(s, f"{s.id}/{spec.key}", self._new_tokens(s)) for s in batch]
@@ -167,6 +179,7 @@ class SuiteRunner:
             metric=sample.metric,
             prompt_tokens=len(sample.token_ids),
             new_tokens=len(result.token_ids),
+            output_ids=[int(t) for t in result.token_ids],
             seconds=round(seconds, 4),
             stats=_jsonable(dict(result.stats or {})),
         )
