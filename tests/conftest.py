@@ -36,3 +36,11 @@ def store_client(store_server: EmbeddedStore, namespace: str) -> Iterator[KVStor
     with KVStoreClient(store_server.target, namespace=namespace, timeout_s=30.0) as client:
         client.wait_ready()
         yield client
+
+
+@pytest.fixture(scope="session")
+def default_engine():  # type: ignore[no-untyped-def]
+    """The real default model (SmolLM2-135M) in a GenerationEngine, loaded once per session."""
+    from inference_worker.engine import GenerationEngine
+
+    return GenerationEngine.load()

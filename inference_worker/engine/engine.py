@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -126,32 +127,46 @@ class GenerationEngine:
             groups[-1].append(row)
         return order
 
+    @contextmanager
+    def _session(
+        self,
+        seq_ids: list[str],
+        prompt_len: int,
+        max_len: int,
+        attention: Attention,
+        retro: RetroInferConfig,
+        link: StoreLink,
+    ) -> Iterator[AttentionBackend]:
+        """An attention backend for B sequences; their store state is released on exit,
+        whether the block succeeded or failed."""
+        if attention == "full":
+            yield self.loaded.new_full_attention(len(seq_ids), max_len)
+            return
+        try:
+            link.open(seq_ids, self._geometry())
+            yield RetroInferBackend(
+                self.loaded.config, retro, link, seq_ids, prompt_len, self.loaded.dtype, self.device
+            )
+        finally:
+            link.release(seq_ids)
+
     @torch.inference_mode()
     def _run_group(
         self, group: list[_Row], attention: Attention, retro: RetroInferConfig, link: StoreLink
     ) -> list[dict[str, object]]:
         prompt_len, max_new = len(group[0].prompt), max(r.request.max_new_tokens for r in group)
         before = link.counters.snapshot()
-        seq_ids = [f"{r.request.id}-{uuid.uuid4().hex[:8]}" for r in group]
-        backend: AttentionBackend
-        if attention == "retroinfer":
-            link.open(seq_ids, self._geometry())
-            backend = RetroInferBackend(
-                self.loaded.config, retro, link, seq_ids, prompt_len, self.loaded.dtype, self.device
-            )
-        else:
-            backend = self.loaded.new_full_attention(len(group), prompt_len + max_new)
-        try:
+        seq_ids = [_sequence_id(r.request.id) for r in group]
+        with self._session(
+            seq_ids, prompt_len, prompt_len + max_new, attention, retro, link
+        ) as backend:
             t0 = time.perf_counter()
-            logits = self._prefill(group, backend)  # [B, V]
+            logits = self._prefill([r.prompt for r in group], backend)  # [B, V]
             link.flush()
             prefill_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             steps = self._decode(group, backend, logits, prompt_len)
             decode_s = time.perf_counter() - t1
-        finally:
-            if attention == "retroinfer":
-                link.release(seq_ids)
         shared: dict[str, object] = {
             "attention": attention,
             "batch_size": len(group),
@@ -172,9 +187,44 @@ class GenerationEngine:
             for r in group
         ]
 
-    def _prefill(self, group: list[_Row], backend: AttentionBackend) -> torch.Tensor:
+    @torch.inference_mode()
+    def forced_decode(
+        self,
+        prompt: Sequence[int],
+        forced: Sequence[int],
+        attention: Attention = "retroinfer",
+        retro_config: RetroInferConfig | None = None,
+        store: StoreLink | None = None,
+    ) -> list[int]:
+        """Teacher forcing: after `prompt`, feed `forced` one token at a time. Returns the greedy
+        prediction made before each forced token (len(forced) ids): the k-th prediction is
+        what the model would emit after prompt + forced[:k]."""
+        if not prompt or not forced:
+            raise ValueError(f"prompt ({len(prompt)}) and forced ({len(forced)}) must be non-empty")
+        link = store if store is not None else InProcessStoreLink()
+        prompt, forced = [int(t) for t in prompt], [int(t) for t in forced]
+        with self._session(
+            [_sequence_id("forced")],
+            len(prompt),
+            len(prompt) + len(forced),
+            attention,
+            retro_config or RetroInferConfig(),
+            link,
+        ) as backend:
+            logits = self._prefill([prompt], backend)  # [1, V]
+            link.flush()
+            predictions = [int(logits[0].argmax())]
+            for step, token in enumerate(forced[:-1]):
+                meta = AttentionMetadata.decode([len(prompt) + step], self.device)
+                tokens = torch.tensor([[token]], device=self.device)  # [1, 1]
+                predictions.append(
+                    int(self.model(tokens, meta, backend, last_only=True)[0].argmax())
+                )
+        return predictions
+
+    def _prefill(self, prompts: list[list[int]], backend: AttentionBackend) -> torch.Tensor:
         """Chunked prefill of B equal-length prompts; logits [B, V] after the last token."""
-        tokens = torch.tensor([r.prompt for r in group], device=self.device)  # [B, L]
+        tokens = torch.tensor(prompts, device=self.device)  # [B, L]
         b, length = tokens.shape
         logits = None
         for start in range(0, length, self.config.prefill_chunk):
@@ -216,3 +266,8 @@ class GenerationEngine:
         return SequenceGeometry(
             c.num_layers, c.num_kv_heads, c.head_dim, TORCH_TO_STORE_DTYPE[self.loaded.dtype]
         )
+
+
+def _sequence_id(request_id: str) -> str:
+    """A store sequence id unique to one run of one request."""
+    return f"{request_id}-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,52 @@
+"""Helpers for the engine tests: prompts from the eval generators and spying store links."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+
+import torch
+
+from client import KVStoreClient
+from inference_worker.engine import GenerationEngine, GrpcStoreLink
+from inference_worker.eval.haystack import make
+from inference_worker.eval.prompt import Sample
+from inference_worker.eval.tasks import make_sample
+from inference_worker.eval.tokens import PieceEncoder
+from inference_worker.retroinfer import FetchedBatch
+
+
+def passkey_sample(engine: GenerationEngine, length: int, seed: int = 7) -> Sample:
+    """A completion-style passkey prompt of exactly `length` tokens."""
+    return make_sample("passkey", PieceEncoder(engine.tokenizer), length, 0, seed, depths=(0.5,))
+
+
+def essay_tokens(engine: GenerationEngine, length: int, seed: int = 3) -> list[int]:
+    """`length` tokens of natural-looking prose (the eval suite's essay haystack)."""
+    rng = random.Random(seed)
+    ids: list[int] = list(engine.tokenizer.encode(""))[:1]  # BOS if the tokenizer adds one
+    for piece in make("essay", rng):
+        ids.extend(engine.tokenizer.encode(piece, add_special_tokens=False))
+        if len(ids) >= length:
+            return ids[:length]
+    raise AssertionError("the essay stream ended")
+
+
+class WatchingLink(GrpcStoreLink):
+    """A real gRPC link that also records what the store lists while decoding, and can run a
+    hook (e.g. kill the store) before the n-th fetch."""
+
+    def __init__(self, client: KVStoreClient, hook_at: int | None = None, hook=None) -> None:
+        super().__init__(client)
+        self.listed_during_decode: list[str] | None = None
+        self.fetches = 0
+        self.hook_at, self.hook = hook_at, hook
+
+    def fetch(self, layer: int, sequence_ids: Sequence[Hashable], cluster_ids: torch.Tensor,
+              max_tokens: int) -> FetchedBatch:
+        self.fetches += 1
+        if self.listed_during_decode is None:
+            self.listed_during_decode = [s.sequence_id for s in self.client.list_sequences()]
+        if self.hook is not None and self.fetches == self.hook_at:
+            self.hook()
+        return super().fetch(layer, sequence_ids, cluster_ids, max_tokens)

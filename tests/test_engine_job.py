@@ -1,0 +1,62 @@
+"""The job CLI's failure modes that need no model: clear errors and non-zero exits."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inference_worker.engine import GenerationRequest
+from inference_worker.job import JobError, read_records
+
+
+def _job(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "inference_worker.job", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_store_exits_nonzero_with_a_clear_error(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "prompt": "hello"}) + "\n")
+    done = _job("--store", f"127.0.0.1:{_closed_port()}", "--input", str(inp), "--output",
+                str(tmp_path / "out.jsonl"), "--store-timeout", "2")
+    assert done.returncode == 2
+    assert "unreachable" in done.stderr and "127.0.0.1" in done.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_retroinfer_requires_a_store(tmp_path: Path) -> None:
+    done = _job("--input", str(tmp_path / "x"), "--output", str(tmp_path / "y"))
+    assert done.returncode == 2 and "--store" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "in.jsonl:2: bad input record"),
+        (json.dumps({"prompt": "x"}), "lacks field 'id'"),
+        (json.dumps({"id": "b", "prompt": "x", "max_new_tokens": 0}), "max_new_tokens"),
+        (json.dumps({"id": "b", "prompt": "x", "colour": 1}), "unknown fields ['colour']"),
+        (json.dumps({"id": "a", "prompt": "again"}), "repeats ids"),
+    ],
+)
+def test_bad_input_records_name_the_line(tmp_path: Path, line: str, message: str) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "prompt": "ok"}) + "\n" + line + "\n")
+    with pytest.raises(JobError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        read_records(inp)
+
+
+def test_records_become_requests_with_defaults() -> None:
+    req = GenerationRequest.from_dict({"id": 7, "prompt": [1, 2, 3]}, default_max_new_tokens=5)
+    assert req.id == "7" and req.prompt == [1, 2, 3] and req.max_new_tokens == 5

@@ -1,0 +1,103 @@
+"""The store dies or restarts under a decoding request (issue 4, section 5)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import KVStoreClient, KVStoreError, RetryPolicy, UnavailableError
+from inference_worker.cluster_probes import wait_store_port
+from inference_worker.engine import (
+    GenerationEngine,
+    GenerationRequest,
+    GrpcStoreLink,
+    StoreRestartedError,
+)
+from tests.engine_fixtures import WatchingLink, essay_tokens
+
+pytestmark = pytest.mark.slow
+
+FAIL_WITHIN_S = 60.0  # "no hang": generous bound on how long a failing request may take
+
+
+class StoreProcess:
+    """`python -m kvstore_server` on 127.0.0.1 (a real separate process we can kill)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.port, self.proc = tmp, 0, None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        ready = self.tmp / f"ready-{self.starts}.json"
+        cmd = [sys.executable, "-m", "kvstore_server", "--host", "127.0.0.1", "--port",
+               str(self.port), "--ready-file", str(ready), "--log-level", "WARNING"]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        self.port = wait_store_port(ready, self.proc, 60.0)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StoreProcess]:
+    proc = StoreProcess(tmp_path)
+    proc.start()
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        proc.kill()
+
+
+def _client(target: str) -> KVStoreClient:
+    retry = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.5)
+    return KVStoreClient(target, namespace="faults", timeout_s=5.0, retry=retry)
+
+
+def _request(engine: GenerationEngine) -> GenerationRequest:
+    return GenerationRequest("victim", essay_tokens(engine, 1200, seed=21), max_new_tokens=12)
+
+
+def test_store_killed_mid_decode_fails_fast_and_worker_recovers(
+    default_engine: GenerationEngine, store: StoreProcess
+) -> None:
+    link = WatchingLink(_client(store.target), hook_at=40, hook=store.kill)
+    t0 = time.monotonic()
+    with pytest.raises(KVStoreError) as failure:
+        default_engine.generate([_request(default_engine)], store=link)
+    assert time.monotonic() - t0 < FAIL_WITHIN_S
+    assert isinstance(failure.value, UnavailableError), failure.value
+    assert store.target in str(failure.value) or "unavailable" in str(failure.value).lower()
+    store.start()  # same port, new incarnation
+    fresh = GrpcStoreLink(_client(store.target))
+    (result,) = default_engine.generate([_request(default_engine)], store=fresh)
+    assert len(result.token_ids) == 12 and result.stats["store_fetch_rpcs"] > 0
+    assert fresh.client.list_sequences() == []
+    fresh.close()
+    link.close()
+
+
+def test_restarted_store_is_detected_by_incarnation(
+    default_engine: GenerationEngine, store: StoreProcess
+) -> None:
+    link = WatchingLink(_client(store.target), hook_at=40, hook=store.restart)
+    before = link.client.get_stats().incarnation_id
+    with pytest.raises(StoreRestartedError, match="restarted"):
+        default_engine.generate([_request(default_engine)], store=link)
+    assert link.client.get_stats().incarnation_id != before
+    assert link.client.list_sequences() == []  # the new store never saw this request
+    link.close()
