@@ -32,6 +32,7 @@ class RetroInferConfig:
     final_assign_chunk: int = (
         16384  # tokens per chunk of the final global assignment (memory bound)
     )
+    defer_misses: bool = False  # opt-in: estimate missed clusters now, admit them next step
 
     def __post_init__(self) -> None:
         _check_int("sink_tokens", self.sink_tokens, 0)

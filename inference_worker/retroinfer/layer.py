@@ -15,6 +15,7 @@ from .fast_step import fast_tripartite
 from .graph import StepGraph
 from .index import ClusterMetadata, IndexSegment, build_segment
 from .kernels import kernels_available
+from .misses import Deferred, MissFetcher, device_batch, empty_misses
 from .source import ClusterSource
 from .stats import StepStats
 from .steady import SteadyZone
@@ -78,6 +79,7 @@ class RetroInferLayer:
         self._graph: StepGraph | None = None
         self._graph_warm = False  # one eager tripartite step ran (kernels and source warmed up)
         self._pos = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self.misses = MissFetcher(source, layer, self.sequence_ids, self.batch, num_kv_heads)
 
     @property
     def rows(self) -> int:
@@ -187,6 +189,7 @@ class RetroInferLayer:
             and self.device.type == "cuda"
             and self._graph_warm
             and not self.record_selection
+            and not self.config.defer_misses
             and getattr(self.source, "capturable", False)
         )
 
@@ -217,7 +220,13 @@ class RetroInferLayer:
     ) -> tuple[torch.Tensor, ...]:
         """The step's device work. Returns (out [R, G, D] fp32, counts [7], exec marker [T],
         retrieved ids, ranked ids, estimated mask). widths None: measured (one host sync)."""
-        if self.use_kernels and not self.record_selection and kernels_available(self.device):
+        defer = self.config.defer_misses  # fast path: misses always exact this step
+        if (
+            self.use_kernels
+            and not self.record_selection
+            and not defer
+            and kernels_available(self.device)
+        ):
             return fast_tripartite(self, q, k_new, v_new, pos, widths)
         assert self.steady is not None
         self.steady.append_at(k_new, v_new, pos)
@@ -233,6 +242,7 @@ class RetroInferLayer:
         overflow = (ret_sizes > 0) & (ret_sizes.cumsum(1) > cap_tokens)  # reported + estimated
         ret_valid = (ret_sizes > 0) & ~overflow
         buffer = self._buffer(c)
+        self._admit_deferred(buffer)
         hit = buffer.lookup(ret, ret_valid)
         miss = ret_valid & ~hit
         order, kept = compact_order(miss)
@@ -242,25 +252,23 @@ class RetroInferLayer:
             hit_pages = torch.where(hit, buffer._pages_of(ret_sizes), 0).sum(1).max()
             need = torch.stack([miss_tokens, hit_pages]).tolist()  # the step's one host sync
             widths = (_round_up(max(need[0], 1), 64), max(need[1], 1))
-        fetched = self.source.fetch(
-            self.layer,
-            self.sequence_ids,
-            miss_ids.view(self.batch, self.kv_heads, n_ret),
-            widths[0],
-        )
-        miss_k = fetched.keys.to(self.device).reshape(r, widths[0], d)
-        miss_v = fetched.values.to(self.device).reshape(r, widths[0], d)
-        miss_off = fetched.offsets.to(self.device).reshape(r, n_ret + 1)
-        hit_k, hit_v, hit_fill = buffer.hit_pages(ret, hit, widths[1])
-        o_x, lse_x, exec_tokens = self._exact(
-            qg, pos, miss_k, miss_v, miss_off, hit_k, hit_v, hit_fill
-        )
-        est_keep = torch.cat([overflow, top_sizes[:, n_ret:] > 0], dim=1)  # [R, k]
+        pending = self.misses.start(miss_ids, widths[0])  # runs while the estimation is computed
+        est_keep = torch.cat([overflow | (miss & defer), top_sizes[:, n_ret:] > 0], dim=1)
         z_top = z.gather(2, top.unsqueeze(1).expand(-1, self.group, -1))  # [R, G, k]
         flat_top = (top + (torch.arange(r, device=self.device) * c).view(r, 1)).view(-1)
         vs_top = self.meta.value_sums.reshape(r * c, d).index_select(0, flat_top).view(r, -1, d)
         o_e, lse_e = estimate(z_top, top_sizes, vs_top, est_keep)
-        admitted = buffer.admit(ret, ret_valid, hit, ret_sizes, miss_k, miss_v, miss_off)
+        hit_k, hit_v, hit_fill = buffer.hit_pages(ret, hit, widths[1])
+        if defer:  # misses estimated now, admitted at this layer's next step
+            self.misses.deferred = Deferred(ret, ret_valid, hit, ret_sizes, pending, widths[0])
+            miss_k, miss_v, miss_off = empty_misses(r, n_ret, d, self.dtype, self.device)
+        else:
+            miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, self.device)
+        o_x, lse_x, exec_tokens = self._exact(
+            qg, pos, miss_k, miss_v, miss_off, hit_k, hit_v, hit_fill
+        )
+        admit_valid = ret_valid & hit if defer else ret_valid  # deferred: hits touched only
+        admitted = buffer.admit(ret, admit_valid, hit, ret_sizes, miss_k, miss_v, miss_off)
         counts = torch.stack(
             [
                 hit.sum(),
@@ -281,6 +289,16 @@ class RetroInferLayer:
             top.view(shape),
             est_keep.view(shape),
         )
+
+    def _admit_deferred(self, buffer: WaveBuffer) -> None:
+        """Deferred mode: admit the previous step's fetched misses before this step's lookup."""
+        deferred = self.misses.take_deferred()
+        if deferred is not None:
+            n = deferred.ret.shape[1]
+            k, v, off = device_batch(deferred.pending.result(), self.rows, n, self.device)
+            buffer.admit(
+                deferred.ret, deferred.ret_valid, deferred.hit, deferred.ret_sizes, k, v, off
+            )
 
     def _exact(
         self,
