@@ -76,7 +76,7 @@ def test_deferred_misses_are_estimated_then_exact() -> None:
     config = RetroInferConfig(defer_misses=True, **FULL)
     for source in (InProcessClusterSource(), BlockingSource()):
         results = _steps(_layer(config, source), 3, 2)
-        (first, ref1, s1), (second, ref2, s2), (third, ref3, s3) = results
+        (first, ref1, s1), (second, ref2, s2), (third, ref3, _) = results
         assert s1["misses"] > 0 and s1["admitted"] == 0  # nothing waited for in step 1
         assert (first.double() - ref1).abs().max() > 1e-3  # misses were only estimated
         assert s2["misses"] == 0 and s2["hits"] == s1["misses"]  # admitted before step 2
