@@ -86,9 +86,7 @@ class WaveBuffer:
         selected.scatter_(1, self._safe(ids, hit), True)
         selected[:, -1] = False
         page_sel = (self.owner >= 0) & selected.gather(1, self.owner.clamp(min=0))  # [R, P+1]
-        pos = torch.arange(self.pages + 1, device=self.owner.device)
-        order = torch.sort(torch.where(page_sel, pos, pos + self.pages + 1), dim=1).indices
-        take = order[:, :width].contiguous()  # [R, width]
+        take = partition_order(page_sel)[:, :width].contiguous()  # [R, width]
         fill = torch.where(page_sel.gather(1, take), self.fill.gather(1, take), 0)
         return take, fill, page_sel.sum(1).clamp(max=width)
 
@@ -171,8 +169,7 @@ class WaveBuffer:
         `width` bounds the pages placed per row (admitted pages never exceed it)."""
         p1, pt, r, d = self.pages + 1, self.page_tokens, self.rows, keys.shape[-1]
         dev = self.owner.device
-        pos = torch.arange(p1, device=dev).expand(r, p1)
-        free_list = torch.sort(torch.where(self.owner == -1, pos, pos + p1), dim=1).indices
+        free_list = partition_order(self.owner == -1)
         q = torch.arange(width, device=dev).expand(r, width).contiguous()  # [R, W] page slots
         cum = pages.cumsum(1)  # [R, n]
         which = torch.searchsorted(cum, q, right=True).clamp(max=pages.shape[1] - 1)
@@ -188,6 +185,7 @@ class WaveBuffer:
             copy_runs(
                 keys, values, self.keys, self.values, src0.view(-1), src0.view(-1),
                 ((row0 * p1 + dest) * pt * d).view(-1), torch.where(ok, page_fill, 0).view(-1), d,
+                block_rows=pt if pt & (pt - 1) == 0 else 16,
             )  # fmt: skip
         else:
             flat_src = (src + (torch.arange(r, device=dev) * keys.shape[1]).view(r, 1, 1)).view(-1)
@@ -233,10 +231,18 @@ class WaveBuffer:
 
 def compact_order(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Order [R, n] that moves kept entries to the front (stable) and the kept mask in it."""
-    n = keep.shape[1]
-    pos = torch.arange(n, device=keep.device).expand_as(keep)
-    order = torch.sort(torch.where(keep, pos, pos + n), dim=1).indices
+    order = partition_order(keep)
     return order, keep.gather(1, order)
+
+
+def partition_order(keep: torch.Tensor) -> torch.Tensor:
+    """Stable partition [R, n]: indices of kept entries in order, then the others in order.
+    Same result as a stable sort of (not keep), by prefix sums instead of a sort."""
+    k = keep.to(torch.int64)
+    kept_before = k.cumsum(1) - k  # [R, n]
+    idx = torch.arange(keep.shape[1], device=keep.device).expand_as(k)
+    dest = torch.where(keep, kept_before, k.sum(1, keepdim=True) + idx - kept_before)
+    return torch.empty_like(k).scatter_(1, dest, idx)
 
 
 def _take_pages(pool: torch.Tensor, take: torch.Tensor) -> torch.Tensor:

@@ -5,36 +5,43 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_INF_BITS = 0x7F800000  # bit pattern of +inf: every non-negative finite float32 is below it
+_INF_BITS = tl.constexpr(0x7F800000)  # bits of +inf: every non-negative finite float32 is below
 
 
 @triton.jit
 def logits_kernel(
     q_ptr, c_ptr, sizes_ptr, z_ptr, pm_ptr, pl_ptr, C, NB, scale,
-    G: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     """z[r, g, c] = q[r, g] . centroid[r, c] * scale (-inf if empty) and, per block, the max
-    and sum of exp(z - max) of each query head."""
+    and sum of exp(z - max) of each query head (one tensor-core product per block)."""
     r = tl.program_id(0)
     blk = tl.program_id(1)
     offs_c = blk * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_d = tl.arange(0, D)
+    offs_g = tl.arange(0, GP)
     in_c = offs_c < C
     row = r.to(tl.int64) * C
-    cent = tl.load(
-        c_ptr + (row + offs_c)[:, None] * D + offs_d[None, :], mask=in_c[:, None], other=0.0
-    ).to(tl.float32)
     size = tl.load(sizes_ptr + row + offs_c, mask=in_c, other=0)
     valid = in_c & (size > 0)
-    for g in tl.static_range(G):
-        qv = tl.load(q_ptr + (r * G + g) * D + offs_d).to(tl.float32)
-        zg = tl.sum(cent * qv[None, :], axis=1) * scale
-        zg = tl.where(valid, zg, float("-inf"))
-        tl.store(z_ptr + (r.to(tl.int64) * G + g) * C + offs_c, zg, mask=in_c)
-        mg = tl.max(zg, axis=0)
-        lg = tl.sum(tl.where(valid, tl.exp(zg - mg), 0.0), axis=0)
-        tl.store(pm_ptr + (r * G + g) * NB + blk, mg)
-        tl.store(pl_ptr + (r * G + g) * NB + blk, lg)
+    cent = tl.load(
+        c_ptr + (row + offs_c)[:, None] * D + offs_d[None, :], mask=valid[:, None], other=0.0
+    )  # [BLOCK_C, D]; empty clusters are not read
+    q = tl.load(
+        q_ptr + (r * G + offs_g[:, None]) * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0
+    )  # [GP, D]
+    z = tl.dot(q, tl.trans(cent), input_precision="ieee") * scale  # [GP, BLOCK_C]
+    z = tl.where(valid[None, :], z, float("-inf"))
+    in_g = offs_g < G
+    tl.store(
+        z_ptr + (r.to(tl.int64) * G + offs_g[:, None]) * C + offs_c[None, :],
+        z,
+        mask=in_g[:, None] & in_c[None, :],
+    )
+    mg = tl.max(z, axis=1)  # [GP]
+    lg = tl.sum(tl.where(valid[None, :], tl.exp(z - mg[:, None]), 0.0), axis=1)
+    tl.store(pm_ptr + (r * G + offs_g) * NB + blk, mg, mask=in_g)
+    tl.store(pl_ptr + (r * G + offs_g) * NB + blk, lg, mask=in_g)
 
 
 @triton.jit

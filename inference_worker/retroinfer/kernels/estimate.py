@@ -13,7 +13,7 @@ import torch
 
 from .availability import pick
 
-EST_CHUNK = 1024  # clusters per split
+EST_CHUNK = 512  # clusters per split
 EST_BLOCK = 64  # clusters per tile
 
 

@@ -9,7 +9,7 @@ import torch
 
 from .availability import pick
 
-RUN_BLOCK = 32  # rows per copy tile
+RUNS_PER_PROGRAM = 8  # runs copied by one program (most admission runs are empty)
 
 
 def copy_runs(
@@ -23,10 +23,12 @@ def copy_runs(
     rows: torch.Tensor,  # [E] int64 rows per run (0 = nothing)
     head_dim: int,
     use_triton: bool | None = None,
+    block_rows: int = 16,
 ) -> None:
     """For each run e: dst[dst_off[e] : + rows[e] * D] = src[src_off[e] : + rows[e] * D].
     Offsets may point into other allocations than the base (one address space: device memory
-    and pinned host memory alike); the reference only handles offsets inside the base."""
+    and pinned host memory alike); the reference only handles offsets inside the base.
+    `block_rows` (a power of two) is the copy tile: about the typical run length."""
     if not pick(use_triton, dst_k):
         copy_runs_reference(
             src_k, src_v, dst_k, dst_v, src_off_k, src_off_v, dst_off, rows, head_dim
@@ -37,9 +39,10 @@ def copy_runs(
     e = rows.shape[0]
     if e == 0:
         return
-    copy_runs_kernel[(e,)](
-        src_k, src_v, dst_k, dst_v, src_off_k, src_off_v, dst_off, rows,
-        D=head_dim, BLOCK=RUN_BLOCK, num_warps=4,
+    grid = ((e + RUNS_PER_PROGRAM - 1) // RUNS_PER_PROGRAM,)
+    copy_runs_kernel[grid](
+        src_k, src_v, dst_k, dst_v, src_off_k, src_off_v, dst_off, rows, e,
+        D=head_dim, BLOCK=block_rows, RUNS=RUNS_PER_PROGRAM, num_warps=2,
     )  # fmt: skip
 
 

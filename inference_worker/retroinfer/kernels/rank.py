@@ -75,7 +75,7 @@ def _rank_select_triton(
 
     r, g, d = q.shape
     c = centroids.shape[1]
-    block_c = 64
+    block_c = 128
     nb = (c + block_c - 1) // block_c
     dev = q.device
     q = q.to(centroids.dtype).contiguous()
@@ -84,7 +84,7 @@ def _rank_select_triton(
     part_l = torch.empty(r, g, nb, dtype=torch.float32, device=dev)
     logits_kernel[(r, nb)](
         q, centroids.contiguous(), sizes.contiguous(), z, part_m, part_l, c, nb, scale,
-        G=g, D=d, BLOCK_C=block_c, num_warps=4,
+        G=g, GP=16, D=d, BLOCK_C=block_c, num_warps=4,
     )  # fmt: skip
     ret = torch.empty(r, n_ret, dtype=torch.int64, device=dev)
     ret_score = torch.empty(r, n_ret, dtype=torch.float32, device=dev)
