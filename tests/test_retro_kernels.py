@@ -137,6 +137,7 @@ def test_copy_runs_reference_is_a_row_loop():
 def test_kernels_match_references_gpu(dtype):
     result = compare_all("cuda", dtype, seed=11)
     assert result["rank_retrieved_equal"] and result["rank_estimated_equal"]
+    assert result["rank_30000_clusters_equal"]
     assert result["copy_equal"]
     tol = 1e-3 if dtype == torch.float32 else 3e-2
     for key in ("rank_z_max_abs", "estimate_o_max_abs", "attention_o_max_abs"):

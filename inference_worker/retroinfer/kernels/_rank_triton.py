@@ -65,6 +65,7 @@ def select_kernel(
         zg = tl.load(z_ptr + (r.to(tl.int64) * G + g) * C + offs, mask=inside, other=float("-inf"))
         score += tl.where(zg == float("-inf"), 0.0, tl.exp(zg - lse))
     bits = score.to(tl.int32, bitcast=True)
+    bits = tl.minimum(tl.maximum(bits, 0), _INF_BITS)  # NaN / -0.0 cannot break the counts
     bits = tl.where(inside, bits, -1)  # padding never counts
     lo1 = tl.full([], 0, tl.int32)
     hi1 = tl.full([], _INF_BITS, tl.int32)
@@ -73,9 +74,8 @@ def select_kernel(
     for _ in range(31):  # largest T with count(bits >= T) >= K, for K1 and K2 at once
         mid1 = lo1 + (hi1 - lo1 + 1) // 2
         mid2 = lo2 + (hi2 - lo2 + 1) // 2
-        both = tl.sum((bits >= mid1).to(tl.int32) + (bits >= mid2).to(tl.int32) * 65536, axis=0)
-        ok1 = (both % 65536) >= K1
-        ok2 = (both // 65536) >= K2
+        ok1 = tl.sum((bits >= mid1).to(tl.int32), axis=0) >= K1
+        ok2 = tl.sum((bits >= mid2).to(tl.int32), axis=0) >= K2
         lo1 = tl.where(ok1, mid1, lo1)
         hi1 = tl.where(ok1, hi1, mid1 - 1)
         lo2 = tl.where(ok2, mid2, lo2)

@@ -105,6 +105,10 @@ def compare_all(device: str, dtype: torch.dtype, seed: int = 0, big: bool = Fals
     same = torch.equal(a.retrieved.sort(1).values, b.retrieved.sort(1).values)
     out["rank_retrieved_equal"] = bool(same)
     out["rank_estimated_equal"] = bool(torch.equal(a.estimated, b.estimated))
+    case = rank_case(8, g, 30000, d, dtype, device, seed + 4)  # a 512K-token index
+    a, b = rank_select(**case, use_triton=True), rank_select_reference(**case)
+    same = torch.equal(a.retrieved.sort(1).values, b.retrieved.sort(1).values)
+    out["rank_30000_clusters_equal"] = bool(same and torch.equal(a.estimated, b.estimated))
     case = estimate_case(r, g, c, d, device, seed + 1)
     oa = combine_partials(*estimate_partials(**case, use_triton=True))
     ob = combine_partials(*estimate_partials_reference(**case))
