@@ -147,7 +147,7 @@ class _CudaAlias:
         self.__cuda_array_interface__ = {
             "shape": host.shape,
             "typestr": np.dtype(_signed(host.dtype)).str,
-            "data": (host.ctypes.data, True),
+            "data": (host.ctypes.data, False),  # registered read-only; never written
             "version": 3,
             "strides": None,
         }

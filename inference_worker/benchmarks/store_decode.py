@@ -9,6 +9,8 @@ KV lives and how misses travel change between rows (same run, same prompts):
   GrpcStoreLink with the shared-memory data plane, or streaming over loopback;
 - separate process, shm / grpc: `python -m kvstore_server` as its own process.
 Tokens/s counts every generated token of the batch over the decode time (prefill excluded).
+`--model random-smollm2` / `random-llama8b` use RANDOM bf16 weights of that architecture (for
+hosts without the GGUF file): throughput only, the generated text is meaningless.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from client import KVStoreClient
 from inference_worker.engine import GenerationEngine, GenerationRequest, GrpcStoreLink
 from inference_worker.engine.store_link import InProcessStoreLink, StoreLink
+from inference_worker.model import CausalLM, ModelConfig, build_model
+from inference_worker.model.loading import LoadedModel
 from kvstore_server.benchmarks.store import device_name as cpu_name
 from kvstore_server.benchmarks.store import start
 from kvstore_server.embedded import EmbeddedStore
@@ -34,6 +39,44 @@ from kvstore_server.settings import ServerSettings
 
 log = logging.getLogger("inference_worker.benchmarks.store_decode")
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+RANDOM_MODELS = {
+    "random-smollm2": ModelConfig(
+        family="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+        num_heads=9, num_kv_heads=3, head_dim=64, rope_theta=100000.0,
+        max_position_embeddings=8192, tie_word_embeddings=True,
+    ),
+    "random-llama8b": ModelConfig(
+        family="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+        num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=500000.0,
+        max_position_embeddings=131072,
+    ),
+}  # fmt: skip
+
+
+class _NoTextTokenizer:
+    """Random-weight models have no vocabulary: token ids in, no text out, no EOS."""
+
+    eos_token_ids: tuple[int, ...] = ()
+
+    def decode(self, ids: list[int]) -> str:
+        return ""
+
+
+def random_engine(name: str, device: torch.device) -> GenerationEngine:
+    config = RANDOM_MODELS[name]
+    with torch.device("meta"):
+        shell = CausalLM(config)
+    gen = torch.Generator(device=device).manual_seed(0)
+    state = {}
+    for key, p in shell.state_dict().items():
+        w = torch.empty(p.shape, dtype=torch.bfloat16, device=device)
+        state[key] = w.fill_(1.0) if "norm" in key else w.normal_(0.0, 0.02, generator=gen)
+    model = build_model(config, state, device)
+    tokenizer: Any = _NoTextTokenizer()
+    loaded = LoadedModel(model, tokenizer, config, Path(name), device, torch.bfloat16)
+    return GenerationEngine(loaded)
 
 
 @dataclass(slots=True)
@@ -134,7 +177,7 @@ def bench(engine: GenerationEngine, prompt: list[int], batch: int, new: int) -> 
 
 
 def print_table(rows: list[Row], device: str) -> None:
-    print(f"end-to-end decode, SmolLM2-135M RetroInfer, {device}")
+    print(f"end-to-end decode, RetroInfer, {device}")
     print(
         "| batch | prompt | new | mode | decode s | tokens/s | vs in-process link | "
         "separate / same process | fetch RPCs | fetched MB | hit ratio |"
@@ -155,13 +198,18 @@ def main() -> None:
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     p.add_argument("--device", default=None)
+    p.add_argument("--model", default="default", choices=["default", *RANDOM_MODELS])
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    engine = GenerationEngine.load(device=args.device)
+    if args.model == "default":
+        engine = GenerationEngine.load(device=args.device)
+    else:
+        dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        engine = random_engine(args.model, torch.device(dev))
     device = engine.device
     name = cpu_name()
     if device.type == "cuda":
@@ -172,10 +220,14 @@ def main() -> None:
     rows: list[Row] = []
     for batch in args.batches:
         rows += bench(engine, prompt, batch, args.new)
-        print_table(rows, name)
+        print_table(rows, f"{args.model} model, {name}")
     out = args.out or RESULTS / f"store_decode_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": name, "rows": [asdict(r) for r in rows]}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"device": name, "model": args.model, "rows": [asdict(r) for r in rows]}, indent=1
+        )
+    )
     log.warning("wrote %s", out)
 
 
