@@ -39,11 +39,7 @@ def main() -> None:
     contexts = args.contexts or ([2048, 4096] if args.quick else [32768, 131072, 524288])
     batches = args.batches or ([1, 2] if args.quick else [1, 4, 16])
     steps = args.steps or (3 if args.quick else 20)
-    rows = []
-    for length in contexts:
-        for batch in batches:
-            rows.append(_bench_one(length, batch, steps, device, dtype))
-            _print_row(rows[-1])
+    rows: list[dict[str, object]] = []
     result = {
         "device": _device_name(device),
         "dtype": str(dtype),
@@ -55,7 +51,11 @@ def main() -> None:
     }
     out = Path(args.out) if args.out else RESULTS / f"attention_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    for length in contexts:
+        for batch in batches:
+            rows.append(_bench_one(length, batch, steps, device, dtype))
+            _print_row(rows[-1])
+            out.write_text(json.dumps(result, indent=2))  # after every row
     _print_table(result)
     log.info("wrote %s", out)
 
