@@ -61,7 +61,8 @@ def test_estimate_reference_is_the_formula():
     case = estimate_case(2, 3, 2500, 8, "cpu", seed=2)  # 5 splits of 512 clusters
     o, lse = combine_partials(*estimate_partials_reference(**case))
     for r in range(2):
-        keep = case["estimated"][r] & (case["sizes"][r] > 0)
+        keep = _mask(case["estimated"][r], 2500 if "view" not in case else 300)
+        keep &= case["sizes"][r] > 0
         for g in range(3):
             z = case["z"][r, g, keep].double()
             w = torch.exp(z)
@@ -69,6 +70,11 @@ def test_estimate_reference_is_the_formula():
             den = (w * case["sizes"][r, keep].double()).sum()
             torch.testing.assert_close(o[r, g].double(), num / den, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(lse[r, g].double(), torch.log(den), rtol=1e-5, atol=1e-5)
+
+
+def _mask(ids, c):
+    """List of ids (-1 = none) -> [C] bool."""
+    return torch.zeros(c, dtype=torch.bool).scatter_(0, ids[ids >= 0], True)
 
 
 def _listed_tokens(view, r):
@@ -91,7 +97,8 @@ def test_decode_attention_reference_is_joint_softmax():
     view = case["view"]
     for r in range(3):
         keys, values = _listed_tokens(view, r)
-        keep = case["estimated"][r] & (case["sizes"][r] > 0)
+        keep = _mask(case["estimated"][r], 2500 if "view" not in case else 300)
+        keep &= case["sizes"][r] > 0
         for g in range(2):
             s = keys @ case["q"][r, g].double() * case["scale"]
             z = case["z"][r, g, keep].double()

@@ -69,7 +69,8 @@ def fast_tripartite(
         miss_k, miss_v, miss_off[:, -1].contiguous(),
         buffer.keys, buffer.values, take, fill, count,
     )  # fmt: skip
-    estimated = sel.estimated.scatter(1, ret, overflow)  # overflowed clusters are estimated
+    # the estimation list: the next n_est clusters, then any overflowed retrieval clusters
+    estimated = torch.cat([sel.estimated_ids, torch.where(overflow, ret, -1)], dim=1)
     out, _ = decode_attention(
         qg, view, sel.z, estimated, sizes, layer.meta.value_sums.reshape(r, c, d), layer.scale
     )

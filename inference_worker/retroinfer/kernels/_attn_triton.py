@@ -24,29 +24,32 @@ def _online(s, vals, m, l, acc, weight):
 
 @triton.jit
 def _estimate_split(
-    z_ptr, est_ptr, sizes_ptr, vs_ptr, r, split, C,
+    z_ptr, ids_ptr, sizes_ptr, vs_ptr, r, split, N, C,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):  # fmt: skip
+    """Entries [split * CHUNK, +CHUNK) of the row's estimated-cluster list (-1 = none)."""
     offs_g = tl.arange(0, GP)
     offs_d = tl.arange(0, D)
     m = tl.full([GP], float("-inf"), tl.float32)
     l = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, D], tl.float32)
     row = r.to(tl.int64) * C
-    end = tl.minimum(split * CHUNK + CHUNK, C)
+    end = tl.minimum(split * CHUNK + CHUNK, N)
     for c0 in range(split * CHUNK, end, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        in_c = offs_c < end
-        size = tl.load(sizes_ptr + row + offs_c, mask=in_c, other=0)
-        keep = in_c & (size > 0) & (tl.load(est_ptr + row + offs_c, mask=in_c, other=0) != 0)
+        offs_n = c0 + tl.arange(0, BLOCK_C)
+        ids = tl.load(ids_ptr + r.to(tl.int64) * N + offs_n, mask=offs_n < end, other=-1)
+        ok = ids >= 0
+        safe = tl.where(ok, ids, 0)
+        size = tl.load(sizes_ptr + row + safe, mask=ok, other=0)
+        keep = ok & (size > 0)
         zt = tl.load(
-            z_ptr + (r.to(tl.int64) * G + offs_g[:, None]) * C + offs_c[None, :],
+            z_ptr + (r.to(tl.int64) * G + offs_g[:, None]) * C + safe[None, :],
             mask=(offs_g[:, None] < G) & keep[None, :],
             other=float("-inf"),
         )
         vs = tl.load(
-            vs_ptr + (row + offs_c)[:, None] * D + offs_d[None, :], mask=keep[:, None], other=0.0
+            vs_ptr + (row + safe)[:, None] * D + offs_d[None, :], mask=keep[:, None], other=0.0
         )
         m, l, acc = _online(zt, vs, m, l, acc, size.to(tl.float32))
     return m, l, acc
@@ -69,14 +72,14 @@ def _store_partial(
 
 @triton.jit
 def estimate_kernel(
-    z_ptr, est_ptr, sizes_ptr, vs_ptr, pm_ptr, pl_ptr, pacc_ptr, C, S,
+    z_ptr, ids_ptr, sizes_ptr, vs_ptr, pm_ptr, pl_ptr, pacc_ptr, N, C, S,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     r = tl.program_id(0)
     s = tl.program_id(1)
     m, l, acc = _estimate_split(
-        z_ptr, est_ptr, sizes_ptr, vs_ptr, r, s, C, G, GP, D, CHUNK, BLOCK_C
+        z_ptr, ids_ptr, sizes_ptr, vs_ptr, r, s, N, C, G, GP, D, CHUNK, BLOCK_C
     )
     _store_partial(pm_ptr, pl_ptr, pacc_ptr, r, s, S, m, l, acc, G, GP, D)
 
@@ -125,7 +128,7 @@ def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end,
 def decode_kernel(
     q_ptr, st_k, st_v, pos_ptr, CAP, mi_k, mi_v, mi_len_ptr, M,
     ca_k, ca_v, take_ptr, fill_ptr, hit_n_ptr, P1, W,
-    z_ptr, est_ptr, sizes_ptr, vs_ptr, C,
+    z_ptr, ids_ptr, sizes_ptr, vs_ptr, N, C,
     pm_ptr, pl_ptr, pacc_ptr, scale,
     S_ST, S_MI, S_HI, S,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, PT: tl.constexpr,
@@ -169,7 +172,7 @@ def decode_kernel(
         )  # fmt: skip
     else:
         m, l, acc = _estimate_split(
-            z_ptr, est_ptr, sizes_ptr, vs_ptr, r, sid - S_ST - S_MI - S_HI, C,
+            z_ptr, ids_ptr, sizes_ptr, vs_ptr, r, sid - S_ST - S_MI - S_HI, N, C,
             G, GP, D, EST_CHUNK, EST_BLOCK,
         )  # fmt: skip
     _store_partial(pm_ptr, pl_ptr, pacc_ptr, r, sid, S, m, l, acc, G, GP, D)

@@ -46,11 +46,11 @@ def logits_kernel(
 
 @triton.jit
 def select_kernel(
-    z_ptr, pm_ptr, pl_ptr, ret_ptr, rets_ptr, est_ptr, C, NB, K1, K2,
+    z_ptr, pm_ptr, pl_ptr, ret_ptr, rets_ptr, est_ptr, est_ids_ptr, C, NB, K1, K2,
     G: tl.constexpr, BLOCK: tl.constexpr, BLOCK_NB: tl.constexpr,
 ):  # fmt: skip
-    """One row: group score, top-K1 ids (index order, with scores) and the mask of ranks
-    K1..K2-1. Ties at a threshold are taken in index order."""
+    """One row: group score, top-K1 ids (index order, with scores), the mask and the ids (index
+    order) of ranks K1..K2-1. Ties at a threshold are taken in index order."""
     r = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     inside = offs < C
@@ -91,4 +91,7 @@ def select_kernel(
     slot = tl.cumsum(sel1.to(tl.int32), axis=0) - 1
     tl.store(ret_ptr + r.to(tl.int64) * K1 + slot, offs.to(tl.int64), mask=sel1)
     tl.store(rets_ptr + r.to(tl.int64) * K1 + slot, score, mask=sel1)
-    tl.store(est_ptr + r.to(tl.int64) * C + offs, (sel2 & ~sel1).to(tl.int8), mask=inside)
+    est = sel2 & ~sel1
+    tl.store(est_ptr + r.to(tl.int64) * C + offs, est.to(tl.int8), mask=inside)
+    slot2 = tl.cumsum(est.to(tl.int32), axis=0) - 1
+    tl.store(est_ids_ptr + r.to(tl.int64) * (K2 - K1) + slot2, offs.to(tl.int64), mask=est)

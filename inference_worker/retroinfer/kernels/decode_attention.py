@@ -44,7 +44,7 @@ def decode_attention(
     q: torch.Tensor,  # [R, G, D] in the K/V dtype
     view: ExecView,
     z: torch.Tensor,  # [R, G, C] fp32 centroid logits (scaled)
-    estimated: torch.Tensor,  # [R, C] bool estimation zone
+    estimated: torch.Tensor,  # [R, N] int64 ids of the estimated clusters (-1 = none)
     sizes: torch.Tensor,  # [R, C] int64
     value_sums: torch.Tensor,  # [R, C, D] fp32
     scale: float,
@@ -61,7 +61,8 @@ def decode_attention(
     w, c = view.take.shape[1], z.shape[-1]
     s_st, s_mi = _cdiv(cap, CHUNK), _cdiv(m_width, CHUNK)
     s_hi = _cdiv(w, CHUNK // pt)
-    s = s_st + s_mi + s_hi + estimate_splits(c)
+    n_est = estimated.shape[1]
+    s = s_st + s_mi + s_hi + estimate_splits(n_est)
     dev = q.device
     pm = torch.empty(r, s, g, dtype=torch.float32, device=dev)
     pl = torch.empty(r, s, g, dtype=torch.float32, device=dev)
@@ -70,7 +71,7 @@ def decode_attention(
         q.contiguous(), view.steady_k, view.steady_v, view.pos, cap,
         view.miss_k, view.miss_v, view.miss_len, m_width,
         view.cache_k, view.cache_v, view.take, view.fill, view.hit_pages, p1, w,
-        z, estimated.to(torch.int8), sizes, value_sums, c,
+        z, estimated.contiguous(), sizes, value_sums, n_est, c,
         pm, pl, pacc, scale, s_st, s_mi, s_hi, s,
         G=g, GP=16, D=d, PT=pt, CHUNK=CHUNK, BLOCK_N=BLOCK_N, EST_CHUNK=EST_CHUNK,
         EST_BLOCK=EST_BLOCK, num_warps=4,

@@ -9,37 +9,40 @@ logits z come from the ranking kernel: centroids are not read twice.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .availability import pick
 
-EST_CHUNK = 512  # clusters per split
-EST_BLOCK = 64  # clusters per tile
+EST_CHUNK = 512  # list entries per split
+EST_BLOCK = 64  # list entries per tile
 
 
-def estimate_splits(num_clusters: int) -> int:
-    return max((num_clusters + EST_CHUNK - 1) // EST_CHUNK, 1)
+def estimate_splits(num_entries: int) -> int:
+    return max((num_entries + EST_CHUNK - 1) // EST_CHUNK, 1)
 
 
 def estimate_partials(
     z: torch.Tensor,  # [R, G, C] fp32 logits (-inf for empty clusters)
-    estimated: torch.Tensor,  # [R, C] bool: clusters in the estimation zone
+    estimated: torch.Tensor,  # [R, N] int64 ids of the estimated clusters (-1 = none)
     sizes: torch.Tensor,  # [R, C] int64
     value_sums: torch.Tensor,  # [R, C, D] fp32
     use_triton: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Partials (m [R, S, G], l [R, S, G], acc [R, S, G, D]) over S = ceil(C / 1024) splits."""
+    """Partials (m [R, S, G], l [R, S, G], acc [R, S, G, D]) over S = ceil(N / 512) splits of
+    the id list (a cluster listed twice counts twice)."""
     if not pick(use_triton, z):
         return estimate_partials_reference(z, estimated, sizes, value_sums)
     from ._attn_triton import estimate_kernel
 
     r, g, c = z.shape
-    d = value_sums.shape[-1]
-    s = estimate_splits(c)
+    n, d = estimated.shape[1], value_sums.shape[-1]
+    s = estimate_splits(n)
     pm, pl, pacc = _empty_partials(r, s, g, d, z.device)
     estimate_kernel[(r, s)](
-        z.contiguous(), estimated.to(torch.int8).contiguous(), sizes.contiguous(),
-        value_sums.contiguous(), pm, pl, pacc, c, s,
+        z.contiguous(), estimated.contiguous(), sizes.contiguous(),
+        value_sums.contiguous(), pm, pl, pacc, n, c, s,
         G=g, GP=16, D=d, CHUNK=EST_CHUNK, BLOCK_C=EST_BLOCK, num_warps=4,
     )  # fmt: skip
     return pm, pl, pacc
@@ -51,19 +54,24 @@ def estimate_partials_reference(
     sizes: torch.Tensor,
     value_sums: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """torch reference with the same split layout."""
-    r, g, c = z.shape
-    s = estimate_splits(c)
-    pad = s * EST_CHUNK - c
-    keep = estimated & (sizes > 0)  # [R, C]
-    zk = z.masked_fill(~keep.unsqueeze(1), float("-inf"))
-    zk = torch.nn.functional.pad(zk, (0, pad), value=float("-inf")).view(r, g, s, EST_CHUNK)
-    size = torch.nn.functional.pad(sizes.float(), (0, pad)).view(r, 1, s, EST_CHUNK)
-    vs = torch.nn.functional.pad(value_sums, (0, 0, 0, pad)).view(r, s, EST_CHUNK, -1)
+    """torch reference with the same split layout (gathers the listed clusters first)."""
+    r, g, _ = z.shape
+    n = estimated.shape[1]
+    s = estimate_splits(n)
+    pad = s * EST_CHUNK - n
+    ok = estimated >= 0
+    safe = estimated.clamp(min=0)
+    size = torch.where(ok, sizes.gather(1, safe), 0)  # [R, N]
+    keep = size > 0
+    zk = z.gather(2, safe.unsqueeze(1).expand(r, g, n)).masked_fill(~keep.unsqueeze(1), -math.inf)
+    vs = value_sums.gather(1, safe.unsqueeze(-1).expand(r, n, value_sums.shape[-1]))
+    zk = torch.nn.functional.pad(zk, (0, pad), value=-math.inf).view(r, g, s, EST_CHUNK)
+    size_f = torch.nn.functional.pad(size.float(), (0, pad)).view(r, 1, s, EST_CHUNK)
+    vs = torch.nn.functional.pad(vs.float(), (0, 0, 0, pad)).view(r, s, EST_CHUNK, -1)
     m = zk.amax(dim=-1)  # [R, G, S]
     w = torch.exp(zk - m.clamp(min=-1e30).unsqueeze(-1))  # [R, G, S, CH]
-    l = (w * size).sum(dim=-1)
-    acc = torch.einsum("rgsc,rscd->rsgd", w, vs.float())
+    l = (w * size_f).sum(dim=-1)
+    acc = torch.einsum("rgsc,rscd->rsgd", w, vs)
     return m.transpose(1, 2).contiguous(), l.transpose(1, 2).contiguous(), acc
 
 

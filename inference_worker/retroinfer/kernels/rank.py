@@ -26,6 +26,7 @@ class RankSelection:
     z: torch.Tensor  # [R, G, C] fp32 centroid logits (scaled; -inf for empty clusters)
     retrieved: torch.Tensor  # [R, n_ret] int64 cluster ids, best first
     estimated: torch.Tensor  # [R, C] bool: the next n_est clusters (estimation zone)
+    estimated_ids: torch.Tensor  # [R, n_est] int64: the same clusters as a list
 
 
 def rank_select(
@@ -60,7 +61,9 @@ def rank_select_reference(
     top = torch.topk(score, n_ret + n_est, dim=-1, sorted=True).indices  # [R, k]
     estimated = torch.zeros_like(score, dtype=torch.bool)
     estimated.scatter_(1, top[:, n_ret:], True)
-    return RankSelection(z=z, retrieved=top[:, :n_ret], estimated=estimated)
+    return RankSelection(
+        z=z, retrieved=top[:, :n_ret], estimated=estimated, estimated_ids=top[:, n_ret:]
+    )
 
 
 def _rank_select_triton(
@@ -89,13 +92,16 @@ def _rank_select_triton(
     ret = torch.empty(r, n_ret, dtype=torch.int64, device=dev)
     ret_score = torch.empty(r, n_ret, dtype=torch.float32, device=dev)
     estimated = torch.empty(r, c, dtype=torch.int8, device=dev)
+    est_ids = torch.empty(r, n_est, dtype=torch.int64, device=dev)
     block = _next_pow2(c)
     select_kernel[(r,)](
-        z, part_m, part_l, ret, ret_score, estimated, c, nb, n_ret, n_ret + n_est,
+        z, part_m, part_l, ret, ret_score, estimated, est_ids, c, nb, n_ret, n_ret + n_est,
         G=g, BLOCK=block, BLOCK_NB=_next_pow2(nb), num_warps=16 if block >= 8192 else 8,
     )  # fmt: skip
     order = torch.sort(ret_score, dim=1, descending=True, stable=True).indices
-    return RankSelection(z=z, retrieved=ret.gather(1, order), estimated=estimated.bool())
+    return RankSelection(
+        z=z, retrieved=ret.gather(1, order), estimated=estimated.bool(), estimated_ids=est_ids
+    )
 
 
 def _next_pow2(n: int) -> int:
