@@ -32,6 +32,16 @@ def essay_tokens(engine: GenerationEngine, length: int, seed: int = 3) -> list[i
     raise AssertionError("the essay stream ended")
 
 
+def natural_tokens(engine: GenerationEngine, start: int, length: int) -> list[int]:
+    """`length` tokens of real English prose (Python's pydoc topics, shipped with CPython)."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[k] for k in sorted(topics))
+    ids = engine.tokenizer.encode(text)
+    assert len(ids) >= start + length, f"pydoc topics hold only {len(ids)} tokens"
+    return ids[start : start + length]
+
+
 class WatchingLink(GrpcStoreLink):
     """A real gRPC link that also records what the store lists while decoding, and can run a
     hook (e.g. kill the store) before the n-th fetch."""
