@@ -52,8 +52,13 @@ class WatchingLink(GrpcStoreLink):
         self.fetches = 0
         self.hook_at, self.hook = hook_at, hook
 
-    def fetch(self, layer: int, sequence_ids: Sequence[Hashable], cluster_ids: torch.Tensor,
-              max_tokens: int) -> FetchedBatch:
+    def fetch(
+        self,
+        layer: int,
+        sequence_ids: Sequence[Hashable],
+        cluster_ids: torch.Tensor,
+        max_tokens: int,
+    ) -> FetchedBatch:
         self.fetches += 1
         if self.listed_during_decode is None:
             self.listed_during_decode = [s.sequence_id for s in self.client.list_sequences()]

@@ -61,14 +61,16 @@ def test_teacher_forced_agreement_with_full_attention(engine: GenerationEngine) 
     assert agree >= AGREEMENT_FLOOR, f"next-token agreement {agree:.3f} over {len(full)} steps"
 
 
-def test_full_retrieval_budget_reproduces_full_attention(engine: GenerationEngine,
-                                                         client: KVStoreClient) -> None:
+def test_full_retrieval_budget_reproduces_full_attention(
+    engine: GenerationEngine, client: KVStoreClient
+) -> None:
     prompt = essay_tokens(engine, 1500, seed=11)
     request = GenerationRequest("same", prompt, max_new_tokens=24)
     (full,) = engine.generate([request], attention="full")
     everything = RetroInferConfig(retrieval_budget=1.0, estimation_budget=0.0)
-    (retro,) = engine.generate([request], attention="retroinfer", retro_config=everything,
-                               store=GrpcStoreLink(client))
+    (retro,) = engine.generate(
+        [request], attention="retroinfer", retro_config=everything, store=GrpcStoreLink(client)
+    )
     assert retro.stats["num_clusters"] > 0
     assert retro.token_ids == full.token_ids
 
@@ -83,8 +85,9 @@ def test_batched_requests_match_one_by_one(engine: GenerationEngine) -> None:
     assert [len(r.token_ids) for r in together] == [6, 7]
 
 
-def test_failure_mid_decode_releases_the_sequence(engine: GenerationEngine,
-                                                  client: KVStoreClient) -> None:
+def test_failure_mid_decode_releases_the_sequence(
+    engine: GenerationEngine, client: KVStoreClient
+) -> None:
     def boom() -> None:
         raise RuntimeError("injected failure in the decode loop")
 

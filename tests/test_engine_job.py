@@ -28,8 +28,16 @@ def _closed_port() -> int:
 def test_unreachable_store_exits_nonzero_with_a_clear_error(tmp_path: Path) -> None:
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": "a", "prompt": "hello"}) + "\n")
-    done = _job("--store", f"127.0.0.1:{_closed_port()}", "--input", str(inp), "--output",
-                str(tmp_path / "out.jsonl"), "--store-timeout", "2")
+    done = _job(
+        "--store",
+        f"127.0.0.1:{_closed_port()}",
+        "--input",
+        str(inp),
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        "--store-timeout",
+        "2",
+    )
     assert done.returncode == 2
     assert "unreachable" in done.stderr and "127.0.0.1" in done.stderr
     assert not (tmp_path / "out.jsonl").exists()

@@ -35,8 +35,19 @@ class StoreProcess:
     def start(self) -> None:
         self.starts += 1
         ready = self.tmp / f"ready-{self.starts}.json"
-        cmd = [sys.executable, "-m", "kvstore_server", "--host", "127.0.0.1", "--port",
-               str(self.port), "--ready-file", str(ready), "--log-level", "WARNING"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "kvstore_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            "WARNING",
+        ]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
         self.port = wait_store_port(ready, self.proc, 60.0)
 
