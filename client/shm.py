@@ -131,8 +131,16 @@ class _MappedSlab:
             self.buf.ctypes.data, self.size, flags | CUDA_HOST_REGISTER_READ_ONLY
         )
         if int(err) != 0:
+            torch.cuda.cudart().cudaGetLastError()  # clear it: it would poison later CUDA calls
             raise SharedMemoryUnavailable(f"cudaHostRegister failed with error {int(err)}")
         self._registered = True
+
+    def __del__(self) -> None:
+        """Unregister before the mapping goes: a later mmap may reuse the address range."""
+        if getattr(self, "_registered", False):
+            self._cuda.clear()
+            torch.cuda.cudart().cudaHostUnregister(self.buf.ctypes.data)
+            self._registered = False
 
     def generation(self, extent_offset: int) -> int:
         head = self.buf[extent_offset - EXTENT_HEADER : extent_offset].view(np.uint64)
