@@ -15,6 +15,7 @@ import torch
 
 from .kernels import decode_attention, rank_select
 from .kernels.decode_attention import ExecView
+from .misses import device_batch
 from .wave_buffer import compact_order
 
 if TYPE_CHECKING:
@@ -53,16 +54,9 @@ def fast_tripartite(
         hit_pages = torch.where(hit, buffer._pages_of(ret_sizes), 0).sum(1).max()
         need = torch.stack([miss_tokens, hit_pages]).tolist()  # the step's one host sync
         widths = (-(-max(need[0], 1) // 64) * 64, max(need[1], 1))
-    fetched = layer.source.fetch(
-        layer.layer,
-        layer.sequence_ids,
-        miss_ids.view(layer.batch, layer.kv_heads, n_ret),
-        widths[0],
-    )
-    miss_k = fetched.keys.to(layer.device).reshape(r, widths[0], d)
-    miss_v = fetched.values.to(layer.device).reshape(r, widths[0], d)
-    miss_off = fetched.offsets.to(layer.device).reshape(r, n_ret + 1)
-    take, fill, count = buffer.hit_table(ret, hit, widths[1])
+    pending = layer.misses.start(miss_ids, widths[0])  # a thread for host-blocking sources
+    take, fill, count = buffer.hit_table(ret, hit, widths[1])  # meanwhile
+    miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
     cap = steady.keys.shape[2]
     view = ExecView(
         steady.keys.view(r, cap, d), steady.values.view(r, cap, d), pos,
