@@ -94,7 +94,9 @@ def test_store_killed_mid_decode_fails_fast_and_worker_recovers(
     assert isinstance(failure.value, UnavailableError), failure.value
     assert store.target in str(failure.value) or "unavailable" in str(failure.value).lower()
     store.start()  # same port, new incarnation
-    fresh = GrpcStoreLink(_client(store.target))
+    client = _client(store.target)
+    client.wait_ready(timeout_s=30.0)  # gRPC shares the old subchannel's reconnect backoff
+    fresh = GrpcStoreLink(client)
     (result,) = default_engine.generate([_request(default_engine)], store=fresh)
     assert len(result.token_ids) == 12 and result.stats["store_fetch_rpcs"] > 0
     assert fresh.client.list_sequences() == []
