@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from inference_worker.settings import env_str
+
 log = logging.getLogger("inference_worker.job")
 
 
@@ -29,7 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--store", help="kvstore_server address HOST:PORT (required for retroinfer)")
+    p.add_argument(
+        "--store",
+        default=env_str("STORE_ADDRESS", "") or None,
+        help="kvstore_server HOST:PORT (default $WAVEKV_STORE_ADDRESS; required for retroinfer)",
+    )
     p.add_argument("--input", required=True, type=Path, help="JSONL: {id, prompt, max_new_tokens?}")
     p.add_argument("--output", required=True, type=Path, help="JSONL: {id, text, stats}")
     p.add_argument("--workers", type=int, default=1, help="number of InferenceWorker actors")

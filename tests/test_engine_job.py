@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -14,9 +15,10 @@ from inference_worker.engine import GenerationRequest
 from inference_worker.job import JobError, read_records
 
 
-def _job(*args: str) -> subprocess.CompletedProcess[str]:
+def _job(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "inference_worker.job", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    full_env = {k: v for k, v in os.environ.items() if k != "WAVEKV_STORE_ADDRESS"} | (env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=full_env)
 
 
 def _closed_port() -> int:
@@ -41,6 +43,22 @@ def test_unreachable_store_exits_nonzero_with_a_clear_error(tmp_path: Path) -> N
     assert done.returncode == 2
     assert "unreachable" in done.stderr and "127.0.0.1" in done.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_store_address_from_the_environment(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "prompt": "hello"}) + "\n")
+    address = f"127.0.0.1:{_closed_port()}"
+    done = _job(
+        "--input",
+        str(inp),
+        "--output",
+        str(tmp_path / "o"),
+        "--store-timeout",
+        "2",
+        env={"WAVEKV_STORE_ADDRESS": address},
+    )
+    assert done.returncode == 2 and "unreachable" in done.stderr and address in done.stderr
 
 
 def test_retroinfer_requires_a_store(tmp_path: Path) -> None:
