@@ -44,21 +44,24 @@ def test_passkey_at_4k_through_the_store(engine: GenerationEngine, client: KVSto
     assert client.list_sequences() == []
 
 
-# Measured on this model with pydoc prose, 64 forced steps at the default budgets: 0.89 at 3K
-# tokens, 0.94 at 6K (0.95 at 3K with a 5% retrieval budget). The 98% is NOT reached at
-# these short contexts, where 1.8% of the clusters is only ~3 clusters (48 tokens); the floor
-# below sits a few steps under the measurement so that a regression fails the test.
-AGREEMENT_FLOOR = 0.84
+# Measured on this model with pydoc prose, 64 forced steps (2-core CPU, fp32): default budgets give
+# 0.89 at 3K tokens and 0.94 at 6K; a 10% retrieval budget gives 0.984 at 3K, a 20% one 1.0. The
+# issue's 98% is NOT reached at the default 1.8% at these short contexts, where 1.8% of the clusters
+# is only ~3 clusters (48 tokens). Floors sit a few steps under the measurements so that a
+# regression fails the test.
+AGREEMENT_FLOORS = {0.018: 0.84, 0.10: 0.98}
 
 
 def test_teacher_forced_agreement_with_full_attention(engine: GenerationEngine) -> None:
     tokens = natural_tokens(engine, 3000, 3000 + 64)
     prompt, forced = tokens[:3000], tokens[3000:]
     full = engine.forced_decode(prompt, forced, attention="full")
-    retro = engine.forced_decode(prompt, forced, attention="retroinfer")
-    agree = sum(a == b for a, b in zip(full, retro, strict=True)) / len(full)
     assert len(full) == 64
-    assert agree >= AGREEMENT_FLOOR, f"next-token agreement {agree:.3f} over {len(full)} steps"
+    for budget, floor in AGREEMENT_FLOORS.items():
+        config = RetroInferConfig(retrieval_budget=budget)
+        retro = engine.forced_decode(prompt, forced, attention="retroinfer", retro_config=config)
+        agree = sum(a == b for a, b in zip(full, retro, strict=True)) / len(full)
+        assert agree >= floor, f"budget {budget}: agreement {agree:.3f} over {len(full)} steps"
 
 
 def test_full_retrieval_budget_reproduces_full_attention(
