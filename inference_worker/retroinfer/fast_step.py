@@ -16,6 +16,7 @@ import torch
 from .kernels import decode_attention, rank_select
 from .kernels.decode_attention import ExecView
 from .misses import device_batch
+from .stats import step_counts
 from .wave_buffer import compact_order
 
 if TYPE_CHECKING:
@@ -69,16 +70,6 @@ def fast_tripartite(
         qg, view, sel.z, estimated, sizes, layer.meta.value_sums.reshape(r, c, d), layer.scale
     )
     admitted = buffer.admit(ret, ret_valid, hit, ret_sizes, miss_k, miss_v, miss_off)
-    counts = torch.stack(
-        [
-            hit.sum(),
-            miss.sum(),
-            admitted.admitted.sum(),
-            admitted.rejected.sum(),
-            admitted.evicted.sum(),
-            overflow.sum(),
-            torch.where(ret_valid, ret_sizes, 0).sum(),
-        ]
-    )
+    counts = step_counts(hit, miss, admitted, overflow, ret_valid, ret_sizes)
     width = cap + widths[0] + take.shape[1] * buffer.page_tokens
     return out, counts, torch.empty(width, device="meta")

@@ -17,20 +17,11 @@ from .index import ClusterMetadata, IndexSegment, build_segment
 from .kernels import kernels_available
 from .misses import Deferred, MissFetcher, device_batch, empty_misses
 from .source import ClusterSource
-from .stats import StepStats
+from .stats import COUNT_NAMES, StepStats, step_counts
 from .steady import SteadyZone
 from .wave_buffer import WaveBuffer, compact_order
 
 log = logging.getLogger(__name__)
-COUNT_NAMES = (
-    "hits",
-    "misses",
-    "admitted",
-    "rejected",
-    "evicted",
-    "overflow_clusters",
-    "retrieved_tokens",
-)
 
 
 class RetroInferLayer:
@@ -269,17 +260,7 @@ class RetroInferLayer:
         )
         admit_valid = ret_valid & hit if defer else ret_valid  # deferred: hits touched only
         admitted = buffer.admit(ret, admit_valid, hit, ret_sizes, miss_k, miss_v, miss_off)
-        counts = torch.stack(
-            [
-                hit.sum(),
-                miss.sum(),
-                admitted.admitted.sum(),
-                admitted.rejected.sum(),
-                admitted.evicted.sum(),
-                overflow.sum(),
-                torch.where(ret_valid, ret_sizes, 0).sum(),
-            ]
-        )
+        counts = step_counts(hit, miss, admitted, overflow, ret_valid, ret_sizes)
         shape = (self.batch, self.kv_heads, -1)
         return (
             merge(o_x, lse_x, o_e, lse_e),

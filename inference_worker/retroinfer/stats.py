@@ -3,10 +3,47 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .index import IndexSegment
+
+if TYPE_CHECKING:
+    from .wave_buffer import AdmitResult
+
+# order of the entries of the per-step counts tensor (StepStats.counts keys)
+COUNT_NAMES = (
+    "hits",
+    "misses",
+    "admitted",
+    "rejected",
+    "evicted",
+    "overflow_clusters",
+    "retrieved_tokens",
+)
+
+
+def step_counts(
+    hit: torch.Tensor,  # [R, n_ret] bool: retrieved cluster found in the wave buffer
+    miss: torch.Tensor,  # [R, n_ret] bool: retrieved cluster fetched from the source
+    admitted: AdmitResult,
+    overflow: torch.Tensor,  # [R, n_ret] bool: did not fit the execution buffer (estimated)
+    ret_valid: torch.Tensor,  # [R, n_ret] bool: attended exactly
+    ret_sizes: torch.Tensor,  # [R, n_ret] int64 tokens per retrieved cluster
+) -> torch.Tensor:
+    """The step's counts as one [7] int64 device tensor, in COUNT_NAMES order (no sync)."""
+    return torch.stack(
+        [
+            hit.sum(),
+            miss.sum(),
+            admitted.admitted.sum(),
+            admitted.rejected.sum(),
+            admitted.evicted.sum(),
+            overflow.sum(),
+            torch.where(ret_valid, ret_sizes, 0).sum(),
+        ]
+    )
 
 
 @dataclass(slots=True)
