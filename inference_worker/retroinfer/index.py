@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .kmeans import segmented_kmeans
+from .kernels.cluster_sums import cluster_sums
+from .kmeans import cluster_keys
 
 
 @dataclass(slots=True)
@@ -54,30 +55,34 @@ def build_segment(
     clusters_per_segment: int,
     iterations: int,
     final_chunk: int,
+    use_triton: bool | None = None,
 ) -> IndexSegment:
-    """Cluster (B, Hkv) rows in one batched call and lay the K/V out cluster-major."""
+    """Cluster (B, Hkv) rows in one batched call and lay the K/V out cluster-major.
+    use_triton: None picks the Triton k-means where available, False forces the torch path."""
     b, h, n, d = keys.shape
-    labels, centroids, sizes = segmented_kmeans(
-        keys.reshape(b * h, n, d), num_segments, clusters_per_segment, iterations, final_chunk
-    )  # labels [R, N], centroids [R, C, D], sizes [R, C]
-    rows, c = sizes.shape
-    flat_v = values.reshape(rows, n, d)
-    value_sums = torch.zeros(rows, c, d, dtype=torch.float32, device=keys.device)
-    value_sums.scatter_add_(1, labels.unsqueeze(-1).expand(rows, n, d), flat_v.float())
-    order = torch.sort(labels, dim=1, stable=True).indices  # [R, N] cluster-major permutation
-    gather = order.unsqueeze(-1).expand(rows, n, d)
-    offsets = torch.zeros(rows, c + 1, dtype=torch.int64, device=keys.device)
-    offsets[:, 1:] = sizes.cumsum(dim=1)
+    cl = cluster_keys(
+        keys.reshape(b * h, n, d),
+        num_segments,
+        clusters_per_segment,
+        iterations,
+        final_chunk,
+        use_triton=use_triton,
+    )
+    rows, c = cl.sizes.shape
+    value_sums, sorted_values = cluster_sums(
+        values.reshape(rows, n, d), cl.order, cl.offsets, gather=True, use_triton=use_triton
+    )  # [R, C, D] fp32, [R, N, D]
+    assert sorted_values is not None
     return IndexSegment(
         layer=layer,
         first_cluster=first_cluster,
-        centroids=centroids.reshape(b, h, c, d),
-        sizes=sizes.reshape(b, h, c),
+        centroids=cl.centroids.reshape(b, h, c, d),
+        sizes=cl.sizes.reshape(b, h, c),
         value_sums=value_sums.reshape(b, h, c, d),
-        keys=keys.reshape(rows, n, d).gather(1, gather).reshape(b, h, n, d),
-        values=flat_v.gather(1, gather).reshape(b, h, n, d),
-        offsets=offsets.reshape(b, h, c + 1),
-        positions=(order + first_position).reshape(b, h, n),
+        keys=cl.sorted_keys.reshape(b, h, n, d),
+        values=sorted_values.reshape(b, h, n, d),
+        offsets=cl.offsets.reshape(b, h, c + 1),
+        positions=(cl.order + first_position).reshape(b, h, n),
     )
 
 

@@ -2,9 +2,13 @@
 
 Segments are reshaped into the batch dimension, so one call clusters every head and segment of a
 layer; an uneven last segment is handled by padding to the longest segment and masking.
+This module is the torch path (the reference); `kmeans_fast` is the Triton path (fused
+matmul + argmax assignment, sort-based fp32 cluster sums), picked by `use_triton`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,16 +41,78 @@ def segment_bounds(num_tokens: int, num_segments: int, device: torch.device) -> 
     return (s * num_tokens) // num_segments
 
 
+@dataclass(slots=True)
+class Clustering:
+    """Result of clustering R rows of N keys into C clusters each."""
+
+    labels: torch.Tensor  # [R, N] int64 in [0, C)
+    centroids: torch.Tensor  # [R, C, D] fp32 unnormalised member mean + row mean
+    sizes: torch.Tensor  # [R, C] int64
+    order: torch.Tensor  # [R, N] int64 cluster-major token order (members in token order)
+    offsets: torch.Tensor  # [R, C + 1] int64 (offsets[:, 0] = 0, offsets[:, -1] = N)
+    sorted_keys: torch.Tensor  # [R, N, D] keys in cluster-major order (keys' dtype)
+
+
+def cluster_keys(
+    keys: torch.Tensor,  # [R, N, D] any float dtype (the similarity matmuls run in this dtype)
+    num_segments: int,
+    clusters_per_segment: int,
+    iterations: int,
+    final_chunk: int = 16384,
+    use_triton: bool | None = None,
+) -> Clustering:
+    """Segmented spherical k-means of each row plus its cluster-major layout. use_triton: None
+    picks the Triton path where kernels are available, False forces the torch path."""
+    if _use_triton(use_triton, keys):
+        from .kmeans_fast import cluster_keys_fast
+
+        return cluster_keys_fast(keys, num_segments, clusters_per_segment, iterations)
+    labels, centroids, sizes = _segmented_kmeans_torch(
+        keys, num_segments, clusters_per_segment, iterations, final_chunk
+    )
+    rows, n, dim = keys.shape
+    order = torch.sort(labels, dim=1, stable=True).indices  # [R, N] cluster-major permutation
+    offsets = torch.zeros(rows, sizes.shape[1] + 1, dtype=torch.int64, device=keys.device)
+    offsets[:, 1:] = sizes.cumsum(dim=1)
+    sorted_keys = keys.gather(1, order.unsqueeze(-1).expand(rows, n, dim))
+    return Clustering(labels, centroids, sizes, order, offsets, sorted_keys)
+
+
 def segmented_kmeans(
     keys: torch.Tensor,  # [R, N, D] any float dtype (the similarity matmuls run in this dtype)
     num_segments: int,
     clusters_per_segment: int,
     iterations: int,
     final_chunk: int = 16384,
+    use_triton: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cluster each row's keys. Returns (labels [R, N] int64 in [0, C), centroids [R, C, D] fp32
     (unnormalised member mean with the row mean added back; the row mean for empty clusters),
     sizes [R, C] int64) with C = num_segments * clusters_per_segment."""
+    if _use_triton(use_triton, keys):
+        result = cluster_keys(
+            keys, num_segments, clusters_per_segment, iterations, final_chunk, use_triton=True
+        )
+        return result.labels, result.centroids, result.sizes
+    return _segmented_kmeans_torch(
+        keys, num_segments, clusters_per_segment, iterations, final_chunk
+    )
+
+
+def _use_triton(use_triton: bool | None, keys: torch.Tensor) -> bool:
+    from .kernels.availability import pick  # lazy: the kernels package imports this module
+
+    return pick(use_triton, keys)
+
+
+def _segmented_kmeans_torch(
+    keys: torch.Tensor,  # [R, N, D]
+    num_segments: int,
+    clusters_per_segment: int,
+    iterations: int,
+    final_chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The torch path: materialised similarity chunks, scatter_add updates."""
     rows, n, dim = keys.shape
     mean = keys.float().mean(dim=1, keepdim=True)  # [R, 1, D]
     centred = keys.float() - mean  # [R, N, D] fp32
