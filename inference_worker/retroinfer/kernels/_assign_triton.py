@@ -51,7 +51,8 @@ def assign_kernel(
     PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     """labels[r, n] = argmax_c <x_r[n] (- shift[r // N_SEG]), c[r, c]> for BLOCK_N tokens of row
-    r, whose token n is at x + start[r] + n * D; tokens at n >= len[r] (or N) get label C.
+    r, whose token n is x row start[r] + n (rows of D elements: the product start * D keeps the
+    alignment visible to the compiler); tokens at n >= len[r] (or N) get label C.
     The [N, C] scores exist one tile at a time."""
     pid_n = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)
@@ -61,7 +62,7 @@ def assign_kernel(
     if HAS_LEN:
         valid = offs_n < tl.load(len_ptr + r)
     x = tl.load(
-        x_ptr + tl.load(start_ptr + r) + offs_n[:, None].to(tl.int64) * D + offs_d[None, :],
+        x_ptr + (tl.load(start_ptr + r) + offs_n[:, None]) * D + offs_d[None, :],
         mask=valid[:, None] & (offs_d[None, :] < D),
         other=0.0,
     )  # [BLOCK_N, BLOCK_D]
@@ -91,7 +92,7 @@ def assign_kernel(
 
 @triton.jit
 def _sum_rows(
-    x_row, order_ptr, sorted_ptr, sh, acc, r, N, i0, end, offs_d,
+    x_ptr, row0, order_ptr, sorted_ptr, sh, acc, r, N, i0, end, offs_d,
     HAS_SHIFT: tl.constexpr, WRITE_SORTED: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Add members i0 .. i0 + BLOCK (of the sorted order, below `end`) to acc [BLOCK, BLOCK_D]."""
@@ -99,7 +100,7 @@ def _sum_rows(
     ok = offs_i < end
     tok = tl.load(order_ptr + r * N + offs_i, mask=ok, other=0)
     m2 = ok[:, None] & (offs_d[None, :] < D)
-    rows = tl.load(x_row + tok[:, None] * D + offs_d[None, :], mask=m2, other=0.0)
+    rows = tl.load(x_ptr + (row0 + tok[:, None]) * D + offs_d[None, :], mask=m2, other=0.0)
     if WRITE_SORTED:
         tl.store(sorted_ptr + (r * N + offs_i[:, None]) * D + offs_d[None, :], rows, mask=m2)
     v = rows.to(tl.float32)
@@ -115,7 +116,7 @@ def cluster_sums_kernel(
     D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     """out[r, c] = sum of (x_r[order[r, i]] - shift[r // N_SEG]) over i in offsets[r, c] ..
-    offsets[r, c + 1] in fp32 (token t of row r at x + start[r] + t * D); NORMALIZE: out =
+    offsets[r, c + 1] in fp32 (token t of row r is x row start[r] + t); NORMALIZE: out =
     sum / max(|sum|, 1e-12), or prev[r, c] for an empty cluster.
     WRITE_SORTED also copies the member rows to sorted[r, i] (cluster-major layout)."""
     c = tl.program_id(0)
@@ -127,19 +128,19 @@ def cluster_sums_kernel(
     if HAS_SHIFT:
         sh = tl.load(shift_ptr + (r // N_SEG) * D + offs_d, mask=offs_d < D, other=0.0)
     acc = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
-    x_row = x_ptr + tl.load(start_ptr + r)
+    row0 = tl.load(start_ptr + r)
     if INTERPRET:
         i0 = start
         while i0 < end:
             acc = _sum_rows(
-                x_row, order_ptr, sorted_ptr, sh, acc, r, N, i0, end, offs_d,
+                x_ptr, row0, order_ptr, sorted_ptr, sh, acc, r, N, i0, end, offs_d,
                 HAS_SHIFT, WRITE_SORTED, D, BLOCK,
             )  # fmt: skip
             i0 += BLOCK
     else:
         for i0 in range(start, end, BLOCK):
             acc = _sum_rows(
-                x_row, order_ptr, sorted_ptr, sh, acc, r, N, i0, end, offs_d,
+                x_ptr, row0, order_ptr, sorted_ptr, sh, acc, r, N, i0, end, offs_d,
                 HAS_SHIFT, WRITE_SORTED, D, BLOCK,
             )  # fmt: skip
     total = tl.sum(acc, axis=0)  # [BLOCK_D]

@@ -37,7 +37,7 @@ class AssignTiles:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages!r}")
 
 
-DEFAULT_TILES = AssignTiles()  # fastest of the sweep in results/index_build_cuda.json
+DEFAULT_TILES = AssignTiles()  # fastest final pass in results/index_build_sweep_cuda.json
 
 
 def assign_labels(
@@ -113,16 +113,17 @@ def segment_starts(n: int, num_segments: int, device: torch.device) -> tuple[tor
 def row_layout(
     x: torch.Tensor, num_segments: int
 ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
-    """Kernel view of x's rows (or segments): (x with token stride D, element offset of each
-    row's first token [R'] int64, width W, segment lengths [R'] or None)."""
-    if x.stride(2) != 1 or x.stride(1) != x.shape[2]:
+    """Kernel view of x's rows (or segments): (x with token stride D and row stride a multiple
+    of D, first token of each row [R'] int64 counted in D-element rows from x's start, width W,
+    segment lengths [R'] or None)."""
+    r, n, d = x.shape
+    if x.stride(2) != 1 or x.stride(1) != d or x.stride(0) % d:
         x = x.contiguous()
-    r, n, _ = x.shape
-    row0 = torch.arange(r, device=x.device, dtype=torch.int64) * x.stride(0)  # [R]
+    row0 = torch.arange(r, device=x.device, dtype=torch.int64) * (x.stride(0) // d)  # [R]
     if num_segments == 1:
         return x, row0, n, None
     starts, seg_len = segment_starts(n, num_segments, x.device)
-    offs = (row0.unsqueeze(1) + starts * x.stride(1)).reshape(-1)  # [R * S]
+    offs = (row0.unsqueeze(1) + starts).reshape(-1)  # [R * S]
     return x, offs, -(-n // num_segments), seg_len.repeat(r)
 
 
