@@ -8,6 +8,7 @@ from collections.abc import Callable, Hashable, Sequence
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
 from .attention import estimate, merge, partial_attention, rank_clusters
 from .config import RetroInferConfig
@@ -58,6 +59,7 @@ class RetroInferLayer:
         self.group = num_q_heads // num_kv_heads
         self.dtype, self.device = dtype, torch.device(device)
         self.scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
+        self._sdpa_scale = scale  # None: SDPA's own 1/sqrt(D), as full attention passes it
         self.on_segment = on_segment
         self.meta = ClusterMetadata(self.batch, num_kv_heads, head_dim, dtype, self.device)
         self.buffer: WaveBuffer | None = None
@@ -195,11 +197,18 @@ class RetroInferLayer:
     def _dense(
         self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, pos: torch.Tensor
     ) -> torch.Tensor:
+        """No index yet: the steady zone holds every token in order. Computed exactly as the
+        model's FullAttentionBackend decodes (SDPA, GQA, boolean mask, the layer's dtype), so
+        outputs are bit-identical to full attention's. Returns [B, Hq, 1, D]."""
         assert self.steady is not None
         self.steady.append_at(k_new, v_new, pos)
-        st_k, st_v, st_mask = self._steady_rows(pos)
-        qg = q.reshape(self.rows, self.group, self.head_dim)
-        return partial_attention(qg, st_k, st_v, st_mask, self.scale)[0]
+        n = self.steady.length + 1  # tokens so far, the new one included
+        keys = self.steady.keys[:, :, :n]  # [B, Hkv, n, D]
+        values = self.steady.values[:, :, :n]
+        mask = torch.ones(self.batch, 1, 1, n, dtype=torch.bool, device=self.device)
+        return F.scaled_dot_product_attention(
+            q.unsqueeze(2), keys, values, attn_mask=mask, scale=self._sdpa_scale, enable_gqa=True
+        )
 
     def _tripartite(
         self,
