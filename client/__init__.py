@@ -1,6 +1,7 @@
 """WaveKV client SDK: typed sync and async clients for the KV store service."""
 
 from client.aio import AsyncKVStoreClient
+from client.descriptors import BadDescriptorError, DescriptorBatch, StaleDescriptorError
 from client.errors import (
     AlreadyExistsError,
     CapacityError,
@@ -16,13 +17,7 @@ from client.errors import (
     UnavailableError,
 )
 from client.retry import RetryPolicy
-from client.shm import (
-    ArenaReader,
-    BadDescriptorError,
-    DescriptorBatch,
-    SharedMemoryUnavailable,
-    StaleDescriptorError,
-)
+from client.shm import ArenaReader, SharedMemoryUnavailable
 from client.sync import KVStoreClient
 from client.types import (
     ClusterSegment,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 import torch
 
 from client import wire
 from client.retry import RetryPolicy, call_with_retry
+from client.shard import Shard as _Shard
+from client.shard import load_cert as _load_cert
 from client.sharding import HashRing
 from client.shm import (
     ArenaReader,
@@ -31,52 +33,11 @@ from client.types import (
     StoreStats,
 )
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
-from wavekv_proto.wavekv.v1 import kvstore_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 log = logging.getLogger("client")
 SHM_MODES = ("off", "auto", "require")
-MAX_MESSAGE_BYTES = 64 << 20
 PUT_CHUNK_BYTES = 1 << 20
-
-
-class _Shard:
-    """One store target: channel, stub, call metadata."""
-
-    def __init__(
-        self,
-        target: str,
-        token: str | None,
-        root_cert: bytes | None,
-        tls: bool,
-        server_name: str | None,
-    ) -> None:
-        self.target = target
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ]
-        if tls:
-            if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
-            creds = grpc.ssl_channel_credentials(root_certificates=root_cert)
-            self.channel = grpc.aio.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
-        self.stub = pb_grpc.KVStoreStub(self.channel)
-        # FetchClusters with raw responses: client.wire.FetchAssembler parses chunks in place
-        self.fetch_raw = self.channel.unary_stream(
-            "/wavekv.v1.KVStore/FetchClusters",
-            request_serializer=pb.FetchClustersRequest.SerializeToString,
-            response_deserializer=None,
-        )
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
-
-
-def _load_cert(cert: bytes | str | Path | None) -> bytes | None:
-    if cert is None or isinstance(cert, bytes):
-        return cert
-    return Path(cert).read_bytes()
 
 
 class AsyncKVStoreClient:
@@ -108,6 +69,7 @@ class AsyncKVStoreClient:
         self._arena: ArenaReader | None = None
         self._arena_checked = False
         self._done_leases: list[int] = []
+        self._lease_lock = threading.Lock()  # the blocking SDK touches leases from its caller
         targets = [target] if isinstance(target, str) else list(target)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s} must be > 0")
@@ -261,13 +223,7 @@ class AsyncKVStoreClient:
         if not requests:
             raise ValueError("requests is empty")
         shard = self._shards[0]
-        release, self._done_leases = self._done_leases, []
-        req = pb.FetchDescriptorsRequest(
-            namespace=self.namespace,
-            entries=wire.fetch_request(self.namespace, requests).entries,
-            lease_ttl_s=self.lease_ttl_s if lease_ttl_s is None else lease_ttl_s,
-            release_leases=release,
-        )
+        req = self.descriptor_request(requests, lease_ttl_s)
         resp = await self._call(
             shard,
             lambda t: shard.stub.FetchDescriptors(req, timeout=t, metadata=shard.metadata),
@@ -276,17 +232,31 @@ class AsyncKVStoreClient:
         )
         return arena.decode(resp)
 
+    def descriptor_request(
+        self, requests: list[FetchRequest], lease_ttl_s: float | None
+    ) -> pb.FetchDescriptorsRequest:
+        """The compact FetchDescriptors request, carrying the finished leases to release."""
+        if not requests:
+            raise ValueError("requests is empty")
+        ttl = self.lease_ttl_s if lease_ttl_s is None else lease_ttl_s
+        with self._lease_lock:
+            release, self._done_leases = self._done_leases, []
+        return wire.descriptor_request(self.namespace, requests, ttl, release)
+
     def done_with_lease(self, lease_id: int) -> None:
-        """Mark a lease finished; it is released with the next FetchDescriptors call."""
-        self._done_leases.append(lease_id)
+        """Mark a lease finished; it is released with the next FetchDescriptors call.
+        Thread-safe (the blocking SDK calls it from its caller's thread)."""
+        with self._lease_lock:
+            self._done_leases.append(lease_id)
 
     async def release_leases(self, timeout_s: float | None = None) -> int:
         """Release finished leases now (otherwise the next FetchDescriptors does it)."""
         if not self._done_leases or len(self._shards) != 1:
             return 0
         shard = self._shards[0]
-        req = pb.ReleaseLeasesRequest(lease_ids=self._done_leases)
-        self._done_leases = []
+        with self._lease_lock:
+            req = pb.ReleaseLeasesRequest(lease_ids=self._done_leases)
+            self._done_leases = []
         resp = await self._call(
             shard,
             lambda t: shard.stub.ReleaseLeases(req, timeout=t, metadata=shard.metadata),
@@ -394,6 +364,8 @@ class AsyncKVStoreClient:
             await self.release_leases(timeout_s=2.0)
         except Exception as exc:  # leases expire on their own
             log.debug("could not release leases at close: %s", exc)
+        for shard in self._shards:
+            shard.close_sync()
         await asyncio.gather(*(s.channel.close(None) for s in self._shards))
 
     async def __aenter__(self) -> AsyncKVStoreClient:

@@ -1,13 +1,17 @@
 """GPU gather of whole clusters (contiguous row runs) from pinned host memory.
 
-One Triton program copies one run: `lens[i]` rows of `W` machine words from row `src_start[i]` of
-`src` (a CUDA tensor aliasing registered host memory, read over PCIe) to row `dst_start[i]` of
-`out` (device memory). Reading whole clusters (16 rows x 256 B = 4 KiB for bf16 / D=128) keeps
-PCIe reads large. `gather_runs_reference` is the plain torch version the tests compare against
-(the kernel also runs under TRITON_INTERPRET=1 on CPU tensors).
+Program (i, j) copies rows j * BLOCK_R + k * SPLIT * BLOCK_R (+ BLOCK_R) of run i: `lens[i]`
+rows of `W` machine words from row `src_start[i]` of `src` (a CUDA tensor aliasing registered
+host memory, read over PCIe) to row `dst_start[i]` of `out` (device memory). A whole cluster
+(16 rows x 256 B = 4 KiB for bf16 / D=128) is one tile of 16-byte loads per thread, and every
+run is its own program, so a large call keeps thousands of PCIe reads in flight; runs longer
+than a tile are split across SPLIT programs. `gather_runs_reference` is the plain torch
+version the tests compare against (the kernel also runs under TRITON_INTERPRET=1 on CPU).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -16,6 +20,25 @@ try:
     import triton.language as tl
 except ImportError:  # no Triton: callers use gather_runs_reference
     triton = None
+
+MAX_SPLIT = 64  # programs per run at most (runs longer than SPLIT tiles loop)
+
+
+@dataclass(slots=True)
+class GatherConfig:
+    """Launch shape: bytes per program tile (rows = tile_bytes / row bytes) and warps."""
+
+    tile_bytes: int = 4096
+    num_warps: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("tile_bytes", "num_warps"):
+            v = getattr(self, name)
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"{name}={v} must be a power of two >= 1")
+
+
+CONFIG = GatherConfig()  # what gather_runs uses unless told otherwise (benchmarks sweep it)
 
 
 def available(words: int) -> bool:
@@ -34,17 +57,21 @@ if triton is not None:
         lens,  # [K] int64
         W: tl.constexpr,
         BLOCK_R: tl.constexpr,
+        SPLIT: tl.constexpr,  # programs per run (grid axis 1)
     ):
         pid = tl.program_id(0)
+        part = tl.program_id(1)
         s = tl.load(src_start + pid)
         d = tl.load(dst_start + pid)
         n = tl.load(lens + pid)
         cols = tl.arange(0, W)
-        for r0 in range(0, n, BLOCK_R):
+        r0 = part.to(tl.int64) * BLOCK_R
+        while r0 < n:  # a while loop: the interpreter cannot range() over a loaded bound
             r = r0 + tl.arange(0, BLOCK_R)
             m = (r < n)[:, None]
             vals = tl.load(src + (s + r)[:, None] * W + cols[None, :], mask=m)
             tl.store(out + (d + r)[:, None] * W + cols[None, :], vals, mask=m)
+            r0 += SPLIT * BLOCK_R
 
 
 def gather_runs(
@@ -53,13 +80,27 @@ def gather_runs(
     src_start: torch.Tensor,  # [K] int64
     dst_start: torch.Tensor,  # [K] int64
     lens: torch.Tensor,  # [K] int64
-    block_rows: int = 16,
+    max_len: int | None = None,
+    config: GatherConfig | None = None,
 ) -> None:
-    """out[dst_start[i] + r] = src[src_start[i] + r] for r < lens[i], for every run i."""
+    """out[dst_start[i] + r] = src[src_start[i] + r] for r < lens[i], for every run i.
+
+    `max_len` (the longest run; read from `lens` if None, a device sync) sets how many programs
+    share a run; `config` defaults to CONFIG."""
     k = int(src_start.shape[0])
     if k == 0:
         return
-    _gather_runs[(k,)](src, out, src_start, dst_start, lens, W=src.shape[1], BLOCK_R=block_rows)
+    config = config or CONFIG
+    w = src.shape[1]
+    block_rows = max(1, config.tile_bytes // (w * src.element_size()))
+    if max_len is None:
+        max_len = int(lens.max())
+    tiles = max(1, -(-max_len // block_rows))
+    split = min(1 << (tiles - 1).bit_length(), MAX_SPLIT)  # a power of two: few compilations
+    _gather_runs[(k, split)](
+        src, out, src_start, dst_start, lens, W=w, BLOCK_R=block_rows, SPLIT=split,
+        num_warps=config.num_warps,
+    )  # fmt: skip
 
 
 def gather_runs_reference(

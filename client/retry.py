@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -54,4 +55,20 @@ async def call_with_retry(
             if last or exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise from_rpc_error(exc, target) from None
         await asyncio.sleep(policy.backoff_s(attempt))
+    raise AssertionError("unreachable")
+
+
+def call_with_retry_sync(
+    fn: Callable[[], T], policy: RetryPolicy, idempotent: bool, target: str
+) -> T:
+    """call_with_retry for blocking calls."""
+    attempts = policy.max_attempts if idempotent else 1
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            last = attempt == attempts - 1
+            if last or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise from_rpc_error(exc, target) from None
+        time.sleep(policy.backoff_s(attempt))
     raise AssertionError("unreachable")

@@ -16,22 +16,35 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from client import gather_kernel
-from wavekv_proto.codec import decode_numpy, dtype_name, torch_dtype
+from client.descriptors import (
+    DTYPE,
+    EXTENT_HEADER,
+    EXTENT_OFFSET,
+    GENERATION,
+    HEAD_DIM,
+    ROW_BYTES,
+    SLAB,
+    Described,
+    DescriptorBatch,
+    StaleDescriptorError,
+    decode_reply,
+)
+from client.runs import expand_runs, merge_runs
+from client.runs import runs as runs_by_slab
+from client.staging import PinnedStager
+from wavekv_proto.codec import dtype_name, torch_dtype
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 
 log = logging.getLogger("client.shm")
 
 SLAB_MAGIC = int.from_bytes(b"WVKVSLAB", "little")
 EXTENT_MAGIC = int.from_bytes(b"WVKVEXTN", "little")
-EXTENT_HEADER = 64
 CUDA_HOST_REGISTER_PORTABLE = 1
 CUDA_HOST_REGISTER_MAPPED = 2
 CUDA_HOST_REGISTER_READ_ONLY = 8
@@ -39,48 +52,6 @@ CUDA_HOST_REGISTER_READ_ONLY = 8
 
 class SharedMemoryUnavailable(RuntimeError):
     """The arena cannot be used from here (remote store, other /dev/shm, shm off)."""
-
-
-class StaleDescriptorError(RuntimeError):
-    """Gathered memory was freed or reused (generation mismatch): discard and refetch."""
-
-
-class BadDescriptorError(ValueError):
-    """A descriptor points outside its slab or names an unknown slab."""
-
-
-@dataclass(slots=True)
-class Described:
-    """One entry of a FetchDescriptors reply, decoded."""
-
-    slab: int
-    generation: int
-    extent_offset: int
-    keys_row: int  # first key row, in units of row_bytes from the slab start
-    values_row: int
-    row_bytes: int
-    dtype: torch.dtype
-    head_dim: int
-    row_starts: np.ndarray  # [n] int64
-    cluster_offsets: np.ndarray  # [n + 1] int64
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.cluster_offsets[-1])
-
-    def rows(self) -> np.ndarray:  # [M] int64 row index (relative to keys_row / values_row)
-        lens = np.diff(self.cluster_offsets)
-        total = int(self.cluster_offsets[-1])
-        rows = np.arange(total, dtype=np.int64)
-        rows += np.repeat(self.row_starts - self.cluster_offsets[:-1], lens)
-        return rows
-
-
-@dataclass(slots=True)
-class DescriptorBatch:
-    lease_id: int
-    lease_ttl_s: float
-    entries: list[Described]
 
 
 class _MappedSlab:
@@ -150,12 +121,12 @@ class _MappedSlab:
 class _CudaAlias:
     """__cuda_array_interface__ over registered host memory (UVA: same pointer on the device)."""
 
-    def __init__(self, host: np.ndarray, device: torch.device) -> None:
+    def __init__(self, host: np.ndarray, device: torch.device, address: int | None = None) -> None:
         self.host = host
         self.__cuda_array_interface__ = {
             "shape": host.shape,
             "typestr": np.dtype(_signed(host.dtype)).str,
-            "data": (host.ctypes.data, False),  # registered read-only; never written
+            "data": (host.ctypes.data if address is None else address, False),  # read-only
             "version": 3,
             "strides": None,
         }
@@ -171,6 +142,8 @@ class ArenaReader:
         self.directory = Path(info.directory)
         self.file_prefix = info.file_prefix
         self._slabs: dict[int, _MappedSlab] = {}
+        self._stager = PinnedStager()
+        self._aliases: dict[tuple[int, int, str], torch.Tensor] = {}
         self.slab(0)  # raises SharedMemoryUnavailable when the store is not on this host
 
     def slab(self, index: int) -> _MappedSlab:
@@ -188,63 +161,27 @@ class ArenaReader:
         """Decode and bounds-check a reply (BadDescriptorError names the field)."""
         if msg.arena_id != self.arena_id:
             raise StaleDescriptorError(f"arena_id={msg.arena_id!r}, mapped {self.arena_id!r}")
-        return DescriptorBatch(
-            msg.lease_id, msg.lease_ttl_s, [self._entry(i, e) for i, e in enumerate(msg.entries)]
-        )
-
-    def _entry(self, i: int, e: Any) -> Described:
-        where = f"entries[{i}]"
-        starts, _ = decode_numpy(e.row_starts)
-        offsets, _ = decode_numpy(e.cluster_offsets)
-        name = dtype_name(e.dtype)
-        if name is None or e.row_bytes == 0:
-            raise BadDescriptorError(f"{where}: dtype={e.dtype} row_bytes={e.row_bytes}")
-        if offsets.shape != (starts.shape[0] + 1,) or (offsets.shape[0] and offsets[0] != 0):
-            raise BadDescriptorError(f"{where}.cluster_offsets shape={list(offsets.shape)}")
-        d = Described(
-            e.slab,
-            e.generation,
-            e.extent_offset,
-            e.keys_offset // e.row_bytes,
-            e.values_offset // e.row_bytes,
-            e.row_bytes,
-            torch_dtype(name),
-            e.head_dim,
-            starts.astype(np.int64, copy=False),
-            offsets.astype(np.int64, copy=False),
-        )
-        if d.num_rows:
-            self._check_bounds(where, d, e)
-        return d
-
-    def _check_bounds(self, where: str, d: Described, e: Any) -> None:
-        slab = self.slab(d.slab)
-        lens = np.diff(d.cluster_offsets)
-        if (lens < 0).any() or (d.row_starts < 0).any():
-            raise BadDescriptorError(f"{where}: negative row_starts or cluster lengths")
-        if e.keys_offset % e.row_bytes or e.values_offset % e.row_bytes:
-            raise BadDescriptorError(f"{where}: offsets not multiples of row_bytes={e.row_bytes}")
-        last = int((d.row_starts + lens).max())
-        for name, base in (("keys_offset", e.keys_offset), ("values_offset", e.values_offset)):
-            end = base + last * d.row_bytes
-            if base < e.extent_offset or end > slab.size:
-                raise BadDescriptorError(
-                    f"{where}.{name}={base}: rows end at byte {end}, slab {d.slab} has {slab.size}"
-                )
-        if not EXTENT_HEADER <= e.extent_offset <= slab.size:
-            raise BadDescriptorError(f"{where}.extent_offset={e.extent_offset} outside the slab")
+        return decode_reply(msg, lambda index: self.slab(index).size)
 
     def verify(self, batch: DescriptorBatch) -> None:
-        """Raise StaleDescriptorError if any described extent was freed or reused."""
-        for i, d in enumerate(batch.entries):
-            if d.num_rows == 0:
-                continue
-            now = self.slab(d.slab).generation(d.extent_offset)
-            if now != d.generation:
+        """Wait for this reader's pending GPU gather, then raise StaleDescriptorError if any
+        described extent was freed or reused meanwhile."""
+        self._stager.wait()
+        t = batch.table
+        for i in np.flatnonzero(batch.entry_rows() > 0).tolist():
+            now = self.slab(int(t[i, SLAB])).generation(int(t[i, EXTENT_OFFSET]))
+            if now != int(t[i, GENERATION]):
                 raise StaleDescriptorError(
-                    f"entries[{i}]: extent generation {now} != described {d.generation} "
+                    f"entries[{i}]: extent generation {now} != described {int(t[i, GENERATION])} "
                     f"(memory freed or reused; lease expired?)"
                 )
+
+    def to_device(self, array: np.ndarray, device: torch.device) -> torch.Tensor:
+        """A small host array on `device`: staged through one reused pinned buffer and copied
+        without blocking on CUDA (ordered before this reader's next gather)."""
+        if device.type != "cuda":
+            return torch.from_numpy(array)
+        return self._stager.put(array, device)
 
     def gather_cpu(self, d: Described) -> tuple[torch.Tensor, torch.Tensor]:
         """One entry's keys, values [M, D] as new CPU tensors."""
@@ -266,41 +203,71 @@ class ArenaReader:
         """All entries into keys, values [out_rows, max_tokens, D] on `device` (zero padded).
 
         method (CUDA): "auto" (Triton run gather if available, else index_select), "triton",
-        "index_select" (both read pinned host memory from the GPU), or "host" (gather on the CPU,
-        then one copy); on CPU always a numpy gather."""
+        "index_select" (both read pinned host memory from the GPU), "memcpy" (one copy per run
+        of adjacent clusters, the copy engine reading host memory), or "host" (gather on the
+        CPU, then one copy); on CPU always a numpy gather. Call `verify` afterwards: it waits
+        for the GPU reads and checks that the memory was not reused meanwhile."""
         if method not in GATHER_METHODS:
             raise ValueError(f"method={method!r} is not one of {GATHER_METHODS}")
-        first = batch.entries[0]
-        w = first.row_bytes // _word_dtype(first.row_bytes).itemsize
-        kv = torch.zeros(2, out_rows * max_tokens, w, dtype=_torch_word(first), device=device)
-        for index, runs in self._runs(batch, slots, max_tokens, kv.shape[1]).items():
-            self._gather_slab(index, first.row_bytes, runs, kv.view(-1, w), device, method)
-        kv = kv.view(first.dtype).view(2, out_rows, max_tokens, first.head_dim)
+        row_bytes, head_dim, code = (int(x) for x in batch.table[0, [ROW_BYTES, HEAD_DIM, DTYPE]])
+        dtype = torch_dtype(dtype_name(code) or "")
+        w = row_bytes // _word_dtype(row_bytes).itemsize
+        kv = torch.zeros(2, out_rows * max_tokens, w, dtype=_torch_word(row_bytes), device=device)
+        per_slab = runs_by_slab(batch, np.asarray(slots, np.int64), max_tokens, kv.shape[1])
+        flat = kv.view(-1, w)
+        one_launch = device.type == "cuda" and (
+            method == "triton" or (method == "auto" and gather_kernel.available(w))
+        )
+        if not (one_launch and per_slab and self._triton_all(per_slab, row_bytes, flat, device)):
+            for index, runs in per_slab:
+                self._gather_slab(index, row_bytes, runs, flat, device, method)
+        if device.type == "cuda":
+            self._stager.done(device)  # `verify` and the next staging wait for this point
+        kv = kv.view(dtype).view(2, out_rows, max_tokens, head_dim)
         return kv[0], kv[1]
 
-    @staticmethod
-    def _runs(
-        batch: DescriptorBatch, slots: list[int], max_tokens: int, half: int
-    ) -> dict[int, np.ndarray]:
-        """Per slab: [3, K] int64 (source row, destination row, length) of every cluster run,
-        keys then values (value destinations start at `half`)."""
-        by_slab: dict[int, list[np.ndarray]] = {}
-        for d, slot in zip(batch.entries, slots, strict=True):
-            if d.num_rows == 0:
-                continue
-            if d.num_rows > max_tokens:
-                raise ValueError(f"fetched {d.num_rows} tokens for row {slot} > {max_tokens}")
-            lens = np.diff(d.cluster_offsets)
-            dst = d.cluster_offsets[:-1] + slot * max_tokens
-            part = np.stack(
-                [
-                    np.concatenate([d.row_starts + d.keys_row, d.row_starts + d.values_row]),
-                    np.concatenate([dst, dst + half]),
-                    np.concatenate([lens, lens]),
-                ]
-            )
-            by_slab.setdefault(d.slab, []).append(part)
-        return {k: np.concatenate(v, axis=1) for k, v in by_slab.items()}
+    def _triton_all(
+        self,
+        per_slab: list[tuple[int, np.ndarray]],  # (slab, [3, K] runs)
+        row_bytes: int,
+        flat: torch.Tensor,  # [N, W] device words
+        device: torch.device,
+    ) -> bool:
+        """Every slab's runs in ONE kernel launch: source rows are counted from the lowest
+        slab address (UVA pointers are host pointers); False if that cannot be done."""
+        try:
+            slabs = [self.slab(index) for index, _ in per_slab]
+            for slab in slabs:
+                slab.cuda_rows(row_bytes, device)  # registers the slab
+        except SharedMemoryUnavailable as exc:
+            log.warning("GPU cannot read the arena (%s); gathering on the host", exc)
+            return False
+        addresses = [slab.buf.ctypes.data for slab in slabs]
+        base = min(addresses)
+        if any((a - base) % row_bytes for a in addresses):
+            return False
+        parts = []
+        for (_, runs), address in zip(per_slab, addresses, strict=True):
+            shifted = runs.copy()
+            shifted[0] += (address - base) // row_bytes
+            parts.append(shifted)
+        runs = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]  # [3, K]
+        src = self._base_alias(slabs[addresses.index(base)], base, row_bytes, device)
+        table = self._stager.put(runs, device)  # [3, K]
+        gather_kernel.gather_runs(src, flat, table[0], table[1], table[2], int(runs[2].max()))
+        return True
+
+    def _base_alias(
+        self, slab: _MappedSlab, base: int, row_bytes: int, device: torch.device
+    ) -> torch.Tensor:
+        """A [1, W] CUDA tensor at `base` (only its pointer is used by the kernel)."""
+        key = (base, row_bytes, str(device))
+        alias = self._aliases.get(key)
+        if alias is None:
+            host = slab.rows(row_bytes)[:1]
+            alias = torch.as_tensor(_CudaAlias(host, device, base), device=device)
+            self._aliases[key] = alias
+        return alias
 
     def _gather_slab(
         self,
@@ -312,7 +279,6 @@ class ArenaReader:
         method: str,
     ) -> None:
         slab = self.slab(index)
-        words = flat.shape[1]
         if device.type == "cuda" and method != "host":
             try:
                 src = slab.cuda_rows(row_bytes, device)  # aliases pinned host memory
@@ -320,18 +286,9 @@ class ArenaReader:
                 log.warning("GPU cannot read the arena (%s); gathering on the host", exc)
                 method = "host"
             else:
-                use_triton = method == "triton" or (
-                    method == "auto" and gather_kernel.available(words)
-                )
-                if use_triton:
-                    table = torch.from_numpy(runs).pin_memory().to(device, non_blocking=True)
-                    gather_kernel.gather_runs(src, flat, table[0], table[1], table[2])
-                    return
-                src_rows, dst_rows = _expand(runs)
-                idx = torch.from_numpy(np.stack([src_rows, dst_rows])).to(device)
-                flat.index_copy_(0, idx[1], src.index_select(0, idx[0]))
+                self._gather_device(src, runs, flat, device, method)
                 return
-        src_rows, dst_rows = _expand(runs)
+        src_rows, dst_rows = expand_runs(runs)
         got = np.take(slab.rows(row_bytes), src_rows, axis=0)  # [M, W]
         got_t = torch.from_numpy(got.view(_signed(got.dtype)))
         if device.type == "cuda":
@@ -339,19 +296,29 @@ class ArenaReader:
         else:
             flat.numpy()[dst_rows] = got_t.numpy()
 
+    def _gather_device(
+        self,
+        src: torch.Tensor,  # [R, W] words aliasing registered host memory
+        runs: np.ndarray,  # [3, K]
+        flat: torch.Tensor,  # [N, W] device words
+        device: torch.device,
+        method: str,
+    ) -> None:
+        if method == "triton" or (method == "auto" and gather_kernel.available(flat.shape[1])):
+            table = self._stager.put(runs, device)  # [3, K]
+            lens = runs[2]
+            gather_kernel.gather_runs(src, flat, table[0], table[1], table[2], int(lens.max()))
+        elif method == "memcpy":  # one copy engine transfer per run of adjacent clusters
+            for s, d, n in merge_runs(runs).T.tolist():
+                flat[d : d + n].copy_(src[s : s + n], non_blocking=True)
+        else:
+            src_rows, dst_rows = expand_runs(runs)
+            idx = self._stager.put(np.stack([src_rows, dst_rows]), device)  # [2, M]
+            flat.index_copy_(0, idx[1], src.index_select(0, idx[0]))
 
-GATHER_METHODS = ("auto", "triton", "index_select", "host")
 
-
-def _expand(runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[3, K] runs -> (source rows [M], destination rows [M])."""
-    src, dst, lens = runs
-    total = int(lens.sum())
-    step = np.arange(total, dtype=np.int64)
-    cum = np.zeros(lens.shape[0] + 1, np.int64)
-    np.cumsum(lens, out=cum[1:])
-    within = step - np.repeat(cum[:-1], lens)
-    return np.repeat(src, lens) + within, np.repeat(dst, lens) + within
+GATHER_METHODS = ("auto", "triton", "index_select", "memcpy", "host")
+_expand = expand_runs  # the name the tests import
 
 
 def _typed(words: np.ndarray, d: Described) -> torch.Tensor:
@@ -373,6 +340,6 @@ def _signed(dt: np.dtype) -> np.dtype:
     return np.dtype(names.get(dt.itemsize, np.uint8))
 
 
-def _torch_word(d: Described) -> torch.dtype:
-    size = _word_dtype(d.row_bytes).itemsize
+def _torch_word(row_bytes: int) -> torch.dtype:
+    size = _word_dtype(row_bytes).itemsize
     return {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[size]

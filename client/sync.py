@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from client.aio import AsyncKVStoreClient
-from client.retry import RetryPolicy
-from client.shm import ArenaReader, DescriptorBatch
+from client.descriptors import DescriptorBatch
+from client.retry import RetryPolicy, call_with_retry_sync
+from client.shm import ArenaReader, SharedMemoryUnavailable
 from client.types import (
     ClusterSegment,
     FetchedClusters,
@@ -44,6 +45,8 @@ class KVStoreClient:
         shared_memory: str = "off",
         lease_ttl_s: float = 10.0,
     ) -> None:
+        self._arena: ArenaReader | None = None
+        self._arena_known = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="wavekv-client", daemon=True
@@ -111,7 +114,10 @@ class KVStoreClient:
 
     def shared_arena(self) -> ArenaReader | None:
         """The mapped arena of a same-host store, or None (see AsyncKVStoreClient)."""
-        return self._run(self._aio.shared_arena())
+        if not self._arena_known:
+            self._arena = self._run(self._aio.shared_arena())
+            self._arena_known = True
+        return self._arena
 
     def fetch_descriptors(
         self,
@@ -119,10 +125,24 @@ class KVStoreClient:
         lease_ttl_s: float | None = None,
         timeout_s: float | None = None,
     ) -> DescriptorBatch:
-        return self._run(self._aio.fetch_descriptors(requests, lease_ttl_s, timeout_s))
+        """Same as AsyncKVStoreClient.fetch_descriptors, as one blocking gRPC call from this
+        thread (no hop through the event-loop thread: this is the per-layer hot call)."""
+        arena = self.shared_arena()
+        if arena is None:
+            raise SharedMemoryUnavailable("no shared arena for this client")
+        req = self._aio.descriptor_request(requests, lease_ttl_s)
+        shard = self._aio._shards[0]
+        stub, timeout = shard.sync_stub(), timeout_s or self._aio.timeout_s
+        resp = call_with_retry_sync(
+            lambda: stub.FetchDescriptors(req, timeout=timeout, metadata=shard.metadata),
+            self._aio.retry,
+            True,
+            shard.target,
+        )
+        return arena.decode(resp)
 
     def done_with_lease(self, lease_id: int) -> None:
-        self._loop.call_soon_threadsafe(self._aio.done_with_lease, lease_id)
+        self._aio.done_with_lease(lease_id)
 
     def release_leases(self, timeout_s: float | None = None) -> int:
         return self._run(self._aio.release_leases(timeout_s))

@@ -136,6 +136,27 @@ def fetch_request(namespace: str, requests: list[FetchRequest]) -> pb.FetchClust
     return pb.FetchClustersRequest(namespace=namespace, entries=entries)
 
 
+def descriptor_request(
+    namespace: str, requests: list[FetchRequest], lease_ttl_s: float, release: list[int]
+) -> pb.FetchDescriptorsRequest:
+    """FetchDescriptors in the compact form: entries as columns, the reply packed too."""
+    ids = [_as(r.cluster_ids, np.int64).reshape(-1) for r in requests]
+    counts = np.fromiter((a.shape[0] for a in ids), np.int64, len(ids))  # [E]
+    return pb.FetchDescriptorsRequest(
+        namespace=namespace,
+        lease_ttl_s=lease_ttl_s,
+        release_leases=release,
+        packed_reply=True,
+        packed_entries=pb.PackedFetchEntries(
+            sequence_ids=[r.sequence_id for r in requests],
+            layers=[r.layer for r in requests],
+            kv_heads=[r.kv_head for r in requests],
+            counts=counts.tobytes(),
+            cluster_ids=np.concatenate(ids).tobytes() if ids else b"",
+        ),
+    )
+
+
 class FetchAssembler:
     """Copies FetchClusters chunks into one preallocated buffer; results are views into it."""
 

@@ -16,28 +16,30 @@ from kvstore_server.errors import FailedPrecondition, InvalidArgument
 from kvstore_server.fetch import FetchEntry, _check_ids, _resolve
 from kvstore_server.store import Store
 
-
-@dataclass(slots=True)
-class EntryDescriptor:
-    slab: int
-    slab_bytes: int
-    generation: int
-    extent_offset: int
-    keys_offset: int
-    values_offset: int
-    row_bytes: int
-    dtype: str
-    head_dim: int
-    row_starts: np.ndarray  # [n] int64
-    cluster_offsets: np.ndarray  # [n + 1] int64
+TABLE_COLUMNS = (
+    "slab",
+    "slab_bytes",
+    "generation",
+    "extent_offset",
+    "keys_offset",
+    "values_offset",
+    "row_bytes",
+    "head_dim",
+)
 
 
 @dataclass(slots=True)
 class DescriptorPlan:
+    """Every entry's descriptor as columns (E entries, K requested clusters in all)."""
+
     arena_id: str
     lease_id: int
     lease_ttl_s: float
-    entries: list[EntryDescriptor]
+    table: np.ndarray  # [E, len(TABLE_COLUMNS)] int64
+    dtypes: list[str]  # [E] dtype names
+    counts: np.ndarray  # [E] int64 clusters per entry
+    row_starts: np.ndarray  # [K] int64 first row of each cluster in its head
+    lens: np.ndarray  # [K] int64 rows of each cluster
 
 
 def plan_descriptors(
@@ -61,36 +63,33 @@ def plan_descriptors(
     limits = np.fromiter((h.num_clusters if h else 0 for _, h in heads), np.int64, len(entries))
     all_ids = np.concatenate([e[3] for e in entries]) if counts.sum() else np.empty(0, np.int64)
     _check_ids(all_ids, counts, limits)
-    out, extents = [], []
+    rows: list[tuple[int, ...]] = []  # [E] table rows
+    starts, ends, extents = [], [], []
     for (geometry, head), entry in zip(heads, entries, strict=True):
-        ids = entry[3]
         extent: Extent | None = head.extent if head is not None else None
-        if head is not None and extent is not None:
-            starts = head.offsets[ids] if ids.shape[0] else np.empty(0, np.int64)  # [n]
-            lens = head.offsets[ids + 1] - starts if ids.shape[0] else starts
-            cap_bytes = head.capacity_rows * head.row_bytes
-            slab, gen, base = extent.slab, extent.generation, extent.offset
-            slab_bytes = arena.slabs[slab].size
-            extents.append(extent)
-        else:  # nothing stored for this (layer, kv_head): only empty requests reach here
-            starts = lens = np.empty(0, np.int64)
-            cap_bytes, slab, gen, base, slab_bytes = 0, 0, 0, 0, 0
-        offsets = np.zeros(ids.shape[0] + 1, np.int64)  # [n + 1]
-        np.cumsum(lens, out=offsets[1:])
-        out.append(
-            EntryDescriptor(
-                slab,
-                slab_bytes,
-                gen,
-                base,
-                base,
-                base + cap_bytes,
-                geometry.row_bytes,
-                geometry.dtype,
-                geometry.head_dim,
-                starts.astype(np.int64, copy=False),
-                offsets,
-            )
-        )
+        if head is None or extent is None:  # nothing stored here: only empty requests reach here
+            rows.append((0, 0, 0, 0, 0, 0, geometry.row_bytes, geometry.head_dim))
+            continue
+        ids = entry[3]
+        starts.append(head.offsets[ids])  # [n]
+        ends.append(head.offsets[ids + 1])
+        base, slab, gen = extent.offset, extent.slab, extent.generation
+        values = base + head.capacity_rows * head.row_bytes
+        size = arena.slabs[slab].size
+        rows.append((slab, size, gen, base, base, values, geometry.row_bytes, geometry.head_dim))
+        extents.append(extent)
+    table = np.array(rows, np.int64).reshape(len(entries), len(TABLE_COLUMNS))  # [E, 8]
+    row_starts = np.concatenate(starts) if starts else np.empty(0, np.int64)  # [K]
+    lens = np.concatenate(ends) - row_starts if ends else row_starts
     lease_id, ttl = arena.lease(extents, lease_ttl_s)
-    return DescriptorPlan(arena.arena_id, lease_id, ttl, out)
+    dtypes = [geometry.dtype for geometry, _ in heads]
+    return DescriptorPlan(
+        arena.arena_id,
+        lease_id,
+        ttl,
+        table,
+        dtypes,
+        counts,
+        row_starts.astype(np.int64, copy=False),
+        lens.astype(np.int64, copy=False),
+    )

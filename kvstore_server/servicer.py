@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from kvstore_server import descriptor_wire
 from kvstore_server.arena import SharedArena
-from kvstore_server.descriptors import DescriptorPlan, plan_descriptors
+from kvstore_server.descriptors import plan_descriptors
 from kvstore_server.errors import InvalidArgument, StoreError
 from kvstore_server.fetch import BufferPool, FetchPlan, gather_progressively, plan_fetch
 from kvstore_server.put_stream import SegmentAssembler
@@ -216,23 +217,14 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
 
     async def FetchDescriptors(self, request: Any, context: Any) -> pb.FetchDescriptorsResponse:
         def run() -> pb.FetchDescriptorsResponse:
-            entries = [
-                (
-                    e.sequence_id,
-                    e.layer,
-                    e.kv_head,
-                    _array(f"entries[{i}].cluster_ids", e.cluster_ids, "int64"),
-                )
-                for i, e in enumerate(request.entries)
-            ]
             plan = plan_descriptors(
                 self.store,
                 request.namespace,
-                entries,
+                descriptor_wire.request_entries(request),
                 request.lease_ttl_s,
                 list(request.release_leases),
             )
-            return _descriptors(plan)
+            return descriptor_wire.response(plan, request.packed_reply)
 
         return await self._unary("FetchDescriptors", context, run)
 
@@ -329,28 +321,3 @@ def _fetch_header(plan: FetchPlan) -> pb.FetchHeader:
         for lay in plan.layouts
     ]
     return pb.FetchHeader(layouts=layouts, total_bytes=plan.total_bytes)
-
-
-def _descriptors(plan: DescriptorPlan) -> pb.FetchDescriptorsResponse:
-    entries = [
-        pb.EntryDescriptor(
-            slab=d.slab,
-            slab_bytes=d.slab_bytes,
-            generation=d.generation,
-            extent_offset=d.extent_offset,
-            keys_offset=d.keys_offset,
-            values_offset=d.values_offset,
-            row_bytes=d.row_bytes,
-            dtype=wire_dtype(d.dtype),
-            head_dim=d.head_dim,
-            row_starts=encode_numpy(d.row_starts, "int64"),
-            cluster_offsets=encode_numpy(d.cluster_offsets, "int64"),
-        )
-        for d in plan.entries
-    ]
-    return pb.FetchDescriptorsResponse(
-        arena_id=plan.arena_id,
-        lease_id=plan.lease_id,
-        lease_ttl_s=plan.lease_ttl_s,
-        entries=entries,
-    )

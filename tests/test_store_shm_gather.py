@@ -20,18 +20,26 @@ from kvstore_server.settings import ServerSettings
 
 KERNEL_CHECK = """
 import torch
-from client.gather_kernel import gather_runs, gather_runs_reference
+from client.gather_kernel import GatherConfig, gather_runs, gather_runs_reference
 g = torch.Generator().manual_seed(int(__import__('sys').argv[1]))
 src = torch.randint(-2**62, 2**62, (400, 16), generator=g)
 k = 12
 lens = torch.randint(0, 40, (k,), generator=g)
 ss = torch.randint(0, 360, (k,), generator=g)
 ds = torch.cat([torch.zeros(1, dtype=torch.int64), lens.cumsum(0)[:-1]])
-a = torch.zeros(int(lens.sum()) + 1, 16, dtype=torch.int64); b = a.clone()
-gather_runs(src, a, ss, ds, lens); gather_runs_reference(src, b, ss, ds, lens)
-assert torch.equal(a, b)
+# tiles of 32 rows (one program per run), 4 rows (runs split over 16 programs), 1 row (64)
+for tile in (4096, 512, 128):
+    a = torch.zeros(int(lens.sum()) + 1, 16, dtype=torch.int64); b = a.clone()
+    gather_runs(src, a, ss, ds, lens, config=GatherConfig(tile, 1))
+    gather_runs_reference(src, b, ss, ds, lens)
+    assert torch.equal(a, b), tile
 print("ok")
 """
+
+
+@pytest.fixture
+def namespace() -> str:  # here too: the GPU suite runs this file without conftest
+    return f"gather-{os.getpid()}-{np.random.default_rng().integers(1 << 30)}"
 
 
 def test_expand_matches_plain_loop() -> None:

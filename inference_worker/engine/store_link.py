@@ -239,12 +239,8 @@ class GrpcStoreLink:
         max_tokens: int,
     ) -> FetchedBatch:
         ids = cluster_ids.to("cpu")  # [B, Hkv, n] int64, -1 = padding (one device sync)
-        b, h, _ = ids.shape
         valid = ids >= 0  # [B, Hkv, n]
-        rows = [(i, j) for i in range(b) for j in range(h) if bool(valid[i, j].any())]
-        requests = [
-            FetchRequest(str(sequence_ids[i]), layer, j, ids[i, j][valid[i, j]]) for i, j in rows
-        ]
+        requests, rows = self._requests(layer, sequence_ids, ids.numpy(), valid.numpy())
         if requests and self._arena is not None:
             try:
                 return self._fetch_shared(
@@ -254,6 +250,25 @@ class GrpcStoreLink:
                 log.warning("shared-memory fetch stale (%s); streaming this call", exc)
         fetched = self._fetch(requests) if requests else []
         return self._pack(ids, valid, rows, fetched, max_tokens)
+
+    @staticmethod
+    def _requests(
+        layer: int,
+        sequence_ids: Sequence[Hashable],
+        ids: np.ndarray,  # [B, Hkv, n] int64
+        valid: np.ndarray,  # [B, Hkv, n] bool
+    ) -> tuple[list[FetchRequest], list[tuple[int, int]]]:
+        """One request per (sequence, kv_head) row with a valid id, in row-major order."""
+        counts = valid.sum(-1)  # [B, Hkv]
+        flat = ids[valid]  # [K] the valid ids, row by row
+        bounds = np.concatenate([[0], np.cumsum(counts[counts > 0])]).tolist()
+        rows = [(int(i), int(j)) for i, j in np.argwhere(counts > 0)]
+        names = [str(s) for s in sequence_ids]
+        requests = [
+            FetchRequest(names[i], layer, j, flat[bounds[k] : bounds[k + 1]])
+            for k, (i, j) in enumerate(rows)
+        ]
+        return requests, rows
 
     @property
     def uses_shared_memory(self) -> bool:
@@ -276,19 +291,20 @@ class GrpcStoreLink:
             self._raise_if_restarted(exc)
             raise
         self.counters.fetch_rpcs += 1
+        sizes = np.zeros((b, h, n), np.int64)  # [B, Hkv, n]
+        sizes[valid.numpy()] = batch.lens  # entries are the valid rows in row-major order
+        offsets = np.zeros((b, h, n + 1), np.int64)  # [B, Hkv, n + 1]
+        np.cumsum(sizes, axis=-1, out=offsets[..., 1:])
+        offsets_dev = self._arena.to_device(offsets, device)  # staged before the gather
         slots = [i * h + j for i, j in rows]
         keys, values = self._arena.gather_packed(batch, slots, b * h, max_tokens, device)
-        self._arena.verify(batch)
+        self._arena.verify(batch)  # waits for the gather's reads, then checks generations
         self.client.done_with_lease(batch.lease_id)
-        sizes = torch.zeros(b, h, n, dtype=torch.int64)  # [B, Hkv, n]
-        row_bytes = 2 * self._head_dim * keys.element_size()
-        for (i, j), d in zip(rows, batch.entries, strict=True):
-            sizes[i, j][valid[i, j]] = torch.from_numpy(np.diff(d.cluster_offsets))
-            self.counters.fetched_bytes += d.num_rows * row_bytes
-        offsets = torch.zeros(b, h, n + 1, dtype=torch.int64)
-        offsets[..., 1:] = sizes.cumsum(-1)
+        self.counters.fetched_bytes += (
+            int(batch.lens.sum()) * 2 * self._head_dim * keys.element_size()
+        )
         shape = (b, h, max_tokens, self._head_dim)
-        return FetchedBatch(keys.view(shape), values.view(shape), offsets.to(device))
+        return FetchedBatch(keys.view(shape), values.view(shape), offsets_dev)
 
     def _fetch(self, requests: list[FetchRequest]) -> list:
         try:

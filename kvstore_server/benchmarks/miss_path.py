@@ -8,7 +8,9 @@ C = L / 16), packed into [B, 8, M, 128] keys and values on the compute device. T
 a separate process on loopback (`python -m kvstore_server`, shared memory on). Systems, same run:
 - shm: GrpcStoreLink(same_host="require"): one FetchDescriptors RPC + gather from the mapped
   arena (CUDA: registered pinned memory read by a GPU index_select over unified addressing);
-- shm gather only: the gather of the same descriptors without the RPC (kernel bandwidth);
+- shm gather only: the gather of the same descriptors without the RPC (kernel bandwidth), per
+  gather method, and (CUDA) the Triton kernel at several launch shapes;
+- descriptor RPC only: FetchDescriptors + decode without any gather (the per-call fixed cost);
 - grpc: GrpcStoreLink(same_host="off"): one FetchClusters stream, packed on the host, copied;
 - baseline: the same bytes as one contiguous copy (CUDA: pinned host -> device cudaMemcpy;
   CPU: a plain memcpy between two buffers).
@@ -28,13 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client import FetchRequest, KVStoreClient, SequenceGeometry
+from client import FetchRequest, KVStoreClient, SequenceGeometry, gather_kernel
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.benchmarks.store import device_name as cpu_name
 from kvstore_server.benchmarks.store import segments, start
 
 log = logging.getLogger("kvstore_server.benchmarks.miss_path")
 KV_HEADS, HEAD_DIM, CLUSTER, RETRIEVAL = 8, 128, 16, 0.018
+SWEEP = ((1024, 1), (2048, 2), (4096, 2), (4096, 4), (4096, 8))  # (tile bytes, warps)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -117,6 +120,9 @@ def bench(target: str, context: int, batch: int, reps: int, device: torch.device
                     _gather_only(shm, ids, pick(), max_tokens, reps, device, m), exact)
                 for m in _methods(device)
             ],
+            *_sweep(shm, ids, pick, max_tokens, reps, device, context, batch, nbytes),
+            row(context, batch, nbytes, "descriptor RPC only", _rpc_only(shm, ids, pick, reps),
+                None),
             row(context, batch, nbytes, "grpc stream", _link(grpc, ids, pick, max_tokens,
                                                              max(reps // 3, 2), device), exact),
             row(context, batch, nbytes, _baseline_name(device), _baseline(nbytes, reps, device),
@@ -164,8 +170,40 @@ def _gather_only(
     return lat
 
 
+def _sweep(link, ids, pick, max_tokens, reps, device, context, batch, nbytes) -> list[Row]:  # type: ignore[no-untyped-def]
+    """The Triton gather at several launch shapes (CUDA only); the default is restored."""
+    if device.type != "cuda":
+        return []
+    default, out = gather_kernel.CONFIG, []
+    try:
+        for tile, warps in SWEEP:
+            gather_kernel.CONFIG = gather_kernel.GatherConfig(tile, warps)
+            lat = _gather_only(link, ids, pick(), max_tokens, reps, device, "triton")
+            name = f"shm gather only (triton, {tile} B tiles, {warps} warps)"
+            out.append(row(context, batch, nbytes, name, lat, None))
+    finally:
+        gather_kernel.CONFIG = default
+    return out
+
+
+def _rpc_only(link: GrpcStoreLink, ids, pick, reps: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """FetchDescriptors + decode + lease bookkeeping: the fixed cost around a gather."""
+    reqs = []
+    for _ in range(reps + 1):
+        cpu = pick().cpu()
+        b, h, _ = cpu.shape
+        reqs.append([FetchRequest(ids[i], 0, j, cpu[i, j]) for i in range(b) for j in range(h)])
+    it = iter(reqs)
+
+    def run() -> None:
+        link.client.done_with_lease(link.client.fetch_descriptors(next(it)).lease_id)
+
+    run()
+    return timed(run, reps, torch.device("cpu"))
+
+
 def _methods(device: torch.device) -> tuple[str, ...]:
-    return ("triton", "index_select", "host") if device.type == "cuda" else ("host",)
+    return ("triton", "index_select", "memcpy", "host") if device.type == "cuda" else ("host",)
 
 
 def _baseline_name(device: torch.device) -> str:
@@ -222,16 +260,21 @@ def main() -> None:
         target = f"127.0.0.1:{doc['port']}"
         for context in args.contexts:
             for batch in args.batches:
-                rows += bench(target, context, batch, args.reps, device)
-                print_table(rows[-(3 + (3 if device.type == "cuda" else 1)) :], name)
+                got = bench(target, context, batch, args.reps, device)
+                rows += got
+                print_table(got, name)
+                _write(args.out or RESULTS / f"miss_path_{device.type}.json", name, rows)
     finally:
         store.terminate()
         store.wait(30)
     print_table(rows, name)
-    out = args.out or RESULTS / f"miss_path_{device.type}.json"
+    log.warning("wrote %s", args.out or RESULTS / f"miss_path_{device.type}.json")
+
+
+def _write(out: Path, device: str, rows: list[Row]) -> None:
+    """After every point, so a run cut short keeps what it measured."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": name, "rows": [asdict(r) for r in rows]}, indent=1))
-    log.warning("wrote %s", out)
+    out.write_text(json.dumps({"device": device, "rows": [asdict(r) for r in rows]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -342,16 +342,34 @@ class ArenaInfo(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., arena_id: _Optional[str] = ..., directory: _Optional[str] = ..., file_prefix: _Optional[str] = ..., max_lease_ttl_s: _Optional[float] = ...) -> None: ...
 
 class FetchDescriptorsRequest(_message.Message):
-    __slots__ = ("namespace", "entries", "lease_ttl_s", "release_leases")
+    __slots__ = ("namespace", "entries", "lease_ttl_s", "release_leases", "packed_entries", "packed_reply")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     RELEASE_LEASES_FIELD_NUMBER: _ClassVar[int]
+    PACKED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PACKED_REPLY_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     entries: _containers.RepeatedCompositeFieldContainer[FetchEntry]
     lease_ttl_s: float
     release_leases: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, namespace: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[FetchEntry, _Mapping]]] = ..., lease_ttl_s: _Optional[float] = ..., release_leases: _Optional[_Iterable[int]] = ...) -> None: ...
+    packed_entries: PackedFetchEntries
+    packed_reply: bool
+    def __init__(self, namespace: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[FetchEntry, _Mapping]]] = ..., lease_ttl_s: _Optional[float] = ..., release_leases: _Optional[_Iterable[int]] = ..., packed_entries: _Optional[_Union[PackedFetchEntries, _Mapping]] = ..., packed_reply: _Optional[bool] = ...) -> None: ...
+
+class PackedFetchEntries(_message.Message):
+    __slots__ = ("sequence_ids", "layers", "kv_heads", "counts", "cluster_ids")
+    SEQUENCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_IDS_FIELD_NUMBER: _ClassVar[int]
+    sequence_ids: _containers.RepeatedScalarFieldContainer[str]
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    kv_heads: _containers.RepeatedScalarFieldContainer[int]
+    counts: bytes
+    cluster_ids: bytes
+    def __init__(self, sequence_ids: _Optional[_Iterable[str]] = ..., layers: _Optional[_Iterable[int]] = ..., kv_heads: _Optional[_Iterable[int]] = ..., counts: _Optional[bytes] = ..., cluster_ids: _Optional[bytes] = ...) -> None: ...
 
 class EntryDescriptor(_message.Message):
     __slots__ = ("slab", "slab_bytes", "generation", "extent_offset", "keys_offset", "values_offset", "row_bytes", "dtype", "head_dim", "row_starts", "cluster_offsets")
@@ -380,16 +398,30 @@ class EntryDescriptor(_message.Message):
     def __init__(self, slab: _Optional[int] = ..., slab_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., extent_offset: _Optional[int] = ..., keys_offset: _Optional[int] = ..., values_offset: _Optional[int] = ..., row_bytes: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., head_dim: _Optional[int] = ..., row_starts: _Optional[_Union[Tensor, _Mapping]] = ..., cluster_offsets: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class FetchDescriptorsResponse(_message.Message):
-    __slots__ = ("arena_id", "lease_id", "lease_ttl_s", "entries")
+    __slots__ = ("arena_id", "lease_id", "lease_ttl_s", "entries", "packed")
     ARENA_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     arena_id: str
     lease_id: int
     lease_ttl_s: float
     entries: _containers.RepeatedCompositeFieldContainer[EntryDescriptor]
-    def __init__(self, arena_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., entries: _Optional[_Iterable[_Union[EntryDescriptor, _Mapping]]] = ...) -> None: ...
+    packed: PackedDescriptors
+    def __init__(self, arena_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., entries: _Optional[_Iterable[_Union[EntryDescriptor, _Mapping]]] = ..., packed: _Optional[_Union[PackedDescriptors, _Mapping]] = ...) -> None: ...
+
+class PackedDescriptors(_message.Message):
+    __slots__ = ("table", "counts", "row_starts", "lens")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    ROW_STARTS_FIELD_NUMBER: _ClassVar[int]
+    LENS_FIELD_NUMBER: _ClassVar[int]
+    table: bytes
+    counts: bytes
+    row_starts: bytes
+    lens: bytes
+    def __init__(self, table: _Optional[bytes] = ..., counts: _Optional[bytes] = ..., row_starts: _Optional[bytes] = ..., lens: _Optional[bytes] = ...) -> None: ...
 
 class ReleaseLeasesRequest(_message.Message):
     __slots__ = ("lease_ids",)
