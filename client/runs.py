@@ -14,10 +14,15 @@ from client.descriptors import KEYS_OFFSET, ROW_BYTES, SLAB, VALUES_OFFSET, Desc
 
 
 def runs(
-    batch: DescriptorBatch, slots: np.ndarray, max_tokens: int, half: int
+    batch: DescriptorBatch,
+    slots: np.ndarray,  # [E] output row of each entry
+    max_tokens: int,
+    half: int,
+    entry_shift: np.ndarray | None = None,  # [E] rows added to every source row of an entry
 ) -> list[tuple[int, np.ndarray]]:
     """Per slab: [3, K] int64 (source row, destination row, length) of every cluster run, keys
-    then values (value destinations start at `half`); `slots[i]` is entry i's output row."""
+    then values (value destinations start at `half`). With `entry_shift` (source rows counted
+    from one common base across slabs) the answer is ONE table, under slab -1."""
     t = batch.table
     if slots.shape[0] != t.shape[0]:
         raise ValueError(f"{slots.shape[0]} slots for {t.shape[0]} entries")
@@ -30,24 +35,31 @@ def runs(
     entry = np.repeat(np.arange(t.shape[0]), counts)  # [K] entry of each cluster
     cum = np.zeros(batch.lens.shape[0] + 1, np.int64)
     np.cumsum(batch.lens, out=cum[1:])
-    within = cum[:-1] - np.repeat(cum[batch.bounds[:-1]], counts)  # [K] first row in the entry
-    dst = slots[entry] * max_tokens + within  # [K]
+    # per entry: first destination row minus the cumulative row count before it
+    dst_base = slots * max_tokens - cum[batch.bounds[:-1]]  # [E]
     rb = t[:, ROW_BYTES]
-    keys = batch.row_starts + (t[:, KEYS_OFFSET] // rb)[entry]  # [K]
-    values = batch.row_starts + (t[:, VALUES_OFFSET] // rb)[entry]
+    keys_base = t[:, KEYS_OFFSET] // rb  # [E]
+    values_base = t[:, VALUES_OFFSET] // rb
+    if entry_shift is not None:
+        keys_base, values_base = keys_base + entry_shift, values_base + entry_shift
+    out = np.empty((3, 2, entry.shape[0]), np.int64)  # (src, dst, len) x (keys, values) x K
+    np.add(batch.row_starts, keys_base[entry], out=out[0, 0])
+    np.add(batch.row_starts, values_base[entry], out=out[0, 1])
+    np.add(cum[:-1], dst_base[entry], out=out[1, 0])
+    np.add(out[1, 0], half, out=out[1, 1])
+    out[2] = batch.lens
+    if entry_shift is not None:
+        return [(-1, out.reshape(3, -1))]
     slab = t[entry, SLAB]  # [K]
-    out = []
-    slabs = np.unique(slab).tolist()
-    for index in slabs:
-        pick = slab == index if len(slabs) > 1 else slice(None)
-        k, v, d, n = keys[pick], values[pick], dst[pick], batch.lens[pick]
-        out.append(
-            (
-                index,
-                np.stack([np.concatenate([k, v]), np.concatenate([d, d + half]), np.tile(n, 2)]),
-            )
-        )
-    return out
+    slabs = np.unique(slab)
+    if slabs.shape[0] == 1:
+        return [(int(slabs[0]), out.reshape(3, -1))]
+    order = np.argsort(slab, kind="stable")  # clusters grouped by slab, request order within
+    edges = [*np.searchsorted(slab[order], slabs, side="left").tolist(), order.shape[0]]
+    return [
+        (int(index), out[:, :, order[edges[j] : edges[j + 1]]].reshape(3, -1))
+        for j, index in enumerate(slabs.tolist())
+    ]
 
 
 def expand_runs(runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

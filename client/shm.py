@@ -213,13 +213,13 @@ class ArenaReader:
         dtype = torch_dtype(dtype_name(code) or "")
         w = row_bytes // _word_dtype(row_bytes).itemsize
         kv = torch.zeros(2, out_rows * max_tokens, w, dtype=_torch_word(row_bytes), device=device)
-        per_slab = runs_by_slab(batch, np.asarray(slots, np.int64), max_tokens, kv.shape[1])
         flat = kv.view(-1, w)
+        slot_array = np.asarray(slots, np.int64)  # [E]
         one_launch = device.type == "cuda" and (
             method == "triton" or (method == "auto" and gather_kernel.available(w))
         )
-        if not (one_launch and per_slab and self._triton_all(per_slab, row_bytes, flat, device)):
-            for index, runs in per_slab:
+        if not (one_launch and self._triton_all(batch, slot_array, max_tokens, flat, device)):
+            for index, runs in runs_by_slab(batch, slot_array, max_tokens, kv.shape[1]):
                 self._gather_slab(index, row_bytes, runs, flat, device, method)
         if device.type == "cuda":
             self._stager.done(device)  # `verify` and the next staging wait for this point
@@ -228,33 +228,38 @@ class ArenaReader:
 
     def _triton_all(
         self,
-        per_slab: list[tuple[int, np.ndarray]],  # (slab, [3, K] runs)
-        row_bytes: int,
+        batch: DescriptorBatch,
+        slots: np.ndarray,  # [E]
+        max_tokens: int,
         flat: torch.Tensor,  # [N, W] device words
         device: torch.device,
     ) -> bool:
         """Every slab's runs in ONE kernel launch: source rows are counted from the lowest
         slab address (UVA pointers are host pointers); False if that cannot be done."""
+        t = batch.table
+        row_bytes = int(t[0, ROW_BYTES])
+        used = np.unique(t[batch.entry_rows() > 0, SLAB]).tolist()
+        if not used:
+            return True
         try:
-            slabs = [self.slab(index) for index, _ in per_slab]
+            slabs = [self.slab(index) for index in used]
             for slab in slabs:
                 slab.cuda_rows(row_bytes, device)  # registers the slab
         except SharedMemoryUnavailable as exc:
             log.warning("GPU cannot read the arena (%s); gathering on the host", exc)
             return False
-        addresses = [slab.buf.ctypes.data for slab in slabs]
-        base = min(addresses)
-        if any((a - base) % row_bytes for a in addresses):
+        addresses = np.array([slab.buf.ctypes.data for slab in slabs], np.int64)  # [S]
+        base = int(addresses.min())
+        if ((addresses - base) % row_bytes).any():
             return False
-        parts = []
-        for (_, runs), address in zip(per_slab, addresses, strict=True):
-            shifted = runs.copy()
-            shifted[0] += (address - base) // row_bytes
-            parts.append(shifted)
-        runs = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]  # [3, K]
-        src = self._base_alias(slabs[addresses.index(base)], base, row_bytes, device)
-        table = self._stager.put(runs, device)  # [3, K]
-        gather_kernel.gather_runs(src, flat, table[0], table[1], table[2], int(runs[2].max()))
+        shift = np.zeros(int(max(used)) + 1, np.int64)  # slab -> rows from the base
+        shift[used] = (addresses - base) // row_bytes
+        entry_shift = shift[np.minimum(t[:, SLAB], shift.shape[0] - 1)]  # [E]
+        ((_, table_np),) = runs_by_slab(batch, slots, max_tokens, flat.shape[0] // 2, entry_shift)
+        src = self._base_alias(slabs[int(addresses.argmin())], base, row_bytes, device)
+        table = self._stager.put(table_np, device)  # [3, 2K]
+        lens = table_np[2]
+        gather_kernel.gather_runs(src, flat, table[0], table[1], table[2], int(lens.max()))
         return True
 
     def _base_alias(

@@ -174,6 +174,11 @@ def test_run_tables_match_plain_loops(server: EmbeddedStore, namespace: str) -> 
         assert sorted(got) == sorted(want)
         for slab, table in got.items():
             assert sorted(map(tuple, table.T.tolist())) == sorted(want[slab])
+        shift = {slab: 1000 * slab + 7 for slab in want}  # one table across slabs (CUDA path)
+        ((_, one),) = runs(batch, slots, 200, 10_000, batch.table[:, 0] * 1000 + 7)
+        assert sorted(map(tuple, one.T.tolist())) == sorted(
+            (s + shift[slab], d, n) for slab, rows in want.items() for s, d, n in rows
+        )
         client.done_with_lease(batch.lease_id)
     plain = np.array([[0, 5, 9, 20, 23], [100, 105, 50, 60, 63], [5, 4, 0, 3, 2]])
     assert merge_runs(plain).T.tolist() == [[0, 100, 9], [20, 60, 5]]
