@@ -44,12 +44,11 @@ def test_passkey_at_4k_through_the_store(engine: GenerationEngine, client: KVSto
     assert client.list_sequences() == []
 
 
-# Measured on this model with pydoc prose, 64 forced steps (2-core CPU, fp32): default budgets give
-# 0.89 at 3K tokens and 0.94 at 6K; a 10% retrieval budget gives 0.984 at 3K, a 20% one 1.0. The
-# issue's 98% is NOT reached at the default 1.8% at these short contexts, where 1.8% of the clusters
-# is only ~3 clusters (48 tokens). Floors sit a few steps under the measurements so that a
-# regression fails the test.
-AGREEMENT_FLOORS = {0.018: 0.84, 0.10: 0.98}
+# Issue 4: >= 98% teacher-forced agreement at the DEFAULT budgets. At this 3K-token prompt the
+# paper's 1.8% is 3 of 184 clusters (measured 0.89 here); the default floor of
+# RetroInferConfig.min_retrieval_clusters lifts it (measurements in docs/retroinfer.md and
+# inference_worker/benchmarks/results/agreement_cpu.json; this prompt is window 0 there).
+AGREEMENT_TARGET = 0.98
 
 
 def test_teacher_forced_agreement_with_full_attention(engine: GenerationEngine) -> None:
@@ -57,11 +56,11 @@ def test_teacher_forced_agreement_with_full_attention(engine: GenerationEngine) 
     prompt, forced = tokens[:3000], tokens[3000:]
     full = engine.forced_decode(prompt, forced, attention="full")
     assert len(full) == 64
-    for budget, floor in AGREEMENT_FLOORS.items():
-        config = RetroInferConfig(retrieval_budget=budget)
-        retro = engine.forced_decode(prompt, forced, attention="retroinfer", retro_config=config)
-        agree = sum(a == b for a, b in zip(full, retro, strict=True)) / len(full)
-        assert agree >= floor, f"budget {budget}: agreement {agree:.3f} over {len(full)} steps"
+    retro = engine.forced_decode(prompt, forced, attention="retroinfer")
+    agree = sum(a == b for a, b in zip(full, retro, strict=True)) / len(full)
+    assert agree >= AGREEMENT_TARGET, (
+        f"default budgets: agreement {agree:.3f} over {len(full)} steps"
+    )
 
 
 def test_full_retrieval_budget_reproduces_full_attention(

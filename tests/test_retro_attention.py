@@ -182,8 +182,9 @@ def test_bad_shapes_name_the_argument():
 
 
 def test_wave_buffer_does_not_change_the_output():
-    """Default budgets with slowly drifting queries: a small cache (hits, misses, evictions)
-    gives the same output as no cache at all (every cluster fetched each step)."""
+    """The paper's budgets (no n_ret floor: 3 of 184 clusters) with slowly drifting queries: a
+    small cache (hits, misses, evictions) gives the same output as no cache at all (every cluster
+    fetched each step)."""
     gen = torch.Generator().manual_seed(13)
     d, length, steps = 16, 3000, 12
     keys = torch.randn(2, 3, length, d, generator=gen)
@@ -193,7 +194,8 @@ def test_wave_buffer_does_not_change_the_output():
     new_kv = [torch.randn(2, 2, 3, d, generator=gen) for _ in range(steps)]
     outs, totals = [], []
     for ratio in (0.04, 0.0):
-        layer, _ = make_layer(RetroInferConfig(cache_ratio=ratio), 9, 3, d, 2)
+        config = RetroInferConfig(cache_ratio=ratio, min_retrieval_clusters=0)
+        layer, _ = make_layer(config, 9, 3, d, 2)
         layer.prefill(keys, values)
         run = [layer.decode(q, kv[0], kv[1]) for q, kv in zip(drift, new_kv, strict=True)]
         outs.append(torch.stack([o for o, _ in run]))

@@ -132,7 +132,8 @@ def _summary(values: torch.Tensor) -> str:
 
 @pytest.mark.slow
 def test_default_budgets_on_real_model_keys():
-    config = RetroInferConfig()
+    # the paper's pure-fraction budgets (no min_retrieval_clusters floor): n_ret = 4 of C = 248
+    config = RetroInferConfig(min_retrieval_clusters=0)
     torch.manual_seed(0)
     result = measure(capture_qkv(PROMPT_TOKENS), config)
     per_head = result["cosine"].mean(-1)  # [layers, Hq]

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..config import RetroInferConfig
 from .decode_attention import ExecView, decode_attention, decode_attention_reference
 from .estimate import estimate_partials, estimate_partials_reference
 from .gather import copy_runs, copy_runs_reference
@@ -22,13 +23,14 @@ Case = dict[str, Any]
 def rank_case(r: int, g: int, c: int, d: int, dtype: torch.dtype, device: str, seed: int) -> Case:
     gen = torch.Generator(device=device).manual_seed(seed)
     sizes = torch.randint(0, 33, (r, c), generator=gen, device=device)
+    config = RetroInferConfig()  # the default n_ret / n_est, as RetroInferLayer computes them
     return {
         "q": (torch.randn(r, g, d, generator=gen, device=device) * 2).to(dtype),
         "centroids": torch.randn(r, c, d, generator=gen, device=device).to(dtype),
         "sizes": sizes,
         "scale": d**-0.5,
-        "n_ret": max(round(0.018 * c), 1),
-        "n_est": round(0.232 * c),
+        "n_ret": config.retrieval_clusters(c),
+        "n_est": config.estimation_clusters(c),
     }
 
 
