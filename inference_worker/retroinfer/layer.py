@@ -352,6 +352,7 @@ class RetroInferLayer:
             per_seg,
             cfg.kmeans_iterations,
             cfg.final_assign_chunk,
+            use_triton=None if self.use_kernels else False,
         )
         self.meta.append(segment)
         self._graph = None  # re-captured at the next step (shapes changed); no eager step needed
