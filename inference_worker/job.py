@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--retrieval-budget", type=float, default=None)
     p.add_argument("--estimation-budget", type=float, default=None)
+    p.add_argument(
+        "--min-retrieval-clusters",
+        type=int,
+        default=None,
+        help="floor on retrieved clusters per head (default 64; 0 = the paper's pure fraction)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--namespace", default="wavekv", help="store namespace (tenant)")
     p.add_argument("--token-file", type=Path, default=None, help="store auth token file")
@@ -110,10 +116,15 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
         retro["retrieval_budget"] = args.retrieval_budget
     if args.estimation_budget is not None:
         retro["estimation_budget"] = args.estimation_budget
+    if args.min_retrieval_clusters is not None:
+        retro["min_retrieval_clusters"] = args.min_retrieval_clusters
     if retro:
         from inference_worker.retroinfer import RetroInferConfig
 
-        RetroInferConfig(**retro)  # validate budgets before any actor starts
+        try:
+            RetroInferConfig(**retro)  # validate budgets before any actor starts
+        except ValueError as exc:
+            raise JobError(f"bad RetroInfer settings: {exc}") from exc
     return {"attention": args.attention, "max_new_tokens": args.max_new_tokens, "retro": retro}
 
 
@@ -127,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         records = read_records(args.input)
+        run = run_config(args)
         token = args.token_file.read_text().strip() if args.token_file else None
         if args.store:
             check_store(args.store, token, args.store_timeout)
@@ -135,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         address = args.ray_address or os.environ.get("RAY_ADDRESS")
         with JobDriver(options, workers=args.workers, ray_address=address) as driver:
-            outcome = driver.run(records, run_config(args))
+            outcome = driver.run(records, run)
     except JobError as exc:
         log.error("%s", exc)
         return 2

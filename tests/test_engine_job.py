@@ -86,3 +86,24 @@ def test_bad_input_records_name_the_line(tmp_path: Path, line: str, message: str
 def test_records_become_requests_with_defaults() -> None:
     req = GenerationRequest.from_dict({"id": 7, "prompt": [1, 2, 3]}, default_max_new_tokens=5)
     assert req.id == "7" and req.prompt == [1, 2, 3] and req.max_new_tokens == 5
+
+
+def test_retroinfer_settings_reach_the_run_config() -> None:
+    from inference_worker.job import parse_args, run_config
+
+    flags = ["--retrieval-budget", "0.05", "--min-retrieval-clusters", "0"]
+    args = parse_args(["--store", "127.0.0.1:1", "--input", "i", "--output", "o", *flags])
+    retro = run_config(args)["retro"]
+    assert retro == {"retrieval_budget": 0.05, "min_retrieval_clusters": 0}
+
+
+def test_bad_retroinfer_settings_exit_before_any_work(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "prompt": "hello"}) + "\n")
+    done = _job(
+        "--store", f"127.0.0.1:{_closed_port()}", "--input", str(inp),
+        "--output", str(tmp_path / "o"), "--min-retrieval-clusters", "-3",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "min_retrieval_clusters" in done.stderr and "-3" in done.stderr
+    assert "unreachable" not in done.stderr  # settings are checked before the store
