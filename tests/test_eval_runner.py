@@ -179,3 +179,14 @@ def test_cli_rejects_bad_values() -> None:
         build_parser().parse_args(["--lengths", "two"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--budgets", "x%"])
+
+
+def test_sweep_points_use_the_pure_fraction_and_the_default_keeps_the_floor() -> None:
+    from inference_worker.eval import engine_link
+
+    default = engine_link.retro_config(None)
+    point = engine_link.retro_config(0.005)
+    assert default.min_retrieval_clusters == 64 and default.retrieval_budget == 0.018
+    assert point.min_retrieval_clusters == 0 and point.retrieval_budget == 0.005
+    # C = 440 clusters (a ~7K-token prompt): the floor would make 0.5% and 1.8% identical
+    assert point.retrieval_clusters(440) == 2 and default.retrieval_clusters(440) == 64

@@ -41,11 +41,14 @@ def default_retrieval_budget() -> float:
 
 
 def retro_config(budget: float | None) -> Any:
-    """RetroInfer's default config, with `retrieval_budget` replaced when given."""
+    """RetroInfer's default config (what users get, retrieval floor included) when `budget` is
+    None; a sweep point otherwise: `retrieval_budget` replaced and the floor off
+    (min_retrieval_clusters=0), so the budget is the paper's pure fraction and the sweep is
+    not flat at short contexts where the floor would decide n_ret."""
     config = default_retro_config()
     if budget is None:
         return config
-    return dataclasses.replace(config, retrieval_budget=budget)
+    return dataclasses.replace(config, retrieval_budget=budget, min_retrieval_clusters=0)
 
 
 def open_store(address: str | None) -> Any:
