@@ -234,33 +234,52 @@ class ArenaReader:
         flat: torch.Tensor,  # [N, W] device words
         device: torch.device,
     ) -> bool:
-        """Every slab's runs in ONE kernel launch: source rows are counted from the lowest
-        slab address (UVA pointers are host pointers); False if that cannot be done."""
+        """Every slab's runs in ONE kernel launch; False if that cannot be done."""
+        plan = self.triton_plan(batch, slots, max_tokens, flat.shape[0] // 2, device)
+        if plan is None:
+            return False
+        src, table_np = plan
+        if table_np.shape[1]:
+            table = self._stager.put(table_np, device)  # [3, 2K]
+            lens = table_np[2]
+            gather_kernel.gather_runs(src, flat, table[0], table[1], table[2], int(lens.max()))
+        return True
+
+    def triton_plan(
+        self,
+        batch: DescriptorBatch,
+        slots: np.ndarray,  # [E]
+        max_tokens: int,
+        half: int,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, np.ndarray] | None:
+        """(source alias, [3, 2K] run table) of one launch over every slab: source rows are
+        counted from the lowest slab address (UVA pointers are host pointers); None if the
+        slabs cannot be read from the GPU or are not row-aligned to each other."""
         t = batch.table
         row_bytes = int(t[0, ROW_BYTES])
         used = np.unique(t[batch.entry_rows() > 0, SLAB]).tolist()
         if not used:
-            return True
+            first = self.slab(0)
+            alias = self._base_alias(first, first.buf.ctypes.data, row_bytes, device)
+            return alias, np.zeros((3, 0), np.int64)
         try:
             slabs = [self.slab(index) for index in used]
             for slab in slabs:
                 slab.cuda_rows(row_bytes, device)  # registers the slab
         except SharedMemoryUnavailable as exc:
             log.warning("GPU cannot read the arena (%s); gathering on the host", exc)
-            return False
+            return None
         addresses = np.array([slab.buf.ctypes.data for slab in slabs], np.int64)  # [S]
         base = int(addresses.min())
         if ((addresses - base) % row_bytes).any():
-            return False
+            return None
         shift = np.zeros(int(max(used)) + 1, np.int64)  # slab -> rows from the base
         shift[used] = (addresses - base) // row_bytes
         entry_shift = shift[np.minimum(t[:, SLAB], shift.shape[0] - 1)]  # [E]
-        ((_, table_np),) = runs_by_slab(batch, slots, max_tokens, flat.shape[0] // 2, entry_shift)
+        ((_, table_np),) = runs_by_slab(batch, slots, max_tokens, half, entry_shift)
         src = self._base_alias(slabs[int(addresses.argmin())], base, row_bytes, device)
-        table = self._stager.put(table_np, device)  # [3, 2K]
-        lens = table_np[2]
-        gather_kernel.gather_runs(src, flat, table[0], table[1], table[2], int(lens.max()))
-        return True
+        return src, table_np
 
     def _base_alias(
         self, slab: _MappedSlab, base: int, row_bytes: int, device: torch.device

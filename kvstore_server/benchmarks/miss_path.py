@@ -121,6 +121,7 @@ def bench(target: str, context: int, batch: int, reps: int, device: torch.device
                 for m in _methods(device)
             ],
             *_sweep(shm, ids, pick, max_tokens, reps, device, context, batch, nbytes),
+            *_kernel_only(shm, ids, pick(), max_tokens, reps, device, context, batch, nbytes),
             row(context, batch, nbytes, "descriptor RPC only", _rpc_only(shm, ids, pick, reps),
                 None),
             row(context, batch, nbytes, "grpc stream", _link(grpc, ids, pick, max_tokens,
@@ -184,6 +185,39 @@ def _sweep(link, ids, pick, max_tokens, reps, device, context, batch, nbytes) ->
     finally:
         gather_kernel.CONFIG = default
     return out
+
+
+def _kernel_only(link, ids, cluster_ids, max_tokens, reps, device, context, batch, nbytes):  # type: ignore[no-untyped-def]
+    """The Triton kernel alone on the real arena's run table (no table building, no
+    staging, no zeroing), and the host work of building that table (CUDA only)."""
+    if device.type != "cuda" or not gather_kernel.available(HEAD_DIM * 2 // 8):
+        return []
+    arena = link._arena
+    cpu = cluster_ids.cpu()
+    b, h, _ = cpu.shape
+    reqs = [FetchRequest(ids[i], 0, j, cpu[i, j]) for i in range(b) for j in range(h)]
+    descs = link.client.fetch_descriptors(reqs, lease_ttl_s=60.0)
+    slots = np.arange(b * h, dtype=np.int64)
+    half = b * h * max_tokens
+    plan = arena.triton_plan(descs, slots, max_tokens, half, device)
+    assert plan is not None
+    src, table_np = plan
+    flat = torch.zeros(2 * half, src.shape[1], dtype=src.dtype, device=device)
+    table = torch.from_numpy(table_np).to(device)
+    longest = int(table_np[2].max())
+
+    def kernel() -> None:
+        gather_kernel.gather_runs(src, flat, table[0], table[1], table[2], longest)
+
+    kernel()
+    lat = timed(kernel, reps, device)
+    host = timed(lambda: arena.triton_plan(descs, slots, max_tokens, half, device), reps, device)
+    arena.verify(descs)
+    link.client.done_with_lease(descs.lease_id)
+    return [
+        row(context, batch, nbytes, "triton kernel only (real arena run table)", lat, None),
+        row(context, batch, nbytes, "run table build only (host)", host, None),
+    ]
 
 
 def _rpc_only(link: GrpcStoreLink, ids, pick, reps: int) -> list[float]:  # type: ignore[no-untyped-def]
