@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from .kernels import decode_attention, rank_select
+from .kernels.bookkeeping import admit_step, plan_step
 from .kernels.decode_attention import ExecView
 from .misses import device_batch
-from .stats import step_counts
-from .wave_buffer import compact_order
 
 if TYPE_CHECKING:
     from .layer import RetroInferLayer
@@ -40,23 +39,20 @@ def fast_tripartite(
     n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
     sizes = layer.meta.sizes.reshape(r, c)
     sel = rank_select(qg, layer.meta.centroids.reshape(r, c, d), sizes, layer.scale, n_ret, n_est)
-    ret = sel.retrieved  # [R, n_ret] best first
-    ret_sizes = sizes.gather(1, ret)
     cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
-    overflow = (ret_sizes > 0) & (ret_sizes.cumsum(1) > cap_tokens)  # reported + estimated
-    ret_valid = (ret_sizes > 0) & ~overflow
     buffer = layer._buffer(c)
-    hit = buffer.lookup(ret, ret_valid)
-    miss = ret_valid & ~hit
-    order, kept = compact_order(miss)
-    miss_ids = torch.where(kept, ret.gather(1, order), -1)  # [R, n_ret] misses first
+    plan_width = widths[1] if widths is not None else buffer.pages + 1
+    use = None if layer.fused_bookkeeping else False
+    plan = plan_step(buffer, sel.retrieved, sizes, cap_tokens, plan_width, use_triton=use)
+    take, fill, count = plan.take, plan.fill, plan.count
     if widths is None:
-        miss_tokens = torch.where(miss, ret_sizes, 0).sum(1).max()
-        hit_pages = torch.where(hit, buffer._pages_of(ret_sizes), 0).sum(1).max()
+        miss_tokens = torch.where(plan.miss, plan.ret_sizes, 0).sum(1).max()
+        hit_pages = torch.where(plan.hit, buffer._pages_of(plan.ret_sizes), 0).sum(1).max()
         need = torch.stack([miss_tokens, hit_pages]).tolist()  # the step's one host sync
         widths = (-(-max(need[0], 1) // 64) * 64, max(need[1], 1))
-    pending = layer.misses.start(miss_ids, widths[0])  # a thread for host-blocking sources
-    take, fill, count = buffer.hit_table(ret, hit, widths[1])  # meanwhile
+        take, fill = take[:, : widths[1]].contiguous(), fill[:, : widths[1]].contiguous()
+        count = count.clamp(max=widths[1])
+    pending = layer.misses.start(plan.miss_ids, widths[0])  # a thread for host-blocking sources
     miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
     cap = steady.keys.shape[2]
     view = ExecView(
@@ -65,11 +61,10 @@ def fast_tripartite(
         buffer.keys, buffer.values, take, fill, count,
     )  # fmt: skip
     # the estimation list: the next n_est clusters, then any overflowed retrieval clusters
-    estimated = torch.cat([sel.estimated_ids, torch.where(overflow, ret, -1)], dim=1)
+    estimated = torch.cat([sel.estimated_ids, torch.where(plan.overflow, plan.ret, -1)], dim=1)
     out, _ = decode_attention(
         qg, view, sel.z, estimated, sizes, layer.meta.value_sums.reshape(r, c, d), layer.scale
     )
-    admitted = buffer.admit(ret, ret_valid, hit, ret_sizes, miss_k, miss_v, miss_off)
-    counts = step_counts(hit, miss, admitted, overflow, ret_valid, ret_sizes)
+    counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
     width = cap + widths[0] + take.shape[1] * buffer.page_tokens
     return out, counts, torch.empty(width, device="meta")

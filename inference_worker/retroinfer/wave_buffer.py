@@ -49,6 +49,7 @@ class WaveBuffer:
         self.hits = torch.zeros(rows, dtype=torch.int64, device=device)  # cumulative
         self.misses = torch.zeros(rows, dtype=torch.int64, device=device)
         self.evictions = torch.zeros(rows, dtype=torch.int64, device=device)
+        self._scratch: torch.Tensor | None = None  # [R, S] int64 for the fused admission
 
     @property
     def num_clusters(self) -> int:
@@ -60,6 +61,14 @@ class WaveBuffer:
         if extra > 0:
             pad = torch.full((self.rows, extra), -1, dtype=torch.int64, device=self.stamp.device)
             self.stamp = torch.cat([self.stamp[:, :-1], pad, self.stamp[:, -1:]], dim=1)
+
+    def scratch(self, width: int) -> torch.Tensor:
+        """A persistent [R, width] int64 scratch row per row (fused bookkeeping kernels)."""
+        if self._scratch is None or self._scratch.shape[1] < width:
+            self._scratch = torch.empty(
+                self.rows, width, dtype=torch.int64, device=self.hits.device
+            )
+        return self._scratch
 
     def resident(self) -> torch.Tensor:
         """[R, C] bool: clusters currently cached."""

@@ -1,0 +1,154 @@
+"""Triton kernels of bookkeeping.py (imported only when Triton runs).
+
+One program per row (sequence, kv_head). Rows never share cluster ids or pages, so each program
+owns its row of the wave buffer's state. Within a program, `tl.debug_barrier()` orders the
+scatter stores and the loads that read them back (scratch rows in global memory).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def plan_kernel(
+    ret, sizes, stamp, owner, fillp, clock,
+    out_sizes, out_overflow, out_valid, out_hit, out_miss,
+    miss_ids, miss_rank, miss_sizes, take, take_fill, count,
+    hits_ctr, misses_ctr, row_counts,
+    n, C, P1, W, cap_tokens,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """Lookup, overflow, hit touch (LRU stamps), compacted misses and the hit-page table."""
+    r = tl.program_id(0).to(tl.int64)
+    stamp_row = stamp + r * (C + 1)
+    base = tl.load(clock)
+    i = tl.arange(0, BLOCK_N)
+    in_n = i < n
+    ids = tl.load(ret + r * n + i, mask=in_n, other=-1)
+    has = in_n & (ids >= 0)
+    sz = tl.load(sizes + r * C + ids, mask=has, other=0).to(tl.int64)
+    over = (sz > 0) & (tl.cumsum(sz, 0) > cap_tokens)
+    valid = (sz > 0) & ~over
+    st = tl.load(stamp_row + ids, mask=valid, other=-1)
+    hit = valid & (st >= 0)
+    miss = valid & ~hit
+    tl.debug_barrier()
+    tl.store(stamp_row + ids, base + n - i, mask=hit)  # touch: best-ranked ends most recent
+    mi = miss.to(tl.int32)
+    before = tl.cumsum(mi, 0) - mi
+    n_miss = tl.sum(mi, 0)
+    dest = r * n + tl.where(miss, before, n_miss + i - before)
+    tl.store(miss_ids + dest, tl.where(miss, ids, -1), mask=in_n)
+    tl.store(miss_rank + dest, tl.where(miss, i, n), mask=in_n)
+    tl.store(miss_sizes + dest, tl.where(miss, sz, 0), mask=in_n)
+    tl.store(out_sizes + r * n + i, sz, mask=in_n)
+    tl.store(out_overflow + r * n + i, over.to(tl.int8), mask=in_n)
+    tl.store(out_valid + r * n + i, valid.to(tl.int8), mask=in_n)
+    tl.store(out_hit + r * n + i, hit.to(tl.int8), mask=in_n)
+    tl.store(out_miss + r * n + i, miss.to(tl.int8), mask=in_n)
+    n_hit = tl.sum(hit.to(tl.int64), 0)
+    tl.store(hits_ctr + r, tl.load(hits_ctr + r) + n_hit)
+    tl.store(misses_ctr + r, tl.load(misses_ctr + r) + n_miss)
+    tl.store(row_counts + r * 7 + 0, n_hit)
+    tl.store(row_counts + r * 7 + 1, n_miss.to(tl.int64))
+    tl.store(row_counts + r * 7 + 5, tl.sum(over.to(tl.int64), 0))
+    tl.store(row_counts + r * 7 + 6, tl.sum(tl.where(valid, sz, 0), 0))
+    tl.debug_barrier()
+    p = tl.arange(0, BLOCK_P)
+    in_p = p < P1
+    own = tl.load(owner + r * P1 + p, mask=in_p, other=-1)
+    own_st = tl.load(stamp_row + own, mask=own >= 0, other=-1)
+    sel = (own >= 0) & (own_st >= base)  # pages of this step's hits (stamps >= base)
+    si = sel.to(tl.int32)
+    sb = tl.cumsum(si, 0) - si
+    n_sel = tl.sum(si, 0)
+    pos = tl.where(sel, sb, n_sel + p - sb)
+    f = tl.load(fillp + r * P1 + p, mask=in_p, other=0)
+    keep = in_p & (pos < W)
+    tl.store(take + r * W + pos, p.to(tl.int64), mask=keep)
+    tl.store(take_fill + r * W + pos, tl.where(sel, f, 0), mask=keep)
+    tl.store(count + r, tl.minimum(n_sel, W).to(tl.int64))
+
+
+@triton.jit
+def admit_kernel(
+    miss_ids, miss_rank, miss_sizes, miss_off, stamp, owner, fillp, clock, scratch,
+    evict_ctr, row_counts, run_src, run_dst, run_rows,
+    n, C, P1, M, S,
+    PT: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    """Evict whole least-recent clusters, place admitted misses (rank order, while they fit)
+    into free pages, stamp them; writes one copy run per placed page."""
+    r = tl.program_id(0).to(tl.int64)
+    stamp_row = stamp + r * (C + 1)
+    own_row = owner + r * P1
+    base = tl.load(clock)
+    j = tl.arange(0, BLOCK_N)
+    in_n = j < n
+    mid = tl.load(miss_ids + r * n + j, mask=in_n, other=-1)
+    is_m = mid >= 0
+    msz = tl.load(miss_sizes + r * n + j, mask=in_n, other=0)
+    mrank = tl.load(miss_rank + r * n + j, mask=in_n, other=0)
+    mp = tl.where(is_m, (msz + PT - 1) // PT, 0)
+    cum = tl.cumsum(mp, 0)
+    p = tl.arange(0, BLOCK_P)
+    in_p = p < P1
+    own = tl.load(own_row + p, mask=in_p, other=-2)
+    own_st = tl.load(stamp_row + own, mask=own >= 0, other=-1)
+    evictable = (own >= 0) & (own_st < base)  # hits were touched by plan_kernel
+    n_free = tl.sum((own == -1).to(tl.int64), 0)
+    fits = is_m & (cum <= n_free + tl.sum(evictable.to(tl.int64), 0))
+    adm_pages = tl.sum(tl.where(fits, mp, 0), 0)
+    need = tl.maximum(adm_pages - n_free, 0)
+    # smallest stamp T with at least `need` evictable pages stamped <= T (stamps are unique per
+    # cluster, so this evicts least-recent clusters until enough pages are free)
+    lo = base * 0 - 1
+    hi = base - 1
+    while (need > 0) & (hi - lo > 1):
+        m = lo + (hi - lo) // 2
+        enough = tl.sum((evictable & (own_st <= m)).to(tl.int64), 0) >= need
+        hi = tl.where(enough, m, hi)
+        lo = tl.where(enough, lo, m)
+    gone = evictable & (own_st <= hi) & (need > 0)
+    # count evicted clusters: one page per cluster wins a scatter of its page index
+    tl.store(stamp_row + own, -(p.to(tl.int64) + 2), mask=gone)
+    tl.debug_barrier()
+    winner = tl.load(stamp_row + own, mask=gone, other=0) == -(p.to(tl.int64) + 2)
+    evicted = tl.sum((gone & winner).to(tl.int64), 0)
+    tl.debug_barrier()
+    tl.store(stamp_row + own, tl.full([BLOCK_P], -1, tl.int64), mask=gone)
+    tl.store(own_row + p, tl.full([BLOCK_P], -1, tl.int64), mask=gone)
+    # free list (page order) and cluster starts, in slot space, through the scratch row
+    free = in_p & ((own == -1) | gone)
+    fi = free.to(tl.int32)
+    frank = tl.cumsum(fi, 0) - fi
+    scr = scratch + r * S
+    tl.store(scr + frank, p.to(tl.int64), mask=free & (frank < adm_pages))
+    tl.store(scr + BLOCK_P + p, tl.zeros([BLOCK_P], tl.int64), mask=p < adm_pages)
+    tl.store(scr + 2 * BLOCK_P + j, cum - mp, mask=in_n)
+    tl.debug_barrier()
+    tl.store(scr + BLOCK_P + cum - mp, tl.full([BLOCK_N], 1, tl.int64), mask=fits)
+    tl.debug_barrier()
+    s = p  # slot index
+    ok = s < adm_pages
+    which = tl.maximum(tl.cumsum(tl.load(scr + BLOCK_P + s, mask=ok, other=0), 0) - 1, 0)
+    page = tl.load(scr + s, mask=ok, other=0)
+    start = tl.load(scr + 2 * BLOCK_P + which, mask=ok, other=0)
+    w_size = tl.load(miss_sizes + r * n + which, mask=ok, other=0)
+    w_id = tl.load(miss_ids + r * n + which, mask=ok, other=-1)
+    w_off = tl.load(miss_off + r * (n + 1) + which, mask=ok, other=0)
+    page_in = s - start
+    pf = tl.minimum(tl.maximum(w_size - page_in * PT, 0), PT)
+    tl.store(own_row + page, w_id, mask=ok)
+    tl.store(fillp + r * P1 + page, pf, mask=ok)
+    tl.store(run_src + r * P1 + s, (r * M + w_off + page_in * PT) * D, mask=in_p)
+    tl.store(run_dst + r * P1 + s, ((r * P1 + page) * PT) * D, mask=in_p)
+    tl.store(run_rows + r * P1 + s, tl.where(ok, pf, 0), mask=in_p)
+    tl.store(stamp_row + mid, base + n - mrank, mask=fits)
+    n_adm = tl.sum(fits.to(tl.int64), 0)
+    tl.store(evict_ctr + r, tl.load(evict_ctr + r) + evicted)
+    tl.store(row_counts + r * 7 + 2, n_adm)
+    tl.store(row_counts + r * 7 + 3, tl.sum(is_m.to(tl.int64), 0) - n_adm)
+    tl.store(row_counts + r * 7 + 4, evicted)

@@ -1,0 +1,148 @@
+"""The wave buffer's bookkeeping of one decode step in two fused kernels.
+
+`plan_step` (before the misses are fetched): overflow of the execution buffer, hit/miss lookup,
+LRU touch of the hits, the compacted miss list and the page table of the hits. `admit_step`
+(after the exact attention): eviction of whole least-recent clusters, placement of the admitted
+misses into free pages, their stamps, the copy of their rows, and the step's counts.
+
+The reference (`use_triton=False`) is the torch code of `WaveBuffer` (`lookup`, `hit_table`,
+`admit`) plus `step_counts`; both leave the same buffer state (owner, fill, stamp, clock,
+counters, the valid rows of every owned page) and return the same outputs. The fused pair
+touches the hits' stamps in `plan_step` instead of `admit_step` (nothing reads them in between).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..stats import step_counts
+from .availability import pick
+from .gather import copy_runs
+
+if TYPE_CHECKING:
+    from ..wave_buffer import WaveBuffer
+
+MAX_BLOCK_P = 4096  # pages per row one program holds in registers (larger: the reference)
+MAX_BLOCK_N = 1024  # retrieved clusters per row
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """What a step decided before attending (R rows, n retrieved clusters per row)."""
+
+    ret: torch.Tensor  # [R, n] int64 retrieved ids, best first
+    ret_sizes: torch.Tensor  # [R, n] int64 tokens per retrieved cluster
+    overflow: torch.Tensor  # [R, n] bool: did not fit the execution buffer (estimated)
+    valid: torch.Tensor  # [R, n] bool: attended exactly
+    hit: torch.Tensor  # [R, n] bool
+    miss: torch.Tensor  # [R, n] bool
+    miss_ids: torch.Tensor  # [R, n] int64 misses first in rank order, then -1
+    take: torch.Tensor  # [R, W] int64 page table, hit pages first
+    fill: torch.Tensor  # [R, W] int64 valid tokens per taken page (0 past the hit pages)
+    count: torch.Tensor  # [R] int64 hit pages at the front of `take`
+    fused: bool
+    miss_rank: torch.Tensor | None = None  # [R, n] fused: rank position of each listed miss
+    miss_sizes: torch.Tensor | None = None  # [R, n] fused: tokens of each listed miss
+    row_counts: torch.Tensor | None = None  # [R, 7] fused: per-row counts (COUNT_NAMES order)
+
+
+def fusable(buffer: WaveBuffer, n: int) -> bool:
+    """Whether one program per row can hold the row's pages and retrieved list."""
+    return _pow2(buffer.pages + 1) <= MAX_BLOCK_P and _pow2(n) <= MAX_BLOCK_N
+
+
+def plan_step(
+    buffer: WaveBuffer,
+    ret: torch.Tensor,  # [R, n] int64 retrieved ids, best first
+    sizes: torch.Tensor,  # [R, C] int64 tokens per cluster
+    cap_tokens: int,  # execution-buffer capacity for retrieved tokens
+    width: int,  # hit pages in the page table
+    use_triton: bool | None = None,
+) -> StepPlan:
+    if not (pick(use_triton, ret) and fusable(buffer, ret.shape[1])):
+        return plan_step_reference(buffer, ret, sizes, cap_tokens, width)
+    from ._book_triton import plan_kernel
+
+    r, n = ret.shape
+    dev, i64, i8 = ret.device, torch.int64, torch.int8
+    ret = ret.contiguous()
+    flags = torch.empty(4, r, n, dtype=i8, device=dev)  # overflow, valid, hit, miss
+    out = {k: torch.empty(r, n, dtype=i64, device=dev) for k in ("sizes", "ids", "rank", "msz")}
+    take = torch.empty(r, width, dtype=i64, device=dev)
+    fill = torch.empty(r, width, dtype=i64, device=dev)
+    count = torch.empty(r, dtype=i64, device=dev)
+    row_counts = torch.zeros(r, 7, dtype=i64, device=dev)
+    plan_kernel[(r,)](
+        ret, sizes.contiguous(), buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
+        out["sizes"], flags[0], flags[1], flags[2], flags[3],
+        out["ids"], out["rank"], out["msz"], take, fill, count,
+        buffer.hits, buffer.misses, row_counts,
+        n, buffer.num_clusters, buffer.pages + 1, width, cap_tokens,
+        BLOCK_N=_pow2(n), BLOCK_P=_pow2(buffer.pages + 1), num_warps=4,
+    )  # fmt: skip
+    b = flags.view(torch.bool)
+    return StepPlan(
+        ret, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
+        out["rank"], out["msz"], row_counts,
+    )  # fmt: skip
+
+
+def plan_step_reference(
+    buffer: WaveBuffer, ret: torch.Tensor, sizes: torch.Tensor, cap_tokens: int, width: int
+) -> StepPlan:
+    from ..wave_buffer import compact_order
+
+    ret_sizes = sizes.gather(1, ret)
+    overflow = (ret_sizes > 0) & (ret_sizes.cumsum(1) > cap_tokens)
+    valid = (ret_sizes > 0) & ~overflow
+    hit = buffer.lookup(ret, valid)
+    miss = valid & ~hit
+    order, kept = compact_order(miss)
+    miss_ids = torch.where(kept, ret.gather(1, order), -1)
+    take, fill, count = buffer.hit_table(ret, hit, width)
+    return StepPlan(ret, ret_sizes, overflow, valid, hit, miss, miss_ids, take, fill, count, False)
+
+
+def admit_step(
+    buffer: WaveBuffer,
+    plan: StepPlan,
+    miss_k: torch.Tensor,  # [R, M, D] misses packed in `plan.miss_ids` order
+    miss_v: torch.Tensor,  # [R, M, D]
+    miss_off: torch.Tensor,  # [R, n + 1] int64 token offsets of the packed misses
+) -> torch.Tensor:
+    """Admit the step's misses; returns the step's counts [7] (COUNT_NAMES order)."""
+    if not plan.fused:
+        admitted = buffer.admit(
+            plan.ret, plan.valid, plan.hit, plan.ret_sizes, miss_k, miss_v, miss_off
+        )
+        return step_counts(plan.hit, plan.miss, admitted, plan.overflow, plan.valid, plan.ret_sizes)
+    from ._book_triton import admit_kernel
+
+    assert plan.miss_rank is not None and plan.miss_sizes is not None
+    assert plan.row_counts is not None
+    r, n = plan.ret.shape
+    p1, pt, d = buffer.pages + 1, buffer.page_tokens, miss_k.shape[-1]
+    dev = miss_k.device
+    block_p, block_n = _pow2(p1), _pow2(n)
+    scratch = buffer.scratch(2 * block_p + block_n)
+    runs = torch.empty(3, r * p1, dtype=torch.int64, device=dev)  # src, dst, rows per slot
+    admit_kernel[(r,)](
+        plan.miss_ids, plan.miss_rank, plan.miss_sizes, miss_off.contiguous(),
+        buffer.stamp, buffer.owner, buffer.fill, buffer.clock, scratch,
+        buffer.evictions, plan.row_counts, runs[0], runs[1], runs[2],
+        n, buffer.num_clusters, p1, miss_k.shape[1], scratch.shape[1],
+        PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, num_warps=4,
+    )  # fmt: skip
+    buffer.clock += n + 1
+    copy_runs(
+        miss_k, miss_v, buffer.keys, buffer.values, runs[0], runs[0], runs[1], runs[2], d,
+        use_triton=True, block_rows=pt if pt & (pt - 1) == 0 else 16,
+    )  # fmt: skip
+    return plan.row_counts.sum(0)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 1).bit_length()

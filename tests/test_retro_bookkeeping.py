@@ -1,0 +1,56 @@
+"""Fused wave-buffer bookkeeping (plan + admit kernels) vs the torch WaveBuffer on fresh random
+steps: identical outputs and state (owner, fill, stamps, clock, counters, page rows). Interpreted
+on CPU (TRITON_INTERPRET=1, subprocess) and compiled on CUDA (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from inference_worker.retroinfer import WaveBuffer
+from inference_worker.retroinfer.kernels.book_cases import check_bookkeeping, check_layer_paths
+from inference_worker.retroinfer.kernels.bookkeeping import MAX_BLOCK_P, fusable, plan_step
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_fused_bookkeeping_matches_reference_interpreted():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "inference_worker.retroinfer.kernels.book_cases"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_reference_plan_on_cpu_and_too_large_rows():
+    small = WaveBuffer(2, 10, 4, 8, torch.float32, torch.device("cpu"))
+    small.grow(20)
+    ret = torch.arange(6).expand(2, 6).contiguous()
+    plan = plan_step(small, ret, torch.full((2, 20), 5), cap_tokens=12, width=4)
+    assert not plan.fused  # CPU without the interpreter: the torch reference
+    assert plan.overflow.tolist() == [[False, False, True, True, True, True]] * 2
+    assert plan.miss_ids.tolist() == [[0, 1, -1, -1, -1, -1]] * 2
+    big = WaveBuffer(1, MAX_BLOCK_P, 4, 8, torch.float32, torch.device("cpu"))
+    assert fusable(small, 6) and not fusable(big, 6)
+
+
+@cuda
+def test_fused_bookkeeping_matches_reference_gpu():
+    seen = check_bookkeeping(128, 8192, 147, 882, 8, "cuda", seed=5, page_tokens=8, head_dim=128)
+    assert seen["evicted"] > 0 and seen["hits"] > 0, seen
+    seen = check_bookkeeping(16, 500, 40, 60, 8, "cuda", seed=6, page_tokens=8, head_dim=64)
+    assert seen["rejected"] > 0 and seen["evicted"] > 0, seen
+    seen = check_bookkeeping(8, 400, 30, 200, 6, "cuda", seed=7, cap_tokens=100)
+    assert seen["overflow"] > 0, seen
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_fused_bookkeeping_matches_torch_paths_gpu(dtype):
+    check_layer_paths("cuda", dtype, seed=8, shape=(2, 32, 8, 128, 20000, 6))
