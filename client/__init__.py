@@ -1,7 +1,12 @@
 """WaveKV client SDK: typed sync and async clients for the KV store service."""
 
 from client.aio import AsyncKVStoreClient
-from client.descriptors import BadDescriptorError, DescriptorBatch, StaleDescriptorError
+from client.descriptors import (
+    BadDescriptorError,
+    DescriptorBatch,
+    ResolveFallback,
+    StaleDescriptorError,
+)
 from client.errors import (
     AlreadyExistsError,
     CapacityError,
@@ -16,6 +21,7 @@ from client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from client.resolver import DescriptorCache, ResolverConfig
 from client.retry import RetryPolicy
 from client.shm import ArenaReader, SharedMemoryUnavailable
 from client.sync import KVStoreClient
@@ -40,6 +46,7 @@ __all__ = [
     "ClusterSegment",
     "DeadlineExceededError",
     "DescriptorBatch",
+    "DescriptorCache",
     "FailedPreconditionError",
     "FatalError",
     "FetchRequest",
@@ -49,6 +56,8 @@ __all__ = [
     "KVStoreError",
     "NotFoundError",
     "PermissionDeniedError",
+    "ResolveFallback",
+    "ResolverConfig",
     "RetryPolicy",
     "RetryableError",
     "RpcStat",

@@ -233,7 +233,7 @@ class AsyncKVStoreClient:
         return arena.decode(resp)
 
     def descriptor_request(
-        self, requests: list[FetchRequest], lease_ttl_s: float | None
+        self, requests: list[FetchRequest], lease_ttl_s: float | None, whole_heads: bool = False
     ) -> pb.FetchDescriptorsRequest:
         """The compact FetchDescriptors request, carrying the finished leases to release."""
         if not requests:
@@ -241,7 +241,7 @@ class AsyncKVStoreClient:
         ttl = self.lease_ttl_s if lease_ttl_s is None else lease_ttl_s
         with self._lease_lock:
             release, self._done_leases = self._done_leases, []
-        return wire.descriptor_request(self.namespace, requests, ttl, release)
+        return wire.descriptor_request(self.namespace, requests, ttl, release, whole_heads)
 
     def done_with_lease(self, lease_id: int) -> None:
         """Mark a lease finished; it is released with the next FetchDescriptors call.

@@ -40,6 +40,11 @@ class StaleDescriptorError(RuntimeError):
     """Gathered memory was freed or reused (generation mismatch): discard and refetch."""
 
 
+class ResolveFallback(RuntimeError):
+    """A call the descriptor cache cannot answer (ids beyond the cached cluster counts, rows
+    over max_tokens, mixed geometries): take the per-call descriptor path."""
+
+
 class BadDescriptorError(ValueError):
     """A descriptor points outside its slab or names an unknown slab."""
 
@@ -81,6 +86,7 @@ class DescriptorBatch:
     bounds: np.ndarray  # [E + 1] int64: entry i's clusters are [bounds[i], bounds[i + 1])
     row_starts: np.ndarray  # [K] int64 first row of each cluster (relative to keys/values row)
     lens: np.ndarray  # [K] int64 rows of each cluster
+    whole_heads: bool = False  # the store described every cluster of each entry's head
     _entries: list[Described] | None = field(default=None, repr=False)
 
     @property
@@ -132,7 +138,9 @@ def decode_reply(
         table, counts, starts, lens = _legacy(msg.entries)
     bounds = np.zeros(table.shape[0] + 1, np.int64)
     np.cumsum(counts, out=bounds[1:])
-    batch = DescriptorBatch(msg.lease_id, msg.lease_ttl_s, table, bounds, starts, lens)
+    batch = DescriptorBatch(
+        msg.lease_id, msg.lease_ttl_s, table, bounds, starts, lens, msg.whole_heads
+    )
     _check(batch, slab_size)
     return batch
 

@@ -176,6 +176,32 @@ class ArenaReader:
                     f"(memory freed or reused; lease expired?)"
                 )
 
+    def verify_generations(
+        self,
+        slabs: np.ndarray,  # [E]
+        extent_offsets: np.ndarray,  # [E]
+        generations: np.ndarray,  # [E]
+    ) -> None:
+        """Like `verify` for described extents given as columns (one numpy gather per slab)."""
+        self._stager.wait()
+        for index in np.unique(slabs).tolist():
+            pick = np.flatnonzero(slabs == index)
+            words = self.slab(int(index)).buf.view(np.uint64)  # [size / 8]
+            at = (extent_offsets[pick] - EXTENT_HEADER) // 8  # magic word; generation follows
+            now = np.where(words[at] == EXTENT_MAGIC, words[at + 1].astype(np.int64), -1)
+            bad = np.flatnonzero(now != generations[pick])
+            if bad.shape[0]:
+                i = int(pick[bad[0]])
+                raise StaleDescriptorError(
+                    f"slab {index} extent at {int(extent_offsets[i])}: generation "
+                    f"{int(now[bad[0]])} != cached {int(generations[i])} (memory freed or reused)"
+                )
+
+    def mark_done(self, device: torch.device) -> None:
+        """The gather reading what was staged has been enqueued (see PinnedStager.done)."""
+        if device.type == "cuda":
+            self._stager.done(device)
+
     def to_device(self, array: np.ndarray, device: torch.device) -> torch.Tensor:
         """A small host array on `device`: staged through one reused pinned buffer and copied
         without blocking on CUDA (ordered before this reader's next gather)."""

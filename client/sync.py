@@ -124,13 +124,16 @@ class KVStoreClient:
         requests: list[FetchRequest],
         lease_ttl_s: float | None = None,
         timeout_s: float | None = None,
+        whole_heads: bool = False,
     ) -> DescriptorBatch:
         """Same as AsyncKVStoreClient.fetch_descriptors, as one blocking gRPC call from this
-        thread (no hop through the event-loop thread: this is the per-layer hot call)."""
+        thread (no hop through the event-loop thread: this is the per-layer hot call).
+        `whole_heads`: describe every cluster of each request's head (requests carry no ids;
+        `DescriptorBatch.whole_heads` is False when the store predates this)."""
         arena = self.shared_arena()
         if arena is None:
             raise SharedMemoryUnavailable("no shared arena for this client")
-        req = self._aio.descriptor_request(requests, lease_ttl_s)
+        req = self._aio.descriptor_request(requests, lease_ttl_s, whole_heads)
         shard = self._aio._shards[0]
         stub, timeout = shard.sync_stub(), timeout_s or self._aio.timeout_s
         resp = call_with_retry_sync(

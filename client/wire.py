@@ -137,9 +137,14 @@ def fetch_request(namespace: str, requests: list[FetchRequest]) -> pb.FetchClust
 
 
 def descriptor_request(
-    namespace: str, requests: list[FetchRequest], lease_ttl_s: float, release: list[int]
+    namespace: str,
+    requests: list[FetchRequest],
+    lease_ttl_s: float,
+    release: list[int],
+    whole_heads: bool = False,
 ) -> pb.FetchDescriptorsRequest:
-    """FetchDescriptors in the compact form: entries as columns, the reply packed too."""
+    """FetchDescriptors in the compact form: entries as columns, the reply packed too
+    (`whole_heads`: every cluster of each entry's head; the requests carry no ids)."""
     ids = [_as(r.cluster_ids, np.int64).reshape(-1) for r in requests]
     counts = np.fromiter((a.shape[0] for a in ids), np.int64, len(ids))  # [E]
     return pb.FetchDescriptorsRequest(
@@ -147,6 +152,7 @@ def descriptor_request(
         lease_ttl_s=lease_ttl_s,
         release_leases=release,
         packed_reply=True,
+        whole_heads=whole_heads,
         packed_entries=pb.PackedFetchEntries(
             sequence_ids=[r.sequence_id for r in requests],
             layers=[r.layer for r in requests],

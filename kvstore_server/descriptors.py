@@ -7,6 +7,7 @@ and value regions and each cluster's first row, and leases the extents for the r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from kvstore_server.arena import Extent, SharedArena
 from kvstore_server.errors import FailedPrecondition, InvalidArgument
 from kvstore_server.fetch import FetchEntry, _check_ids, _resolve
+from kvstore_server.segments import HeadStore
 from kvstore_server.store import Store
 
 TABLE_COLUMNS = (
@@ -48,8 +50,10 @@ def plan_descriptors(
     entries: list[FetchEntry],
     lease_ttl_s: float,
     release_leases: list[int],
+    whole_heads: bool = False,
 ) -> DescriptorPlan:
-    """Validate like FetchClusters, then describe and lease every entry's extent."""
+    """Validate like FetchClusters, then describe and lease every entry's extent. With
+    `whole_heads` every entry must ask for no ids and is answered with all of its clusters."""
     arena = store.arena
     if not isinstance(arena, SharedArena):
         raise FailedPrecondition("shared memory is off on this store: use FetchClusters")
@@ -59,6 +63,8 @@ def plan_descriptors(
     if not entries:
         raise InvalidArgument("entries is empty")
     heads = [_resolve(store, namespace, i, e) for i, e in enumerate(entries)]
+    if whole_heads:
+        entries = _whole(entries, heads)
     counts = np.fromiter((e[3].shape[0] for e in entries), np.int64, len(entries))  # [E]
     limits = np.fromiter((h.num_clusters if h else 0 for _, h in heads), np.int64, len(entries))
     all_ids = np.concatenate([e[3] for e in entries]) if counts.sum() else np.empty(0, np.int64)
@@ -93,3 +99,18 @@ def plan_descriptors(
         row_starts.astype(np.int64, copy=False),
         lens.astype(np.int64, copy=False),
     )
+
+
+def _whole(
+    entries: list[FetchEntry], heads: Sequence[tuple[object, HeadStore | None]]
+) -> list[FetchEntry]:
+    """Each entry with every cluster id of its head (none if it has no segments)."""
+    out = []
+    for i, ((sid, layer, kv_head, ids), (_, head)) in enumerate(zip(entries, heads, strict=True)):
+        if ids.shape[0]:
+            raise InvalidArgument(
+                f"entries[{i}].cluster_ids has {ids.shape[0]} ids; with whole_heads send none"
+            )
+        n = head.num_clusters if head is not None else 0
+        out.append((sid, layer, kv_head, np.arange(n, dtype=np.int64)))
+    return out

@@ -223,8 +223,11 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
                 descriptor_wire.request_entries(request),
                 request.lease_ttl_s,
                 list(request.release_leases),
+                request.whole_heads,
             )
-            return descriptor_wire.response(plan, request.packed_reply)
+            msg = descriptor_wire.response(plan, request.packed_reply)
+            msg.whole_heads = request.whole_heads
+            return msg
 
         return await self._unary("FetchDescriptors", context, run)
 

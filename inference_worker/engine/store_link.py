@@ -22,9 +22,12 @@ import torch
 from client import (
     ArenaReader,
     ClusterSegment,
+    DescriptorCache,
     FetchRequest,
     KVStoreClient,
+    KVStoreError,
     NotFoundError,
+    ResolveFallback,
     SequenceGeometry,
     SharedMemoryUnavailable,
     StaleDescriptorError,
@@ -50,13 +53,20 @@ class StoreRestartedError(RuntimeError):
 class LinkCounters:
     """Traffic through a link, summed over its lifetime (the engine takes differences)."""
 
-    fetch_rpcs: int = 0
+    fetch_rpcs: int = 0  # fetch calls (a locally resolved one makes no RPC: see local_fetches)
     fetched_bytes: int = 0
     put_rpcs: int = 0
     uploaded_bytes: int = 0
+    local_fetches: int = 0  # same-host fetches resolved from the descriptor cache (no RPC)
 
     def snapshot(self) -> LinkCounters:
-        return LinkCounters(self.fetch_rpcs, self.fetched_bytes, self.put_rpcs, self.uploaded_bytes)
+        return LinkCounters(
+            self.fetch_rpcs,
+            self.fetched_bytes,
+            self.put_rpcs,
+            self.uploaded_bytes,
+            self.local_fetches,
+        )
 
     def since(self, before: LinkCounters) -> dict[str, int]:
         return {
@@ -64,6 +74,7 @@ class LinkCounters:
             "store_fetched_bytes": self.fetched_bytes - before.fetched_bytes,
             "store_put_rpcs": self.put_rpcs - before.put_rpcs,
             "store_uploaded_bytes": self.uploaded_bytes - before.uploaded_bytes,
+            "store_local_fetches": self.local_fetches - before.local_fetches,
         }
 
 
@@ -158,9 +169,14 @@ class GrpcStoreLink:
     (`same_host` "auto" finds out, "require" insists, "off" never tries) a FetchDescriptors
     RPC and a gather straight from the mapped shared-memory arena into the requesting device
     (a GPU gather from pinned host memory on CUDA); otherwise a FetchClusters stream. Both paths
-    give bit-identical results; a stale descriptor (lease expired) falls back to streaming."""
+    give bit-identical results; a stale descriptor (lease expired) falls back to streaming.
+    With `local_resolve` (default) a same-host link resolves cluster ids itself from whole-head
+    descriptors cached under a renewed lease (client.resolver): no RPC per call; calls the
+    cache cannot answer take the per-call descriptor path."""
 
-    def __init__(self, client: KVStoreClient, same_host: str = "auto") -> None:
+    def __init__(
+        self, client: KVStoreClient, same_host: str = "auto", local_resolve: bool = True
+    ) -> None:
         if same_host not in SAME_HOST_MODES:
             raise ValueError(f"same_host={same_host!r} is not one of {SAME_HOST_MODES}")
         self.client = client
@@ -175,6 +191,9 @@ class GrpcStoreLink:
             if self._arena is None and same_host == "require":
                 raise SharedMemoryUnavailable("store arena is not mappable from this host")
         log.info("store link: %s", "shared memory" if self._arena else "gRPC streaming")
+        self._resolver: DescriptorCache | None = None
+        if self._arena is not None and local_resolve:
+            self._resolver = DescriptorCache(client, self._arena)
         self.counters = LinkCounters()
         self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavekv-upload")
         self._pending: list[Future[None]] = []
@@ -238,6 +257,11 @@ class GrpcStoreLink:
         cluster_ids: torch.Tensor,
         max_tokens: int,
     ) -> FetchedBatch:
+        if self._resolver is not None and cluster_ids.numel():
+            try:
+                return self._fetch_resolved(layer, sequence_ids, cluster_ids, max_tokens)
+            except (ResolveFallback, StaleDescriptorError, KVStoreError) as exc:
+                log.debug("descriptor cache cannot serve this call (%s); per-call path", exc)
         ids = cluster_ids.to("cpu")  # [B, Hkv, n] int64, -1 = padding (one device sync)
         valid = ids >= 0  # [B, Hkv, n]
         requests, rows = self._requests(layer, sequence_ids, ids.numpy(), valid.numpy())
@@ -269,6 +293,24 @@ class GrpcStoreLink:
             for k, (i, j) in enumerate(rows)
         ]
         return requests, rows
+
+    def _fetch_resolved(
+        self,
+        layer: int,
+        sequence_ids: Sequence[Hashable],
+        cluster_ids: torch.Tensor,  # [B, Hkv, n] int64 on the compute device
+        max_tokens: int,
+    ) -> FetchedBatch:
+        assert self._resolver is not None
+        b, h, n = cluster_ids.shape
+        heads = [(str(s), layer, j) for s in sequence_ids for j in range(h)]
+        got = self._resolver.fetch(heads, cluster_ids.reshape(b * h, n), max_tokens)
+        self.counters.fetch_rpcs += 1
+        self.counters.local_fetches += 1
+        self.counters.fetched_bytes += got.rows * 2 * got.keys.shape[-1] * got.keys.element_size()
+        shape = (b, h, max_tokens, got.keys.shape[-1])
+        offsets = got.offsets.view(b, h, n + 1)
+        return FetchedBatch(got.keys.view(shape), got.values.view(shape), offsets)
 
     @property
     def uses_shared_memory(self) -> bool:
@@ -351,6 +393,8 @@ class GrpcStoreLink:
         return FetchedBatch(keys=keys, values=values, offsets=offsets)
 
     def release(self, sequence_ids: Sequence[str]) -> None:
+        if self._resolver is not None:
+            self._resolver.forget(sequence_ids)
         try:
             self.flush()
         except Exception as exc:  # uploads failed; still try to delete what landed
@@ -365,6 +409,8 @@ class GrpcStoreLink:
 
     def close(self) -> None:
         self._uploads.shutdown(wait=True)
+        if self._resolver is not None:
+            self._resolver.close()
         self.client.close()
 
 

@@ -342,20 +342,22 @@ class ArenaInfo(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., arena_id: _Optional[str] = ..., directory: _Optional[str] = ..., file_prefix: _Optional[str] = ..., max_lease_ttl_s: _Optional[float] = ...) -> None: ...
 
 class FetchDescriptorsRequest(_message.Message):
-    __slots__ = ("namespace", "entries", "lease_ttl_s", "release_leases", "packed_entries", "packed_reply")
+    __slots__ = ("namespace", "entries", "lease_ttl_s", "release_leases", "packed_entries", "packed_reply", "whole_heads")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     RELEASE_LEASES_FIELD_NUMBER: _ClassVar[int]
     PACKED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     PACKED_REPLY_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_HEADS_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     entries: _containers.RepeatedCompositeFieldContainer[FetchEntry]
     lease_ttl_s: float
     release_leases: _containers.RepeatedScalarFieldContainer[int]
     packed_entries: PackedFetchEntries
     packed_reply: bool
-    def __init__(self, namespace: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[FetchEntry, _Mapping]]] = ..., lease_ttl_s: _Optional[float] = ..., release_leases: _Optional[_Iterable[int]] = ..., packed_entries: _Optional[_Union[PackedFetchEntries, _Mapping]] = ..., packed_reply: _Optional[bool] = ...) -> None: ...
+    whole_heads: bool
+    def __init__(self, namespace: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[FetchEntry, _Mapping]]] = ..., lease_ttl_s: _Optional[float] = ..., release_leases: _Optional[_Iterable[int]] = ..., packed_entries: _Optional[_Union[PackedFetchEntries, _Mapping]] = ..., packed_reply: _Optional[bool] = ..., whole_heads: _Optional[bool] = ...) -> None: ...
 
 class PackedFetchEntries(_message.Message):
     __slots__ = ("sequence_ids", "layers", "kv_heads", "counts", "cluster_ids")
@@ -398,18 +400,20 @@ class EntryDescriptor(_message.Message):
     def __init__(self, slab: _Optional[int] = ..., slab_bytes: _Optional[int] = ..., generation: _Optional[int] = ..., extent_offset: _Optional[int] = ..., keys_offset: _Optional[int] = ..., values_offset: _Optional[int] = ..., row_bytes: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., head_dim: _Optional[int] = ..., row_starts: _Optional[_Union[Tensor, _Mapping]] = ..., cluster_offsets: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class FetchDescriptorsResponse(_message.Message):
-    __slots__ = ("arena_id", "lease_id", "lease_ttl_s", "entries", "packed")
+    __slots__ = ("arena_id", "lease_id", "lease_ttl_s", "entries", "packed", "whole_heads")
     ARENA_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_HEADS_FIELD_NUMBER: _ClassVar[int]
     arena_id: str
     lease_id: int
     lease_ttl_s: float
     entries: _containers.RepeatedCompositeFieldContainer[EntryDescriptor]
     packed: PackedDescriptors
-    def __init__(self, arena_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., entries: _Optional[_Iterable[_Union[EntryDescriptor, _Mapping]]] = ..., packed: _Optional[_Union[PackedDescriptors, _Mapping]] = ...) -> None: ...
+    whole_heads: bool
+    def __init__(self, arena_id: _Optional[str] = ..., lease_id: _Optional[int] = ..., lease_ttl_s: _Optional[float] = ..., entries: _Optional[_Iterable[_Union[EntryDescriptor, _Mapping]]] = ..., packed: _Optional[_Union[PackedDescriptors, _Mapping]] = ..., whole_heads: _Optional[bool] = ...) -> None: ...
 
 class PackedDescriptors(_message.Message):
     __slots__ = ("table", "counts", "row_starts", "lens")

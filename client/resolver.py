@@ -1,0 +1,234 @@
+"""Same-host misses without an RPC per call: whole-head descriptors cached under a renewed lease.
+
+A (sequence, layer, kv_head)'s clusters do not move while a lease holds its extent (the store
+defers freeing leased extents; appends within capacity only add rows after the old ones). So
+`DescriptorCache` asks the store once per head for its whole layout (`FetchDescriptors` with
+`whole_heads`: the extent and every cluster's first row and length), keeps it as columns on the
+host and on the compute device, and resolves a call's cluster ids itself (a few tensor ops on
+the ids' device: table lookup, per-row cumsum, run table) before ONE gather launch. The lease is
+renewed by one cheap RPC (no ids) once `renew_fraction` of its TTL has passed, not per call.
+
+Safety: the renewal answers every cached head's current generation; a changed generation (the
+head grew into a new extent) drops that head from the cache, a failed renewal (a sequence
+deleted) drops everything. After each gather the generation words of the extents read are
+re-checked (`StaleDescriptorError` if any changed: the lease lapsed and memory was reused).
+Ids outside the cached cluster count (bad ids, or clusters appended since the head was cached)
+and rows longer than `max_tokens` are detected on the device and reported after the gather as
+`ResolveFallback`: the caller then takes the per-call RPC path, which refreshes nothing here but
+answers exactly like streaming (the store's own checks, messages and statuses).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from client import gather_kernel
+from client.descriptors import EXTENT_OFFSET, GENERATION, SLAB, ResolveFallback
+from client.head_table import HeadTable
+from client.shm import ArenaReader
+from client.types import FetchRequest
+
+log = logging.getLogger("client.resolver")
+
+HeadKey = tuple[str, int, int]  # (sequence id, layer, kv_head)
+
+
+@dataclass(slots=True)
+class ResolverConfig:
+    """`renew_fraction`: renew the leases once this fraction of their TTL has passed."""
+
+    renew_fraction: float = 1 / 3
+
+    def __post_init__(self) -> None:
+        if not 0 < self.renew_fraction < 1:
+            raise ValueError(f"renew_fraction={self.renew_fraction} must be in (0, 1)")
+
+
+@dataclass(slots=True)
+class Resolved:
+    """One call's result: keys, values [E, M, D] (zero padded), offsets [E, n + 1] int64."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    offsets: torch.Tensor
+    rows: int  # K/V rows read (keys and values each)
+
+
+class DescriptorCache:
+    """See the module docstring. `client` is a blocking KVStoreClient of one store."""
+
+    def __init__(
+        self,
+        client,  # type: ignore[no-untyped-def]  # client.sync.KVStoreClient (import cycle)
+        arena: ArenaReader,
+        config: ResolverConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.arena = arena
+        self.config = config or ResolverConfig()
+        self.clock = clock
+        self.table = HeadTable(arena)
+        self._leases: dict[int, tuple[float, float]] = {}  # lease id -> (issued, ttl)
+        self._lock = threading.Lock()
+        self.renewals = 0  # RPCs spent on renewals and refreshes (for tests and stats)
+        self.refreshes = 0
+
+    def fetch(
+        self,
+        keys: Sequence[HeadKey],  # [E] one head per output row
+        cluster_ids: torch.Tensor,  # [E, n] int64 on the compute device, -1 = padding
+        max_tokens: int,
+    ) -> Resolved:
+        """Gather every row's clusters into [E, max_tokens, D] keys and values on the ids'
+        device; raises ResolveFallback or StaleDescriptorError (nothing returned then)."""
+        with self._lock:
+            self._renew_if_due()
+            slots = self._slots(keys)
+            return self._gather(keys, slots, cluster_ids, max_tokens)
+
+    def forget(self, sequence_ids: Sequence[str]) -> None:
+        """Drop cached heads of these sequences (deleted or re-created by this process)."""
+        with self._lock:
+            self.table.drop(lambda key: key[0] in set(sequence_ids))
+
+    def close(self) -> None:
+        with self._lock:
+            for lease_id in self._leases:
+                self.client.done_with_lease(lease_id)
+            self._leases.clear()
+            self.table.clear()
+
+    def _renew_if_due(self) -> None:
+        now = self.clock()
+        due = any(now >= t0 + ttl * self.config.renew_fraction for t0, ttl in self._leases.values())
+        if not due:
+            return
+        for lease_id in self._leases:
+            self.client.done_with_lease(lease_id)  # released by the renewal RPC itself
+        self._leases.clear()
+        keys = self.table.keys()
+        if not keys:
+            self.table.clear()
+            return
+        requests = [FetchRequest(s, layer, h, np.empty(0, np.int64)) for s, layer, h in keys]
+        try:
+            batch = self.client.fetch_descriptors(requests)
+        except Exception as exc:  # any failure: nothing cached is protected now
+            log.info("lease renewal failed (%s); dropping the descriptor cache", exc)
+            self.table.clear()
+            return
+        self.renewals += 1
+        self._leases[batch.lease_id] = (now, batch.lease_ttl_s)
+        t = batch.table
+        changed = self.table.changed(keys, t[:, SLAB], t[:, EXTENT_OFFSET], t[:, GENERATION])
+        if changed:
+            log.debug("%d cached heads moved to new extents; dropped", len(changed))
+            self.table.drop(lambda key: key in changed)
+
+    def _slots(self, keys: Sequence[HeadKey]) -> np.ndarray:  # [E] table slot of each row
+        missing = self.table.missing(keys)
+        if missing:
+            requests = [FetchRequest(s, layer, h, np.empty(0, np.int64)) for s, layer, h in missing]
+            batch = self.client.fetch_descriptors(requests, whole_heads=True)
+            if not batch.whole_heads:
+                self.client.done_with_lease(batch.lease_id)
+                raise ResolveFallback("the store does not describe whole heads")
+            self.refreshes += 1
+            self._leases[batch.lease_id] = (self.clock(), batch.lease_ttl_s)
+            self.table.add(missing, batch)
+        return self.table.slots(keys)
+
+    def _gather(
+        self, keys: Sequence[HeadKey], slots: np.ndarray, ids: torch.Tensor, max_tokens: int
+    ) -> Resolved:
+        device = ids.device
+        row_bytes, head_dim, dtype, longest = self.table.geometry(slots)
+        e = ids.shape[0]
+        w = row_bytes // 8 if row_bytes % 8 == 0 else 0
+        dev = self.table.device(device)
+        slot_t = self.arena.to_device(slots, device)  # [E]
+        runs = _resolve(dev, slot_t, ids, max_tokens)
+        half = e * max_tokens
+        kv = torch.zeros(2 * half, max(w, 1), dtype=torch.int64, device=device)
+        if device.type == "cuda" and w and gather_kernel.available(w):
+            src = self.table.cuda_source(row_bytes, device)
+            gather_kernel.gather_runs(src, kv, runs.src, runs.dst, runs.lens, longest)
+            self.arena.mark_done(device)  # the next staging waits for this point
+        elif device.type == "cuda" or not w:
+            raise ResolveFallback(f"no direct gather for row_bytes={row_bytes} on {device}")
+        else:
+            self.table.gather_cpu(slots, runs, kv.numpy(), row_bytes)
+        flags = torch.stack([runs.bad.any(), runs.over.any()]).cpu()  # waits for the gather
+        self._verify(slots)
+        if bool(flags[0]):  # re-describe these heads next time: clusters may have been appended
+            rows = np.flatnonzero(runs.bad.any(-1).cpu().numpy())
+            stale = {keys[i] for i in rows.tolist()}
+            self.table.drop(lambda key: key in stale)
+        if bool(flags[0]) or bool(flags[1]):
+            raise ResolveFallback(
+                "ids outside the cached cluster counts"
+                if bool(flags[0])
+                else f"a row holds more than max_tokens={max_tokens} tokens"
+            )
+        out = kv.view(dtype).view(2, e, max_tokens, head_dim)
+        return Resolved(out[0], out[1], runs.offsets, int(runs.lens_total))
+
+    def _verify(self, slots: np.ndarray) -> None:
+        """StaleDescriptorError if an extent read by this call was freed or reused."""
+        self.arena.verify_generations(*self.table.extents(slots))
+
+
+@dataclass(slots=True)
+class _Runs:
+    src: torch.Tensor  # [2K] source row from the table's base (keys runs, then values runs)
+    dst: torch.Tensor  # [2K] destination row in the [2 * E * M] output
+    lens: torch.Tensor  # [2K] rows (0 for padding and for ids outside the cache)
+    src_slab: torch.Tensor  # [2K] source row from the start of the run's slab (CPU gathers)
+    offsets: torch.Tensor  # [E, n + 1] int64 token offsets of each requested cluster
+    bad: torch.Tensor  # [E, n] bool: an id >= the cached cluster count (or < -1)
+    over: torch.Tensor  # [E] bool: the row needs more than max_tokens
+    lens_total: torch.Tensor  # [] rows read per side
+
+
+def _resolve(dev, slot: torch.Tensor, ids: torch.Tensor, max_tokens: int) -> _Runs:  # type: ignore[no-untyped-def]
+    """Cluster ids -> run table, all on the ids' device (no host sync); `dev` is the table's
+    DeviceColumns (client.head_table)."""
+    e, n = ids.shape  # ids: [E, n]
+    limit = dev.clusters[slot][:, None]  # [E, 1]
+    inside = (ids >= 0) & (ids < limit)  # [E, n]
+    bad = (ids < -1) | ((ids >= 0) & ~inside)
+    g = dev.first[slot][:, None] + torch.where(inside, ids, 0)  # [E, n] index into the columns
+    g = g.clamp(max=dev.starts.shape[0] - 1)  # an empty last head points past the end
+    start = dev.starts[g]  # [E, n] first row of the cluster in its head
+    lens = torch.where(inside, dev.lens[g], 0)  # [E, n]
+    cum = lens.cumsum(-1)  # [E, n]
+    before = cum - lens
+    over = cum[:, -1] > max_tokens if n else torch.zeros(e, dtype=torch.bool, device=ids.device)
+    lens = torch.minimum(lens, (max_tokens - before).clamp(min=0))  # never past the row
+    dst = torch.arange(e, device=ids.device)[:, None] * max_tokens + before  # [E, n]
+    half = e * max_tokens
+    src = torch.cat([(dev.keys_row[slot][:, None] + start).view(-1),
+                     (dev.values_row[slot][:, None] + start).view(-1)])  # fmt: skip
+    src_slab = torch.cat([(dev.keys_slab_row[slot][:, None] + start).view(-1),
+                          (dev.values_slab_row[slot][:, None] + start).view(-1)])  # fmt: skip
+    offsets = torch.zeros(e, n + 1, dtype=torch.int64, device=ids.device)
+    offsets[:, 1:] = cum
+    flat_lens = lens.reshape(-1)
+    return _Runs(
+        src,
+        torch.cat([dst.view(-1), dst.view(-1) + half]),
+        torch.cat([flat_lens, flat_lens]),
+        src_slab,
+        offsets,
+        bad,
+        over,
+        flat_lens.sum(),
+    )
