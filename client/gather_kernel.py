@@ -74,6 +74,45 @@ if triton is not None:
             r0 += SPLIT * BLOCK_R
 
 
+EXTENT_MAGIC = int.from_bytes(b"WVKVEXTN", "little")  # < 2**63: the same value as int64
+
+if triton is not None:
+    MAGIC = tl.constexpr(EXTENT_MAGIC)
+
+    @triton.jit
+    def _check_words(base, at, expected, flag, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < n
+        word = tl.load(at + i, mask=m, other=0)
+        magic = tl.load(base + word, mask=m, other=MAGIC)
+        generation = tl.load(base + word + 1, mask=m, other=0)
+        want = tl.load(expected + i, mask=m, other=0)
+        stale = m & ((magic != MAGIC) | (generation != want))
+        tl.atomic_max(flag, tl.max(stale.to(tl.int64), axis=0))
+
+
+def check_headers(
+    base: torch.Tensor,  # [*] int64 alias of registered host memory (only its pointer is used)
+    at: torch.Tensor,  # [E] int64 word index (from base) of each extent header
+    expected: torch.Tensor,  # [E] int64 generation each header must still hold
+    flag: torch.Tensor,  # [>= 1] int64: element 0 becomes 1 if any header changed
+) -> None:
+    """Re-read extent headers from the GPU, ordered after earlier work on the stream (a
+    gather launched before it has finished its reads when this runs)."""
+    n = int(at.shape[0])
+    if n:
+        _check_words[(triton.cdiv(n, 256),)](base, at, expected, flag, n, BLOCK=256)
+
+
+def check_headers_reference(
+    words: torch.Tensor,  # [N] int64 host words
+    at: torch.Tensor,  # [E]
+    expected: torch.Tensor,  # [E]
+) -> torch.Tensor:
+    """Plain indexing (the reference for check_headers)."""
+    return (words[at] != EXTENT_MAGIC) | (words[at + 1] != expected)
+
+
 def gather_runs(
     src: torch.Tensor,  # [R, W]
     out: torch.Tensor,  # [N, W]

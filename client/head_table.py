@@ -19,6 +19,7 @@ import torch
 
 from client.descriptors import (
     DTYPE,
+    EXTENT_HEADER,
     EXTENT_OFFSET,
     GENERATION,
     HEAD_DIM,
@@ -29,6 +30,7 @@ from client.descriptors import (
     DescriptorBatch,
     ResolveFallback,
 )
+from client.resolve_kernel import Columns, RunTable
 from client.runs import expand_runs
 from client.shm import ArenaReader, _CudaAlias
 from wavekv_proto.codec import dtype_name, torch_dtype
@@ -36,8 +38,8 @@ from wavekv_proto.codec import dtype_name, torch_dtype
 HeadKey = tuple[str, int, int]
 # per-slot host columns
 _COLUMNS = ("slab", "generation", "extent", "keys_row", "values_row", "keys_slab_row",
-            "values_slab_row", "row_bytes", "head_dim", "dtype", "clusters", "first", "longest",
-            "aligned")  # fmt: skip
+            "row_bytes", "head_dim", "dtype", "clusters", "first", "longest",
+            "aligned", "header_word")  # fmt: skip
 
 
 class _Column:
@@ -79,16 +81,11 @@ class _Column:
 
 @dataclass(slots=True)
 class DeviceColumns:
-    """The table on one device (see `_resolve` in client.resolver)."""
+    """The table on one device: what the id lookup reads, and the extent headers to re-check."""
 
-    starts: torch.Tensor  # [T] first row of each cached cluster in its head
-    lens: torch.Tensor  # [T] rows of each cached cluster
-    first: torch.Tensor  # [S] index of each slot's cluster 0 in starts / lens
-    clusters: torch.Tensor  # [S]
-    keys_row: torch.Tensor  # [S] first key row, from the base address
-    values_row: torch.Tensor  # [S]
-    keys_slab_row: torch.Tensor  # [S] first key row, from the slab start
-    values_slab_row: torch.Tensor  # [S]
+    lookup: Columns
+    header_word: torch.Tensor  # [S] int64 word (from the base) of the extent's header
+    generation: torch.Tensor  # [S] the generation the header must still hold
 
 
 class HeadTable:
@@ -131,10 +128,11 @@ class HeadTable:
         new = {
             "slab": t[:, SLAB], "generation": t[:, GENERATION], "extent": t[:, EXTENT_OFFSET],
             "keys_row": byte_k // rb, "values_row": byte_v // rb,
-            "keys_slab_row": t[:, KEYS_OFFSET] // rb, "values_slab_row": t[:, VALUES_OFFSET] // rb,
+            "keys_slab_row": t[:, KEYS_OFFSET] // rb,
             "row_bytes": rb, "head_dim": t[:, HEAD_DIM], "dtype": t[:, DTYPE], "clusters": counts,
             "first": first, "longest": longest,
             "aligned": ((byte_k % rb == 0) & (byte_v % rb == 0)).astype(np.int64),
+            "header_word": (address + t[:, EXTENT_OFFSET] - EXTENT_HEADER) // 8,
         }  # fmt: skip
         for name, col in self._cols.items():
             col.extend(np.asarray(new[name], np.int64))
@@ -180,16 +178,15 @@ class HeadTable:
 
     def device(self, device: torch.device) -> DeviceColumns:
         c = self._cols
-        return DeviceColumns(
+        lookup = Columns(
             self._starts.on(device),
             self._lens.on(device),
             c["first"].on(device),
             c["clusters"].on(device),
             c["keys_row"].on(device),
             c["values_row"].on(device),
-            c["keys_slab_row"].on(device),
-            c["values_slab_row"].on(device),
         )
+        return DeviceColumns(lookup, c["header_word"].on(device), c["generation"].on(device))
 
     def cuda_source(self, row_bytes: int, device: torch.device) -> torch.Tensor:
         """A [1, W] int64 CUDA alias at the base address; registers every cached slab."""
@@ -209,11 +206,16 @@ class HeadTable:
             self._alias[key] = alias
         return alias
 
-    def gather_cpu(self, slots: np.ndarray, runs, out: np.ndarray, row_bytes: int) -> None:  # type: ignore[no-untyped-def]
+    def gather_cpu(
+        self, slots: np.ndarray, runs: RunTable, out: np.ndarray, row_bytes: int
+    ) -> None:
         """The CPU gather: per slab one np.take of the runs' rows into `out` [2N, W] int64."""
+        c = self._cols
         n = runs.src.shape[0] // (2 * max(slots.shape[0], 1))
-        slab_of_run = np.tile(np.repeat(self._cols["slab"].values[slots], n), 2)  # [2K]
-        table = np.stack([runs.src_slab.numpy(), runs.dst.numpy(), runs.lens.numpy()])  # [3, 2K]
+        shift = (c["keys_row"].values - c["keys_slab_row"].values)[slots]  # [E] slab from base
+        slab_of_run = np.tile(np.repeat(c["slab"].values[slots], n), 2)  # [2K]
+        src = runs.src.numpy() - np.tile(np.repeat(shift, n), 2)  # rows from the slab start
+        table = np.stack([src, runs.dst.numpy(), runs.lens.numpy()])  # [3, 2K]
         for slab in np.unique(slab_of_run[table[2] > 0]).tolist():
             src_rows, dst_rows = expand_runs(table[:, slab_of_run == slab])
             rows = self.arena.slab(int(slab)).rows(row_bytes)  # [R, W] words

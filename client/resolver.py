@@ -29,8 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from client import gather_kernel
-from client.descriptors import EXTENT_OFFSET, GENERATION, SLAB, ResolveFallback
+from client import gather_kernel, resolve_kernel
+from client.descriptors import (
+    EXTENT_OFFSET,
+    GENERATION,
+    SLAB,
+    ResolveFallback,
+    StaleDescriptorError,
+)
 from client.head_table import HeadTable
 from client.shm import ArenaReader
 from client.types import FetchRequest
@@ -77,7 +83,7 @@ class DescriptorCache:
         self.clock = clock
         self.table = HeadTable(arena)
         self._leases: dict[int, tuple[float, float]] = {}  # lease id -> (issued, ttl)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.renewals = 0  # RPCs spent on renewals and refreshes (for tests and stats)
         self.refreshes = 0
 
@@ -108,9 +114,17 @@ class DescriptorCache:
 
     def _renew_if_due(self) -> None:
         now = self.clock()
-        due = any(now >= t0 + ttl * self.config.renew_fraction for t0, ttl in self._leases.values())
-        if not due:
-            return
+        if any(now >= t0 + ttl * self.config.renew_fraction for t0, ttl in self._leases.values()):
+            self.renew()
+
+    def renew(self) -> None:
+        """One RPC (no ids): a new lease on every cached head, the old ones released; heads
+        whose extent changed are dropped. Runs by itself once renew_fraction of a TTL passed."""
+        with self._lock:
+            self._renew()
+
+    def _renew(self) -> None:
+        now = self.clock()
         for lease_id in self._leases:
             self.client.done_with_lease(lease_id)  # released by the renewal RPC itself
         self._leases.clear()
@@ -137,12 +151,13 @@ class DescriptorCache:
         missing = self.table.missing(keys)
         if missing:
             requests = [FetchRequest(s, layer, h, np.empty(0, np.int64)) for s, layer, h in missing]
+            issued = self.clock()  # before the call: the store's deadline is no earlier
             batch = self.client.fetch_descriptors(requests, whole_heads=True)
             if not batch.whole_heads:
                 self.client.done_with_lease(batch.lease_id)
                 raise ResolveFallback("the store does not describe whole heads")
             self.refreshes += 1
-            self._leases[batch.lease_id] = (self.clock(), batch.lease_ttl_s)
+            self._leases[batch.lease_id] = (issued, batch.lease_ttl_s)
             self.table.add(missing, batch)
         return self.table.slots(keys)
 
@@ -153,82 +168,52 @@ class DescriptorCache:
         row_bytes, head_dim, dtype, longest = self.table.geometry(slots)
         e = ids.shape[0]
         w = row_bytes // 8 if row_bytes % 8 == 0 else 0
+        cuda = device.type == "cuda"
+        if not w or (cuda and not (gather_kernel.available(w) and resolve_kernel.available())):
+            raise ResolveFallback(f"no direct gather for row_bytes={row_bytes} on {device}")
         dev = self.table.device(device)
         slot_t = self.arena.to_device(slots, device)  # [E]
-        runs = _resolve(dev, slot_t, ids, max_tokens)
-        half = e * max_tokens
-        kv = torch.zeros(2 * half, max(w, 1), dtype=torch.int64, device=device)
-        if device.type == "cuda" and w and gather_kernel.available(w):
+        resolve = resolve_kernel.resolve_rows if cuda else resolve_kernel.resolve_rows_reference
+        runs = resolve(dev.lookup, slot_t, ids, max_tokens)
+        kv = torch.zeros(2 * e * max_tokens, w, dtype=torch.int64, device=device)
+        if cuda:
             src = self.table.cuda_source(row_bytes, device)
             gather_kernel.gather_runs(src, kv, runs.src, runs.dst, runs.lens, longest)
+            # headers re-read on the GPU after the gather's reads (stream order): no host loop
+            at, want = dev.header_word[slot_t], dev.generation[slot_t]  # [E]
+            gather_kernel.check_headers(src, at, want, runs.flags[resolve_kernel.STALE :])
             self.arena.mark_done(device)  # the next staging waits for this point
-        elif device.type == "cuda" or not w:
-            raise ResolveFallback(f"no direct gather for row_bytes={row_bytes} on {device}")
         else:
             self.table.gather_cpu(slots, runs, kv.numpy(), row_bytes)
-        flags = torch.stack([runs.bad.any(), runs.over.any()]).cpu()  # waits for the gather
-        self._verify(slots)
-        if bool(flags[0]):  # re-describe these heads next time: clusters may have been appended
-            rows = np.flatnonzero(runs.bad.any(-1).cpu().numpy())
-            stale = {keys[i] for i in rows.tolist()}
-            self.table.drop(lambda key: key in stale)
-        if bool(flags[0]) or bool(flags[1]):
+        bad, over, stale, rows = runs.flags.tolist()  # one copy back: waits for the GPU work
+        if cuda and stale:
+            self._forget_all()
+            raise StaleDescriptorError("an extent read by this call was freed or reused")
+        if not cuda:
+            self._verify(slots)
+        if bad:  # re-describe these heads next time: clusters may have been appended
+            redo = {keys[i] for i in np.flatnonzero(runs.bad_rows.cpu().numpy()).tolist()}
+            self.table.drop(lambda key: key in redo)
+        if bad or over:
             raise ResolveFallback(
                 "ids outside the cached cluster counts"
-                if bool(flags[0])
+                if bad
                 else f"a row holds more than max_tokens={max_tokens} tokens"
             )
         out = kv.view(dtype).view(2, e, max_tokens, head_dim)
-        return Resolved(out[0], out[1], runs.offsets, int(runs.lens_total))
+        return Resolved(out[0], out[1], runs.offsets, rows)
 
     def _verify(self, slots: np.ndarray) -> None:
         """StaleDescriptorError if an extent read by this call was freed or reused."""
-        self.arena.verify_generations(*self.table.extents(slots))
+        try:
+            self.arena.verify_generations(*self.table.extents(slots))
+        except StaleDescriptorError:
+            self._forget_all()
+            raise
 
-
-@dataclass(slots=True)
-class _Runs:
-    src: torch.Tensor  # [2K] source row from the table's base (keys runs, then values runs)
-    dst: torch.Tensor  # [2K] destination row in the [2 * E * M] output
-    lens: torch.Tensor  # [2K] rows (0 for padding and for ids outside the cache)
-    src_slab: torch.Tensor  # [2K] source row from the start of the run's slab (CPU gathers)
-    offsets: torch.Tensor  # [E, n + 1] int64 token offsets of each requested cluster
-    bad: torch.Tensor  # [E, n] bool: an id >= the cached cluster count (or < -1)
-    over: torch.Tensor  # [E] bool: the row needs more than max_tokens
-    lens_total: torch.Tensor  # [] rows read per side
-
-
-def _resolve(dev, slot: torch.Tensor, ids: torch.Tensor, max_tokens: int) -> _Runs:  # type: ignore[no-untyped-def]
-    """Cluster ids -> run table, all on the ids' device (no host sync); `dev` is the table's
-    DeviceColumns (client.head_table)."""
-    e, n = ids.shape  # ids: [E, n]
-    limit = dev.clusters[slot][:, None]  # [E, 1]
-    inside = (ids >= 0) & (ids < limit)  # [E, n]
-    bad = (ids < -1) | ((ids >= 0) & ~inside)
-    g = dev.first[slot][:, None] + torch.where(inside, ids, 0)  # [E, n] index into the columns
-    g = g.clamp(max=dev.starts.shape[0] - 1)  # an empty last head points past the end
-    start = dev.starts[g]  # [E, n] first row of the cluster in its head
-    lens = torch.where(inside, dev.lens[g], 0)  # [E, n]
-    cum = lens.cumsum(-1)  # [E, n]
-    before = cum - lens
-    over = cum[:, -1] > max_tokens if n else torch.zeros(e, dtype=torch.bool, device=ids.device)
-    lens = torch.minimum(lens, (max_tokens - before).clamp(min=0))  # never past the row
-    dst = torch.arange(e, device=ids.device)[:, None] * max_tokens + before  # [E, n]
-    half = e * max_tokens
-    src = torch.cat([(dev.keys_row[slot][:, None] + start).view(-1),
-                     (dev.values_row[slot][:, None] + start).view(-1)])  # fmt: skip
-    src_slab = torch.cat([(dev.keys_slab_row[slot][:, None] + start).view(-1),
-                          (dev.values_slab_row[slot][:, None] + start).view(-1)])  # fmt: skip
-    offsets = torch.zeros(e, n + 1, dtype=torch.int64, device=ids.device)
-    offsets[:, 1:] = cum
-    flat_lens = lens.reshape(-1)
-    return _Runs(
-        src,
-        torch.cat([dst.view(-1), dst.view(-1) + half]),
-        torch.cat([flat_lens, flat_lens]),
-        src_slab,
-        offsets,
-        bad,
-        over,
-        flat_lens.sum(),
-    )
+    def _forget_all(self) -> None:
+        """A lease lapsed unnoticed: nothing cached can be trusted any more."""
+        for lease_id in self._leases:
+            self.client.done_with_lease(lease_id)
+        self._leases.clear()
+        self.table.clear()

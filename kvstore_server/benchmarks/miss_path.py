@@ -6,8 +6,11 @@ One call = what a RetroInfer layer asks per decode step when every retrieved clu
 B sequences x 8 KV heads x n_ret = round(0.018 C) clusters of 16 tokens (head_dim 128, bf16,
 C = L / 16), packed into [B, 8, M, 128] keys and values on the compute device. The store runs as
 a separate process on loopback (`python -m kvstore_server`, shared memory on). Systems, same run:
-- shm: GrpcStoreLink(same_host="require"): one FetchDescriptors RPC + gather from the mapped
-  arena (CUDA: registered pinned memory read by a GPU index_select over unified addressing);
+- shm local resolve: GrpcStoreLink(same_host="require") with its descriptor cache (whole-head
+  layouts fetched once, ids resolved on the device, one gather launch, no RPC per call); the
+  cache's lease renewal RPC is timed on its own row;
+- shm: the same without the cache: one FetchDescriptors RPC + gather from the mapped arena
+  (CUDA: registered pinned memory read by the Triton run gather over unified addressing);
 - shm gather only: the gather of the same descriptors without the RPC (kernel bandwidth), per
   gather method, and (CUDA) the Triton kernel at several launch shapes;
 - descriptor RPC only: FetchDescriptors + decode without any gather (the per-call fixed cost);
@@ -95,11 +98,12 @@ def bench(target: str, context: int, batch: int, reps: int, device: torch.device
     n_ret = max(round(RETRIEVAL * c), 1)
     max_tokens = n_ret * CLUSTER
     nbytes = 2 * batch * KV_HEADS * max_tokens * HEAD_DIM * 2
-    shm = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "require")
+    shm = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "require", False)
+    local = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "require")
     grpc = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "off")
     try:
-        shm._head_dim = grpc._head_dim = HEAD_DIM
-        shm._dtype = grpc._dtype = torch.bfloat16
+        shm._head_dim = grpc._head_dim = local._head_dim = HEAD_DIM
+        shm._dtype = grpc._dtype = local._dtype = torch.bfloat16
         ids = populate(shm.client, context, batch)
         gen = torch.Generator().manual_seed(batch)
 
@@ -112,7 +116,17 @@ def bench(target: str, context: int, batch: int, reps: int, device: torch.device
             torch.equal(a.keys.cpu().view(torch.int16), b.keys.cpu().view(torch.int16))
             and torch.equal(a.values.cpu().view(torch.int16), b.values.cpu().view(torch.int16))
         )
+        got = local.fetch(0, ids, first, max_tokens)  # describes the whole heads once
+        local_exact = bool(
+            torch.equal(got.keys.cpu().view(torch.int16), b.keys.cpu().view(torch.int16))
+            and torch.equal(got.values.cpu().view(torch.int16), b.values.cpu().view(torch.int16))
+            and torch.equal(got.offsets.cpu(), b.offsets.cpu())
+        )
         rows = [
+            row(context, batch, nbytes, "shm local resolve (whole call, no RPC)",
+                _link(local, ids, pick, max_tokens, reps, device), local_exact),
+            row(context, batch, nbytes, "lease renewal RPC (once per ~3.3 s)",
+                _renewal(local, reps), None),
             row(context, batch, nbytes, "shm (RPC + gather)", _link(shm, ids, pick, max_tokens,
                                                                     reps, device), exact),
             *[
@@ -134,6 +148,7 @@ def bench(target: str, context: int, batch: int, reps: int, device: torch.device
         return rows
     finally:
         shm.close()
+        local.close()
         grpc.close()
 
 
@@ -142,6 +157,13 @@ def _link(link: GrpcStoreLink, ids, pick, max_tokens: int, reps: int, device) ->
     link.fetch(0, ids, picks[-1], max_tokens)  # warm-up
     it = iter(picks)
     return timed(lambda: link.fetch(0, ids, next(it), max_tokens), reps, device)
+
+
+def _renewal(link: GrpcStoreLink, reps: int) -> list[float]:
+    """The descriptor cache's periodic lease renewal (one RPC over every cached head)."""
+    cache = link._resolver
+    assert cache is not None
+    return timed(cache.renew, reps, torch.device("cpu"))
 
 
 def _gather_only(
