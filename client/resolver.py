@@ -44,6 +44,7 @@ from client.types import FetchRequest
 log = logging.getLogger("client.resolver")
 
 HeadKey = tuple[str, int, int]  # (sequence id, layer, kv_head)
+DESCRIBE_BATCH = 32  # heads per whole-head description RPC (a 128K head is 128 KiB of layout)
 
 
 @dataclass(slots=True)
@@ -149,17 +150,20 @@ class DescriptorCache:
 
     def _slots(self, keys: Sequence[HeadKey]) -> np.ndarray:  # [E] table slot of each row
         missing = self.table.missing(keys)
-        if missing:
-            requests = [FetchRequest(s, layer, h, np.empty(0, np.int64)) for s, layer, h in missing]
-            issued = self.clock()  # before the call: the store's deadline is no earlier
-            batch = self.client.fetch_descriptors(requests, whole_heads=True)
-            if not batch.whole_heads:
-                self.client.done_with_lease(batch.lease_id)
-                raise ResolveFallback("the store does not describe whole heads")
-            self.refreshes += 1
-            self._leases[batch.lease_id] = (issued, batch.lease_ttl_s)
-            self.table.add(missing, batch)
+        for i in range(0, len(missing), DESCRIBE_BATCH):  # replies stay well under 64 MiB
+            self._describe(missing[i : i + DESCRIBE_BATCH])
         return self.table.slots(keys)
+
+    def _describe(self, heads: list[HeadKey]) -> None:
+        requests = [FetchRequest(s, layer, h, np.empty(0, np.int64)) for s, layer, h in heads]
+        issued = self.clock()  # before the call: the store's deadline is no earlier
+        batch = self.client.fetch_descriptors(requests, whole_heads=True)
+        if not batch.whole_heads:
+            self.client.done_with_lease(batch.lease_id)
+            raise ResolveFallback("the store does not describe whole heads")
+        self.refreshes += 1
+        self._leases[batch.lease_id] = (issued, batch.lease_ttl_s)
+        self.table.add(heads, batch)
 
     def _gather(
         self, keys: Sequence[HeadKey], slots: np.ndarray, ids: torch.Tensor, max_tokens: int

@@ -188,20 +188,22 @@ def test_renewal_keeps_serving_and_drops_moved_heads(namespace: str) -> None:
             stream.close()
 
 
-def test_stale_generation_is_detected(namespace: str) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_stale_generation_is_detected(device: str, namespace: str) -> None:
     with EmbeddedStore(_settings()) as server:
         client, cache = _cache_setup(server, namespace, lambda: 0.0)  # never renews
         other = KVStoreClient(server.target, namespace=namespace)
         try:
-            ids = torch.arange(C).view(1, C)
+            ids = torch.arange(C).view(1, C).to(device)
             cache.fetch([("s0", 0, 0)], ids, 400)
             time.sleep(0.4)  # the store's lease (0.3 s) lapses; the cache does not know
             other.delete_sequence("s0")
             other.create_sequence("s1", SequenceGeometry(1, 1, D, "bfloat16"))
             seg = make_segment(np.random.default_rng(3), 0, 0, C, D, "bfloat16")
             other.put_segments("s1", [seg])  # reuses the freed extent
-            with pytest.raises(StaleDescriptorError, match="generation"):
+            with pytest.raises(StaleDescriptorError, match="freed or reused"):
                 cache.fetch([("s0", 0, 0)], ids, 400)
+            assert not cache.table.keys()  # nothing cached is trusted any more
         finally:
             cache.close()
             client.close()
