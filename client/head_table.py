@@ -94,6 +94,7 @@ class HeadTable:
         self.clear()
 
     def clear(self) -> None:
+        self.version = getattr(self, "version", 0) + 1  # changes whenever slots change
         self._index: dict[HeadKey, int] = {}
         self._keys: list[HeadKey | None] = []
         self._cols = {name: _Column() for name in _COLUMNS}
@@ -102,6 +103,7 @@ class HeadTable:
         self._lens.extend(np.zeros(1, np.int64))  # in bounds (their lengths are masked to 0)
         self._registered: set[tuple[str, int, int]] = set()
         self._alias: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._ready: tuple[str, int, int] | None = None  # (device, row_bytes, version) ready
 
     def keys(self) -> list[HeadKey]:
         return list(self._index)
@@ -141,10 +143,12 @@ class HeadTable:
         for key in keys:
             self._index[key] = len(self._keys)
             self._keys.append(key)
+        self.version += 1
 
     def drop(self, which: Callable[[HeadKey], bool]) -> None:
         for key in [k for k in self._index if which(k)]:
             self._keys[self._index.pop(key)] = None
+            self.version += 1
         if len(self._keys) - len(self._index) > max(len(self._index), 1024):
             self.clear()  # mostly dead slots: start over (heads are re-described on use)
 
@@ -190,6 +194,9 @@ class HeadTable:
 
     def cuda_source(self, row_bytes: int, device: torch.device) -> torch.Tensor:
         """A [1, W] int64 CUDA alias at the base address; registers every cached slab."""
+        ready = (str(device), row_bytes, self.version)
+        if ready == self._ready:
+            return self._alias[(str(device), 0, row_bytes)]
         for slab in np.unique(self._cols["slab"].values).tolist():
             key = (str(device), int(slab), row_bytes)
             if key not in self._registered:
@@ -204,6 +211,7 @@ class HeadTable:
             host = self.arena.slab(0).buf[:row_bytes].view(np.int64).reshape(1, -1)
             alias = torch.as_tensor(_CudaAlias(host, device), device=device)
             self._alias[key] = alias
+        self._ready = ready
         return alias
 
     def gather_cpu(

@@ -45,6 +45,7 @@ log = logging.getLogger("client.resolver")
 
 HeadKey = tuple[str, int, int]  # (sequence id, layer, kv_head)
 DESCRIBE_BATCH = 32  # heads per whole-head description RPC (a 128K head is 128 KiB of layout)
+MAX_PLANS = 256  # memoised key lists (one per (batch, layer) in a decode loop)
 
 
 @dataclass(slots=True)
@@ -68,6 +69,22 @@ class Resolved:
     rows: int  # K/V rows read (keys and values each)
 
 
+@dataclass(slots=True)
+class _Plan:
+    version: int  # HeadTable.version it was made at
+    slots: np.ndarray  # [E] int64
+    geometry: tuple[int, int, torch.dtype, int]  # row_bytes, head_dim, dtype, longest cluster
+    devices: dict[str, torch.Tensor]  # slots on each device
+
+    def on(self, device: torch.device) -> torch.Tensor:  # [E] int64
+        if device.type == "cpu":
+            return torch.from_numpy(self.slots)
+        got = self.devices.get(str(device))
+        if got is None:
+            got = self.devices[str(device)] = torch.from_numpy(self.slots).to(device)
+        return got
+
+
 class DescriptorCache:
     """See the module docstring. `client` is a blocking KVStoreClient of one store."""
 
@@ -85,6 +102,7 @@ class DescriptorCache:
         self.table = HeadTable(arena)
         self._leases: dict[int, tuple[float, float]] = {}  # lease id -> (issued, ttl)
         self._lock = threading.RLock()
+        self._plans: dict[tuple[HeadKey, ...], _Plan] = {}
         self.renewals = 0  # RPCs spent on renewals and refreshes (for tests and stats)
         self.refreshes = 0
 
@@ -98,8 +116,21 @@ class DescriptorCache:
         device; raises ResolveFallback or StaleDescriptorError (nothing returned then)."""
         with self._lock:
             self._renew_if_due()
+            plan = self._plan(keys)
+            return self._gather(keys, plan, cluster_ids, max_tokens)
+
+    def _plan(self, keys: Sequence[HeadKey]) -> _Plan:
+        """The rows' slots and geometry, memoised per key list while the table is unchanged
+        (a decode step asks for the same (sequence, layer, kv_head) list layer after layer)."""
+        memo = tuple(keys)
+        plan = self._plans.get(memo)
+        if plan is None or plan.version != self.table.version:
             slots = self._slots(keys)
-            return self._gather(keys, slots, cluster_ids, max_tokens)
+            plan = _Plan(self.table.version, slots, self.table.geometry(slots), {})
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[memo] = plan
+        return plan
 
     def forget(self, sequence_ids: Sequence[str]) -> None:
         """Drop cached heads of these sequences (deleted or re-created by this process)."""
@@ -166,17 +197,18 @@ class DescriptorCache:
         self.table.add(heads, batch)
 
     def _gather(
-        self, keys: Sequence[HeadKey], slots: np.ndarray, ids: torch.Tensor, max_tokens: int
+        self, keys: Sequence[HeadKey], plan: _Plan, ids: torch.Tensor, max_tokens: int
     ) -> Resolved:
         device = ids.device
-        row_bytes, head_dim, dtype, longest = self.table.geometry(slots)
+        slots = plan.slots
+        row_bytes, head_dim, dtype, longest = plan.geometry
         e = ids.shape[0]
         w = row_bytes // 8 if row_bytes % 8 == 0 else 0
         cuda = device.type == "cuda"
         if not w or (cuda and not (gather_kernel.available(w) and resolve_kernel.available())):
             raise ResolveFallback(f"no direct gather for row_bytes={row_bytes} on {device}")
         dev = self.table.device(device)
-        slot_t = self.arena.to_device(slots, device)  # [E]
+        slot_t = plan.on(device)  # [E]
         resolve = resolve_kernel.resolve_rows if cuda else resolve_kernel.resolve_rows_reference
         runs = resolve(dev.lookup, slot_t, ids, max_tokens)
         kv = torch.zeros(2 * e * max_tokens, w, dtype=torch.int64, device=device)
