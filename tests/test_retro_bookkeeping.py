@@ -1,5 +1,6 @@
-"""Fused wave-buffer bookkeeping (plan + admit kernels) vs the torch WaveBuffer on fresh random
-steps: identical outputs and state (owner, fill, stamps, clock, counters, page rows). Interpreted
+"""Fused wave-buffer bookkeeping (plan + admit kernels, plan ranking an unsorted retrieval list)
+and the fused fetch index math vs their torch references on fresh random steps: identical
+outputs and state (owner, fill, stamps, clock, counters, page rows). Interpreted
 on CPU (TRITON_INTERPRET=1, subprocess) and compiled on CUDA (skipped without a GPU)."""
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ import pytest
 import torch
 
 from inference_worker.retroinfer import WaveBuffer
-from inference_worker.retroinfer.kernels.book_cases import check_bookkeeping, check_layer_paths
+from inference_worker.retroinfer.kernels.book_cases import (
+    check_bookkeeping,
+    check_fetch_runs,
+    check_layer_paths,
+)
 from inference_worker.retroinfer.kernels.bookkeeping import MAX_BLOCK_P, fusable, plan_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -54,3 +59,8 @@ def test_fused_bookkeeping_matches_reference_gpu():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_layer_fused_bookkeeping_matches_torch_paths_gpu(dtype):
     check_layer_paths("cuda", dtype, seed=8, shape=(2, 32, 8, 128, 20000, 6))
+
+
+@cuda
+def test_fused_fetch_runs_match_reference_gpu():
+    check_fetch_runs("cuda", seed=9, segments=3, n=150)

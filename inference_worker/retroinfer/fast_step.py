@@ -38,12 +38,14 @@ def fast_tripartite(
     qg = q.reshape(r, layer.group, d)  # [R, G, D]
     n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
     sizes = layer.meta.sizes.reshape(r, c)
-    sel = rank_select(qg, layer.meta.centroids.reshape(r, c, d), sizes, layer.scale, n_ret, n_est)
+    sel = rank_select(
+        qg, layer.meta.centroids.reshape(r, c, d), sizes, layer.scale, n_ret, n_est, sort=False
+    )  # retrieved unsorted (plan_step ranks it by retrieved_score)
     cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
     buffer = layer._buffer(c)
     plan_width = widths[1] if widths is not None else buffer.pages + 1
     use = None if layer.fused_bookkeeping else False
-    plan = plan_step(buffer, sel.retrieved, sizes, cap_tokens, plan_width, use_triton=use)
+    plan = plan_step(buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score)
     take, fill, count = plan.take, plan.fill, plan.count
     if widths is None:
         miss_tokens = torch.where(plan.miss, plan.ret_sizes, 0).sum(1).max()

@@ -13,20 +13,34 @@ import triton.language as tl
 
 @triton.jit
 def plan_kernel(
-    ret, sizes, stamp, owner, fillp, clock,
+    ret, score, ranked, sizes, stamp, owner, fillp, clock,
     out_sizes, out_overflow, out_valid, out_hit, out_miss,
     miss_ids, miss_rank, miss_sizes, take, take_fill, count,
     hits_ctr, misses_ctr, row_counts,
     n, C, P1, W, cap_tokens,
-    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    SORT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    """Lookup, overflow, hit touch (LRU stamps), compacted misses and the hit-page table."""
+    """(SORT: rank `ret` by `score` into `ranked` first.) Lookup, overflow, hit touch (LRU
+    stamps), compacted misses and the hit-page table."""
     r = tl.program_id(0).to(tl.int64)
     stamp_row = stamp + r * (C + 1)
     base = tl.load(clock)
     i = tl.arange(0, BLOCK_N)
     in_n = i < n
     ids = tl.load(ret + r * n + i, mask=in_n, other=-1)
+    if SORT:  # position = entries with a higher score, or an equal score earlier
+        sc = tl.load(score + r * n + i, mask=in_n, other=0.0)
+        rank = tl.zeros([BLOCK_N], tl.int32)
+        for jb in tl.static_range(0, BLOCK_N, 16):
+            jj = jb + tl.arange(0, 16)
+            sj = tl.load(score + r * n + jj, mask=jj < n, other=0.0)
+            ahead = (sj[None, :] > sc[:, None]) | (
+                (sj[None, :] == sc[:, None]) & (jj[None, :] < i[:, None])
+            )
+            rank += tl.sum((ahead & (jj < n)[None, :]).to(tl.int32), 1)
+        tl.store(ranked + r * n + rank, ids, mask=in_n)
+        tl.debug_barrier()
+        ids = tl.load(ranked + r * n + i, mask=in_n, other=-1)
     has = in_n & (ids >= 0)
     sz = tl.load(sizes + r * C + ids, mask=has, other=0).to(tl.int64)
     over = (sz > 0) & (tl.cumsum(sz, 0) > cap_tokens)

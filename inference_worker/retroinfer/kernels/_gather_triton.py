@@ -28,3 +28,24 @@ def copy_runs_kernel(
                 v = tl.load(src_v + sv + within, mask=ok)
                 tl.store(dst_k + dd + within, k.to(dst_k.dtype.element_ty), mask=ok)
                 tl.store(dst_v + dd + within, v.to(dst_v.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def fetch_runs_kernel(
+    ids, tab_k, tab_v, size_tab, offsets, src_k, src_v, dst, rows, n, C, M,
+    D: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One program per row: the packed offsets of the requested clusters and their copy runs."""
+    r = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK_N)
+    in_n = i < n
+    cid = tl.load(ids + r * n + i, mask=in_n, other=-1)
+    valid = in_n & (cid >= 0)
+    sz = tl.load(size_tab + r * C + cid, mask=valid, other=0).to(tl.int64)
+    cum = tl.cumsum(sz, 0)
+    tl.store(offsets + r * (n + 1) + i, cum * 0, mask=i == 0)
+    tl.store(offsets + r * (n + 1) + 1 + i, cum, mask=in_n)
+    tl.store(src_k + r * n + i, tl.load(tab_k + r * C + cid, mask=valid, other=0), mask=in_n)
+    tl.store(src_v + r * n + i, tl.load(tab_v + r * C + cid, mask=valid, other=0), mask=in_n)
+    tl.store(dst + r * n + i, (r * M + cum - sz) * D, mask=in_n)
+    tl.store(rows + r * n + i, sz, mask=in_n)

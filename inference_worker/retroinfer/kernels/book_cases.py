@@ -50,10 +50,14 @@ def check_bookkeeping(
     for step in range(steps):
         hot = pool[torch.randperm(pool.numel(), generator=gen)]
         ret = torch.stack([_ranked(hot, clusters, n, gen) for _ in range(rows)]).to(device)
+        score = None
+        if step % 2:  # unsorted retrieval list with scores (ties included): the plan ranks it
+            score = torch.randint(0, 4, (rows, n), generator=gen).float().to(device)
         plans = [
-            plan_step(b, ret, sizes, cap, width, use_triton=fused)
+            plan_step(b, ret, sizes, cap, width, fused, score)
             for b, fused in zip(bufs, (False, True), strict=True)
         ]
+        _same(f"step {step} ranked", plans[0].ret, plans[1].ret)
         assert plans[1].fused, "the fused path did not run"
         for name in PLAN_FIELDS:
             _same(f"step {step} {name}", getattr(plans[0], name), getattr(plans[1], name))
@@ -110,7 +114,8 @@ def _same(what: str, a: torch.Tensor, b: torch.Tensor) -> None:
 
 def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[int, ...]) -> None:
     """A layer's fast step with fused bookkeeping vs with the torch bookkeeping vs the pure-torch
-    step: same outputs (1e-4) and identical statistics over a few steps.
+    step: same outputs (fp32 1e-4, bf16 2e-2) and identical statistics over a few steps (bf16:
+    between the two fast steps; the pure-torch ranking may order near-ties differently).
     shape = (batch, q heads, kv heads, head dim, context, steps)."""
     from .. import InProcessClusterSource, RetroInferConfig, RetroInferLayer
 
@@ -131,10 +136,44 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
         layer.prefill(kv[0], kv[1])
         layer.use_kernels, layer.fused_bookkeeping = mode != "torch", mode == "fused"
         runs.append([layer.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv]) for s in qs])
-    for other in runs[1:]:
-        for (o1, s1), (o2, s2) in zip(runs[0], other, strict=True):
-            torch.testing.assert_close(o1.float(), o2.float(), atol=1e-4, rtol=1e-3)
-            assert s1.as_dict() == s2.as_dict(), (s1.as_dict(), s2.as_dict())
+    tol = 1e-4 if dtype == torch.float32 else 2e-2  # bf16: outputs rounded to bf16
+    for first, other in ((0, 1), (0, 2), (1, 2)):
+        for (o1, s1), (o2, s2) in zip(runs[first], runs[other], strict=True):
+            torch.testing.assert_close(o1.float(), o2.float(), atol=tol, rtol=10 * tol)
+            if dtype == torch.float32 or first == 1:  # bf16 torch ranking may break ties apart
+                assert s1.as_dict() == s2.as_dict(), (s1.as_dict(), s2.as_dict())
+
+
+def check_fetch_runs(device: str, seed: int, segments: int = 2, n: int = 20) -> None:
+    """ClusterTable's fused fetch index math vs its torch reference (and the fetched rows)."""
+    from types import SimpleNamespace
+
+    from .cluster_table import ClusterTable
+
+    gen = torch.Generator().manual_seed(seed)
+    b, h, d, segs = 2, 3, 8, []
+    for _ in range(segments):
+        c = int(torch.randint(5, 40, (), generator=gen))
+        sizes = torch.randint(0, 6, (b, h, c), generator=gen)
+        offsets = torch.zeros(b, h, c + 1, dtype=torch.int64)
+        offsets[..., 1:] = sizes.cumsum(-1)
+        length = int(offsets[..., -1].max()) + 1
+        keys, values = torch.randn(2, b, h, length, d, generator=gen).to(device)
+        segs.append(SimpleNamespace(sizes=sizes, offsets=offsets, keys=keys, values=values))
+    table = ClusterTable(segs, torch.device(device))
+    total = table.size.shape[2]
+    ids = torch.randint(-1, total, (b, h, n), generator=gen).to(device)
+    width = int(table.runs_reference(ids, 1)[0][..., -1].max()) + 3  # ids may repeat
+    off_ref, runs_ref = table.runs_reference(ids, width)
+    off, runs = table._runs_triton(ids, width)
+    _same("fetch offsets", off_ref, off)
+    moved = runs_ref[3] > 0
+    _same("fetch runs", runs_ref[:, moved], runs[:, moved])
+    _same("fetch rows", runs_ref[3], runs[3])
+    got, want = table.fetch(ids, width), table.fetch(ids, width, use_triton=False)
+    rows = torch.arange(width, device=device) < off[..., -1:]
+    for a, bb in zip(got[:2], want[:2], strict=True):
+        _same("fetched rows", a[rows], bb[rows])
 
 
 def _patch_interpreter_index() -> None:
@@ -160,6 +199,7 @@ def run_interpreted() -> None:
     assert seen["overflow"] > 0 and seen["hits"] > 0, seen
     check_bookkeeping(2, 30, 5, 9, 4, "cpu", seed=3, page_tokens=3)  # odd page size
     check_layer_paths("cpu", torch.float32, seed=4, shape=(1, 8, 2, 16, 3000, 4))
+    check_fetch_runs("cpu", seed=5, segments=1)
     print("ok")
 
 

@@ -21,6 +21,7 @@ import torch
 from ..stats import step_counts
 from .availability import pick
 from .gather import copy_runs
+from .rank import sort_retrieved
 
 if TYPE_CHECKING:
     from ..wave_buffer import WaveBuffer
@@ -61,14 +62,18 @@ def plan_step(
     cap_tokens: int,  # execution-buffer capacity for retrieved tokens
     width: int,  # hit pages in the page table
     use_triton: bool | None = None,
+    score: torch.Tensor | None = None,  # [R, n] fp32: `ret` is unsorted, rank it by this
 ) -> StepPlan:
     if not (pick(use_triton, ret) and fusable(buffer, ret.shape[1])):
+        if score is not None:
+            ret = sort_retrieved(ret, score)
         return plan_step_reference(buffer, ret, sizes, cap_tokens, width)
     from ._book_triton import plan_kernel
 
     r, n = ret.shape
     dev, i64, i8 = ret.device, torch.int64, torch.int8
     ret = ret.contiguous()
+    ranked = torch.empty_like(ret) if score is not None else ret
     flags = torch.empty(4, r, n, dtype=i8, device=dev)  # overflow, valid, hit, miss
     out = {k: torch.empty(r, n, dtype=i64, device=dev) for k in ("sizes", "ids", "rank", "msz")}
     take = torch.empty(r, width, dtype=i64, device=dev)
@@ -76,16 +81,17 @@ def plan_step(
     count = torch.empty(r, dtype=i64, device=dev)
     row_counts = torch.zeros(r, 7, dtype=i64, device=dev)
     plan_kernel[(r,)](
-        ret, sizes.contiguous(), buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
+        ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
+        buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
         out["sizes"], flags[0], flags[1], flags[2], flags[3],
         out["ids"], out["rank"], out["msz"], take, fill, count,
         buffer.hits, buffer.misses, row_counts,
         n, buffer.num_clusters, buffer.pages + 1, width, cap_tokens,
-        BLOCK_N=_pow2(n), BLOCK_P=_pow2(buffer.pages + 1), num_warps=4,
+        SORT=score is not None, BLOCK_N=_pow2(n), BLOCK_P=_pow2(buffer.pages + 1), num_warps=4,
     )  # fmt: skip
     b = flags.view(torch.bool)
     return StepPlan(
-        ret, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
+        ranked, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
         out["rank"], out["msz"], row_counts,
     )  # fmt: skip
 

@@ -27,6 +27,9 @@ class RankSelection:
     retrieved: torch.Tensor  # [R, n_ret] int64 cluster ids, best first
     estimated: torch.Tensor  # [R, C] bool: the next n_est clusters (estimation zone)
     estimated_ids: torch.Tensor  # [R, n_est] int64: the same clusters as a list
+    # rank_select(..., sort=False) on the Triton path: `retrieved` is in index order and these
+    # are its scores [R, n_ret] fp32 (order by score descending, ties by position, to rank it)
+    retrieved_score: torch.Tensor | None = None
 
 
 def rank_select(
@@ -37,15 +40,17 @@ def rank_select(
     n_ret: int,
     n_est: int,
     use_triton: bool | None = None,
+    sort: bool = True,
 ) -> RankSelection:
-    """Top n_ret clusters by group score (best first) and the mask of the next n_est."""
+    """Top n_ret clusters by group score (best first) and the mask of the next n_est.
+    sort=False may leave `retrieved` unsorted with `retrieved_score` set (see RankSelection)."""
     c = centroids.shape[1]
     if n_ret < 1 or n_ret + n_est > c:
         raise ValueError(f"need 1 <= n_ret and n_ret + n_est <= C, got {n_ret}, {n_est}, C={c}")
     fits = _next_pow2(c) <= MAX_SELECT_BLOCK and _is_pow2(q.shape[-1])
     if not (fits and pick(use_triton, q)):
         return rank_select_reference(q, centroids, sizes, scale, n_ret, n_est)
-    return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est)
+    return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est, sort)
 
 
 def rank_select_reference(
@@ -73,6 +78,7 @@ def _rank_select_triton(
     scale: float,
     n_ret: int,
     n_est: int,
+    sort: bool = True,
 ) -> RankSelection:
     from ._rank_triton import logits_kernel, select_kernel
 
@@ -98,10 +104,14 @@ def _rank_select_triton(
         z, part_m, part_l, ret, ret_score, estimated, est_ids, c, nb, n_ret, n_ret + n_est,
         G=g, BLOCK=block, BLOCK_NB=_next_pow2(nb), num_warps=16 if block >= 8192 else 8,
     )  # fmt: skip
-    order = torch.sort(ret_score, dim=1, descending=True, stable=True).indices
-    return RankSelection(
-        z=z, retrieved=ret.gather(1, order), estimated=estimated.bool(), estimated_ids=est_ids
-    )
+    if not sort:
+        return RankSelection(z, ret, estimated.view(torch.bool), est_ids, ret_score)
+    return RankSelection(z, sort_retrieved(ret, ret_score), estimated.view(torch.bool), est_ids)
+
+
+def sort_retrieved(ret: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """ret [R, n] ordered by score [R, n] descending, ties in position order."""
+    return ret.gather(1, torch.sort(score, dim=1, descending=True, stable=True).indices)
 
 
 def _next_pow2(n: int) -> int:
