@@ -103,6 +103,9 @@ class DescriptorCache:
         self._leases: dict[int, tuple[float, float]] = {}  # lease id -> (issued, ttl)
         self._lock = threading.RLock()
         self._plans: dict[tuple[HeadKey, ...], _Plan] = {}
+        self._drops = self._seen_drops = 0  # times the store connection left READY
+        self._ready = False
+        self._unwatch = client.watch_connection(self._connection)
         self.renewals = 0  # RPCs spent on renewals and refreshes (for tests and stats)
         self.refreshes = 0
 
@@ -138,15 +141,26 @@ class DescriptorCache:
             self.table.drop(lambda key: key[0] in set(sequence_ids))
 
     def close(self) -> None:
+        self._unwatch()
         with self._lock:
             for lease_id in self._leases:
                 self.client.done_with_lease(lease_id)
             self._leases.clear()
             self.table.clear()
 
+    def _connection(self, ready: bool) -> None:
+        """Channel watcher (a gRPC thread): a READY -> other change means the connection
+        dropped (store killed or restarted): the next call renews before serving anything."""
+        if self._ready and not ready:
+            self._drops += 1
+        self._ready = ready
+
     def _renew_if_due(self) -> None:
         now = self.clock()
-        if any(now >= t0 + ttl * self.config.renew_fraction for t0, ttl in self._leases.values()):
+        dropped = self._drops != self._seen_drops
+        if dropped or any(
+            now >= t0 + ttl * self.config.renew_fraction for t0, ttl in self._leases.values()
+        ):
             self.renew()
 
     def renew(self) -> None:
@@ -156,13 +170,14 @@ class DescriptorCache:
             self._renew()
 
     def _renew(self) -> None:
-        now = self.clock()
+        now, drops = self.clock(), self._drops
         for lease_id in self._leases:
             self.client.done_with_lease(lease_id)  # released by the renewal RPC itself
         self._leases.clear()
         keys = self.table.keys()
         if not keys:
             self.table.clear()
+            self._seen_drops = drops
             return
         requests = [FetchRequest(s, layer, h, np.empty(0, np.int64)) for s, layer, h in keys]
         try:
@@ -172,6 +187,7 @@ class DescriptorCache:
             self.table.clear()
             return
         self.renewals += 1
+        self._seen_drops = drops  # the store answered after the drop: still the same one
         self._leases[batch.lease_id] = (now, batch.lease_ttl_s)
         t = batch.table
         changed = self.table.changed(keys, t[:, SLAB], t[:, EXTENT_OFFSET], t[:, GENERATION])

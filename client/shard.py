@@ -3,6 +3,7 @@ channel for the blocking SDK's hot call (FetchDescriptors)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,16 @@ class Shard:
             self._sync_channel = channel
             self._sync_stub = pb_grpc.KVStoreStub(channel)
         return self._sync_stub
+
+    def subscribe_sync(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        """Connectivity changes of the blocking channel (grpc calls back on its own thread)."""
+        self.sync_stub()
+        assert self._sync_channel is not None
+        self._sync_channel.subscribe(callback, try_to_connect=False)
+
+    def unsubscribe_sync(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        if self._sync_channel is not None:
+            self._sync_channel.unsubscribe(callback)
 
     def close_sync(self) -> None:
         if self._sync_channel is not None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+import grpc
 
 from client.aio import AsyncKVStoreClient
 from client.descriptors import DescriptorBatch
@@ -146,6 +148,18 @@ class KVStoreClient:
 
     def done_with_lease(self, lease_id: int) -> None:
         self._aio.done_with_lease(lease_id)
+
+    def watch_connection(self, callback: Callable[[bool], None]) -> Callable[[], None]:
+        """Call `callback(False)` whenever the blocking channel to the (single) store leaves
+        READY (the connection dropped: store gone or restarted), `callback(True)` when it is
+        READY; returns the function that stops watching."""
+        shard = self._aio._shards[0]
+
+        def changed(state: grpc.ChannelConnectivity) -> None:
+            callback(state == grpc.ChannelConnectivity.READY)
+
+        shard.subscribe_sync(changed)
+        return lambda: shard.unsubscribe_sync(changed)
 
     def release_leases(self, timeout_s: float | None = None) -> int:
         return self._run(self._aio.release_leases(timeout_s))

@@ -21,6 +21,7 @@ from client import (
     ResolverConfig,
     SequenceGeometry,
     StaleDescriptorError,
+    UnavailableError,
 )
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
@@ -227,3 +228,29 @@ def test_renewal_after_delete_drops_the_cache(namespace: str) -> None:
         finally:
             cache.close()
             local.close()
+
+
+def test_store_gone_stops_local_serving(namespace: str) -> None:
+    """A dropped connection (store killed or restarted) forces a renewal before anything is
+    served from the mapping: the call then fails like streaming would (UNAVAILABLE)."""
+    server = EmbeddedStore(_settings())
+    server.start()
+    client = KVStoreClient(server.target, namespace=namespace, timeout_s=5.0)
+    link = GrpcStoreLink(client, "require")
+    try:
+        _fill(link, np.random.default_rng(8), ["s0"], "float16")
+        ids = torch.from_numpy(np.random.default_rng(9).integers(0, C, (1, HEADS, 4)))
+        link.fetch(0, ["s0"], ids, 30)
+        assert link.counters.local_fetches == 1
+        server.stop()
+        cache = link._resolver
+        assert cache is not None
+        deadline = time.monotonic() + 30
+        while cache._drops == 0 and time.monotonic() < deadline:  # the watcher's thread
+            time.sleep(0.01)
+        assert cache._drops == 1
+        with pytest.raises(UnavailableError):
+            link.fetch(0, ["s0"], ids, 30)
+        assert link.counters.local_fetches == 1
+    finally:
+        link.close()
