@@ -1,6 +1,7 @@
-"""Fused wave-buffer bookkeeping (plan + admit kernels, plan ranking an unsorted retrieval list)
-and the fused fetch index math vs their torch references on fresh random steps: identical
-outputs and state (owner, fill, stamps, clock, counters, page rows). Interpreted
+"""Fused wave-buffer bookkeeping (plan + admit kernels, plan ranking an unsorted retrieval list),
+direct admission (source -> cache pages before the attention) and the fused fetch index math vs
+their torch references on fresh random steps: identical outputs and state (owner, fill, stamps,
+clock, counters, page rows); the layer's fast step in every mode vs the pure-torch step. Interpreted
 on CPU (TRITON_INTERPRET=1, subprocess) and compiled on CUDA (skipped without a GPU)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from inference_worker.retroinfer import WaveBuffer
 from inference_worker.retroinfer.kernels.book_cases import (
     check_bookkeeping,
+    check_direct,
     check_fetch_runs,
     check_layer_paths,
 )
@@ -64,3 +66,8 @@ def test_layer_fused_bookkeeping_matches_torch_paths_gpu(dtype):
 @cuda
 def test_fused_fetch_runs_match_reference_gpu():
     check_fetch_runs("cuda", seed=9, segments=3, n=150)
+
+
+@cuda
+def test_direct_admission_matches_reference_gpu():
+    check_direct("cuda", seed=10, rows=16, segments=3, steps=8)

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from .kernels import decode_attention, rank_select
-from .kernels.bookkeeping import admit_step, plan_step
+from .kernels.bookkeeping import admit_direct, admit_step, plan_step
 from .kernels.decode_attention import ExecView
 from .misses import device_batch
 
 if TYPE_CHECKING:
+    from .kernels.cluster_table import ClusterTable
     from .layer import RetroInferLayer
 
 
@@ -47,14 +48,21 @@ def fast_tripartite(
     use = None if layer.fused_bookkeeping else False
     plan = plan_step(buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score)
     take, fill, count = plan.take, plan.fill, plan.count
+    table = _direct_table(layer) if plan.fused else None
     if widths is None:
+        pages = buffer._pages_of(plan.ret_sizes)
         miss_tokens = torch.where(plan.miss, plan.ret_sizes, 0).sum(1).max()
-        hit_pages = torch.where(plan.hit, buffer._pages_of(plan.ret_sizes), 0).sum(1).max()
-        need = torch.stack([miss_tokens, hit_pages]).tolist()  # the step's one host sync
+        hit_pages = torch.where(plan.hit, pages, 0).sum(1).max()
+        listed = torch.where(plan.hit | plan.miss, pages, 0).sum(1).max()  # + admitted pages
+        need = torch.stack([miss_tokens, hit_pages, listed]).tolist()  # the step's one host sync
         widths = (-(-max(need[0], 1) // 64) * 64, max(need[1], 1))
-        take, fill = take[:, : widths[1]].contiguous(), fill[:, : widths[1]].contiguous()
-        count = count.clamp(max=widths[1])
-    pending = layer.misses.start(plan.miss_ids, widths[0])  # a thread for host-blocking sources
+        listed_w = max(need[2], 1) if table is not None else widths[1]
+        take, fill = take[:, :listed_w].contiguous(), fill[:, :listed_w].contiguous()
+        count = count.clamp(max=listed_w)
+    fetch_ids, counts = plan.miss_ids, None
+    if table is not None:  # admitted misses: source -> cache pages, attended there
+        fetch_ids, counts = admit_direct(buffer, plan, table, take, fill, count)
+    pending = layer.misses.start(fetch_ids, widths[0])  # a thread for host-blocking sources
     miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
     cap = steady.keys.shape[2]
     view = ExecView(
@@ -67,6 +75,16 @@ def fast_tripartite(
     out, _ = decode_attention(
         qg, view, sel.z, estimated, sizes, layer.meta.value_sums.reshape(r, c, d), layer.scale
     )
-    counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
-    width = cap + widths[0] + take.shape[1] * buffer.page_tokens
+    if counts is None:
+        counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
+    width = cap + widths[0] + widths[1] * buffer.page_tokens
     return out, counts, torch.empty(width, device="meta")
+
+
+def _direct_table(layer: RetroInferLayer) -> ClusterTable | None:
+    """The source's cluster table when misses can be admitted straight from the source."""
+    table_of = getattr(layer.source, "cluster_table", None)
+    if not layer.direct_admission or table_of is None:
+        return None
+    table: ClusterTable | None = table_of(layer.layer, layer.sequence_ids)
+    return table

@@ -70,6 +70,7 @@ class RetroInferLayer:
         self.static_shapes = False  # eager steps use the graph's fixed widths (no host sync)
         self.use_kernels = True  # Triton fast path where available (CUDA + triton)
         self.fused_bookkeeping = True  # fast path: wave-buffer bookkeeping in fused kernels
+        self.direct_admission = True  # fast path: admitted misses move source -> cache once
         self._graph: StepGraph | None = None
         self._graph_warm = False  # one eager tripartite step ran (kernels and source warmed up)
         self._pos = torch.zeros(1, dtype=torch.int64, device=self.device)

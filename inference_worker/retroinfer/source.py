@@ -10,6 +10,7 @@ import torch
 
 from .index import IndexSegment
 from .kernels import kernels_available
+from .kernels.availability import interpreting
 from .kernels.cluster_table import ClusterTable
 
 
@@ -111,16 +112,27 @@ class InProcessClusterSource:
             offsets=torch.cat([p.offsets for p in parts]),
         )
 
+    def cluster_table(self, layer: int, sequence_ids: Sequence[Hashable]) -> ClusterTable | None:
+        """Where every cluster of a batch uploaded together lies, for kernels that read the
+        clusters in place (the fast step's direct admission); None when there is none."""
+        key = (layer, tuple(sequence_ids))
+        return self._table(key) if key in self._groups else None
+
     def _table(self, key: tuple[int, tuple[Hashable, ...]]) -> ClusterTable | None:
         """The group's cluster table when its segments are on CUDA or in pinned host memory
-        and the Triton kernels can run there."""
+        and the Triton kernels can run there (or on CPU under TRITON_INTERPRET=1)."""
         if key not in self._tables:
             segs = self._groups[key]
-            reachable = all((t.is_cuda or t.is_pinned()) for s in segs for t in (s.keys, s.values))
-            if not reachable or not kernels_available("cuda"):
-                return None
             keys = segs[0].keys
-            device = keys.device if keys.is_cuda else torch.device("cuda", 0)
+            if interpreting() and not keys.is_cuda:
+                device = torch.device("cpu")
+            else:
+                tensors = [t for s in segs for t in (s.keys, s.values)]
+                if not all(t.is_cuda or t.is_pinned() for t in tensors):
+                    return None
+                if not kernels_available("cuda"):
+                    return None
+                device = keys.device if keys.is_cuda else torch.device("cuda", 0)
             self._tables[key] = ClusterTable(self._groups[key], device)
         return self._tables[key]
 

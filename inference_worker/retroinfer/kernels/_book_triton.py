@@ -89,12 +89,17 @@ def plan_kernel(
 @triton.jit
 def admit_kernel(
     miss_ids, miss_rank, miss_sizes, miss_off, stamp, owner, fillp, clock, scratch,
-    evict_ctr, row_counts, run_src, run_dst, run_rows,
-    n, C, P1, M, S,
+    evict_ctr, row_counts, run_src, run_src_v, run_dst, run_rows,
+    tab_k, tab_v, take, take_fill, count, rest_ids,
+    n, C, P1, M, S, CT, W,
     PT: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    DIRECT: tl.constexpr,
 ):  # fmt: skip
     """Evict whole least-recent clusters, place admitted misses (rank order, while they fit)
-    into free pages, stamp them; writes one copy run per placed page."""
+    into free pages, stamp them; writes one copy run per placed page. DIRECT: the runs read
+    the source through its cluster table (tab_k/tab_v: element offset of each cluster), the
+    placed pages are appended to the hit-page table and the misses left over (not admitted)
+    are listed in `rest_ids` for the packed fetch."""
     r = tl.program_id(0).to(tl.int64)
     stamp_row = stamp + r * (C + 1)
     own_row = owner + r * P1
@@ -157,11 +162,28 @@ def admit_kernel(
     pf = tl.minimum(tl.maximum(w_size - page_in * PT, 0), PT)
     tl.store(own_row + page, w_id, mask=ok)
     tl.store(fillp + r * P1 + page, pf, mask=ok)
-    tl.store(run_src + r * P1 + s, (r * M + w_off + page_in * PT) * D, mask=in_p)
+    if DIRECT:
+        w_tk = tl.load(tab_k + r * CT + w_id, mask=ok, other=0)
+        w_tv = tl.load(tab_v + r * CT + w_id, mask=ok, other=0)
+        tl.store(run_src + r * P1 + s, w_tk + page_in * PT * D, mask=in_p)
+        tl.store(run_src_v + r * P1 + s, w_tv + page_in * PT * D, mask=in_p)
+        c0 = tl.load(count + r)
+        at = c0 + s
+        tl.store(take + r * W + at, page, mask=ok & (at < W))
+        tl.store(take_fill + r * W + at, pf, mask=ok & (at < W))
+        tl.store(count + r, tl.minimum(c0 + adm_pages, W))
+    else:
+        src = (r * M + w_off + page_in * PT) * D
+        tl.store(run_src + r * P1 + s, src, mask=in_p)
+        tl.store(run_src_v + r * P1 + s, src, mask=in_p)
     tl.store(run_dst + r * P1 + s, ((r * P1 + page) * PT) * D, mask=in_p)
     tl.store(run_rows + r * P1 + s, tl.where(ok, pf, 0), mask=in_p)
     tl.store(stamp_row + mid, base + n - mrank, mask=fits)
     n_adm = tl.sum(fits.to(tl.int64), 0)
+    if DIRECT:  # misses are compacted first and admitted as a prefix: the rest shift down
+        tl.store(rest_ids + r * n + j - n_adm, mid, mask=in_n & (j >= n_adm))
+        none = tl.full([BLOCK_N], -1, tl.int64)
+        tl.store(rest_ids + r * n + j, none, mask=in_n & (j >= n - n_adm))
     tl.store(evict_ctr + r, tl.load(evict_ctr + r) + evicted)
     tl.store(row_counts + r * 7 + 2, n_adm)
     tl.store(row_counts + r * 7 + 3, tl.sum(is_m.to(tl.int64), 0) - n_adm)

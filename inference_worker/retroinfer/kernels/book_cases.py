@@ -124,7 +124,7 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
     kv = torch.randn(2, batch, hkv, length, d, generator=gen).to(device, dtype)
     qs = [torch.randn(3, batch, hq, d, generator=gen).to(device, dtype) for _ in range(steps)]
     runs = []
-    for mode in ("torch", "unfused", "fused"):
+    for mode in ("torch", "unfused", "fused", "direct"):
         ids = [f"s{b}" for b in range(batch)]
         source = InProcessClusterSource()
         layer = RetroInferLayer(
@@ -134,10 +134,13 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
         )  # fmt: skip
         layer.use_kernels = False  # the same (torch) index build for all three
         layer.prefill(kv[0], kv[1])
-        layer.use_kernels, layer.fused_bookkeeping = mode != "torch", mode == "fused"
+        layer.use_kernels, layer.fused_bookkeeping = mode != "torch", mode in ("fused", "direct")
+        layer.direct_admission = mode == "direct"
+        if mode == "direct":
+            assert source.cluster_table(0, ids) is not None, "no direct admission here"
         runs.append([layer.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv]) for s in qs])
     tol = 1e-4 if dtype == torch.float32 else 2e-2  # bf16: outputs rounded to bf16
-    for first, other in ((0, 1), (0, 2), (1, 2)):
+    for first, other in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3)):
         for (o1, s1), (o2, s2) in zip(runs[first], runs[other], strict=True):
             torch.testing.assert_close(o1.float(), o2.float(), atol=tol, rtol=10 * tol)
             if dtype == torch.float32 or first == 1:  # bf16 torch ranking may break ties apart
@@ -176,6 +179,66 @@ def check_fetch_runs(device: str, seed: int, segments: int = 2, n: int = 20) -> 
         _same("fetched rows", a[rows], bb[rows])
 
 
+def check_direct(device: str, seed: int, rows: int = 4, segments: int = 1, steps: int = 6) -> None:
+    """Direct admission (source -> cache pages before the attention) vs the reference
+    (packed fetch, admission after): same state and counts; the page table lists the hit and
+    admitted pages; the leftover list is the misses not admitted."""
+    from .bookkeeping import admit_direct
+
+    table = _random_table(device, seed, rows, segments, head_dim=16)
+    b, h, clusters = table.size.shape
+    r, n, pt = b * h, 10, 4
+    sizes = table.size.reshape(r, clusters)
+    bufs = [WaveBuffer(r, 16, pt, 16, torch.float32, torch.device(device)) for _ in range(2)]
+    for buf in bufs:
+        buf.grow(clusters)
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.randperm(clusters, generator=gen)[: clusters // 2]
+    width = n * 4 + 1  # pages of any n clusters (sizes < 16 tokens)
+    for step in range(steps):
+        hot = pool[torch.randperm(pool.numel(), generator=gen)]
+        ret = torch.stack([_ranked(hot, clusters, n, gen) for _ in range(r)]).to(device)
+        ref = plan_step(bufs[0], ret, sizes, 10**6, width, False)
+        got = plan_step(bufs[1], ret, sizes, 10**6, width, True)
+        mk, mv, moff = table.fetch(ref.miss_ids.view(b, h, n), int(sizes.sum(1).max()))
+        want = admit_step(bufs[0], ref, mk.view(r, -1, 16), mv.view(r, -1, 16), moff.view(r, -1))
+        take, fill, count = got.take, got.fill, got.count
+        rest, counts = admit_direct(bufs[1], got, table, take, fill, count)
+        _same(f"direct step {step} counts", want, counts)
+        _same_state(step, *bufs)
+        for i in range(r):
+            owners = bufs[1].owner[i, : bufs[1].pages]
+            hit_ids = ref.ret[i][ref.hit[i]].tolist()
+            mids = ref.miss_ids[i]
+            resident = bufs[0].stamp[i, mids.clamp(min=0)] >= 0
+            adm = mids[: int(((mids >= 0) & resident).sum())]  # admitted: a prefix
+            listed = {c for c in hit_ids + adm.tolist() if c >= 0}
+            pages = sorted(p for p in range(owners.numel()) if int(owners[p]) in listed)
+            k = int(count[i])
+            assert sorted(take[i, :k].tolist()) == pages, (step, i)
+            _same("direct fill", fill[i, :k], bufs[1].fill[i, take[i, :k]])
+            left = ref.miss_ids[i][adm.numel() :]
+            _same("rest ids", rest[i, : left.numel()], left)
+
+
+def _random_table(device: str, seed: int, rows: int, segments: int, head_dim: int):  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from .cluster_table import ClusterTable
+
+    gen = torch.Generator().manual_seed(seed)
+    segs = []
+    for _ in range(segments):
+        c = int(torch.randint(30, 60, (), generator=gen))
+        sizes = torch.randint(1, 16, (rows, 1, c), generator=gen)
+        offsets = torch.zeros(rows, 1, c + 1, dtype=torch.int64)
+        offsets[..., 1:] = sizes.cumsum(-1)
+        length = int(offsets[..., -1].max()) + 1
+        keys, values = torch.randn(2, rows, 1, length, head_dim, generator=gen).to(device)
+        segs.append(SimpleNamespace(sizes=sizes, offsets=offsets, keys=keys, values=values))
+    return ClusterTable(segs, torch.device(device))
+
+
 def _patch_interpreter_index() -> None:
     """triton 3.6's interpreter turns a loaded scalar into a range bound with `int(data)`, which
     rejects its 1-element arrays (the copy kernel's `range(0, n, BLOCK)`); take element 0."""
@@ -200,6 +263,7 @@ def run_interpreted() -> None:
     check_bookkeeping(2, 30, 5, 9, 4, "cpu", seed=3, page_tokens=3)  # odd page size
     check_layer_paths("cpu", torch.float32, seed=4, shape=(1, 8, 2, 16, 3000, 4))
     check_fetch_runs("cpu", seed=5, segments=1)
+    check_direct("cpu", seed=6)
     print("ok")
 
 

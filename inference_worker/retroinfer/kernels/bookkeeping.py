@@ -25,6 +25,7 @@ from .rank import sort_retrieved
 
 if TYPE_CHECKING:
     from ..wave_buffer import WaveBuffer
+    from .cluster_table import ClusterTable
 
 MAX_BLOCK_P = 4096  # pages per row one program holds in registers (larger: the reference)
 MAX_BLOCK_N = 1024  # retrieved clusters per row
@@ -119,35 +120,72 @@ def admit_step(
     miss_v: torch.Tensor,  # [R, M, D]
     miss_off: torch.Tensor,  # [R, n + 1] int64 token offsets of the packed misses
 ) -> torch.Tensor:
-    """Admit the step's misses; returns the step's counts [7] (COUNT_NAMES order)."""
+    """Admit the step's misses after the attention, copying them from the packed miss rows;
+    returns the step's counts [7] (COUNT_NAMES order)."""
     if not plan.fused:
         admitted = buffer.admit(
             plan.ret, plan.valid, plan.hit, plan.ret_sizes, miss_k, miss_v, miss_off
         )
         return step_counts(plan.hit, plan.miss, admitted, plan.overflow, plan.valid, plan.ret_sizes)
+    return _admit_fused(buffer, plan, miss_k, miss_v, miss_off, None)[1]
+
+
+def admit_direct(
+    buffer: WaveBuffer,
+    plan: StepPlan,  # a fused plan
+    table: ClusterTable,  # where the source's clusters lie (device or pinned host memory)
+    take: torch.Tensor,  # [R, W] the plan's page table (admitted pages are appended)
+    fill: torch.Tensor,  # [R, W]
+    count: torch.Tensor,  # [R]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Admission before the attention, straight from the source: admitted misses move once
+    (source -> their cache pages) and are attended there. Same buffer state and counts as
+    `admit_step`. Returns (rest_ids [R, n]: the misses not admitted, to fetch packed as usual,
+    then -1; counts [7])."""
+    return _admit_fused(buffer, plan, table.base_k, table.base_v, None, (table, take, fill, count))
+
+
+def _admit_fused(
+    buffer: WaveBuffer,
+    plan: StepPlan,
+    src_k: torch.Tensor,
+    src_v: torch.Tensor,
+    miss_off: torch.Tensor | None,
+    direct: tuple[ClusterTable, torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     from ._book_triton import admit_kernel
 
     assert plan.miss_rank is not None and plan.miss_sizes is not None
     assert plan.row_counts is not None
     r, n = plan.ret.shape
-    p1, pt, d = buffer.pages + 1, buffer.page_tokens, miss_k.shape[-1]
-    dev = miss_k.device
+    p1, pt, d = buffer.pages + 1, buffer.page_tokens, buffer.keys.shape[-1]
+    dev = buffer.keys.device
     block_p, block_n = _pow2(p1), _pow2(n)
     scratch = buffer.scratch(2 * block_p + block_n)
-    runs = torch.empty(3, r * p1, dtype=torch.int64, device=dev)  # src, dst, rows per slot
+    runs = torch.empty(4, r * p1, dtype=torch.int64, device=dev)  # src k, src v, dst, rows
+    rest = torch.empty(r, n, dtype=torch.int64, device=dev) if direct else plan.miss_ids
+    if direct is None:
+        assert miss_off is not None
+        tab_k = tab_v = take = fill = count = miss_off
+        off, m_width, c_tab, width = miss_off.contiguous(), src_k.shape[1], 1, 1
+    else:
+        table, take, fill, count = direct
+        tab_k, tab_v, off = table.tab_k, table.tab_v, plan.miss_ids
+        m_width, c_tab, width = 1, table.tab_k.shape[2], take.shape[1]
     admit_kernel[(r,)](
-        plan.miss_ids, plan.miss_rank, plan.miss_sizes, miss_off.contiguous(),
+        plan.miss_ids, plan.miss_rank, plan.miss_sizes, off,
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock, scratch,
-        buffer.evictions, plan.row_counts, runs[0], runs[1], runs[2],
-        n, buffer.num_clusters, p1, miss_k.shape[1], scratch.shape[1],
-        PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, num_warps=4,
+        buffer.evictions, plan.row_counts, runs[0], runs[1], runs[2], runs[3],
+        tab_k, tab_v, take, fill, count, rest,
+        n, buffer.num_clusters, p1, m_width, scratch.shape[1], c_tab, width,
+        PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, DIRECT=direct is not None, num_warps=4,
     )  # fmt: skip
     buffer.clock += n + 1
     copy_runs(
-        miss_k, miss_v, buffer.keys, buffer.values, runs[0], runs[0], runs[1], runs[2], d,
+        src_k, src_v, buffer.keys, buffer.values, runs[0], runs[1], runs[2], runs[3], d,
         use_triton=True, block_rows=pt if pt & (pt - 1) == 0 else 16,
     )  # fmt: skip
-    return plan.row_counts.sum(0)
+    return rest, plan.row_counts.sum(0)
 
 
 def _pow2(n: int) -> int:
