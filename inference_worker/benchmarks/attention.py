@@ -188,12 +188,15 @@ def _time_retro(
     retro_ms = _timed(step, steps, device)
     totals = {key: sum(int(c[key]) for c in recorded[first:]) for key in recorded[-1]}
     graphed = layer._graph is not None
-    unfused_ms = None
+    unfused_ms = packed_ms = None
     if graphed and layer.use_kernels:  # the same fast step with the torch bookkeeping
-        layer.fused_bookkeeping, layer._graph = False, None
+        layer.direct_admission, layer._graph = False, None
         qs[0] = stream.take(steps + 2)  # fresh queries for every timed phase
+        packed_ms = _timed(step, steps, device)  # fused, misses admitted from the packed rows
+        layer.fused_bookkeeping, layer._graph = False, None
+        qs[0] = stream.take(steps + 2)
         unfused_ms = _timed(step, steps, device)
-        layer.fused_bookkeeping, layer._graph = True, None
+        layer.fused_bookkeeping, layer.direct_admission, layer._graph = True, True, None
     layer.use_cuda_graph = False
     qs[0] = stream.take(steps + 2)
     eager_ms = _timed(step, steps, device) if graphed else retro_ms
@@ -210,6 +213,7 @@ def _time_retro(
         "rho": round(stream.rho, 4) if stream.kind == "correlated" else None,
         "rho_calibration_hit_ratio": None if calibration is None else round(calibration[1], 3),
         "retro_ms": retro_ms,
+        "retro_packed_admission_ms": packed_ms,
         "retro_unfused_bookkeeping_ms": unfused_ms,
         "retro_eager_ms": eager_ms,
         "retro_torch_ms": torch_ms,
@@ -277,13 +281,14 @@ def _print_table(result: dict[str, object]) -> None:
         f"\nPer-layer decode attention, device: {result['device']}, dtype {result['dtype']}, "
         f"{Q_HEADS}q/{KV_HEADS}kv heads, D={HEAD_DIM}; retro ms = CUDA graph replay when "
         f"available (eager ms = same layer without graph; torch ms = the pure-torch step, "
-        f"graph; unfused ms = fast step with the torch wave-buffer bookkeeping, graph); "
+        f"graph; packed ms = fused bookkeeping but misses admitted from the packed fetch "
+        f"(they move twice); unfused ms = the torch wave-buffer bookkeeping, graph); "
         f"query stream random = worst-case hits, correlated = rho-correlated queries"
     )
     print(
         f"{'context':>8} {'batch':>5} {'stream':>10} {'rho':>6} {'sdpa ms':>9} {'retro ms':>9} "
-        f"{'speedup':>8} {'unfused ms':>10} {'eager ms':>9} {'torch ms':>9} {'build ms':>9} "
-        f"{'hit':>6}  note"
+        f"{'speedup':>8} {'packed ms':>9} {'unfused ms':>10} {'eager ms':>9} {'torch ms':>9} "
+        f"{'build ms':>9} {'hit':>6}  note"
     )
     for row in result["rows"]:  # type: ignore[attr-defined]
         note = row.get("skipped") or row.get("retro_skipped") or ""
@@ -291,6 +296,7 @@ def _print_table(result: dict[str, object]) -> None:
             f"{row['context']:>8} {row['batch']:>5} {_f(row, 'query_stream'):>10} "
             f"{_f(row, 'rho'):>6} {_f(row, 'sdpa_ms'):>9} "
             f"{_f(row, 'retro_ms'):>9} {_f(row, 'speedup'):>8} "
+            f"{_f(row, 'retro_packed_admission_ms'):>9} "
             f"{_f(row, 'retro_unfused_bookkeeping_ms'):>10} {_f(row, 'retro_eager_ms'):>9} "
             f"{_f(row, 'retro_torch_ms'):>9} "
             f"{_f(row, 'index_build_ms'):>9} "
