@@ -80,7 +80,7 @@ def plan_step(
     take = torch.empty(r, width, dtype=i64, device=dev)
     fill = torch.empty(r, width, dtype=i64, device=dev)
     count = torch.empty(r, dtype=i64, device=dev)
-    row_counts = torch.zeros(r, 7, dtype=i64, device=dev)
+    row_counts = torch.empty(r, 7, dtype=i64, device=dev)  # columns 2-4 written by admission
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
