@@ -2,7 +2,9 @@
 
 One program per row (sequence, kv_head). Rows never share cluster ids or pages, so each program
 owns its row of the wave buffer's state. Within a program, `tl.debug_barrier()` orders the
-scatter stores and the loads that read them back (scratch rows in global memory).
+scatter stores and the loads that read them back (scratch rows in global memory). A scalar is
+loaded by every thread, so a read-modify-write of one address (counters, the page-table count)
+loads at the top and stores after a barrier: no thread may read after another one stored.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def plan_kernel(
     r = tl.program_id(0).to(tl.int64)
     stamp_row = stamp + r * (C + 1)
     base = tl.load(clock)
+    hits_before = tl.load(hits_ctr + r)
+    misses_before = tl.load(misses_ctr + r)
     i = tl.arange(0, BLOCK_N)
     in_n = i < n
     ids = tl.load(ret + r * n + i, mask=in_n, other=-1)
@@ -63,8 +67,8 @@ def plan_kernel(
     tl.store(out_hit + r * n + i, hit.to(tl.int8), mask=in_n)
     tl.store(out_miss + r * n + i, miss.to(tl.int8), mask=in_n)
     n_hit = tl.sum(hit.to(tl.int64), 0)
-    tl.store(hits_ctr + r, tl.load(hits_ctr + r) + n_hit)
-    tl.store(misses_ctr + r, tl.load(misses_ctr + r) + n_miss)
+    tl.store(hits_ctr + r, hits_before + n_hit)  # after the barrier above
+    tl.store(misses_ctr + r, misses_before + n_miss)
     tl.store(row_counts + r * 7 + 0, n_hit)
     tl.store(row_counts + r * 7 + 1, n_miss.to(tl.int64))
     tl.store(row_counts + r * 7 + 5, tl.sum(over.to(tl.int64), 0))
@@ -104,6 +108,10 @@ def admit_kernel(
     stamp_row = stamp + r * (C + 1)
     own_row = owner + r * P1
     base = tl.load(clock)
+    evicted_before = tl.load(evict_ctr + r)
+    c0 = 0
+    if DIRECT:
+        c0 = tl.load(count + r)  # hit pages already in the page table
     j = tl.arange(0, BLOCK_N)
     in_n = j < n
     mid = tl.load(miss_ids + r * n + j, mask=in_n, other=-1)
@@ -167,7 +175,6 @@ def admit_kernel(
         w_tv = tl.load(tab_v + r * CT + w_id, mask=ok, other=0)
         tl.store(run_src + r * P1 + s, w_tk + page_in * PT * D, mask=in_p)
         tl.store(run_src_v + r * P1 + s, w_tv + page_in * PT * D, mask=in_p)
-        c0 = tl.load(count + r)
         at = c0 + s
         tl.store(take + r * W + at, page, mask=ok & (at < W))
         tl.store(take_fill + r * W + at, pf, mask=ok & (at < W))
@@ -184,7 +191,7 @@ def admit_kernel(
         tl.store(rest_ids + r * n + j - n_adm, mid, mask=in_n & (j >= n_adm))
         none = tl.full([BLOCK_N], -1, tl.int64)
         tl.store(rest_ids + r * n + j, none, mask=in_n & (j >= n - n_adm))
-    tl.store(evict_ctr + r, tl.load(evict_ctr + r) + evicted)
+    tl.store(evict_ctr + r, evicted_before + evicted)
     tl.store(row_counts + r * 7 + 2, n_adm)
     tl.store(row_counts + r * 7 + 3, tl.sum(is_m.to(tl.int64), 0) - n_adm)
     tl.store(row_counts + r * 7 + 4, evicted)
