@@ -27,11 +27,12 @@ run() {  # run NAME TIMEOUT CMD...
 for s in "${stages[@]}"; do
   case $s in
     tests) run tests 240 python3 -m pytest -q --noconftest -p no:cacheprovider \
-      tests/test_retro_kernels.py tests/test_retro_cuda.py tests/test_store_shm_gather.py \
+      tests/test_retro_kernels.py tests/test_retro_cuda.py tests/test_retro_bookkeeping.py \
+      tests/test_store_shm_gather.py \
       tests/test_model_cuda_graph.py ;;
     kernels) run kernels 150 python3 -m inference_worker.benchmarks.retro_kernels \
       --out "$OUT/retro_kernels_cuda.json" ;;
-    attention) run attention 300 python3 -m inference_worker.benchmarks.attention \
+    attention) run attention 540 python3 -m inference_worker.benchmarks.attention \
       --out "$OUT/attention_cuda.json" ${ATTN_ARGS:-} ;;
     build) run build 150 python3 -m inference_worker.benchmarks.index_build \
       --out "$OUT/index_build_cuda.json" ;;
