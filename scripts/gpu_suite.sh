@@ -28,7 +28,8 @@ for s in "${stages[@]}"; do
   case $s in
     tests) run tests 240 python3 -m pytest -q --noconftest -p no:cacheprovider \
       tests/test_retro_kernels.py tests/test_retro_cuda.py tests/test_retro_bookkeeping.py \
-      tests/test_store_shm_gather.py \
+      tests/test_store_shm_gather.py tests/test_store_shm_packed.py \
+      tests/test_client_resolve_kernel.py tests/test_client_resolver.py \
       tests/test_model_cuda_graph.py ;;
     kernels) run kernels 150 python3 -m inference_worker.benchmarks.retro_kernels \
       --out "$OUT/retro_kernels_cuda.json" ;;
