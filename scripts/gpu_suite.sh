@@ -26,7 +26,7 @@ run() {  # run NAME TIMEOUT CMD...
 }
 for s in "${stages[@]}"; do
   case $s in
-    tests) run tests 240 python3 -m pytest -q --noconftest -p no:cacheprovider \
+    tests) run tests 240 python3 -m pytest -q -p no:cacheprovider \
       tests/test_retro_kernels.py tests/test_retro_cuda.py tests/test_retro_bookkeeping.py \
       tests/test_store_shm_gather.py tests/test_store_shm_packed.py \
       tests/test_client_resolve_kernel.py tests/test_client_resolver.py \
