@@ -104,6 +104,7 @@ class HeadTable:
         self._registered: set[tuple[str, int, int]] = set()
         self._alias: dict[tuple[str, int, int], torch.Tensor] = {}
         self._ready: tuple[str, int, int] | None = None  # (device, row_bytes, version) ready
+        self._on_device: dict[str, tuple[int, DeviceColumns]] = {}  # device -> (version, cols)
 
     def keys(self) -> list[HeadKey]:
         return list(self._index)
@@ -181,6 +182,15 @@ class HeadTable:
         return c["slab"].values[slots], c["extent"].values[slots], c["generation"].values[slots]
 
     def device(self, device: torch.device) -> DeviceColumns:
+        """The columns on `device` (built once per table version)."""
+        got = self._on_device.get(str(device))
+        if got is not None and got[0] == self.version:
+            return got[1]
+        columns = self._columns_on(device)
+        self._on_device[str(device)] = (self.version, columns)
+        return columns
+
+    def _columns_on(self, device: torch.device) -> DeviceColumns:
         c = self._cols
         lookup = Columns(
             self._starts.on(device),

@@ -37,7 +37,7 @@ from client.descriptors import (
     ResolveFallback,
     StaleDescriptorError,
 )
-from client.head_table import HeadTable
+from client.head_table import DeviceColumns, HeadTable
 from client.shm import ArenaReader
 from client.types import FetchRequest
 
@@ -75,6 +75,7 @@ class _Plan:
     slots: np.ndarray  # [E] int64
     geometry: tuple[int, int, torch.dtype, int]  # row_bytes, head_dim, dtype, longest cluster
     devices: dict[str, torch.Tensor]  # slots on each device
+    header_checks: dict[str, tuple[torch.Tensor, torch.Tensor]]  # per device: what headers hold
 
     def on(self, device: torch.device) -> torch.Tensor:  # [E] int64
         if device.type == "cpu":
@@ -82,6 +83,16 @@ class _Plan:
         got = self.devices.get(str(device))
         if got is None:
             got = self.devices[str(device)] = torch.from_numpy(self.slots).to(device)
+        return got
+
+    def headers(
+        self, dev: DeviceColumns, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(header word, expected generation) [E] of the rows' extents (fixed per version)."""
+        got = self.header_checks.get(str(device))
+        if got is None:
+            slot = self.on(device)
+            got = self.header_checks[str(device)] = (dev.header_word[slot], dev.generation[slot])
         return got
 
 
@@ -129,7 +140,7 @@ class DescriptorCache:
         plan = self._plans.get(memo)
         if plan is None or plan.version != self.table.version:
             slots = self._slots(keys)
-            plan = _Plan(self.table.version, slots, self.table.geometry(slots), {})
+            plan = _Plan(self.table.version, slots, self.table.geometry(slots), {}, {})
             if len(self._plans) >= MAX_PLANS:
                 self._plans.clear()
             self._plans[memo] = plan
@@ -225,14 +236,17 @@ class DescriptorCache:
             raise ResolveFallback(f"no direct gather for row_bytes={row_bytes} on {device}")
         dev = self.table.device(device)
         slot_t = plan.on(device)  # [E]
-        resolve = resolve_kernel.resolve_rows if cuda else resolve_kernel.resolve_rows_reference
-        runs = resolve(dev.lookup, slot_t, ids, max_tokens)
-        kv = torch.zeros(2 * e * max_tokens, w, dtype=torch.int64, device=device)
+        if cuda:  # uninitialised: the resolve kernel zeroes the padding tails, the gather the rest
+            kv = torch.empty(2 * e * max_tokens, w, dtype=torch.int64, device=device)  # [2EM, W]
+            runs = resolve_kernel.resolve_rows(dev.lookup, slot_t, ids, max_tokens, kv)
+        else:  # a host memset is cheaper than masking the tails
+            kv = torch.zeros(2 * e * max_tokens, w, dtype=torch.int64)
+            runs = resolve_kernel.resolve_rows_reference(dev.lookup, slot_t, ids, max_tokens)
         if cuda:
             src = self.table.cuda_source(row_bytes, device)
             gather_kernel.gather_runs(src, kv, runs.src, runs.dst, runs.lens, longest)
             # headers re-read on the GPU after the gather's reads (stream order): no host loop
-            at, want = dev.header_word[slot_t], dev.generation[slot_t]  # [E]
+            at, want = plan.headers(dev, device)  # [E] each
             gather_kernel.check_headers(src, at, want, runs.flags[resolve_kernel.STALE :])
             self.arena.mark_done(device)  # the next staging waits for this point
         else:

@@ -1,5 +1,6 @@
-"""The fused id -> run-table kernel and the header check kernel against their torch references,
-on fresh random inputs (interpreted on CPU with TRITON_INTERPRET=1, compiled on CUDA)."""
+"""The fused id -> run-table kernel (with its padding-tail zeroing) and the header check kernel
+against their torch references, on fresh random inputs (interpreted on CPU with
+TRITON_INTERPRET=1, compiled on CUDA)."""
 
 from __future__ import annotations
 
@@ -36,13 +37,23 @@ for trial in range(4):
     max_tokens = int(torch.randint(1, 30, (1,), generator=g))
     move = lambda c: rk.Columns(*(x.to(device) for x in (c.starts, c.lens, c.first, c.clusters,
                                                       c.keys_row, c.values_row)))
-    ref = rk.resolve_rows_reference(cols, slot, ids, max_tokens)
-    got = rk.resolve_rows(move(cols), slot.to(device), ids.to(device), max_tokens)
+    w = 2 ** int(torch.randint(0, 4, (1,), generator=g))
+    garbage = torch.randint(1, 1 << 60, (2 * e * max_tokens, w), generator=g)  # [2EM, W]
+    out_ref, out_got = garbage.clone(), garbage.to(device)
+    ref = rk.resolve_rows_reference(cols, slot, ids, max_tokens, out_ref)
+    got = rk.resolve_rows(move(cols), slot.to(device), ids.to(device), max_tokens, out_got)
     for name in ("src", "dst", "lens", "offsets", "bad_rows", "flags"):
         a, b = getattr(ref, name), getattr(got, name).cpu()
         if name in ("src", "dst"):  # only runs that copy something are defined alike
             a, b = a[ref.lens > 0], b[ref.lens > 0]
         assert torch.equal(a, b), (trial, name, a, b)
+    # padding tails (slots past the rows a row receives) zeroed, every other slot untouched
+    rows = ref.lens[: e * n].view(e, n).sum(-1)  # [E]
+    tail = (torch.arange(max_tokens)[None, :] >= rows[:, None]).repeat(2, 1).view(-1)  # [2EM]
+    assert torch.equal(out_got.cpu(), out_ref), (trial, "tails")
+    assert not out_ref[tail].any() and torch.equal(out_ref[~tail], garbage[~tail]), trial
+    plain = rk.resolve_rows(move(cols), slot.to(device), ids.to(device), max_tokens)
+    assert torch.equal(plain.offsets.cpu(), ref.offsets), (trial, "without out")
 from client import gather_kernel
 for trial in range(4):
     words = torch.randint(-(1 << 62), 1 << 62, (512,), generator=g)  # [N] int64

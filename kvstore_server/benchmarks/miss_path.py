@@ -1,6 +1,7 @@
 """Miss-path bandwidth: shared memory + gather vs gRPC streaming vs a plain copy baseline.
 
-`python -m kvstore_server.benchmarks.miss_path [--contexts 32768 131072] [--batches 1 4 16]`
+`python -m kvstore_server.benchmarks.miss_path [--contexts 32768 131072] [--batches 1 4 16]
+ [--quick] [--profile PATH]`
 
 One call = what a RetroInfer layer asks per decode step when every retrieved cluster misses:
 B sequences x 8 KV heads x n_ret = round(0.018 C) clusters of 16 tokens (head_dim 128, bf16,
@@ -35,6 +36,7 @@ import torch
 
 from client import FetchRequest, KVStoreClient, SequenceGeometry, gather_kernel
 from inference_worker.engine.store_link import GrpcStoreLink
+from kvstore_server.benchmarks.miss_profile import profile_calls
 from kvstore_server.benchmarks.store import device_name as cpu_name
 from kvstore_server.benchmarks.store import segments, start
 
@@ -69,6 +71,16 @@ def timed(fn, reps: int, device: torch.device) -> list[float]:  # type: ignore[n
     return out
 
 
+def warm_up(fn, device: torch.device, seconds: float = 0.2) -> None:  # type: ignore[no-untyped-def]
+    """Call `fn` for at least `seconds` (and twice): compiled, allocated, clocks up."""
+    t0, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() - t0 < seconds:
+        fn()
+        calls += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def row(context: int, batch: int, nbytes: int, system: str, lat: list[float], exact) -> Row:  # type: ignore[no-untyped-def]
     ms = np.asarray(lat) * 1e3
     return Row(
@@ -93,7 +105,15 @@ def populate(client: KVStoreClient, context: int, batch: int) -> list[str]:
     return ids
 
 
-def bench(target: str, context: int, batch: int, reps: int, device: torch.device) -> list[Row]:
+def bench(
+    target: str,
+    context: int,
+    batch: int,
+    reps: int,
+    device: torch.device,
+    quick: bool = False,
+    profile: Path | None = None,
+) -> list[Row]:
     c = context // CLUSTER
     n_ret = max(round(RETRIEVAL * c), 1)
     max_tokens = n_ret * CLUSTER
@@ -127,22 +147,11 @@ def bench(target: str, context: int, batch: int, reps: int, device: torch.device
                 _link(local, ids, pick, max_tokens, reps, device), local_exact),
             row(context, batch, nbytes, "lease renewal RPC (once per ~3.3 s)",
                 _renewal(local, reps), None),
-            row(context, batch, nbytes, "shm (RPC + gather)", _link(shm, ids, pick, max_tokens,
-                                                                    reps, device), exact),
-            *[
-                row(context, batch, nbytes, f"shm gather only ({m})",
-                    _gather_only(shm, ids, pick(), max_tokens, reps, device, m), exact)
-                for m in _methods(device)
-            ],
-            *_sweep(shm, ids, pick, max_tokens, reps, device, context, batch, nbytes),
-            *_kernel_only(shm, ids, pick(), max_tokens, reps, device, context, batch, nbytes),
-            row(context, batch, nbytes, "descriptor RPC only", _rpc_only(shm, ids, pick, reps),
-                None),
-            row(context, batch, nbytes, "grpc stream", _link(grpc, ids, pick, max_tokens,
-                                                             max(reps // 3, 2), device), exact),
-            row(context, batch, nbytes, _baseline_name(device), _baseline(nbytes, reps, device),
-                None),
         ]  # fmt: skip
+        if profile is not None:
+            profile_calls(local, ids, pick, max_tokens, device, profile)
+        rows += (_quick if quick else _full)(shm, grpc, ids, pick, first, max_tokens, reps,
+                                             device, context, batch, nbytes, exact)  # fmt: skip
         for sid in ids:
             shm.client.delete_sequence(sid)
         return rows
@@ -152,9 +161,39 @@ def bench(target: str, context: int, batch: int, reps: int, device: torch.device
         grpc.close()
 
 
+def _quick(shm, grpc, ids, pick, first, max_tokens, reps, device, context, batch, nbytes, exact):  # type: ignore[no-untyped-def]
+    """The rows the local-resolve path is judged by: its kernel alone and the copy baseline."""
+    return [
+        *_kernel_only(shm, ids, pick(), max_tokens, reps, device, context, batch, nbytes),
+        row(context, batch, nbytes, _baseline_name(device), _baseline(nbytes, reps, device),
+            None),
+    ]  # fmt: skip
+
+
+def _full(shm, grpc, ids, pick, first, max_tokens, reps, device, context, batch, nbytes, exact):  # type: ignore[no-untyped-def]
+    rows = [
+        row(context, batch, nbytes, "shm (RPC + gather)", _link(shm, ids, pick, max_tokens,
+                                                                reps, device), exact),
+        *[
+            row(context, batch, nbytes, f"shm gather only ({m})",
+                _gather_only(shm, ids, pick(), max_tokens, reps, device, m), exact)
+            for m in _methods(device)
+        ],
+        *_sweep(shm, ids, pick, max_tokens, reps, device, context, batch, nbytes),
+        *_kernel_only(shm, ids, pick(), max_tokens, reps, device, context, batch, nbytes),
+        row(context, batch, nbytes, "descriptor RPC only", _rpc_only(shm, ids, pick, reps),
+            None),
+        row(context, batch, nbytes, "grpc stream", _link(grpc, ids, pick, max_tokens,
+                                                         max(reps // 3, 2), device), exact),
+        row(context, batch, nbytes, _baseline_name(device), _baseline(nbytes, reps, device),
+            None),
+    ]  # fmt: skip
+    return rows
+
+
 def _link(link: GrpcStoreLink, ids, pick, max_tokens: int, reps: int, device) -> list[float]:  # type: ignore[no-untyped-def]
     picks = [pick() for _ in range(reps + 1)]
-    link.fetch(0, ids, picks[-1], max_tokens)  # warm-up
+    warm_up(lambda: link.fetch(0, ids, picks[-1], max_tokens), device)
     it = iter(picks)
     return timed(lambda: link.fetch(0, ids, next(it), max_tokens), reps, device)
 
@@ -303,6 +342,17 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the local-resolve rows, the kernel alone and the copy baseline",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a torch.profiler table of local-resolve calls (largest point)",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -316,7 +366,9 @@ def main() -> None:
         target = f"127.0.0.1:{doc['port']}"
         for context in args.contexts:
             for batch in args.batches:
-                got = bench(target, context, batch, args.reps, device)
+                last = (context, batch) == (args.contexts[-1], args.batches[-1])
+                prof = args.profile if last else None
+                got = bench(target, context, batch, args.reps, device, args.quick, prof)
                 rows += got
                 print_table(got, name)
                 _write(args.out or RESULTS / f"miss_path_{device.type}.json", name, rows)
