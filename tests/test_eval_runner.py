@@ -190,3 +190,16 @@ def test_sweep_points_use_the_pure_fraction_and_the_default_keeps_the_floor() ->
     assert point.min_retrieval_clusters == 0 and point.retrieval_budget == 0.005
     # C = 440 clusters (a ~7K-token prompt): the floor would make 0.5% and 1.8% identical
     assert point.retrieval_clusters(440) == 2 and default.retrieval_clusters(440) == 64
+
+
+def test_defer_misses_flag_reaches_every_retroinfer_config() -> None:
+    from inference_worker.eval import cli, engine_link, report
+
+    parser = cli.build_parser()
+    assert cli.config_from_args(parser.parse_args(["--quick", "--defer-misses"])).defer_misses
+    assert not cli.config_from_args(parser.parse_args(["--quick"])).defer_misses
+    assert engine_link.retro_config(None, defer_misses=True).defer_misses
+    assert engine_link.retro_config(0.01, defer_misses=True).defer_misses
+    assert not engine_link.retro_config(0.01).defer_misses
+    assert "defer_misses=True" in report._mode_lines({"config": {"defer_misses": True}})[0]
+    assert report._mode_lines({"config": {"defer_misses": False}}) == []

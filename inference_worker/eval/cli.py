@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import platform
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-sweep", action="store_true", help="only full and RetroInfer default")
     p.add_argument(
+        "--defer-misses",
+        action="store_true",
+        help="RetroInfer runs with defer_misses=True (misses estimated for one step)",
+    )
+    p.add_argument(
         "--depths", type=lambda s: [parse_fraction(x) for x in _csv(s)], help="e.g. 0%%,50%%,100%%"
     )
     p.add_argument("--batch-size", type=int)
@@ -109,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if args.no_sweep:
         overrides["budgets"] = ()
     overrides["resume"] = args.resume
+    overrides["defer_misses"] = args.defer_misses
     return quick_config(**overrides) if args.quick else EvalConfig(**overrides)
 
 
@@ -161,7 +168,7 @@ def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None
         engine,
         specs,
         engine_link.make_request,
-        engine_link.retro_config,
+        functools.partial(engine_link.retro_config, defer_misses=config.defer_misses),
         default_budget,
         store=engine_link.open_store(config.store),
         batch_size=config.batch_size,

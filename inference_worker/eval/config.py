@@ -40,6 +40,7 @@ class EvalConfig:
     store: str | None = None  # HOST:PORT of a KV store; None -> in-process
     out: Path = RESULTS_DIR / "default"
     resume: bool = False  # keep records already in out/records.jsonl
+    defer_misses: bool = False  # RetroInfer runs estimate missed clusters for one step
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]

@@ -99,6 +99,16 @@ def _informative_lines(summary: dict[str, Any]) -> list[str]:
     ]
 
 
+def _mode_lines(meta: dict[str, Any]) -> list[str]:
+    """Run-wide RetroInfer modes worth a line in the header."""
+    if meta.get("config", {}).get("defer_misses"):
+        return [
+            "- RetroInfer mode: defer_misses=True (a missed cluster is estimated in its step, "
+            "exact from the next)"
+        ]
+    return []
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The report: summary, by task, by length, by task and length."""
     meta = summary["meta"]
@@ -115,6 +125,7 @@ def markdown(summary: dict[str, Any]) -> str:
         f"seed {meta.get('seed', '-')}",
         f"- dropped (unfinished) samples: {summary['dropped_incomplete_samples']}; "
         f"wall time: {meta.get('elapsed_s', '-')} s",
+        *_mode_lines(meta),
         "- scores 0-100: RULER string match, partial credit for multi-answer tasks; "
         "averages are macro averages over tasks; gap = RetroInfer (default) minus full",
         "",
