@@ -9,7 +9,9 @@ same host (misses are read zero-copy over PCIe by the gather kernel). Random wei
 K/V make decode queries unrelated from step to step: the wave-buffer hit ratio is a worst case.
 
 Full attention: GraphedDecoder (whole step in one CUDA graph) at the largest batch that fits.
-RetroInfer: the model eager, each layer's RetroInfer step replayed from its CUDA graph.
+RetroInfer (eager model): the model eager, each layer's RetroInfer step replayed from its own
+CUDA graph. RetroInfer (graphed): the whole decode step (model + every layer's fixed-width
+RetroInfer step) replayed from one CUDA graph (GraphedRetroDecoder), same layers, same run.
 Time breakdown: `model` = the same model with a zero-cost attention backend; the RetroInfer
 attention share = total - model; inside it, kernel time by kind from a profiled eager step.
 """
@@ -32,6 +34,7 @@ from inference_worker.model import (
     ModelConfig,
     build_model,
 )
+from inference_worker.model.retro_graph import GraphedRetroDecoder
 from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
 
 log = logging.getLogger(__name__)
@@ -147,12 +150,18 @@ def retroinfer(model: CausalLM, context: int, batch: int, steps: int) -> dict:
     counts = backend.counts[-c.num_layers * steps :]
     hits = sum(int(x["hits"]) for x in counts)
     misses = sum(int(x["misses"]) for x in counts)
+    try:
+        graphed = _graphed_loop(model, layers, batch, context + steps + 2, steps)
+    except RuntimeError as err:  # report it; the other rows of the run still count
+        log.exception("graphed RetroInfer decode failed")
+        graphed = {"error": str(err)}
     model_s = _loop(model, _NoAttention(), batch, context, steps)
     kinds = _profile_kinds(model, layers, batch, context + steps + 2)
     return {
         "batch": batch,
         "step_ms": round(step_s * 1e3, 2),
         "tokens_per_s": batch / step_s,
+        "graphed": graphed,
         "model_ms": round(model_s * 1e3, 2),
         "retro_attention_ms": round((step_s - model_s) * 1e3, 2),
         "attention_kernel_ms_by_kind (eager profiled step, all layers)": kinds,
@@ -160,6 +169,35 @@ def retroinfer(model: CausalLM, context: int, batch: int, steps: int) -> dict:
         "setup_s (index build + pinning)": round(build_s, 1),
         "clusters_per_head": layers[0].num_clusters,
     }
+
+
+def _graphed_loop(model: CausalLM, layers: list, batch: int, start: int, steps: int) -> dict:
+    """The whole step from one CUDA graph; timed as _loop (synchronised per step)."""
+    dec = GraphedRetroDecoder(model, layers)
+    tokens = torch.randint(0, LLAMA_8B.vocab_size, (batch,), device=model.device)
+    times, counts = [], []
+    for i in range(steps + 2):  # step 0 captures the graph
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        logits, stats = dec.step(tokens, [start + i] * batch)
+        tokens = logits.argmax(-1)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        counts += [s.counts for s in stats] if i >= 2 else []
+    step_s = sum(times[2:]) / steps
+    hits = sum(int(x["hits"]) for x in counts)
+    misses = sum(int(x["misses"]) for x in counts)
+    out = {
+        "step_ms": round(step_s * 1e3, 2),
+        "tokens_per_s": batch / step_s,
+        "first_step_ms (warm-up + capture)": round(times[0] * 1e3, 1),
+        "hit_ratio": round(hits / max(hits + misses, 1), 3),
+        "captures": dec.captures,
+        "eager_steps": dec.eager_steps,
+    }
+    del dec
+    torch.cuda.empty_cache()
+    return out
 
 
 def _to_host(source: InProcessClusterSource, ids: list[str], segment) -> None:
@@ -198,8 +236,12 @@ def main() -> None:
         rb = (args.retro_batch or [])[i : i + 1] or [4 if ctx > 65536 else 8]
         retro = retroinfer(model, ctx, rb[0], args.steps)
         log.info("retro %d: %s", ctx, retro)
-        speed = retro["tokens_per_s"] / full["tokens_per_s"] if "tokens_per_s" in full else None
-        rows.append({"context": ctx, "full": full, "retroinfer": retro, "speedup": speed})
+        full_tps = full.get("tokens_per_s")
+        speed = retro["tokens_per_s"] / full_tps if full_tps else None
+        graphed_tps = retro["graphed"].get("tokens_per_s")
+        graphed = graphed_tps / full_tps if full_tps and graphed_tps else None
+        row = {"context": ctx, "full": full, "retroinfer": retro, "speedup": speed}
+        rows.append({**row, "speedup_graphed": graphed})
         torch.cuda.empty_cache()
         if hasattr(torch._C, "_host_emptyCache"):
             torch._C._host_emptyCache()  # give the pinned store memory back
@@ -213,6 +255,27 @@ def main() -> None:
     print(f"\nEnd-to-end decode, Llama-3.1-8B arch, random bf16 weights, {result['device']}")
     for r in rows:
         print(json.dumps(r, default=str))
+    _print_table(rows)
+
+
+def _print_table(rows: list[dict]) -> None:
+    print(f"\n{'context':>8} {'path':<34} {'batch':>5} {'ms/step':>8} {'tok/s':>7} {'vs full':>7}")
+    for r in rows:
+        full, retro = r["full"], r["retroinfer"]
+        lines = [
+            ("full attention (one CUDA graph)", full, 1.0 if "step_ms" in full else None),
+            ("RetroInfer, eager model", retro, r["speedup"]),
+            ("RetroInfer, whole step graphed", retro["graphed"], r["speedup_graphed"]),
+        ]
+        for name, d, vs in lines:
+            if "step_ms" not in d:
+                continue
+            batch = d.get("batch", retro["batch"])
+            ratio = f"{vs:.2f}x" if vs is not None else "-"
+            tps = d["tokens_per_s"]
+            print(
+                f"{r['context']:>8} {name:<34} {batch:>5} {d['step_ms']:>8} {tps:>7.1f} {ratio:>7}"
+            )
 
 
 if __name__ == "__main__":
