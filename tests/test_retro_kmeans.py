@@ -107,6 +107,7 @@ def test_cluster_count_rule():
     [
         ("retrieval_budget", 1.5, "retrieval_budget must be a number in [0, 1], got 1.5"),
         ("page_tokens", 0, "page_tokens must be an int >= 1, got 0"),
+        ("defer_warmup_steps", -1, "defer_warmup_steps must be an int >= 0, got -1"),
         ("cache_ratio", -0.1, "cache_ratio must be a number in [0, 1], got -0.1"),
         ("update_clusters", 2048, "update_clusters must be <= update_tokens, got 2048 > 1024"),
     ],

@@ -73,7 +73,7 @@ def test_background_fetch_matches_inline_fetch() -> None:
 
 
 def test_deferred_misses_are_estimated_then_exact() -> None:
-    config = RetroInferConfig(defer_misses=True, **FULL)
+    config = RetroInferConfig(defer_misses=True, defer_warmup_steps=0, **FULL)
     for source in (InProcessClusterSource(), BlockingSource()):
         results = _steps(_layer(config, source), 3, 2)
         (first, ref1, s1), (second, ref2, s2), (third, ref3, _) = results
@@ -84,5 +84,15 @@ def test_deferred_misses_are_estimated_then_exact() -> None:
         torch.testing.assert_close(third.double(), ref3, atol=2e-5, rtol=1e-4)
 
 
+def test_deferred_mode_fetches_exactly_while_warming_up() -> None:
+    config = RetroInferConfig(defer_misses=True, defer_warmup_steps=1, **FULL)
+    (first, ref1, s1), (second, ref2, s2) = _steps(_layer(config, BlockingSource()), 2, 2)
+    assert s1["misses"] > 0 and s1["admitted"] == s1["misses"]  # the cold step waited
+    torch.testing.assert_close(first.double(), ref1, atol=2e-5, rtol=1e-4)
+    assert s2["hits"] >= s1["admitted"]
+    torch.testing.assert_close(second.double(), ref2, atol=2e-5, rtol=1e-4)
+
+
 def test_deferred_mode_is_off_by_default() -> None:
     assert RetroInferConfig().defer_misses is False
+    assert RetroInferConfig().defer_warmup_steps == 1

@@ -121,6 +121,7 @@ class FixedStepBackend:
                 counts=dict(zip(COUNT_NAMES, counts[i].unbind(), strict=True)),
             )
             steady.length += 1
+            layer.decode_steps += 1
             s.new_segment = layer._maybe_update()
             stats.append(s)
         return stats

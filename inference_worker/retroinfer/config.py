@@ -37,6 +37,9 @@ class RetroInferConfig:
         16384  # tokens per chunk of the final global assignment (memory bound)
     )
     defer_misses: bool = False  # opt-in: estimate missed clusters now, admit them next step
+    # with defer_misses, the first decode steps after prefill still fetch exactly: the wave
+    # buffer starts empty, so deferring there would estimate nearly every retrieved cluster
+    defer_warmup_steps: int = 1
 
     def __post_init__(self) -> None:
         _check_int("sink_tokens", self.sink_tokens, 0)
@@ -50,6 +53,7 @@ class RetroInferConfig:
         _check_int("exec_buffer_min_clusters", self.exec_buffer_min_clusters, 1)
         _check_int("final_assign_chunk", self.final_assign_chunk, 1)
         _check_int("min_retrieval_clusters", self.min_retrieval_clusters, 0)
+        _check_int("defer_warmup_steps", self.defer_warmup_steps, 0)
         _check_fraction("retrieval_budget", self.retrieval_budget)
         _check_fraction("estimation_budget", self.estimation_budget)
         if self.retrieval_budget + self.estimation_budget > 1.0 + 1e-9:

@@ -74,6 +74,7 @@ class RetroInferLayer:
         self._graph: StepGraph | None = None
         self._graph_warm = False  # one eager tripartite step ran (kernels and source warmed up)
         self._pos = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self.decode_steps = 0  # decode() calls since prefill
         self.misses = MissFetcher(source, layer, self.sequence_ids, self.batch, num_kv_heads)
 
     @property
@@ -155,6 +156,7 @@ class RetroInferLayer:
                 )
             self._graph_warm = True
         steady.length += 1
+        self.decode_steps += 1
         stats.new_segment = self._maybe_update()
         return out.reshape(q.shape).to(q.dtype), stats
 
@@ -222,7 +224,8 @@ class RetroInferLayer:
     ) -> tuple[torch.Tensor, ...]:
         """The step's device work. Returns (out [R, G, D] fp32, counts [7], exec marker [T],
         retrieved ids, ranked ids, estimated mask). widths None: measured (one host sync)."""
-        defer = self.config.defer_misses  # fast path: misses always exact this step
+        cfg = self.config  # fast path: misses always exact this step
+        defer = cfg.defer_misses and self.decode_steps >= cfg.defer_warmup_steps
         if (
             self.use_kernels
             and not self.record_selection
