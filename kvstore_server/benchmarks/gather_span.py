@@ -20,45 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
-import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from client import gather_kernel
+from kvstore_server.benchmarks.zero_copy import HostRows, cuda_ms, mapping
 
 ROW, RUN_ROWS, HEAD_ROWS, PICK = 256, 16, 131072, 147
 W = ROW // 8
 SLAB = 256 << 20
-
-
-class _Alias:
-    def __init__(self, address: int, rows: int) -> None:
-        self.__cuda_array_interface__ = {
-            "shape": (rows, W), "typestr": "<i8", "data": (address, False), "version": 3,
-            "strides": None,
-        }  # fmt: skip
-
-
-def mapping(nbytes: int, tag: str) -> tuple[mmap.mmap, np.ndarray]:
-    """A /dev/shm file of nbytes, mapped, touched and registered (portable|mapped|read-only)."""
-    path = f"/dev/shm/wavekv-span-{os.getpid()}-{tag}"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.posix_fallocate(fd, 0, nbytes)
-        mem = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    buf = np.frombuffer(mem, np.uint8)
-    buf[::4096] = 1
-    err = torch.cuda.cudart().cudaHostRegister(buf.ctypes.data, nbytes, 1 | 2 | 8)
-    if int(err) != 0:
-        raise RuntimeError(f"cudaHostRegister({nbytes}) failed: {int(err)}")
-    return mem, buf
 
 
 def random_runs(k: int, pool_rows: int, rng: np.random.Generator) -> np.ndarray:  # [3, K]
@@ -76,16 +48,6 @@ def arena_runs(heads: int, rng: np.random.Generator) -> np.ndarray:  # [3, 2 * h
     k = heads * PICK
     dst = np.arange(2 * k) * RUN_ROWS
     return np.stack([src, dst, np.full(2 * k, RUN_ROWS)]).astype(np.int64)
-
-
-def cuda_ms(fn, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / reps * 1e3
 
 
 def slab_table(runs: np.ndarray, bufs: list[np.ndarray]) -> tuple[int, np.ndarray]:
@@ -112,7 +74,7 @@ def main() -> None:
     rows: list[dict] = []
 
     def add(name: str, address: int, pool_rows: int, runs: np.ndarray) -> None:
-        src = torch.as_tensor(_Alias(address, pool_rows), device="cuda")
+        src = torch.as_tensor(HostRows(address, pool_rows), device="cuda")
         t = torch.from_numpy(np.ascontiguousarray(runs)).cuda()  # [3, K] row-major
         ms = cuda_ms(lambda: gather_kernel.gather_runs(src, out, t[0], t[1], t[2], RUN_ROWS))
         rows.append({"layout": name, "ms": ms, "gb_per_s": nbytes / ms / 1e6})

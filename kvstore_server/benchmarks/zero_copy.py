@@ -29,7 +29,9 @@ ROW, RUN_ROWS, POOL = 256, 16, 1 << 30
 W = ROW // 8
 
 
-class _Alias:
+class HostRows:
+    """Host memory at `address` seen as [rows, W] int64 (CUDA array interface)."""
+
     def __init__(self, address: int, rows: int) -> None:
         self.__cuda_array_interface__ = {
             "shape": (rows, W), "typestr": "<i8", "data": (address, False), "version": 3,
@@ -37,12 +39,14 @@ class _Alias:
         }  # fmt: skip
 
 
-def shm_pool(huge: bool) -> tuple[mmap.mmap, int]:
-    path = f"/dev/shm/wavekv-zero-copy-{os.getpid()}"
+def mapping(nbytes: int, tag: str, huge: bool = False) -> tuple[mmap.mmap, np.ndarray]:
+    """A /dev/shm file of nbytes, mapped, touched and registered (portable|mapped|read-only)
+    like the store's slabs; MADV_HUGEPAGE asked for when `huge`."""
+    path = f"/dev/shm/wavekv-bench-{os.getpid()}-{tag}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        os.posix_fallocate(fd, 0, POOL)
-        mem = mmap.mmap(fd, POOL, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        os.posix_fallocate(fd, 0, nbytes)
+        mem = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
         os.unlink(path)
@@ -50,10 +54,10 @@ def shm_pool(huge: bool) -> tuple[mmap.mmap, int]:
         mem.madvise(mmap.MADV_HUGEPAGE)
     buf = np.frombuffer(mem, np.uint8)
     buf[::4096] = 1  # touch every page
-    err = torch.cuda.cudart().cudaHostRegister(buf.ctypes.data, POOL, 1 | 2 | 8)
+    err = torch.cuda.cudart().cudaHostRegister(buf.ctypes.data, nbytes, 1 | 2 | 8)
     if int(err) != 0:
-        raise RuntimeError(f"cudaHostRegister failed: {int(err)}")
-    return mem, buf.ctypes.data
+        raise RuntimeError(f"cudaHostRegister({nbytes}) failed: {int(err)}")
+    return mem, buf
 
 
 def runs(nbytes: int, random: bool, rng: np.random.Generator) -> np.ndarray:  # [3, K]
@@ -85,7 +89,8 @@ def main() -> None:
     pools: dict[str, tuple[mmap.mmap | None, int]] = {"torch pinned": (None, pinned.data_ptr())}
     for name, huge in (("shm registered", False), ("shm registered, MADV_HUGEPAGE", True)):
         try:
-            pools[name] = shm_pool(huge)
+            mem, buf = mapping(POOL, name.replace(" ", "").replace(",", "-"), huge)
+            pools[name] = (mem, buf.ctypes.data)
         except (OSError, RuntimeError) as exc:
             print(f"{name}: unavailable ({exc})")
     rows = []
@@ -96,7 +101,7 @@ def main() -> None:
 
     print(f"{torch.cuda.get_device_name()}, {nbytes / 1e6:.1f} MB per call\n| method | ms | GB/s |")
     for name, (_, address) in pools.items():
-        src = torch.as_tensor(_Alias(address, POOL // ROW), device="cuda")
+        src = torch.as_tensor(HostRows(address, POOL // ROW), device="cuda")
         for random in (False, True):
             t = torch.from_numpy(runs(nbytes, random, rng)).cuda()
             ms = cuda_ms(lambda t=t, s=src: gather_kernel.gather_runs(s, out, t[0], t[1], t[2], 16))
