@@ -108,21 +108,10 @@ class FixedStepBackend:
         advances steady lengths and runs index updates (as decode() does after its step)."""
         stats = []
         for i, layer in enumerate(self.layers):
-            steady = layer.steady
-            assert steady is not None
-            c = layer.num_clusters
-            s = StepStats(
-                num_clusters=c,
-                retrieval_clusters=layer.config.retrieval_clusters(c),
-                estimation_clusters=layer.config.estimation_clusters(c),
-                steady_tokens=steady.length + 1,
-                exec_tokens=exec_tokens[i],
-                dense=False,
-                counts=dict(zip(COUNT_NAMES, counts[i].unbind(), strict=True)),
-            )
-            steady.length += 1
-            layer.decode_steps += 1
-            s.new_segment = layer._maybe_update()
+            s = layer.step_stats()
+            s.exec_tokens = exec_tokens[i]
+            s.counts = dict(zip(COUNT_NAMES, counts[i].unbind(), strict=True))
+            layer.finish_step(s)
             stats.append(s)
         return stats
 

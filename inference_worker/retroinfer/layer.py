@@ -129,13 +129,7 @@ class RetroInferLayer:
         self._pos.fill_(steady.length)  # device-side position of the new token
         inputs = (q.to(self.dtype), k_new.to(self.dtype), v_new.to(self.dtype), self._pos)
         c = self.num_clusters
-        stats = StepStats(
-            num_clusters=c,
-            retrieval_clusters=self.config.retrieval_clusters(c),
-            estimation_clusters=self.config.estimation_clusters(c),
-            steady_tokens=steady.length + 1,
-            dense=c == 0,
-        )
+        stats = self.step_stats()
         if c == 0:
             out = self._dense(*inputs)
             stats.exec_tokens = stats.steady_tokens
@@ -155,10 +149,28 @@ class RetroInferLayer:
                     zip(("retrieved", "estimated", "estimated_mask"), sel, strict=True)
                 )
             self._graph_warm = True
-        steady.length += 1
+        self.finish_step(stats)
+        return out.reshape(q.shape).to(q.dtype), stats
+
+    def step_stats(self) -> StepStats:
+        """The sizes part of this step's StepStats (before the step runs)."""
+        assert self.steady is not None
+        c = self.num_clusters
+        return StepStats(
+            num_clusters=c,
+            retrieval_clusters=self.config.retrieval_clusters(c),
+            estimation_clusters=self.config.estimation_clusters(c),
+            steady_tokens=self.steady.length + 1,
+            dense=c == 0,
+        )
+
+    def finish_step(self, stats: StepStats) -> None:
+        """Host-side end of a decode step: the steady zone grows by the new token, and every
+        update_tokens tokens an index update runs (its segment goes to stats.new_segment)."""
+        assert self.steady is not None
+        self.steady.length += 1
         self.decode_steps += 1
         stats.new_segment = self._maybe_update()
-        return out.reshape(q.shape).to(q.dtype), stats
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]) -> bool:
         """Capture the step graph if needed; on failure fall back to eager for good."""
