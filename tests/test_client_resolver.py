@@ -138,7 +138,8 @@ def test_bad_inputs_answer_like_streaming(namespace: str) -> None:
 
 def test_whole_heads_rejects_ids(store_client: KVStoreClient) -> None:
     store_client.create_sequence("w", SequenceGeometry(1, 1, D, "float16"))
-    store_client.put_segments("w", [make_segment(np.random.default_rng(1), 0, 0, 8, D, "float16")])
+    segment = make_segment(np.random.default_rng(1), 0, 0, 8, D, "float16")
+    store_client.put_segments("w", [segment])
     with pytest.raises(InvalidArgumentError, match=r"entries\[0\]\.cluster_ids has 2 ids"):
         store_client.fetch_descriptors(
             [FetchRequest("w", 0, 0, np.array([0, 1]))], whole_heads=True
@@ -148,6 +149,9 @@ def test_whole_heads_rejects_ids(store_client: KVStoreClient) -> None:
     )
     assert batch.whole_heads and batch.lens.shape == (8,)
     store_client.done_with_lease(batch.lease_id)
+    (stored,) = store_client.fetch_clusters([FetchRequest("w", 0, 0, np.arange(8))])
+    assert np.array_equal(np.asarray(stored.keys), np.asarray(segment.keys))  # data intact
+    assert np.array_equal(np.asarray(stored.values), np.asarray(segment.values))
 
 
 def test_config_validation() -> None:
