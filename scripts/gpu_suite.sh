@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU run that checks and times everything (used through the device tool on an H100):
-#   bash scripts/gpu_suite.sh [stage ...]    stages: tests kernels attention build miss store_decode e2e
+#   bash scripts/gpu_suite.sh [stage ...]
+#   stages: tests kernels attention profile build miss store_decode e2e
 # Results land in $OUT (default ./gpu_out): JSON per benchmark plus a log per stage.
 # Wheels the device image lacks (gguf, grpcio health/reflection) are installed from .whl/ if present.
 set -uo pipefail
@@ -35,6 +36,8 @@ for s in "${stages[@]}"; do
       --out "$OUT/retro_kernels_cuda.json" ;;
     attention) run attention 540 python3 -m inference_worker.benchmarks.attention \
       --out "$OUT/attention_cuda.json" ${ATTN_ARGS:-} ;;
+    profile) run profile 400 python3 -m inference_worker.benchmarks.step_profile \
+      --out "$OUT/step_profile_cuda.json" ${PROFILE_ARGS:-} ;;
     build) run build 150 python3 -m inference_worker.benchmarks.index_build \
       --out "$OUT/index_build_cuda.json" ;;
     miss) run miss 200 python3 -m kvstore_server.benchmarks.miss_path \

@@ -1,11 +1,15 @@
 """RetroInfer decode kernels: the torch references against independent brute-force computations
-(CPU, always), and the Triton kernels against the references on fresh random inputs (CUDA only;
-the recorded GPU run is inference_worker/benchmarks/results/retro_kernels_cuda.json)."""
+(CPU, always), and the Triton kernels against the references on fresh random inputs (CUDA; the
+copy and selection kernels also interpreted on CPU; the recorded GPU run is
+inference_worker/benchmarks/results/retro_kernels_cuda.json)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -21,6 +25,9 @@ from inference_worker.retroinfer.kernels import (
 )
 from inference_worker.retroinfer.kernels.cases import (
     attention_case,
+    check_attention,
+    check_copy,
+    check_select_ties,
     compare_all,
     estimate_case,
     rank_case,
@@ -137,6 +144,26 @@ def test_copy_runs_reference_is_a_row_loop():
         for i in range(n):
             ek[d + i], ev[d + i] = src_k[s + i], src_v[s + i]
     assert torch.equal(dk, ek) and torch.equal(dv, ev)
+
+
+def test_copy_select_attention_kernels_match_references_interpreted():
+    """Page-sized and cluster-sized copy runs; the radix selection with exact score ties; the
+    decode kernel at two launch shapes."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "inference_worker.retroinfer.kernels.cases"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+@cuda
+def test_copy_select_attention_kernels_match_references_gpu():
+    check_copy("cuda", torch.bfloat16, seed=21)
+    check_select_ties("cuda", seed=22)
+    check_attention("cuda", seed=23, kv_dtype=torch.bfloat16)  # bf16 value sums too
+    check_attention("cuda", seed=24)
 
 
 @cuda

@@ -17,8 +17,10 @@ def _online(s, vals, m, l, acc, weight):
     alpha = tl.exp(m - m_safe)
     p = tl.exp(s - m_safe[:, None])
     l = l * alpha + tl.sum(p * weight[None, :], axis=1)
-    # fp32 values (estimation value sums): 3-pass TF32 on tensor cores, ~fp32 accuracy
-    acc = acc * alpha[:, None] + tl.dot(p.to(vals.dtype), vals, input_precision="tf32x3")
+    if vals.dtype == tl.float32:  # fp32 value sums: 3-pass TF32 on tensor cores, ~fp32 accuracy
+        acc = acc * alpha[:, None] + tl.dot(p, vals, input_precision="tf32x3")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(vals.dtype), vals)
     return m_new, l, acc
 
 

@@ -26,7 +26,7 @@ def logits_kernel(
     valid = in_c & (size > 0)
     cent = tl.load(
         c_ptr + (row + offs_c)[:, None] * D + offs_d[None, :], mask=valid[:, None], other=0.0
-    )  # [BLOCK_C, D]; empty clusters are not read
+    ).to(q_ptr.dtype.element_ty)  # [BLOCK_C, D]; empty clusters are not read; fp8 widened
     q = tl.load(
         q_ptr + (r * G + offs_g[:, None]) * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0
     )  # [GP, D]
@@ -67,19 +67,9 @@ def select_kernel(
     bits = score.to(tl.int32, bitcast=True)
     bits = tl.minimum(tl.maximum(bits, 0), _INF_BITS)  # NaN / -0.0 cannot break the counts
     bits = tl.where(inside, bits, -1)  # padding never counts
-    lo1 = tl.full([], 0, tl.int32)
-    hi1 = tl.full([], _INF_BITS, tl.int32)
-    lo2 = tl.full([], 0, tl.int32)
-    hi2 = tl.full([], _INF_BITS, tl.int32)
-    for _ in range(31):  # largest T with count(bits >= T) >= K, for K1 and K2 at once
-        mid1 = lo1 + (hi1 - lo1 + 1) // 2
-        mid2 = lo2 + (hi2 - lo2 + 1) // 2
-        ok1 = tl.sum((bits >= mid1).to(tl.int32), axis=0) >= K1
-        ok2 = tl.sum((bits >= mid2).to(tl.int32), axis=0) >= K2
-        lo1 = tl.where(ok1, mid1, lo1)
-        hi1 = tl.where(ok1, hi1, mid1 - 1)
-        lo2 = tl.where(ok2, mid2, lo2)
-        hi2 = tl.where(ok2, hi2, mid2 - 1)
+    valid = bits >= 0
+    lo1 = _kth_largest(bits, valid, K1)  # largest T with count(bits >= T) >= K1
+    lo2 = _kth_largest(bits, valid, K2)
     eq1 = bits == lo1
     eq2 = bits == lo2
     need1 = K1 - tl.sum((bits > lo1).to(tl.int32), axis=0)
@@ -95,3 +85,24 @@ def select_kernel(
     tl.store(est_ptr + r.to(tl.int64) * C + offs, est.to(tl.int8), mask=inside)
     slot2 = tl.cumsum(est.to(tl.int32), axis=0) - 1
     tl.store(est_ids_ptr + r.to(tl.int64) * (K2 - K1) + slot2, offs.to(tl.int64), mask=est)
+
+
+@triton.jit
+def _kth_largest(bits, valid, K):
+    """The K-th largest of the valid non-negative int32 `bits` (the largest T with
+    count(valid & bits >= T) >= K, 1 <= K <= count(valid)): four 8-bit radix passes, each one
+    histogram of the candidates still tied on the digits chosen so far."""
+    bins = tl.arange(0, 256)
+    cand = valid
+    need = K
+    prefix = tl.full([], 0, tl.int32)
+    for p in tl.static_range(4):
+        shift: tl.constexpr = 24 - 8 * p
+        digit = (bits >> shift) & 0xFF
+        hist = tl.histogram(digit, 256, mask=cand)  # [256] candidates per digit value
+        above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0)  # candidates with a larger digit
+        best = tl.max(tl.where(above + hist >= need, bins, -1), axis=0)
+        need -= tl.sum(tl.where(bins == best, above, 0), axis=0)
+        prefix = prefix | (best << shift)
+        cand = cand & (digit == best)
+    return prefix

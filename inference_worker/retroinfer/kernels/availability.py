@@ -35,3 +35,18 @@ def pick(use_triton: bool | None, *tensors: torch.Tensor) -> bool:
     if use_triton and not kernels_available(tensors[0].device):
         raise RuntimeError(f"Triton kernels are not available on {tensors[0].device}")
     return use_triton
+
+
+def patch_interpreter_index() -> None:
+    """triton 3.6's interpreter turns a loaded scalar into a range bound with `int(data)`, which
+    rejects its 1-element arrays (the copy kernel's `range(0, n, BLOCK)`); take element 0.
+    Call before running kernels under TRITON_INTERPRET=1."""
+    from triton.runtime import interpreter
+
+    orig = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):  # type: ignore[no-untyped-def]
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched

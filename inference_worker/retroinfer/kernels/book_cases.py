@@ -15,6 +15,7 @@ from functools import partial
 import torch
 
 from ..wave_buffer import WaveBuffer
+from .availability import patch_interpreter_index
 from .bookkeeping import admit_step, plan_step
 
 PLAN_FIELDS = ("ret_sizes", "overflow", "valid", "hit", "miss", "miss_ids", "take", "fill", "count")
@@ -245,23 +246,9 @@ def _random_table(device: str, seed: int, rows: int, segments: int, head_dim: in
     return ClusterTable(segs, torch.device(device))
 
 
-def _patch_interpreter_index() -> None:
-    """triton 3.6's interpreter turns a loaded scalar into a range bound with `int(data)`, which
-    rejects its 1-element arrays (the copy kernel's `range(0, n, BLOCK)`); take element 0."""
-    from triton.runtime import interpreter
-
-    orig = interpreter._patch_lang_tensor
-
-    def patched(tensor, scope):  # type: ignore[no-untyped-def]
-        orig(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    interpreter._patch_lang_tensor = patched
-
-
 def run_interpreted() -> None:
     """Small cases for TRITON_INTERPRET=1 on CPU (the interpreter is slow)."""
-    _patch_interpreter_index()
+    patch_interpreter_index()
     seen = check_bookkeeping(3, 60, 8, 14, 6, "cpu", seed=1)  # cache pressure: evictions
     assert seen["evicted"] > 0 and seen["hits"] > 0 and seen["rejected"] > 0, seen
     seen = check_bookkeeping(2, 40, 10, 70, 5, "cpu", seed=2, cap_tokens=30)  # overflow

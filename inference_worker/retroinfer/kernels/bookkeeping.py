@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 MAX_BLOCK_P = 4096  # pages per row one program holds in registers (larger: the reference)
 MAX_BLOCK_N = 1024  # retrieved clusters per row
+BOOK_WARPS = 4  # warps of the plan and admit programs (one program per row)
 
 
 @dataclass(slots=True)
@@ -88,7 +89,8 @@ def plan_step(
         out["ids"], out["rank"], out["msz"], take, fill, count,
         buffer.hits, buffer.misses, row_counts,
         n, buffer.num_clusters, buffer.pages + 1, width, cap_tokens,
-        SORT=score is not None, BLOCK_N=_pow2(n), BLOCK_P=_pow2(buffer.pages + 1), num_warps=4,
+        SORT=score is not None, BLOCK_N=_pow2(n), BLOCK_P=_pow2(buffer.pages + 1),
+        num_warps=BOOK_WARPS,
     )  # fmt: skip
     b = flags.view(torch.bool)
     return StepPlan(
@@ -178,7 +180,8 @@ def _admit_fused(
         buffer.evictions, plan.row_counts, runs[0], runs[1], runs[2], runs[3],
         tab_k, tab_v, take, fill, count, rest,
         n, buffer.num_clusters, p1, m_width, scratch.shape[1], c_tab, width,
-        PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, DIRECT=direct is not None, num_warps=4,
+        PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, DIRECT=direct is not None,
+        num_warps=BOOK_WARPS,
     )  # fmt: skip
     buffer.clock += n + 1
     copy_runs(

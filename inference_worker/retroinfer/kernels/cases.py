@@ -1,7 +1,8 @@
 """Fresh random inputs for each kernel and a kernel-vs-reference comparison of all of them.
 
-Used by tests/test_retro_kernels.py (GPU part) and by the kernel benchmark, so that the numbers
-recorded on the GPU are the ones the tests assert on.
+Used by tests/test_retro_kernels.py (GPU part; `run_interpreted` on CPU under TRITON_INTERPRET=1)
+and by the kernel benchmark, so that the numbers recorded on the GPU are the ones the tests
+assert on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from typing import Any
 import torch
 
 from ..config import RetroInferConfig
-from .decode_attention import ExecView, decode_attention, decode_attention_reference
+from .availability import patch_interpreter_index
+from .decode_attention import (
+    DecodeTuning,
+    ExecView,
+    decode_attention,
+    decode_attention_reference,
+)
 from .estimate import estimate_partials, estimate_partials_reference
 from .gather import copy_runs, copy_runs_reference
 from .partials import combine_partials
@@ -80,11 +87,13 @@ def attention_case(
     return case
 
 
-def copy_case(runs: int, d: int, dtype: torch.dtype, device: str, seed: int) -> Case:
+def copy_case(
+    runs: int, d: int, dtype: torch.dtype, device: str, seed: int, max_rows: int = 40
+) -> Case:
     gen = torch.Generator(device=device).manual_seed(seed)
-    rows = torch.randint(0, 40, (runs,), generator=gen, device=device)
+    rows = torch.randint(0, max_rows, (runs,), generator=gen, device=device)
     src_rows = 50 * runs
-    start = torch.randint(0, src_rows - 40, (runs,), generator=gen, device=device)
+    start = torch.randint(0, src_rows - max_rows, (runs,), generator=gen, device=device)
     dst_start = torch.cumsum(rows, 0) - rows
     total = int(rows.sum()) + 1
     return {
@@ -132,3 +141,71 @@ def compare_all(device: str, dtype: torch.dtype, seed: int = 0, big: bool = Fals
     copy_runs_reference(case["src_k"], case["src_v"], dst[2], dst[3], *args)
     out["copy_equal"] = bool(torch.equal(dst[0], dst[2]) and torch.equal(dst[1], dst[3]))
     return out
+
+
+def check_copy(device: str, dtype: torch.dtype, seed: int) -> None:
+    """copy_runs vs the reference: cluster-sized runs (long, looped) and page-sized runs
+    (mostly empty, as admission writes them), run counts not a multiple of a program's runs."""
+    for block_rows, max_rows, runs in ((16, 40, 37), (8, 8, 61)):
+        case = copy_case(runs, 64, dtype, device, seed, max_rows)
+        dst = [torch.zeros(case["dst_shape"], dtype=dtype, device=device) for _ in range(4)]
+        args = (case["src_off"], case["src_off"], case["dst_off"], case["rows"], 64)
+        copy_runs(case["src_k"], case["src_v"], dst[0], dst[1], *args, True, block_rows)
+        copy_runs_reference(case["src_k"], case["src_v"], dst[2], dst[3], *args)
+        assert torch.equal(dst[0], dst[2]) and torch.equal(dst[1], dst[3]), block_rows
+
+
+def check_select_ties(device: str, seed: int) -> None:
+    """The selection rule with exact ties: clusters share one of 40 distinct centroids, so many
+    scores are equal; the kernel must take, by score and then by index, the first n_ret clusters
+    (retrieved) and the next n_est (estimated), exactly."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    r, g, c, d = 3, 4, 1500, 64
+    case = rank_case(r, g, c, d, torch.float32, device, seed)
+    pool = torch.randn(r, 40, d, generator=gen, device=device)
+    pick_ = torch.randint(0, 40, (r, c), generator=gen, device=device)
+    case["centroids"] = pool.gather(1, pick_.unsqueeze(-1).expand(r, c, d)).contiguous()
+    case["sizes"] = torch.where(case["sizes"] > 0, 7, 0)  # equal sizes keep the ties exact
+    got = rank_select(**case, use_triton=True)
+    score = rank_select_reference(**case).z  # [R, G, C]
+    probs = torch.softmax(score, dim=-1).nan_to_num(0).sum(1)  # [R, C] group scores
+    order = torch.sort(probs, dim=1, descending=True, stable=True).indices
+    n_ret, n_est = case["n_ret"], case["n_est"]
+    want_ret = order[:, :n_ret].sort(1).values
+    want_est = order[:, n_ret : n_ret + n_est].sort(1).values
+    assert torch.equal(got.retrieved.sort(1).values, want_ret)
+    assert torch.equal(got.estimated_ids.sort(1).values, want_est)
+    assert torch.equal(got.estimated.nonzero()[:, 1].view(r, -1).sort(1).values, want_est)
+
+
+def check_attention(device: str, seed: int, kv_dtype: torch.dtype = torch.float32) -> None:
+    """decode_attention vs the reference at two launch shapes, with fp32 value sums and (a
+    reduced-precision K/V dtype only) value sums in the K/V dtype. The interpreter has no bf16
+    arithmetic: on CPU use fp32."""
+    case = attention_case(3, 4, 64, 256, 300, kv_dtype, device, seed)
+    atol, rtol = (2e-4, 1e-3) if kv_dtype == torch.float32 else (3e-2, 3e-2)
+    value_dtypes = [torch.float32] + ([kv_dtype] if kv_dtype != torch.float32 else [])
+    for value_dtype in value_dtypes:
+        case["value_sums"] = case["value_sums"].to(value_dtype)
+        want = decode_attention_reference(**case)
+        for tuning in (DecodeTuning(), DecodeTuning(chunk=128, block_n=32, est_chunk=64)):
+            got = decode_attention(**case, use_triton=True, tuning=tuning)
+            torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
+            torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol)
+
+
+def run_interpreted() -> None:
+    """Small cases for TRITON_INTERPRET=1 on CPU (the interpreter is slow)."""
+    patch_interpreter_index()
+    check_copy("cpu", torch.float32, seed=1)
+    check_select_ties("cpu", seed=2)
+    check_attention("cpu", seed=4)
+    case = rank_case(4, 4, 1500, 64, torch.float32, "cpu", seed=3)
+    a, b = rank_select(**case, use_triton=True), rank_select_reference(**case)
+    assert torch.equal(a.retrieved.sort(1).values, b.retrieved.sort(1).values)
+    assert torch.equal(a.estimated, b.estimated)
+    print("ok")
+
+
+if __name__ == "__main__":
+    run_interpreted()

@@ -16,11 +16,23 @@ import torch
 
 from ..attention import merge, partial_attention
 from .availability import pick
-from .estimate import EST_BLOCK, EST_CHUNK, estimate_partials_reference, estimate_splits
+from .estimate import EST_BLOCK, EST_CHUNK, estimate_partials_reference
 from .partials import combine_partials
 
-CHUNK = 256  # tokens per exact split
-BLOCK_N = 64  # tokens per tile
+
+@dataclass(frozen=True, slots=True)
+class DecodeTuning:
+    """Launch shape of the decode kernel (any values give the same result up to rounding)."""
+
+    chunk: int = 256  # tokens per exact split (a multiple of block_n and of the page size)
+    block_n: int = 64  # tokens per tile
+    est_chunk: int = EST_CHUNK  # estimated clusters per split
+    est_block: int = EST_BLOCK  # estimated clusters per tile
+    num_warps: int = 4
+    num_stages: int | None = None  # None: Triton's default
+
+
+TUNING = DecodeTuning()
 
 
 @dataclass(slots=True)
@@ -49,20 +61,24 @@ def decode_attention(
     value_sums: torch.Tensor,  # [R, C, D] fp32
     scale: float,
     use_triton: bool | None = None,
+    tuning: DecodeTuning | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tripartite attention output (o [R, G, D] fp32, lse [R, G] fp32)."""
+    """Tripartite attention output (o [R, G, D] fp32, lse [R, G] fp32). value_sums may be
+    fp32 or the K/V dtype."""
     if not pick(use_triton, q):
         return decode_attention_reference(q, view, z, estimated, sizes, value_sums, scale)
     from ._attn_triton import combine_kernel, decode_kernel
 
+    t = tuning or TUNING
     r, g, d = q.shape
     cap, m_width = view.steady_k.shape[1], view.miss_k.shape[1]
     p1, pt = view.cache_k.shape[1], view.cache_k.shape[2]
     w, c = view.take.shape[1], z.shape[-1]
-    s_st, s_mi = _cdiv(cap, CHUNK), _cdiv(m_width, CHUNK)
-    s_hi = _cdiv(w, CHUNK // pt)
+    s_st, s_mi = _cdiv(cap, t.chunk), _cdiv(m_width, t.chunk)
+    s_hi = _cdiv(w, t.chunk // pt)
     n_est = estimated.shape[1]
-    s = s_st + s_mi + s_hi + estimate_splits(n_est)
+    s = s_st + s_mi + s_hi + _cdiv(n_est, t.est_chunk)
+    stages = {} if t.num_stages is None else {"num_stages": t.num_stages}
     dev = q.device
     pm = torch.empty(r, s, g, dtype=torch.float32, device=dev)
     pl = torch.empty(r, s, g, dtype=torch.float32, device=dev)
@@ -73,8 +89,8 @@ def decode_attention(
         view.cache_k, view.cache_v, view.take, view.fill, view.hit_pages, p1, w,
         z, estimated.contiguous(), sizes, value_sums, n_est, c,
         pm, pl, pacc, scale, s_st, s_mi, s_hi, s,
-        G=g, GP=16, D=d, PT=pt, CHUNK=CHUNK, BLOCK_N=BLOCK_N, EST_CHUNK=EST_CHUNK,
-        EST_BLOCK=EST_BLOCK, num_warps=4,
+        G=g, GP=16, D=d, PT=pt, CHUNK=t.chunk, BLOCK_N=t.block_n, EST_CHUNK=t.est_chunk,
+        EST_BLOCK=t.est_block, num_warps=t.num_warps, **stages,
     )  # fmt: skip
     out = torch.empty(r, g, d, dtype=torch.float32, device=dev)
     lse = torch.empty(r, g, dtype=torch.float32, device=dev)

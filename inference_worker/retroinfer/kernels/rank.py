@@ -3,8 +3,9 @@
 Two Triton kernels: `_logits_kernel` scans the centroids once (grid rows x cluster blocks) and
 writes the logits z plus per-block softmax partials; `_select_kernel` (one program per row,
 scores held in registers) forms score_j = sum_g softmax_j(z_g), finds the n_ret-th and
-(n_ret + n_est)-th largest scores by bisection on their bit patterns, and writes the retrieval
-ids (index order, then sorted by score) and the estimation-zone mask. No [R, C] top-k sort.
+(n_ret + n_est)-th largest scores by a radix select on their bit patterns (four 8-bit histogram
+passes each), and writes the retrieval ids (index order, then sorted by score) and the
+estimation-zone mask. No [R, C] top-k sort.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from ..attention import rank_clusters
 from .availability import pick
 
 MAX_SELECT_BLOCK = 32768  # clusters per row the register-resident selection handles
+SELECT_WARPS: int | None = None  # warps of the selection program (None: by row width)
+LOGITS_BLOCK_C = 128  # clusters per centroid-scan program
+LOGITS_WARPS = 4
 
 
 @dataclass(slots=True)
@@ -84,16 +88,17 @@ def _rank_select_triton(
 
     r, g, d = q.shape
     c = centroids.shape[1]
-    block_c = 128
+    block_c = LOGITS_BLOCK_C
     nb = (c + block_c - 1) // block_c
     dev = q.device
-    q = q.to(centroids.dtype).contiguous()
+    narrow = centroids.element_size() == 1  # fp8 centroids: widened to bf16 in the kernel
+    q = q.to(torch.bfloat16 if narrow else centroids.dtype).contiguous()
     z = torch.empty(r, g, c, dtype=torch.float32, device=dev)
     part_m = torch.empty(r, g, nb, dtype=torch.float32, device=dev)
     part_l = torch.empty(r, g, nb, dtype=torch.float32, device=dev)
     logits_kernel[(r, nb)](
         q, centroids.contiguous(), sizes.contiguous(), z, part_m, part_l, c, nb, scale,
-        G=g, GP=16, D=d, BLOCK_C=block_c, num_warps=4,
+        G=g, GP=16, D=d, BLOCK_C=block_c, num_warps=LOGITS_WARPS,
     )  # fmt: skip
     ret = torch.empty(r, n_ret, dtype=torch.int64, device=dev)
     ret_score = torch.empty(r, n_ret, dtype=torch.float32, device=dev)
@@ -102,7 +107,8 @@ def _rank_select_triton(
     block = _next_pow2(c)
     select_kernel[(r,)](
         z, part_m, part_l, ret, ret_score, estimated, est_ids, c, nb, n_ret, n_ret + n_est,
-        G=g, BLOCK=block, BLOCK_NB=_next_pow2(nb), num_warps=16 if block >= 8192 else 8,
+        G=g, BLOCK=block, BLOCK_NB=_next_pow2(nb),
+        num_warps=SELECT_WARPS or (16 if block >= 8192 else 8),
     )  # fmt: skip
     if not sort:
         return RankSelection(z, ret, estimated.view(torch.bool), est_ids, ret_score)

@@ -1,0 +1,245 @@
+"""Where the time of one RetroInfer decode step goes, and what launch shapes and storage
+formats would change it.
+
+    python -m inference_worker.benchmarks.step_profile [--context 131072] [--batch 16]
+
+One layer at the Llama-3.1-8B attention geometry (bf16, CUDA graph replay), torch SDPA timed in
+the same run. For each query stream: the step time (decode() calls, timed as the attention
+benchmark times them), the GPU kernels of a step by name (torch profiler over graph replays),
+then the same layer re-captured under variants, each timed on fresh queries:
+- launch shapes of the decode, copy and selection kernels (same results up to rounding);
+- storage formats: value sums in bf16, centroids in fp8 (e4m3). These change the numbers the
+  estimation zone and the ranking see: here they are timing experiments only.
+The baseline is timed again at the end (the steady zone grows by one token per step).
+Writes JSON (default results/step_profile_<device>.json) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer.kernels.decode_attention import DecodeTuning
+
+from .attention import (
+    HEAD_DIM,
+    KV_HEADS,
+    Q_HEADS,
+    RESULTS,
+    _device_name,
+    _release,
+    _sync,
+    _time_sdpa,
+    _timed,
+)
+from .query_stream import STREAMS, QueryStream
+
+log = logging.getLogger(__name__)
+# the modules themselves (the kernels package re-exports functions under the same names)
+attn_mod = importlib.import_module("inference_worker.retroinfer.kernels.decode_attention")
+gather_mod = importlib.import_module("inference_worker.retroinfer.kernels.gather")
+rank_mod = importlib.import_module("inference_worker.retroinfer.kernels.rank")
+book_mod = importlib.import_module("inference_worker.retroinfer.kernels.bookkeeping")
+Apply = Callable[[RetroInferLayer], Callable[[], None]]  # changes the layer, returns the undo
+Variant = tuple[str, Apply]
+
+
+def main() -> None:
+    args = _parse()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    result: dict[str, object] = {
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "context": args.context,
+        "batch": args.batch,
+        "steps": args.steps,
+        "sdpa_ms": _time_sdpa(args.context, args.batch, args.steps, device, dtype),
+        "streams": {},
+    }
+    _release(device)
+    out = Path(args.out) if args.out else RESULTS / f"step_profile_{device.type}.json"
+    for kind in args.streams:
+        rho = args.rho if kind == "correlated" else 0.0
+        stream = QueryStream(kind, (args.batch, Q_HEADS, HEAD_DIM), device, dtype, rho)
+        result["streams"][kind] = _profile_stream(args, stream, device, dtype)  # type: ignore[index]
+        out.write_text(json.dumps(result, indent=2))
+        _release(device)
+    _print(result)
+    log.info("wrote %s", out)
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--context", type=int, default=131072)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20, help="timed decode steps per variant")
+    p.add_argument("--streams", nargs="*", choices=STREAMS, default=list(STREAMS))
+    p.add_argument(
+        "--rho", type=float, default=0.944, help="correlated stream (0.944: hit ~0.79 at 128K x 16)"
+    )
+    p.add_argument("--out", default=None)
+    p.add_argument("--device", default="cuda", help="cpu: a smoke test of this program only")
+    return p.parse_args()
+
+
+class _Runner:
+    """A prefilled layer fed by a query stream (random new K/V every step)."""
+
+    def __init__(self, length: int, batch: int, stream: QueryStream, dtype: torch.dtype) -> None:
+        dev = stream.device
+        ids = [f"seq{b}" for b in range(batch)]
+        source = InProcessClusterSource()
+        self.layer = RetroInferLayer(
+            RetroInferConfig(), 0, Q_HEADS, KV_HEADS, HEAD_DIM, source, ids, dtype=dtype,
+            device=dev, on_segment=lambda s: source.put(ids, s),
+        )  # fmt: skip
+        k = torch.randn(batch, KV_HEADS, length, HEAD_DIM, device=dev, dtype=dtype)
+        self.layer.prefill(k, torch.randn_like(k))
+        del k
+        self.stream = stream
+        self.kv = torch.randn(8, 2, batch, KV_HEADS, HEAD_DIM, device=dev, dtype=dtype)
+        self.queries = stream.take(64)
+        self.counts: list[dict[str, torch.Tensor]] = []
+
+    def step(self, i: int) -> None:
+        if i % self.queries.shape[0] == 0 and i:
+            self.queries = self.stream.take(self.queries.shape[0])
+        new = self.kv[i % self.kv.shape[0]]
+        q = self.queries[i % self.queries.shape[0]]
+        self.counts.append(self.layer.decode(q, new[0], new[1])[1].counts)
+
+    def timed(self, steps: int) -> dict[str, float]:
+        """ms per decode() and the hit ratio of those steps (after 2 warm-up steps)."""
+        first = len(self.counts) + 2
+        ms = _timed(self.step, steps, self.stream.device)
+        hits = sum(int(c["hits"]) for c in self.counts[first:])
+        misses = sum(int(c["misses"]) for c in self.counts[first:])
+        return {"ms": ms, "hit_ratio": round(hits / max(hits + misses, 1), 3)}
+
+    def kernels(self, steps: int = 5) -> dict[str, float]:
+        """GPU µs per step by kernel name (graph replays included), largest first."""
+        for i in range(3):
+            self.step(i)
+        _sync(self.stream.device)
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if self.stream.device.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=acts) as prof:
+            for i in range(steps):
+                self.step(i)
+            _sync(self.stream.device)
+        per: dict[str, float] = {}
+        for ev in prof.key_averages():
+            dev_us = getattr(ev, "self_device_time_total", 0.0)
+            if dev_us > 0 and ev.device_type == torch.autograd.DeviceType.CUDA:
+                per[ev.key[:60]] = per.get(ev.key[:60], 0.0) + dev_us / steps
+        ordered = dict(sorted(per.items(), key=lambda kv: -kv[1]))
+        return {k: round(v, 1) for k, v in ordered.items()}
+
+
+def _profile_stream(
+    args: argparse.Namespace, stream: QueryStream, device: torch.device, dtype: torch.dtype
+) -> dict[str, object]:
+    run = _Runner(args.context, args.batch, stream, dtype)
+    run.timed(args.steps)  # warm-up: capture, cache settles
+    base = run.timed(args.steps)
+    kernels = run.kernels()
+    rows: dict[str, dict[str, float]] = {"baseline": base}
+    for name, apply in _variants():
+        undo = apply(run.layer)
+        run.layer._graph = None
+        try:
+            rows[name] = run.timed(args.steps)
+        except Exception as err:  # a variant the kernels cannot compile: report, go on
+            log.warning("variant %s failed: %s", name, err)
+            rows[name] = {"error": str(err)[:300]}  # type: ignore[dict-item]
+        undo()
+        run.layer._graph = None
+        log.info("%s %s: %s", stream.kind, name, rows[name])
+    rows["baseline (again, end)"] = run.timed(args.steps)
+    return {
+        "rho": stream.rho,
+        "clusters": run.layer.num_clusters,
+        "kernels_us_per_step": kernels,
+        "kernel_total_us": round(sum(kernels.values()), 1),
+        "variants": rows,
+    }
+
+
+def _set(module: object, name: str, value: object) -> Apply:
+    def apply(layer: RetroInferLayer) -> Callable[[], None]:
+        old = getattr(module, name)
+        setattr(module, name, value)
+        return lambda: setattr(module, name, old)
+
+    return apply
+
+
+def _meta(field: str, dtype: torch.dtype) -> Apply:
+    def apply(layer: RetroInferLayer) -> Callable[[], None]:
+        old = getattr(layer.meta, field)
+        setattr(layer.meta, field, old.to(dtype))
+        return lambda: setattr(layer.meta, field, old)
+
+    return apply
+
+
+def _variants() -> list[Variant]:
+    tunings = {
+        "decode chunk 512": DecodeTuning(chunk=512),
+        "decode chunk 128": DecodeTuning(chunk=128),
+        "decode block 32": DecodeTuning(block_n=32),
+        "decode 8 warps": DecodeTuning(num_warps=8),
+        "decode 2 stages": DecodeTuning(num_stages=2),
+        "decode 4 stages": DecodeTuning(num_stages=4),
+        "decode est chunk 256": DecodeTuning(est_chunk=256),
+        "decode est chunk 1024": DecodeTuning(est_chunk=1024),
+        "decode est block 32": DecodeTuning(est_block=32),
+    }
+    out: list[Variant] = [(k, _set(attn_mod, "TUNING", v)) for k, v in tunings.items()]
+    out += [
+        ("copy tile 32 rows", _set(gather_mod, "TILE_ROWS", 32)),
+        ("copy tile 128 rows", _set(gather_mod, "TILE_ROWS", 128)),
+        ("copy 8 warps", _set(gather_mod, "COPY_WARPS", 8)),
+        ("select 8 warps", _set(rank_mod, "SELECT_WARPS", 8)),
+        ("logits block 64", _set(rank_mod, "LOGITS_BLOCK_C", 64)),
+        ("logits block 256", _set(rank_mod, "LOGITS_BLOCK_C", 256)),
+        ("logits 8 warps", _set(rank_mod, "LOGITS_WARPS", 8)),
+        ("bookkeeping 8 warps", _set(book_mod, "BOOK_WARPS", 8)),
+        ("bookkeeping 2 warps", _set(book_mod, "BOOK_WARPS", 2)),
+        ("select 32 warps", _set(rank_mod, "SELECT_WARPS", 32)),
+        ("value sums bf16", _meta("value_sums", torch.bfloat16)),
+        ("centroids fp8 e4m3", _meta("centroids", torch.float8_e4m3fn)),
+    ]
+    return out
+
+
+def _print(result: dict[str, object]) -> None:
+    print(
+        f"\nRetroInfer decode step, {result['device']}, context {result['context']} x batch "
+        f"{result['batch']}; SDPA {result['sdpa_ms']} ms (same run)"
+    )
+    for kind, data in result["streams"].items():  # type: ignore[attr-defined]
+        print(f"\n[{kind}] kernel µs per step (total {data['kernel_total_us']}):")
+        for name, us in list(data["kernels_us_per_step"].items())[:14]:
+            print(f"  {us:>8.1f}  {name}")
+        print(f"{'variant':>24} {'ms':>8} {'x SDPA':>7} {'hit':>6}")
+        for name, row in data["variants"].items():
+            if "ms" in row:
+                speed = float(result["sdpa_ms"]) / row["ms"]  # type: ignore[arg-type]
+                print(f"{name:>24} {row['ms']:>8.4f} {speed:>7.2f} {row['hit_ratio']:>6}")
+            else:
+                print(f"{name:>24}  error: {row['error'][:80]}")
+
+
+if __name__ == "__main__":
+    main()
