@@ -97,12 +97,11 @@ def _kth_largest(bits, valid, K):
     need = K
     prefix = tl.full([], 0, tl.int32)
     for p in tl.static_range(4):
-        shift: tl.constexpr = 24 - 8 * p
-        digit = (bits >> shift) & 0xFF
+        digit = (bits >> (24 - 8 * p)) & 0xFF
         hist = tl.histogram(digit, 256, mask=cand)  # [256] candidates per digit value
         above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0)  # candidates with a larger digit
         best = tl.max(tl.where(above + hist >= need, bins, -1), axis=0)
         need -= tl.sum(tl.where(bins == best, above, 0), axis=0)
-        prefix = prefix | (best << shift)
+        prefix = prefix | (best << (24 - 8 * p))
         cand = cand & (digit == best)
     return prefix
