@@ -207,10 +207,13 @@ def _variants() -> list[Variant]:
     }
     out: list[Variant] = [(k, _set(attn_mod, "TUNING", v)) for k, v in tunings.items()]
     out += [
-        ("copy tile 32 rows", _set(gather_mod, "TILE_ROWS", 32)),
-        ("copy tile 128 rows", _set(gather_mod, "TILE_ROWS", 128)),
-        ("copy 8 warps", _set(gather_mod, "COPY_WARPS", 8)),
+        ("copy 4 runs", _set(gather_mod, "COPY_RUNS", 4)),
+        ("copy 16 runs", _set(gather_mod, "COPY_RUNS", 16)),
+        ("copy 1 warp", _set(gather_mod, "COPY_WARPS", 1)),
+        ("copy 4 warps", _set(gather_mod, "COPY_WARPS", 4)),
         ("select 8 warps", _set(rank_mod, "SELECT_WARPS", 8)),
+        ("select bisection", _set(rank_mod, "SELECT_ARITY", 2)),
+        ("select arity 8", _set(rank_mod, "SELECT_ARITY", 8)),
         ("logits block 64", _set(rank_mod, "LOGITS_BLOCK_C", 64)),
         ("logits block 256", _set(rank_mod, "LOGITS_BLOCK_C", 256)),
         ("logits 8 warps", _set(rank_mod, "LOGITS_WARPS", 8)),

@@ -60,16 +60,19 @@ def _estimate_split(
 @triton.jit
 def _store_partial(
     pm_ptr, pl_ptr, pacc_ptr, r, s, S, m, l, acc,
-    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, SKIP_EMPTY: tl.constexpr = False,
 ):  # fmt: skip
+    """SKIP_EMPTY: the acc of a head with no mass (m = -inf) is not written (the combine kernel
+    does not read it): empty splits of the fixed-capacity graph grid cost 2 small stores."""
     offs_g = tl.arange(0, GP)
     offs_d = tl.arange(0, D)
     base = (r.to(tl.int64) * S + s) * G
     tl.store(pm_ptr + base + offs_g, m, mask=offs_g < G)
     tl.store(pl_ptr + base + offs_g, l, mask=offs_g < G)
-    tl.store(
-        pacc_ptr + (base + offs_g[:, None]) * D + offs_d[None, :], acc, mask=offs_g[:, None] < G
-    )
+    keep = offs_g < G
+    if SKIP_EMPTY:
+        keep = keep & (m > float("-inf"))
+    tl.store(pacc_ptr + (base + offs_g[:, None]) * D + offs_d[None, :], acc, mask=keep[:, None])
 
 
 @triton.jit
@@ -177,7 +180,7 @@ def decode_kernel(
             z_ptr, ids_ptr, sizes_ptr, vs_ptr, r, sid - S_ST - S_MI - S_HI, N, C,
             G, GP, D, EST_CHUNK, EST_BLOCK,
         )  # fmt: skip
-    _store_partial(pm_ptr, pl_ptr, pacc_ptr, r, sid, S, m, l, acc, G, GP, D)
+    _store_partial(pm_ptr, pl_ptr, pacc_ptr, r, sid, S, m, l, acc, G, GP, D, SKIP_EMPTY=True)
 
 
 @triton.jit
@@ -185,7 +188,8 @@ def combine_kernel(
     pm_ptr, pl_ptr, pacc_ptr, out_ptr, lse_ptr, S,
     G: tl.constexpr, GC: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
 ):  # fmt: skip
-    """Log-sum-exp merge of a row's S partials (BS at a time) -> out [G, D] fp32, lse [G]."""
+    """Log-sum-exp merge of a row's S partials (BS at a time) -> out [G, D] fp32, lse [G].
+    The acc of a split with m = -inf is not read."""
     r = tl.program_id(0)
     offs_s = tl.arange(0, BS)
     offs_g = tl.arange(0, GC)
@@ -199,8 +203,9 @@ def combine_kernel(
         idx = (r.to(tl.int64) * S + s0 + offs_s)[:, None] * G + offs_g[None, :]
         ms = tl.load(pm_ptr + idx, mask=ok, other=float("-inf"))
         ls = tl.load(pl_ptr + idx, mask=ok, other=0.0)
+        has = ok & (ms > float("-inf"))  # empty splits' acc is not written (SKIP_EMPTY)
         accs = tl.load(
-            pacc_ptr + idx[:, :, None] * D + offs_d[None, None, :], mask=ok[:, :, None], other=0.0
+            pacc_ptr + idx[:, :, None] * D + offs_d[None, None, :], mask=has[:, :, None], other=0.0
         )  # [BS, GC, D]
         m_new = tl.maximum(m, tl.max(ms, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)

@@ -11,26 +11,29 @@ def copy_runs_kernel(
     src_k, src_v, dst_k, dst_v, src_off_k, src_off_v, dst_off, rows_ptr, E,
     D: tl.constexpr, BLOCK: tl.constexpr, RUNS: tl.constexpr,
 ):  # fmt: skip
-    """RUNS consecutive runs per program copied together, a [RUNS * BLOCK, D] tile per
-    iteration: the runs' metadata is one round trip and an empty run moves no data (most
-    admission runs are empty pages)."""
-    idx = tl.arange(0, RUNS * BLOCK)
-    e = tl.program_id(0).to(tl.int64) * RUNS + idx // BLOCK  # [RUNS * BLOCK] run of each row
+    """RUNS consecutive runs per program, BLOCK rows per tile. The runs' metadata is loaded
+    in one round trip; an empty run (most admission runs are empty pages) moves no data."""
+    i = tl.arange(0, RUNS)
+    e = tl.program_id(0).to(tl.int64) * RUNS + i
     in_e = e < E
-    n = tl.load(rows_ptr + e, mask=in_e, other=0)
-    sk = tl.load(src_off_k + e, mask=in_e, other=0)
-    sv = tl.load(src_off_v + e, mask=in_e, other=0)
-    dd = tl.load(dst_off + e, mask=in_e, other=0)
+    n_all = tl.load(rows_ptr + e, mask=in_e, other=0)
+    sk_all = tl.load(src_off_k + e, mask=in_e, other=0)
+    sv_all = tl.load(src_off_v + e, mask=in_e, other=0)
+    dd_all = tl.load(dst_off + e, mask=in_e, other=0)
     offs_d = tl.arange(0, D)
-    longest = tl.max(n, axis=0)
-    for r0 in range(0, longest, BLOCK):
-        rr = r0 + idx % BLOCK
-        ok = (rr < n)[:, None]
-        within = rr.to(tl.int64)[:, None] * D + offs_d[None, :]
-        k = tl.load(src_k + sk[:, None] + within, mask=ok)
-        v = tl.load(src_v + sv[:, None] + within, mask=ok)
-        tl.store(dst_k + dd[:, None] + within, k.to(dst_k.dtype.element_ty), mask=ok)
-        tl.store(dst_v + dd[:, None] + within, v.to(dst_v.dtype.element_ty), mask=ok)
+    for j in tl.static_range(RUNS):
+        n = tl.sum(tl.where(i == j, n_all, 0), axis=0)
+        sk = tl.sum(tl.where(i == j, sk_all, 0), axis=0)
+        sv = tl.sum(tl.where(i == j, sv_all, 0), axis=0)
+        dd = tl.sum(tl.where(i == j, dd_all, 0), axis=0)
+        for r0 in range(0, n, BLOCK):
+            rr = r0 + tl.arange(0, BLOCK)
+            ok = (rr < n)[:, None]
+            within = rr.to(tl.int64)[:, None] * D + offs_d[None, :]
+            k = tl.load(src_k + sk + within, mask=ok)
+            v = tl.load(src_v + sv + within, mask=ok)
+            tl.store(dst_k + dd + within, k.to(dst_k.dtype.element_ty), mask=ok)
+            tl.store(dst_v + dd + within, v.to(dst_v.dtype.element_ty), mask=ok)
 
 
 @triton.jit

@@ -47,7 +47,8 @@ def logits_kernel(
 @triton.jit
 def select_kernel(
     z_ptr, pm_ptr, pl_ptr, ret_ptr, rets_ptr, est_ptr, est_ids_ptr, C, NB, K1, K2,
-    G: tl.constexpr, BLOCK: tl.constexpr, BLOCK_NB: tl.constexpr,
+    G: tl.constexpr, BLOCK: tl.constexpr, BLOCK_NB: tl.constexpr, ARITY: tl.constexpr,
+    STEPS: tl.constexpr,
 ):  # fmt: skip
     """One row: group score, top-K1 ids (index order, with scores), the mask and the ids (index
     order) of ranks K1..K2-1. Ties at a threshold are taken in index order."""
@@ -67,9 +68,27 @@ def select_kernel(
     bits = score.to(tl.int32, bitcast=True)
     bits = tl.minimum(tl.maximum(bits, 0), _INF_BITS)  # NaN / -0.0 cannot break the counts
     bits = tl.where(inside, bits, -1)  # padding never counts
-    valid = bits >= 0
-    lo1 = _kth_largest(bits, valid, K1)  # largest T with count(bits >= T) >= K1
-    lo2 = _kth_largest(bits, valid, K2)
+    # the largest T with count(bits >= T) >= K, for K1 and K2 at once: an ARITY-ary search on
+    # the bit patterns; each step counts ARITY thresholds per K in one reduction
+    col = tl.arange(0, 2 * ARITY)
+    second = col >= ARITY  # columns of K2
+    j = (col % ARITY).to(tl.int64)
+    need = tl.where(second, K2, K1)
+    lo = tl.zeros([2 * ARITY], tl.int64)  # per column: its K's interval, [lo, hi]
+    hi = tl.full([2 * ARITY], _INF_BITS, tl.int64)
+    for _ in range(STEPS):
+        t = lo + ((hi - lo + 1) * j + ARITY - 1) // ARITY  # [2A] thresholds; j = 0 gives lo
+        count = tl.sum((bits[:, None] >= t.to(tl.int32)[None, :]).to(tl.int32), axis=0)
+        ok = count >= need
+        lo_new1 = tl.max(tl.where(ok & ~second, t, -1), axis=0)
+        lo_new2 = tl.max(tl.where(ok & second, t, -1), axis=0)
+        cut = tl.where(ok, hi, t - 1)  # the first threshold that fails bounds the interval
+        hi_new1 = tl.min(tl.where(second, _INF_BITS, cut), axis=0)
+        hi_new2 = tl.min(tl.where(second, cut, _INF_BITS), axis=0)
+        lo = tl.where(second, lo_new2, lo_new1)
+        hi = tl.where(second, hi_new2, hi_new1)
+    lo1 = tl.max(tl.where(second, -1, lo), axis=0).to(tl.int32)
+    lo2 = tl.max(tl.where(second, lo, -1), axis=0).to(tl.int32)
     eq1 = bits == lo1
     eq2 = bits == lo2
     need1 = K1 - tl.sum((bits > lo1).to(tl.int32), axis=0)
@@ -85,23 +104,3 @@ def select_kernel(
     tl.store(est_ptr + r.to(tl.int64) * C + offs, est.to(tl.int8), mask=inside)
     slot2 = tl.cumsum(est.to(tl.int32), axis=0) - 1
     tl.store(est_ids_ptr + r.to(tl.int64) * (K2 - K1) + slot2, offs.to(tl.int64), mask=est)
-
-
-@triton.jit
-def _kth_largest(bits, valid, K):
-    """The K-th largest of the valid non-negative int32 `bits` (the largest T with
-    count(valid & bits >= T) >= K, 1 <= K <= count(valid)): four 8-bit radix passes, each one
-    histogram of the candidates still tied on the digits chosen so far."""
-    bins = tl.arange(0, 256)
-    cand = valid
-    need = K
-    prefix = tl.full([], 0, tl.int32)
-    for p in tl.static_range(4):
-        digit = (bits >> (24 - 8 * p)) & 0xFF
-        hist = tl.histogram(digit, 256, mask=cand)  # [256] candidates per digit value
-        above = tl.sum(hist, axis=0) - tl.cumsum(hist, axis=0)  # candidates with a larger digit
-        best = tl.max(tl.where(above + hist >= need, bins, -1), axis=0)
-        need -= tl.sum(tl.where(bins == best, above, 0), axis=0)
-        prefix = prefix | (best << (24 - 8 * p))
-        cand = cand & (digit == best)
-    return prefix

@@ -9,8 +9,8 @@ import torch
 
 from .availability import pick
 
-TILE_ROWS = 64  # rows one program copies per iteration (RUNS_PER_PROGRAM * block_rows)
-COPY_WARPS = 4
+COPY_RUNS = 8  # runs per program (their metadata is one load; most admission runs are empty)
+COPY_WARPS = 2
 
 
 def copy_runs(
@@ -29,9 +29,7 @@ def copy_runs(
     """For each run e: dst[dst_off[e] : + rows[e] * D] = src[src_off[e] : + rows[e] * D].
     Offsets may point into other allocations than the base (one address space: device memory
     and pinned host memory alike); the reference only handles offsets inside the base.
-    `block_rows` (a power of two) is the rows of one run copied per iteration: about the
-    typical run length (one page for admission); a program copies TILE_ROWS // block_rows runs
-    at once."""
+    `block_rows` (a power of two) is the copy tile: about the typical run length."""
     if not pick(use_triton, dst_k):
         copy_runs_reference(
             src_k, src_v, dst_k, dst_v, src_off_k, src_off_v, dst_off, rows, head_dim
@@ -42,7 +40,7 @@ def copy_runs(
     e = rows.shape[0]
     if e == 0:
         return
-    runs = max(TILE_ROWS // block_rows, 1)
+    runs = COPY_RUNS
     grid = ((e + runs - 1) // runs,)
     copy_runs_kernel[grid](
         src_k, src_v, dst_k, dst_v, src_off_k, src_off_v, dst_off, rows, e,

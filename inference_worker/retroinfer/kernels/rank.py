@@ -3,13 +3,14 @@
 Two Triton kernels: `_logits_kernel` scans the centroids once (grid rows x cluster blocks) and
 writes the logits z plus per-block softmax partials; `_select_kernel` (one program per row,
 scores held in registers) forms score_j = sum_g softmax_j(z_g), finds the n_ret-th and
-(n_ret + n_est)-th largest scores by a radix select on their bit patterns (four 8-bit histogram
-passes each), and writes the retrieval ids (index order, then sorted by score) and the
-estimation-zone mask. No [R, C] top-k sort.
+(n_ret + n_est)-th largest scores by a SELECT_ARITY-ary search on their bit patterns (both
+thresholds in one reduction per step), and writes the retrieval ids (index order, then sorted by
+score) and the estimation-zone mask. No [R, C] top-k sort.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from .availability import pick
 
 MAX_SELECT_BLOCK = 32768  # clusters per row the register-resident selection handles
 SELECT_WARPS: int | None = None  # warps of the selection program (None: by row width)
+SELECT_ARITY = 4  # thresholds counted per search step (2: bisection, 31 steps; 4: 16 steps)
 LOGITS_BLOCK_C = 128  # clusters per centroid-scan program
 LOGITS_WARPS = 4
 
@@ -107,7 +109,8 @@ def _rank_select_triton(
     block = _next_pow2(c)
     select_kernel[(r,)](
         z, part_m, part_l, ret, ret_score, estimated, est_ids, c, nb, n_ret, n_ret + n_est,
-        G=g, BLOCK=block, BLOCK_NB=_next_pow2(nb),
+        G=g, BLOCK=block, BLOCK_NB=_next_pow2(nb), ARITY=SELECT_ARITY,
+        STEPS=_search_steps(SELECT_ARITY),
         num_warps=SELECT_WARPS or (16 if block >= 8192 else 8),
     )  # fmt: skip
     if not sort:
@@ -118,6 +121,11 @@ def _rank_select_triton(
 def sort_retrieved(ret: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """ret [R, n] ordered by score [R, n] descending, ties in position order."""
     return ret.gather(1, torch.sort(score, dim=1, descending=True, stable=True).indices)
+
+
+def _search_steps(arity: int) -> int:
+    """Steps of an arity-ary search over the 2**31 non-negative float32 bit patterns."""
+    return math.ceil(31 / math.log2(arity))
 
 
 def _next_pow2(n: int) -> int:
