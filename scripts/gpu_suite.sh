@@ -27,7 +27,7 @@ run() {  # run NAME TIMEOUT CMD...
 }
 for s in "${stages[@]}"; do
   case $s in
-    tests) run tests 240 python3 -m pytest -q -p no:cacheprovider \
+    tests) run tests 420 python3 -m pytest -q -p no:cacheprovider \
       tests/test_retro_kernels.py tests/test_retro_cuda.py tests/test_retro_bookkeeping.py \
       tests/test_store_shm_gather.py tests/test_store_shm_packed.py \
       tests/test_client_resolve_kernel.py tests/test_client_resolver.py \
@@ -45,7 +45,7 @@ for s in "${stages[@]}"; do
     store_decode) run store_decode 240 python3 -m inference_worker.benchmarks.store_decode \
       --device cuda ${STORE_DECODE_ARGS:---model random-llama8b --prompt 16384 --new 32 --batches 1 4} \
       --out "$OUT/store_decode_cuda.json" ;;
-    e2e) run e2e 300 python3 -m inference_worker.benchmarks.decode_e2e \
+    e2e) run e2e 540 python3 -m inference_worker.benchmarks.decode_e2e \
       --out "$OUT/decode_e2e_cuda.json" ${E2E_ARGS:-} ;;
     *) echo "unknown stage $s" ;;
   esac

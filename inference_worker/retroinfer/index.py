@@ -92,9 +92,9 @@ class ClusterMetadata:
     def __init__(
         self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
     ) -> None:
-        self.scan_dtype = dtype
+        self.scan_dtype = dtype  # centroids and value sums are kept in the model dtype
         self.centroids = torch.zeros(batch, kv_heads, 0, head_dim, dtype=dtype, device=device)
-        self.value_sums = torch.zeros(batch, kv_heads, 0, head_dim, device=device)  # fp32
+        self.value_sums = torch.zeros(batch, kv_heads, 0, head_dim, dtype=dtype, device=device)
         self.sizes = torch.zeros(batch, kv_heads, 0, dtype=torch.int64, device=device)
 
     @property
@@ -105,5 +105,5 @@ class ClusterMetadata:
         """Add a segment's clusters (ids continue after the existing ones)."""
         assert segment.first_cluster == self.num_clusters
         self.centroids = torch.cat([self.centroids, segment.centroids.to(self.scan_dtype)], 2)
-        self.value_sums = torch.cat([self.value_sums, segment.value_sums], 2)
+        self.value_sums = torch.cat([self.value_sums, segment.value_sums.to(self.scan_dtype)], 2)
         self.sizes = torch.cat([self.sizes, segment.sizes], 2)

@@ -274,6 +274,7 @@ class RetroInferLayer:
         z_top = z.gather(2, top.unsqueeze(1).expand(-1, self.group, -1))  # [R, G, k]
         flat_top = (top + (torch.arange(r, device=self.device) * c).view(r, 1)).view(-1)
         vs_top = self.meta.value_sums.reshape(r * c, d).index_select(0, flat_top).view(r, -1, d)
+        vs_top = vs_top.float()  # [R, k, D] (kept in the model dtype)
         o_e, lse_e = estimate(z_top, top_sizes, vs_top, est_keep)
         hit_k, hit_v, hit_fill = buffer.hit_pages(ret, hit, widths[1])
         if defer:  # misses estimated now, admitted at this layer's next step

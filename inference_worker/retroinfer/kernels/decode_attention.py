@@ -22,14 +22,15 @@ from .partials import combine_partials
 
 @dataclass(frozen=True, slots=True)
 class DecodeTuning:
-    """Launch shape of the decode kernel (any values give the same result up to rounding)."""
+    """Launch shape of the decode kernel (any values give the same result up to rounding).
+    Defaults: the best of the H100 sweep at 128K x 16 (results/step_profile_cuda.json)."""
 
-    chunk: int = 256  # tokens per exact split (a multiple of block_n and of the page size)
+    chunk: int = 512  # tokens per exact split (a multiple of block_n and of the page size)
     block_n: int = 64  # tokens per tile
     est_chunk: int = EST_CHUNK  # estimated clusters per split
     est_block: int = EST_BLOCK  # estimated clusters per tile
     num_warps: int = 4
-    num_stages: int | None = None  # None: Triton's default
+    num_stages: int | None = 2  # None: Triton's default
 
 
 TUNING = DecodeTuning()
@@ -58,7 +59,7 @@ def decode_attention(
     z: torch.Tensor,  # [R, G, C] fp32 centroid logits (scaled)
     estimated: torch.Tensor,  # [R, N] int64 ids of the estimated clusters (-1 = none)
     sizes: torch.Tensor,  # [R, C] int64
-    value_sums: torch.Tensor,  # [R, C, D] fp32
+    value_sums: torch.Tensor,  # [R, C, D] fp32 or the K/V dtype
     scale: float,
     use_triton: bool | None = None,
     tuning: DecodeTuning | None = None,
