@@ -199,12 +199,11 @@ def _variants() -> list[Variant]:
         "decode chunk 1024": DecodeTuning(chunk=1024),
         "decode block 32": DecodeTuning(block_n=32),
         "decode 8 warps": DecodeTuning(num_warps=8),
-        "decode default stages": DecodeTuning(num_stages=None),
-        "decode 3 stages": DecodeTuning(num_stages=3),
+        "decode 2 stages": DecodeTuning(num_stages=2),
         "decode 4 stages": DecodeTuning(num_stages=4),
         "decode est chunk 256": DecodeTuning(est_chunk=256),
         "decode est chunk 1024": DecodeTuning(est_chunk=1024),
-        "decode est block 32": DecodeTuning(est_block=32),
+        "decode est block 64": DecodeTuning(est_block=64),
     }
     out: list[Variant] = [(k, _set(attn_mod, "TUNING", v)) for k, v in tunings.items()]
     out += [

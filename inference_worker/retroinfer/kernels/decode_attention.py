@@ -16,7 +16,7 @@ import torch
 
 from ..attention import merge, partial_attention
 from .availability import pick
-from .estimate import EST_BLOCK, EST_CHUNK, estimate_partials_reference
+from .estimate import EST_CHUNK, estimate_partials_reference
 from .partials import combine_partials
 
 
@@ -28,9 +28,9 @@ class DecodeTuning:
     chunk: int = 512  # tokens per exact split (a multiple of block_n and of the page size)
     block_n: int = 64  # tokens per tile
     est_chunk: int = EST_CHUNK  # estimated clusters per split
-    est_block: int = EST_BLOCK  # estimated clusters per tile
+    est_block: int = 32  # estimated clusters per tile
     num_warps: int = 4
-    num_stages: int | None = 2  # None: Triton's default
+    num_stages: int | None = None  # None: Triton's default (3)
 
 
 TUNING = DecodeTuning()
