@@ -31,7 +31,9 @@ def capture_qkv(num_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor, torch
     )
     ids = tok(_natural_text(), return_tensors="pt").input_ids[:, :num_tokens]
     assert ids.shape[1] == num_tokens
-    cfg, raw, rope = model.config, {}, {}
+    cfg = model.config
+    raw: dict[tuple[int, str], torch.Tensor] = {}  # (layer, projection) -> its output
+    rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # "cs" -> (cos, sin)
     hd = cfg.hidden_size // cfg.num_attention_heads
     hooks = [
         model.model.rotary_emb.register_forward_hook(lambda _m, _i, out: rope.setdefault("cs", out))
