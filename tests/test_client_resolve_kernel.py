@@ -4,12 +4,10 @@ TRITON_INTERPRET=1, compiled on CUDA)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+
+from tests.interpret import run_check
 
 CHECK = r"""
 import sys, torch
@@ -72,12 +70,7 @@ print("ok")
 
 
 def _run(seed: int, device: str, interpret: bool) -> None:
-    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if interpret else {})}
-    out = subprocess.run(
-        [sys.executable, "-c", CHECK, str(seed), device],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    run_check(["-c", CHECK, str(seed), device], interpret=interpret, timeout=300)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA: the compiled kernel is tested below")

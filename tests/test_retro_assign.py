@@ -4,10 +4,6 @@ the recorded GPU run is inference_worker/benchmarks/results/index_build_cuda.jso
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -25,6 +21,7 @@ from inference_worker.retroinfer.kernels.assign_cases import (
     check_sums,
 )
 from inference_worker.retroinfer.kernels.cluster_sums import cluster_sums_reference
+from tests.interpret import run_check
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -91,12 +88,7 @@ def test_bad_shapes_and_tiles_are_rejected_with_values():
 
 def test_triton_kernels_match_references_interpreted():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "inference_worker.retroinfer.kernels.assign_cases"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    run_check(["-m", "inference_worker.retroinfer.kernels.assign_cases"])
 
 
 @cuda

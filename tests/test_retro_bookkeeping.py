@@ -6,10 +6,6 @@ on CPU (TRITON_INTERPRET=1, subprocess) and compiled on CUDA (skipped without a 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -21,18 +17,14 @@ from inference_worker.retroinfer.kernels.book_cases import (
     check_layer_paths,
 )
 from inference_worker.retroinfer.kernels.bookkeeping import MAX_BLOCK_P, fusable, plan_step
+from tests.interpret import run_check
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def test_fused_bookkeeping_matches_reference_interpreted():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "inference_worker.retroinfer.kernels.book_cases"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    run_check(["-m", "inference_worker.retroinfer.kernels.book_cases"])
 
 
 def test_reference_plan_on_cpu_and_too_large_rows():

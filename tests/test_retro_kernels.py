@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -33,6 +30,7 @@ from inference_worker.retroinfer.kernels.cases import (
     rank_case,
 )
 from inference_worker.retroinfer.source import _gather
+from tests.interpret import run_check
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -150,12 +148,7 @@ def test_copy_select_attention_kernels_match_references_interpreted():
     """Page-sized and cluster-sized copy runs; the radix selection with exact score ties; the
     decode kernel at two launch shapes."""
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "inference_worker.retroinfer.kernels.cases"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    run_check(["-m", "inference_worker.retroinfer.kernels.cases"])
 
 
 @cuda

@@ -4,8 +4,6 @@ gather (interpreted on CPU in a subprocess; compiled on CUDA) and every CUDA gat
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from client.shm import GATHER_METHODS, _expand
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
+from tests.interpret import run_check
 
 KERNEL_CHECK = """
 import torch
@@ -53,13 +52,8 @@ def test_expand_matches_plain_loop() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA: the compiled kernel is tested below")
 def test_triton_run_gather_matches_reference_interpreted() -> None:
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
     for seed in (0, 1):
-        out = subprocess.run(
-            [sys.executable, "-c", KERNEL_CHECK, str(seed)],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+        run_check(["-c", KERNEL_CHECK, str(seed)], timeout=300)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
