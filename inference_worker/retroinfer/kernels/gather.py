@@ -40,11 +40,10 @@ def copy_runs(
     e = rows.shape[0]
     if e == 0:
         return
-    runs = COPY_RUNS
-    grid = ((e + runs - 1) // runs,)
+    grid = ((e + COPY_RUNS - 1) // COPY_RUNS,)
     copy_runs_kernel[grid](
         src_k, src_v, dst_k, dst_v, src_off_k, src_off_v, dst_off, rows, e,
-        D=head_dim, BLOCK=block_rows, RUNS=runs, num_warps=COPY_WARPS,
+        D=head_dim, BLOCK=block_rows, RUNS=COPY_RUNS, num_warps=COPY_WARPS,
     )  # fmt: skip
 
 
