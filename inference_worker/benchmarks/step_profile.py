@@ -17,6 +17,7 @@ Writes JSON (default results/step_profile_<device>.json) and prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -47,6 +48,7 @@ attn_mod = importlib.import_module("inference_worker.retroinfer.kernels.decode_a
 gather_mod = importlib.import_module("inference_worker.retroinfer.kernels.gather")
 rank_mod = importlib.import_module("inference_worker.retroinfer.kernels.rank")
 book_mod = importlib.import_module("inference_worker.retroinfer.kernels.bookkeeping")
+fast_step_mod = importlib.import_module("inference_worker.retroinfer.fast_step")
 Apply = Callable[[RetroInferLayer], Callable[[], None]]  # changes the layer, returns the undo
 Variant = tuple[str, Apply]
 
@@ -153,6 +155,8 @@ def _profile_stream(
     run.timed(args.steps)  # warm-up: capture, cache settles
     base = run.timed(args.steps)
     kernels = run.kernels()
+    parts = _decode_parts(run, args.steps)
+    log.info("%s decode kernel parts (µs): %s", stream.kind, parts)
     rows: dict[str, dict[str, float]] = {"baseline": base}
     for name, apply in _variants():
         undo = apply(run.layer)
@@ -171,7 +175,74 @@ def _profile_stream(
         "clusters": run.layer.num_clusters,
         "kernels_us_per_step": kernels,
         "kernel_total_us": round(sum(kernels.values()), 1),
+        "decode_parts_us": parts,
         "variants": rows,
+    }
+
+
+def _decode_parts(run: _Runner, steps: int) -> dict[str, float]:
+    """µs of decode_attention (split kernel + combine) alone on one real step's inputs: all
+    zones, then with the estimated list emptied, then with the exact zones emptied, and each
+    tuning variant on all zones. Eager launches, events around `steps` back-to-back calls."""
+    if run.stream.device.type != "cuda":
+        return {}
+    captured: list[dict[str, object]] = []
+    real = fast_step_mod.decode_attention
+
+    def spy(*args: object, **kwargs: object) -> object:
+        names = ("q", "view", "z", "estimated", "sizes", "value_sums", "scale")
+        captured.append(dict(zip(names, args, strict=False)) | kwargs)
+        return real(*args, **kwargs)
+
+    setattr(fast_step_mod, "decode_attention", spy)  # noqa: B010
+    run.layer._graph, use = None, run.layer.use_cuda_graph
+    run.layer.use_cuda_graph = False
+    try:
+        run.step(0)
+    finally:
+        setattr(fast_step_mod, "decode_attention", real)  # noqa: B010
+        run.layer.use_cuda_graph = use
+        run.layer._graph = None
+    case = captured[-1]
+    view = case["view"]
+    assert isinstance(view, attn_mod.ExecView)
+    no_est = case | {"estimated": torch.full_like(case["estimated"], -1)}  # type: ignore[arg-type]
+    zero = torch.zeros_like(view.miss_len)
+    exact_off = dataclasses.replace(
+        view, pos=torch.full_like(view.pos, -1), miss_len=zero, hit_pages=zero
+    )
+    cases = {"all zones": case, "exact zones only": no_est, "estimation only": case | {
+        "view": exact_off}}  # fmt: skip
+    out = {name: _time_decode(c, steps) for name, c in cases.items()}
+    for name, tuning in _decode_tunings().items():
+        out[name] = _time_decode(case | {"tuning": tuning}, steps)
+    return out
+
+
+def _time_decode(case: dict[str, object], steps: int) -> float:
+    fn = attn_mod.decode_attention
+    for _ in range(3):
+        fn(**case)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        fn(**case)
+    end.record()
+    end.synchronize()
+    return round(start.elapsed_time(end) * 1000 / steps, 1)
+
+
+def _decode_tunings() -> dict[str, DecodeTuning]:
+    return {
+        "prefetch": DecodeTuning(prefetch=True),
+        "prefetch, 2 stages": DecodeTuning(prefetch=True, num_stages=2),
+        "prefetch, est block 64": DecodeTuning(prefetch=True, est_block=64),
+        "prefetch, chunk 1024": DecodeTuning(prefetch=True, chunk=1024),
+        "prefetch, 8 warps": DecodeTuning(prefetch=True, num_warps=8),
+        "2 stages": DecodeTuning(num_stages=2),
+        "block 32": DecodeTuning(block_n=32),
+        "est block 16": DecodeTuning(est_block=16),
+        "est chunk 256": DecodeTuning(est_chunk=256),
     }
 
 
@@ -204,6 +275,8 @@ def _variants() -> list[Variant]:
         "decode est chunk 256": DecodeTuning(est_chunk=256),
         "decode est chunk 1024": DecodeTuning(est_chunk=1024),
         "decode est block 64": DecodeTuning(est_block=64),
+        "decode prefetch": DecodeTuning(prefetch=True),
+        "decode prefetch, 2 stages": DecodeTuning(prefetch=True, num_stages=2),
     }
     out: list[Variant] = [(k, _set(attn_mod, "TUNING", v)) for k, v in tunings.items()]
     out += [

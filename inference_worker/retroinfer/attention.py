@@ -19,6 +19,8 @@ def rank_clusters(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroid logits z [R, G, C] fp32 (-inf for empty clusters) and the group score [R, C]:
     the sum over the G query heads of softmax_j(z)."""
+    if centroids.element_size() == 1:  # fp8 storage: the product in the query dtype
+        centroids = centroids.to(q.dtype)
     z = matmul_scores(q.to(centroids.dtype), centroids) * scale
     z = z.masked_fill((sizes == 0).unsqueeze(1), float("-inf"))
     return z, torch.softmax(z, dim=-1).nan_to_num(0.0).sum(dim=1)

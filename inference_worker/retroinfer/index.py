@@ -90,10 +90,19 @@ class ClusterMetadata:
     """Device-resident metadata of all clusters of one layer, concatenated over segments."""
 
     def __init__(
-        self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+        self,
+        batch: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        centroid_dtype: torch.dtype | None = None,
     ) -> None:
-        self.scan_dtype = dtype  # centroids and value sums are kept in the model dtype
-        self.centroids = torch.zeros(batch, kv_heads, 0, head_dim, dtype=dtype, device=device)
+        self.scan_dtype = dtype  # value sums (and by default centroids) in the model dtype
+        self.centroid_dtype = centroid_dtype or dtype
+        self.centroids = torch.zeros(
+            batch, kv_heads, 0, head_dim, dtype=self.centroid_dtype, device=device
+        )
         self.value_sums = torch.zeros(batch, kv_heads, 0, head_dim, dtype=dtype, device=device)
         self.sizes = torch.zeros(batch, kv_heads, 0, dtype=torch.int64, device=device)
 
@@ -104,6 +113,6 @@ class ClusterMetadata:
     def append(self, segment: IndexSegment) -> None:
         """Add a segment's clusters (ids continue after the existing ones)."""
         assert segment.first_cluster == self.num_clusters
-        self.centroids = torch.cat([self.centroids, segment.centroids.to(self.scan_dtype)], 2)
+        self.centroids = torch.cat([self.centroids, segment.centroids.to(self.centroid_dtype)], 2)
         self.value_sums = torch.cat([self.value_sums, segment.value_sums.to(self.scan_dtype)], 2)
         self.sizes = torch.cat([self.sizes, segment.sizes], 2)

@@ -61,7 +61,9 @@ class RetroInferLayer:
         self.scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
         self._sdpa_scale = scale  # None: SDPA's own 1/sqrt(D), as full attention passes it
         self.on_segment = on_segment
-        self.meta = ClusterMetadata(self.batch, num_kv_heads, head_dim, dtype, self.device)
+        self.meta = ClusterMetadata(
+            self.batch, num_kv_heads, head_dim, dtype, self.device, config.centroid_dtype(dtype)
+        )
         self.buffer: WaveBuffer | None = None
         self.steady: SteadyZone | None = None
         self.next_position = 0  # position of the first not-yet-clustered recent token

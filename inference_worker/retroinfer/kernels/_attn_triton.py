@@ -28,31 +28,43 @@ def _online(s, vals, m, l, acc, weight):
 def _estimate_split(
     z_ptr, ids_ptr, sizes_ptr, vs_ptr, r, split, N, C,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, PREFETCH: tl.constexpr = False,
 ):  # fmt: skip
-    """Entries [split * CHUNK, +CHUNK) of the row's estimated-cluster list (-1 = none)."""
+    """Entries [split * CHUNK, +CHUNK) of the row's estimated-cluster list (-1 = none).
+    The sizes, logits and value sums of a tile are loaded side by side (one dependent load
+    after the ids; empty clusters are masked after loading). PREFETCH: the next tile's ids are
+    loaded before this tile is computed."""
     offs_g = tl.arange(0, GP)
     offs_d = tl.arange(0, D)
     m = tl.full([GP], float("-inf"), tl.float32)
     l = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, D], tl.float32)
     row = r.to(tl.int64) * C
-    end = tl.minimum(split * CHUNK + CHUNK, N)
-    for c0 in range(split * CHUNK, end, BLOCK_C):
-        offs_n = c0 + tl.arange(0, BLOCK_C)
-        ids = tl.load(ids_ptr + r.to(tl.int64) * N + offs_n, mask=offs_n < end, other=-1)
+    ids_row = ids_ptr + r.to(tl.int64) * N
+    start = split * CHUNK
+    end = tl.minimum(start + CHUNK, N)
+    offs_b = tl.arange(0, BLOCK_C)
+    ids = tl.load(ids_row + start + offs_b, mask=start + offs_b < end, other=-1)
+    for c0 in range(start, end, BLOCK_C):
+        if not PREFETCH:
+            ids = tl.load(ids_row + c0 + offs_b, mask=c0 + offs_b < end, other=-1)
         ok = ids >= 0
         safe = tl.where(ok, ids, 0)
         size = tl.load(sizes_ptr + row + safe, mask=ok, other=0)
-        keep = ok & (size > 0)
         zt = tl.load(
             z_ptr + (r.to(tl.int64) * G + offs_g[:, None]) * C + safe[None, :],
-            mask=(offs_g[:, None] < G) & keep[None, :],
+            mask=(offs_g[:, None] < G) & ok[None, :],
             other=float("-inf"),
-        )
+        )  # [GP, BLOCK_C]
         vs = tl.load(
-            vs_ptr + (row + safe)[:, None] * D + offs_d[None, :], mask=keep[:, None], other=0.0
-        )
+            vs_ptr + (row + safe)[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0
+        )  # [BLOCK_C, D]
+        if PREFETCH:
+            nxt = c0 + BLOCK_C + offs_b
+            ids = tl.load(ids_row + nxt, mask=nxt < end, other=-1)
+        keep = size > 0
+        zt = tl.where(keep[None, :], zt, float("-inf"))
+        vs = tl.where(keep[:, None], vs, 0.0)
         m, l, acc = _online(zt, vs, m, l, acc, size.to(tl.float32))
     return m, l, acc
 
@@ -108,21 +120,32 @@ def _attend_rows(q, k_ptr, v_ptr, row_off, start, end, m, l, acc, scale,
 
 @triton.jit
 def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end, m, l, acc,
-                  scale, D: tl.constexpr, PT: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """Exact attention over cache pages take[r, p_start:p_end] (fill[r, p] valid tokens)."""
+                  scale, D: tl.constexpr, PT: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PREFETCH: tl.constexpr = False):  # fmt: skip
+    """Exact attention over cache pages take[r, p_start:p_end] (fill[r, p] valid tokens).
+    PREFETCH: the next tile's page numbers are loaded before this tile is computed."""
     offs_d = tl.arange(0, D)
     pages_per_tile: tl.constexpr = BLOCK_N // PT
+    offs_n = tl.arange(0, BLOCK_N)
+    row_w = r.to(tl.int64) * W
+    p = p_start + offs_n // PT
+    page = tl.load(take_ptr + row_w + p, mask=p < p_end, other=0)
+    fill = tl.load(fill_ptr + row_w + p, mask=p < p_end, other=0)
     for p0 in range(p_start, p_end, pages_per_tile):
-        offs_n = tl.arange(0, BLOCK_N)
         p = p0 + offs_n // PT
         in_p = p < p_end
-        page = tl.load(take_ptr + r.to(tl.int64) * W + p, mask=in_p, other=0)
-        fill = tl.load(fill_ptr + r.to(tl.int64) * W + p, mask=in_p, other=0)
+        if not PREFETCH:
+            page = tl.load(take_ptr + row_w + p, mask=in_p, other=0)
+            fill = tl.load(fill_ptr + row_w + p, mask=in_p, other=0)
         valid = in_p & ((offs_n % PT) < fill)
         tok = (r.to(tl.int64) * P1 + page) * PT + offs_n % PT
         ptrs = tok[:, None] * D + offs_d[None, :]
         k = tl.load(k_ptr + ptrs, mask=valid[:, None], other=0.0)
         v = tl.load(v_ptr + ptrs, mask=valid[:, None], other=0.0)
+        if PREFETCH:
+            p_next = p + pages_per_tile
+            page = tl.load(take_ptr + row_w + p_next, mask=p_next < p_end, other=0)
+            fill = tl.load(fill_ptr + row_w + p_next, mask=p_next < p_end, other=0)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m, l, acc = _online(s, v, m, l, acc, tl.full([BLOCK_N], 1.0, tl.float32))
@@ -138,7 +161,7 @@ def decode_kernel(
     S_ST, S_MI, S_HI, S,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, PT: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, EST_CHUNK: tl.constexpr,
-    EST_BLOCK: tl.constexpr,
+    EST_BLOCK: tl.constexpr, PREFETCH: tl.constexpr = False,
 ):  # fmt: skip
     """One split of one row: steady tokens, packed misses, cache pages or estimated clusters."""
     r = tl.program_id(0)
@@ -173,12 +196,12 @@ def decode_kernel(
         end = tl.minimum(start + CHUNK // PT, n)
         m, l, acc = _attend_pages(
             q, ca_k, ca_v, take_ptr, fill_ptr, r, P1, W, start, end, m, l, acc, scale,
-            D, PT, BLOCK_N,
+            D, PT, BLOCK_N, PREFETCH,
         )  # fmt: skip
     else:
         m, l, acc = _estimate_split(
             z_ptr, ids_ptr, sizes_ptr, vs_ptr, r, sid - S_ST - S_MI - S_HI, N, C,
-            G, GP, D, EST_CHUNK, EST_BLOCK,
+            G, GP, D, EST_CHUNK, EST_BLOCK, PREFETCH,
         )  # fmt: skip
     _store_partial(pm_ptr, pl_ptr, pacc_ptr, r, sid, S, m, l, acc, G, GP, D, SKIP_EMPTY=True)
 

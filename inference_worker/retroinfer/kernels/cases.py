@@ -45,14 +45,20 @@ def estimate_case(r: int, g: int, c: int, d: int, device: str, seed: int) -> Cas
     gen = torch.Generator(device=device).manual_seed(seed)
     sizes = torch.randint(0, 33, (r, c), generator=gen, device=device)
     z = torch.randn(r, g, c, generator=gen, device=device) * 3
+    empty = sizes == 0
+    # half the empty clusters keep a finite logit and every one a nonzero value sum: the
+    # kernels must mask them by size, not rely on z = -inf / VS = 0
+    masked = empty & (torch.rand(r, c, generator=gen, device=device) < 0.5)
+    garbage = torch.randn(r, c, d, generator=gen, device=device) * empty.unsqueeze(-1)
     return {
-        "z": z.masked_fill((sizes == 0).unsqueeze(1), float("-inf")),
+        "z": z.masked_fill(masked.unsqueeze(1), float("-inf")),
         # a quarter of the clusters, as a list with a few -1 holes
         "estimated": torch.argsort(torch.rand(r, c, generator=gen, device=device), dim=1)[
             :, : c // 4
         ].masked_fill(torch.rand(r, c // 4, generator=gen, device=device) < 0.02, -1),
         "sizes": sizes,
-        "value_sums": torch.randn(r, c, d, generator=gen, device=device) * sizes.unsqueeze(-1),
+        "value_sums": torch.randn(r, c, d, generator=gen, device=device) * sizes.unsqueeze(-1)
+        + garbage,
     }
 
 
@@ -188,7 +194,11 @@ def check_attention(device: str, seed: int, kv_dtype: torch.dtype = torch.float3
     for value_dtype in value_dtypes:
         case["value_sums"] = case["value_sums"].to(value_dtype)
         want = decode_attention_reference(**case)
-        for tuning in (DecodeTuning(), DecodeTuning(chunk=128, block_n=32, est_chunk=64)):
+        for tuning in (
+            DecodeTuning(),
+            DecodeTuning(chunk=128, block_n=32, est_chunk=64),
+            DecodeTuning(chunk=128, block_n=32, est_chunk=64, est_block=16, prefetch=True),
+        ):
             got = decode_attention(**case, use_triton=True, tuning=tuning)
             torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
             torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol)

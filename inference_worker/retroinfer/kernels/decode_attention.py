@@ -31,6 +31,7 @@ class DecodeTuning:
     est_block: int = 32  # estimated clusters per tile
     num_warps: int = 4
     num_stages: int | None = None  # None: Triton's default (3)
+    prefetch: bool = False  # load the next tile's page numbers / cluster ids a tile ahead
 
 
 TUNING = DecodeTuning()
@@ -91,7 +92,7 @@ def decode_attention(
         z, estimated.contiguous(), sizes, value_sums, n_est, c,
         pm, pl, pacc, scale, s_st, s_mi, s_hi, s,
         G=g, GP=16, D=d, PT=pt, CHUNK=t.chunk, BLOCK_N=t.block_n, EST_CHUNK=t.est_chunk,
-        EST_BLOCK=t.est_block, num_warps=t.num_warps, **stages,
+        EST_BLOCK=t.est_block, PREFETCH=t.prefetch, num_warps=t.num_warps, **stages,
     )  # fmt: skip
     out = torch.empty(r, g, d, dtype=torch.float32, device=dev)
     lse = torch.empty(r, g, dtype=torch.float32, device=dev)
