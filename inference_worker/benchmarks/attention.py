@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer.config import CENTROID_FORMATS
 from inference_worker.retroinfer.kernels import kernels_available
 
 from .query_stream import STREAMS, QueryStream, calibrate_rho
@@ -48,7 +49,8 @@ def main() -> None:
         "dtype": str(dtype),
         "steps": steps,
         "geometry": {"q_heads": Q_HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM},
-        "config": "RetroInferConfig() defaults",
+        "config": "RetroInferConfig() defaults"
+        + ("" if args.centroids == "model" else f", centroid_format={args.centroids!r}"),
         "query_streams": {
             "random": "fresh N(0,1) queries every step: the worst case for the cache",
             "correlated": "q_t = rho*q_(t-1) + sqrt(1-rho^2)*noise, rho calibrated so the hit "
@@ -79,6 +81,10 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed decode steps per setting")
     p.add_argument("--out", default=None, help="JSON output path")
     p.add_argument("--profile", action="store_true", help="print a kernel profile per setting")
+    p.add_argument(
+        "--centroids", choices=sorted(CENTROID_FORMATS), default="model",
+        help="RetroInferConfig.centroid_format (fp8_e4m3: opt-in narrow centroid scan)",
+    )  # fmt: skip
     p.add_argument("--streams", nargs="*", choices=STREAMS, default=list(STREAMS))
     p.add_argument("--target-hit", type=float, default=0.78, help="correlated: hit ratio goal")
     p.add_argument("--rho", type=float, default=None, help="correlated: fixed rho (no search)")
@@ -140,7 +146,7 @@ def _time_retro(
     stream: QueryStream,
     args: argparse.Namespace,
 ) -> dict[str, object]:
-    cfg = RetroInferConfig()
+    cfg = RetroInferConfig(centroid_format=args.centroids)
     ids = [f"seq{b}" for b in range(batch)]
     source = InProcessClusterSource()
     layer = RetroInferLayer(
