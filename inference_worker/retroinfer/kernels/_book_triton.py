@@ -18,7 +18,7 @@ def plan_kernel(
     ret, score, ranked, sizes, stamp, owner, fillp, clock,
     out_sizes, out_overflow, out_valid, out_hit, out_miss,
     miss_ids, miss_rank, miss_sizes, take, take_fill, count,
-    hits_ctr, misses_ctr, row_counts,
+    hits_ctr, misses_ctr, totals,
     n, C, P1, W, cap_tokens,
     SORT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
@@ -69,10 +69,10 @@ def plan_kernel(
     n_hit = tl.sum(hit.to(tl.int64), 0)
     tl.store(hits_ctr + r, hits_before + n_hit)  # after the barrier above
     tl.store(misses_ctr + r, misses_before + n_miss)
-    tl.store(row_counts + r * 7 + 0, n_hit)
-    tl.store(row_counts + r * 7 + 1, n_miss.to(tl.int64))
-    tl.store(row_counts + r * 7 + 5, tl.sum(over.to(tl.int64), 0))
-    tl.store(row_counts + r * 7 + 6, tl.sum(tl.where(valid, sz, 0), 0))
+    tl.atomic_add(totals + 0, n_hit)
+    tl.atomic_add(totals + 1, n_miss.to(tl.int64))
+    tl.atomic_add(totals + 5, tl.sum(over.to(tl.int64), 0))
+    tl.atomic_add(totals + 6, tl.sum(tl.where(valid, sz, 0), 0))
     tl.debug_barrier()
     p = tl.arange(0, BLOCK_P)
     in_p = p < P1
@@ -93,7 +93,7 @@ def plan_kernel(
 @triton.jit
 def admit_kernel(
     miss_ids, miss_rank, miss_sizes, miss_off, stamp, owner, fillp, clock, scratch,
-    evict_ctr, row_counts, run_src, run_src_v, run_dst, run_rows,
+    evict_ctr, totals, run_src, run_src_v, run_dst, run_rows,
     tab_k, tab_v, take, take_fill, count, rest_ids,
     n, C, P1, M, S, CT, W,
     PT: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -192,6 +192,6 @@ def admit_kernel(
         none = tl.full([BLOCK_N], -1, tl.int64)
         tl.store(rest_ids + r * n + j, none, mask=in_n & (j >= n - n_adm))
     tl.store(evict_ctr + r, evicted_before + evicted)
-    tl.store(row_counts + r * 7 + 2, n_adm)
-    tl.store(row_counts + r * 7 + 3, tl.sum(is_m.to(tl.int64), 0) - n_adm)
-    tl.store(row_counts + r * 7 + 4, evicted)
+    tl.atomic_add(totals + 2, n_adm)
+    tl.atomic_add(totals + 3, tl.sum(is_m.to(tl.int64), 0) - n_adm)
+    tl.atomic_add(totals + 4, evicted)

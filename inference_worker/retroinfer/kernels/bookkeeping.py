@@ -49,7 +49,8 @@ class StepPlan:
     fused: bool
     miss_rank: torch.Tensor | None = None  # [R, n] fused: rank position of each listed miss
     miss_sizes: torch.Tensor | None = None  # [R, n] fused: tokens of each listed miss
-    row_counts: torch.Tensor | None = None  # [R, 7] fused: per-row counts (COUNT_NAMES order)
+    # [7] fused: the step's counts (COUNT_NAMES order), summed by the kernels' atomic adds
+    totals: torch.Tensor | None = None
 
 
 def fusable(buffer: WaveBuffer, n: int) -> bool:
@@ -81,13 +82,13 @@ def plan_step(
     take = torch.empty(r, width, dtype=i64, device=dev)
     fill = torch.empty(r, width, dtype=i64, device=dev)
     count = torch.empty(r, dtype=i64, device=dev)
-    row_counts = torch.empty(r, 7, dtype=i64, device=dev)  # columns 2-4 written by admission
+    totals = torch.zeros(7, dtype=i64, device=dev)  # entries 2-4 added by admission
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
         out["sizes"], flags[0], flags[1], flags[2], flags[3],
         out["ids"], out["rank"], out["msz"], take, fill, count,
-        buffer.hits, buffer.misses, row_counts,
+        buffer.hits, buffer.misses, totals,
         n, buffer.num_clusters, buffer.pages + 1, width, cap_tokens,
         SORT=score is not None, BLOCK_N=_pow2(n), BLOCK_P=_pow2(buffer.pages + 1),
         num_warps=BOOK_WARPS,
@@ -95,7 +96,7 @@ def plan_step(
     b = flags.view(torch.bool)
     return StepPlan(
         ranked, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
-        out["rank"], out["msz"], row_counts,
+        out["rank"], out["msz"], totals,
     )  # fmt: skip
 
 
@@ -158,7 +159,7 @@ def _admit_fused(
     from ._book_triton import admit_kernel
 
     assert plan.miss_rank is not None and plan.miss_sizes is not None
-    assert plan.row_counts is not None
+    assert plan.totals is not None
     r, n = plan.ret.shape
     p1, pt, d = buffer.pages + 1, buffer.page_tokens, buffer.keys.shape[-1]
     dev = buffer.keys.device
@@ -177,7 +178,7 @@ def _admit_fused(
     admit_kernel[(r,)](
         plan.miss_ids, plan.miss_rank, plan.miss_sizes, off,
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock, scratch,
-        buffer.evictions, plan.row_counts, runs[0], runs[1], runs[2], runs[3],
+        buffer.evictions, plan.totals, runs[0], runs[1], runs[2], runs[3],
         tab_k, tab_v, take, fill, count, rest,
         n, buffer.num_clusters, p1, m_width, scratch.shape[1], c_tab, width,
         PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, DIRECT=direct is not None,
@@ -188,7 +189,7 @@ def _admit_fused(
         src_k, src_v, buffer.keys, buffer.values, runs[0], runs[1], runs[2], runs[3], d,
         use_triton=True, block_rows=pt if pt & (pt - 1) == 0 else 16,
     )  # fmt: skip
-    return rest, plan.row_counts.sum(0)
+    return rest, plan.totals
 
 
 def _pow2(n: int) -> int:
