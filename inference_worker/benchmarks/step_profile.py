@@ -157,6 +157,8 @@ def _profile_stream(
     kernels = run.kernels()
     parts = _decode_parts(run, args.steps)
     log.info("%s decode kernel parts (µs): %s", stream.kind, parts)
+    select_parts = _select_parts(run, args.steps)
+    log.info("%s ranking kernel parts (µs): %s", stream.kind, select_parts)
     rows: dict[str, dict[str, float]] = {"baseline": base}
     for name, apply in _variants():
         undo = apply(run.layer)
@@ -176,8 +178,72 @@ def _profile_stream(
         "kernels_us_per_step": kernels,
         "kernel_total_us": round(sum(kernels.values()), 1),
         "decode_parts_us": parts,
+        "rank_parts_us": select_parts,
         "variants": rows,
     }
+
+
+def _capture(run: _Runner, name: str, arg_names: tuple[str, ...]) -> dict[str, object]:
+    """The arguments of fast_step's next call of `name` (one eager decode step)."""
+    captured: list[dict[str, object]] = []
+    real = getattr(fast_step_mod, name)
+
+    def spy(*args: object, **kwargs: object) -> object:
+        captured.append(dict(zip(arg_names, args, strict=False)) | kwargs)
+        return real(*args, **kwargs)
+
+    setattr(fast_step_mod, name, spy)
+    run.layer._graph, use = None, run.layer.use_cuda_graph
+    run.layer.use_cuda_graph = False
+    try:
+        run.step(0)
+    finally:
+        setattr(fast_step_mod, name, real)
+        run.layer.use_cuda_graph = use
+        run.layer._graph = None
+    return captured[-1]
+
+
+def _select_parts(run: _Runner, steps: int) -> dict[str, float]:
+    """µs of the ranking kernels alone on one real step's inputs: logits + selection, the logits
+    kernel alone, and the pair under selection variants (bisection: 31 search steps instead of
+    16, so the difference is 15 steps' cost; warps)."""
+    if run.stream.device.type != "cuda":
+        return {}
+    names = ("q", "centroids", "sizes", "scale", "n_ret", "n_est")
+    case = _capture(run, "rank_select", names) | {"use_triton": True}
+    out = {"logits + select": _time_call(rank_mod.rank_select, case, steps)}
+    out["logits alone"] = _time_call(_logits_only, case, steps)
+    knobs = {
+        "bisection (31 steps)": ("SELECT_ARITY", 2),
+        "select 4 warps": ("SELECT_WARPS", 4),
+        "select 8 warps": ("SELECT_WARPS", 8),
+        "select 32 warps": ("SELECT_WARPS", 32),
+    }
+    for label, (knob, value) in knobs.items():
+        undo = _set(rank_mod, knob, value)(run.layer)
+        try:
+            out[label] = _time_call(rank_mod.rank_select, case, steps)
+        finally:
+            undo()
+    return out
+
+
+def _logits_only(q, centroids, sizes, scale, **_: object) -> None:  # type: ignore[no-untyped-def]
+    """The centroid-scan kernel exactly as rank_select launches it."""
+    from inference_worker.retroinfer.kernels._rank_triton import logits_kernel
+
+    r, g, d = q.shape
+    c = centroids.shape[1]
+    nb = -(-c // rank_mod.LOGITS_BLOCK_C)
+    narrow = centroids.element_size() == 1
+    q = q.to(torch.bfloat16 if narrow else centroids.dtype).contiguous()
+    z = torch.empty(r, g, c, dtype=torch.float32, device=q.device)
+    pm = torch.empty(r, g, nb, dtype=torch.float32, device=q.device)
+    logits_kernel[(r, nb)](
+        q, centroids.contiguous(), sizes.contiguous(), z, pm, torch.empty_like(pm), c, nb, scale,
+        G=g, GP=16, D=d, BLOCK_C=rank_mod.LOGITS_BLOCK_C, num_warps=rank_mod.LOGITS_WARPS,
+    )  # fmt: skip
 
 
 def _decode_parts(run: _Runner, steps: int) -> dict[str, float]:
@@ -186,24 +252,8 @@ def _decode_parts(run: _Runner, steps: int) -> dict[str, float]:
     tuning variant on all zones. Eager launches, events around `steps` back-to-back calls."""
     if run.stream.device.type != "cuda":
         return {}
-    captured: list[dict[str, object]] = []
-    real = fast_step_mod.decode_attention
-
-    def spy(*args: object, **kwargs: object) -> object:
-        names = ("q", "view", "z", "estimated", "sizes", "value_sums", "scale")
-        captured.append(dict(zip(names, args, strict=False)) | kwargs)
-        return real(*args, **kwargs)
-
-    setattr(fast_step_mod, "decode_attention", spy)  # noqa: B010
-    run.layer._graph, use = None, run.layer.use_cuda_graph
-    run.layer.use_cuda_graph = False
-    try:
-        run.step(0)
-    finally:
-        setattr(fast_step_mod, "decode_attention", real)  # noqa: B010
-        run.layer.use_cuda_graph = use
-        run.layer._graph = None
-    case = captured[-1]
+    names = ("q", "view", "z", "estimated", "sizes", "value_sums", "scale")
+    case = _capture(run, "decode_attention", names)
     view = case["view"]
     assert isinstance(view, attn_mod.ExecView)
     no_est = case | {"estimated": torch.full_like(case["estimated"], -1)}  # type: ignore[arg-type]
@@ -213,20 +263,30 @@ def _decode_parts(run: _Runner, steps: int) -> dict[str, float]:
     )
     cases = {"all zones": case, "exact zones only": no_est, "estimation only": case | {
         "view": exact_off}}  # fmt: skip
-    out = {name: _time_decode(c, steps) for name, c in cases.items()}
+    fn = attn_mod.decode_attention
+    out = {name: _time_call(fn, c, steps) for name, c in cases.items()}
     for name, tuning in _decode_tunings().items():
-        out[name] = _time_decode(case | {"tuning": tuning}, steps)
+        out[name] = _time_call(fn, case | {"tuning": tuning}, steps)
     return out
 
 
-def _time_decode(case: dict[str, object], steps: int) -> float:
-    fn = attn_mod.decode_attention
-    for _ in range(3):
+def _time_call(fn: Callable[..., object], case: dict[str, object], steps: int) -> float:
+    """GPU µs per call of fn(**case), captured once in a CUDA graph (no launch overhead) and
+    replayed `steps` times between events, after 3 eager warm-up calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn(**case)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
         fn(**case)
+    graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(steps):
-        fn(**case)
+        graph.replay()
     end.record()
     end.synchronize()
     return round(start.elapsed_time(end) * 1000 / steps, 1)
