@@ -155,9 +155,9 @@ def _profile_stream(
     run.timed(args.steps)  # warm-up: capture, cache settles
     base = run.timed(args.steps)
     kernels = run.kernels()
-    parts = _decode_parts(run, args.steps)
+    parts = _guarded(_decode_parts, run, args.steps)
     log.info("%s decode kernel parts (µs): %s", stream.kind, parts)
-    select_parts = _select_parts(run, args.steps)
+    select_parts = _guarded(_select_parts, run, args.steps)
     log.info("%s ranking kernel parts (µs): %s", stream.kind, select_parts)
     rows: dict[str, dict[str, float]] = {"baseline": base}
     for name, apply in _variants():
@@ -181,6 +181,17 @@ def _profile_stream(
         "rank_parts_us": select_parts,
         "variants": rows,
     }
+
+
+def _guarded(
+    fn: Callable[[_Runner, int], dict[str, float]], run: _Runner, steps: int
+) -> dict[str, object]:
+    """fn(run, steps), or its error: a failed measurement must not lose the rest of the run."""
+    try:
+        return dict(fn(run, steps))
+    except Exception as err:
+        log.warning("%s failed: %s", fn.__name__, err)
+        return {"error": str(err)[:300]}
 
 
 def _capture(run: _Runner, name: str, arg_names: tuple[str, ...]) -> dict[str, object]:
