@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
-from inference_worker.retroinfer.kernels.decode_attention import DecodeTuning
 
 from .attention import (
     HEAD_DIM,
@@ -276,7 +275,7 @@ def _decode_parts(run: _Runner, steps: int) -> dict[str, float]:
         "view": exact_off}}  # fmt: skip
     fn = attn_mod.decode_attention
     out = {name: _time_call(fn, c, steps) for name, c in cases.items()}
-    for name, tuning in _decode_tunings().items():
+    for name, tuning in attn_mod.TUNING_VARIANTS.items():
         out[name] = _time_call(fn, case | {"tuning": tuning}, steps)
     return out
 
@@ -303,20 +302,6 @@ def _time_call(fn: Callable[..., object], case: dict[str, object], steps: int) -
     return round(start.elapsed_time(end) * 1000 / steps, 1)
 
 
-def _decode_tunings() -> dict[str, DecodeTuning]:
-    return {
-        "prefetch": DecodeTuning(prefetch=True),
-        "prefetch, 2 stages": DecodeTuning(prefetch=True, num_stages=2),
-        "prefetch, est block 64": DecodeTuning(prefetch=True, est_block=64),
-        "prefetch, chunk 1024": DecodeTuning(prefetch=True, chunk=1024),
-        "prefetch, 8 warps": DecodeTuning(prefetch=True, num_warps=8),
-        "2 stages": DecodeTuning(num_stages=2),
-        "block 32": DecodeTuning(block_n=32),
-        "est block 16": DecodeTuning(est_block=16),
-        "est chunk 256": DecodeTuning(est_chunk=256),
-    }
-
-
 def _set(module: object, name: str, value: object) -> Apply:
     def apply(layer: RetroInferLayer) -> Callable[[], None]:
         old = getattr(module, name)
@@ -336,19 +321,7 @@ def _meta(field: str, dtype: torch.dtype) -> Apply:
 
 
 def _variants() -> list[Variant]:
-    tunings = {
-        "decode chunk 256": DecodeTuning(chunk=256),
-        "decode chunk 1024": DecodeTuning(chunk=1024),
-        "decode block 32": DecodeTuning(block_n=32),
-        "decode 8 warps": DecodeTuning(num_warps=8),
-        "decode 2 stages": DecodeTuning(num_stages=2),
-        "decode 4 stages": DecodeTuning(num_stages=4),
-        "decode est chunk 256": DecodeTuning(est_chunk=256),
-        "decode est chunk 1024": DecodeTuning(est_chunk=1024),
-        "decode est block 64": DecodeTuning(est_block=64),
-        "decode prefetch": DecodeTuning(prefetch=True),
-        "decode prefetch, 2 stages": DecodeTuning(prefetch=True, num_stages=2),
-    }
+    tunings = {f"decode {k}": v for k, v in attn_mod.TUNING_VARIANTS.items()}
     out: list[Variant] = [(k, _set(attn_mod, "TUNING", v)) for k, v in tunings.items()]
     out += [
         ("copy 4 runs", _set(gather_mod, "COPY_RUNS", 4)),

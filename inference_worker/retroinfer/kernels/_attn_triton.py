@@ -44,12 +44,14 @@ def _estimate_split(
     start = split * CHUNK
     end = tl.minimum(start + CHUNK, N)
     offs_b = tl.arange(0, BLOCK_C)
-    ids = tl.load(ids_row + start + offs_b, mask=start + offs_b < end, other=-1)
+    nxt = tl.load(ids_row + start + offs_b, mask=start + offs_b < end, other=-1)
     for c0 in range(start, end, BLOCK_C):
-        if not PREFETCH:
+        if PREFETCH:  # noqa: SIM108 (constexpr branches)
+            ids = nxt
+        else:
             ids = tl.load(ids_row + c0 + offs_b, mask=c0 + offs_b < end, other=-1)
         ok = ids >= 0
-        safe = tl.where(ok, ids, 0)
+        safe = tl.maximum(ids, 0)  # -1 -> 0
         size = tl.load(sizes_ptr + row + safe, mask=ok, other=0)
         zt = tl.load(
             z_ptr + (r.to(tl.int64) * G + offs_g[:, None]) * C + safe[None, :],
@@ -60,8 +62,8 @@ def _estimate_split(
             vs_ptr + (row + safe)[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0
         )  # [BLOCK_C, D]
         if PREFETCH:
-            nxt = c0 + BLOCK_C + offs_b
-            ids = tl.load(ids_row + nxt, mask=nxt < end, other=-1)
+            o_next = c0 + BLOCK_C + offs_b
+            nxt = tl.load(ids_row + o_next, mask=o_next < end, other=-1)
         keep = size > 0
         zt = tl.where(keep[None, :], zt, float("-inf"))
         vs = tl.where(keep[:, None], vs, 0.0)
@@ -128,13 +130,15 @@ def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end,
     pages_per_tile: tl.constexpr = BLOCK_N // PT
     offs_n = tl.arange(0, BLOCK_N)
     row_w = r.to(tl.int64) * W
-    p = p_start + offs_n // PT
-    page = tl.load(take_ptr + row_w + p, mask=p < p_end, other=0)
-    fill = tl.load(fill_ptr + row_w + p, mask=p < p_end, other=0)
+    p_first = p_start + offs_n // PT
+    page_n = tl.load(take_ptr + row_w + p_first, mask=p_first < p_end, other=0)
+    fill_n = tl.load(fill_ptr + row_w + p_first, mask=p_first < p_end, other=0)
     for p0 in range(p_start, p_end, pages_per_tile):
         p = p0 + offs_n // PT
         in_p = p < p_end
-        if not PREFETCH:
+        if PREFETCH:
+            page, fill = page_n, fill_n
+        else:
             page = tl.load(take_ptr + row_w + p, mask=in_p, other=0)
             fill = tl.load(fill_ptr + row_w + p, mask=in_p, other=0)
         valid = in_p & ((offs_n % PT) < fill)
@@ -144,8 +148,8 @@ def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end,
         v = tl.load(v_ptr + ptrs, mask=valid[:, None], other=0.0)
         if PREFETCH:
             p_next = p + pages_per_tile
-            page = tl.load(take_ptr + row_w + p_next, mask=p_next < p_end, other=0)
-            fill = tl.load(fill_ptr + row_w + p_next, mask=p_next < p_end, other=0)
+            page_n = tl.load(take_ptr + row_w + p_next, mask=p_next < p_end, other=0)
+            fill_n = tl.load(fill_ptr + row_w + p_next, mask=p_next < p_end, other=0)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m, l, acc = _online(s, v, m, l, acc, tl.full([BLOCK_N], 1.0, tl.float32))

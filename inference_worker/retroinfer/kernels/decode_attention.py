@@ -35,6 +35,24 @@ class DecodeTuning:
 
 
 TUNING = DecodeTuning()
+# launch shapes the step profiler times (benchmarks/step_profile.py) and the sm_90 compile
+# check builds (kernels/sm90_compile.py)
+TUNING_VARIANTS = {
+    "chunk 256": DecodeTuning(chunk=256),
+    "chunk 1024": DecodeTuning(chunk=1024),
+    "block 32": DecodeTuning(block_n=32),
+    "8 warps": DecodeTuning(num_warps=8),
+    "2 stages": DecodeTuning(num_stages=2),
+    "4 stages": DecodeTuning(num_stages=4),
+    "est chunk 256": DecodeTuning(est_chunk=256),
+    "est block 16": DecodeTuning(est_block=16),
+    "est block 64": DecodeTuning(est_block=64),
+    "prefetch": DecodeTuning(prefetch=True),
+    "prefetch, 2 stages": DecodeTuning(prefetch=True, num_stages=2),
+    "prefetch, chunk 1024": DecodeTuning(prefetch=True, chunk=1024),
+    "prefetch, est block 64": DecodeTuning(prefetch=True, est_block=64),
+    "prefetch, 8 warps": DecodeTuning(prefetch=True, num_warps=8),
+}
 
 
 @dataclass(slots=True)
