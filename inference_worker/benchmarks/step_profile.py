@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -48,6 +49,7 @@ gather_mod = importlib.import_module("inference_worker.retroinfer.kernels.gather
 rank_mod = importlib.import_module("inference_worker.retroinfer.kernels.rank")
 book_mod = importlib.import_module("inference_worker.retroinfer.kernels.bookkeeping")
 fast_step_mod = importlib.import_module("inference_worker.retroinfer.fast_step")
+est_mod = importlib.import_module("inference_worker.retroinfer.kernels.estimate")
 Apply = Callable[[RetroInferLayer], Callable[[], None]]  # changes the layer, returns the undo
 Variant = tuple[str, Apply]
 
@@ -257,26 +259,35 @@ def _logits_only(q, centroids, sizes, scale, **_: object) -> None:  # type: igno
 
 
 def _decode_parts(run: _Runner, steps: int) -> dict[str, float]:
-    """µs of decode_attention (split kernel + combine) alone on one real step's inputs: all
-    zones, then with the estimated list emptied, then with the exact zones emptied, and each
-    tuning variant on all zones. Eager launches, events around `steps` back-to-back calls."""
+    """GPU µs of the attention kernels alone on one real step's inputs (graph replays): the
+    exact-zone decode kernel + combine (the estimation partials already computed), the same with
+    the exact zones emptied, the estimation kernel, and each under launch-shape variants."""
     if run.stream.device.type != "cuda":
         return {}
     names = ("q", "view", "z", "estimated", "sizes", "value_sums", "scale")
     case = _capture(run, "decode_attention", names)
+    early = case.get("early")
+    if isinstance(early, est_mod.EstimatePartials):  # done: no cross-capture event wait
+        case["early"] = dataclasses.replace(early, ready=None)
+    est_names = ("z", "estimated", "sizes", "value_sums")
+    est = {k: v for k, v in _capture(run, "estimate_async", est_names).items() if k in est_names}
     view = case["view"]
     assert isinstance(view, attn_mod.ExecView)
-    no_est = case | {"estimated": torch.full_like(case["estimated"], -1)}  # type: ignore[arg-type]
     zero = torch.zeros_like(view.miss_len)
     exact_off = dataclasses.replace(
         view, pos=torch.full_like(view.pos, -1), miss_len=zero, hit_pages=zero
     )
-    cases = {"all zones": case, "exact zones only": no_est, "estimation only": case | {
-        "view": exact_off}}  # fmt: skip
-    fn = attn_mod.decode_attention
-    out = {name: _time_call(fn, c, steps) for name, c in cases.items()}
+    fn, est_fn = attn_mod.decode_attention, est_mod.estimate_partials
+    out = {
+        "exact decode + combine": _time_call(fn, case, steps),
+        "exact zones emptied": _time_call(fn, case | {"view": exact_off}, steps),
+    }
     for name, tuning in attn_mod.TUNING_VARIANTS.items():
-        out[name] = _time_call(fn, case | {"tuning": tuning}, steps)
+        out[f"exact decode, {name}"] = _time_call(fn, case | {"tuning": tuning}, steps)
+    for block, prefetch in itertools.product((16, 32, 64), (False, True)):
+        label = f"estimation kernel, block {block}" + (", prefetch" if prefetch else "")
+        shape = {"use_triton": True, "block": block, "prefetch": prefetch}
+        out[label] = _time_call(est_fn, est | shape, steps)
     return out
 
 
@@ -311,6 +322,17 @@ def _set(module: object, name: str, value: object) -> Apply:
     return apply
 
 
+def _attr(name: str, value: object) -> Apply:
+    """A RetroInferLayer attribute set for the variant."""
+
+    def apply(layer: RetroInferLayer) -> Callable[[], None]:
+        old = getattr(layer, name)
+        setattr(layer, name, value)
+        return lambda: setattr(layer, name, old)
+
+    return apply
+
+
 def _meta(field: str, dtype: torch.dtype) -> Apply:
     def apply(layer: RetroInferLayer) -> Callable[[], None]:
         old = getattr(layer.meta, field)
@@ -337,6 +359,7 @@ def _variants() -> list[Variant]:
         ("bookkeeping 8 warps", _set(book_mod, "BOOK_WARPS", 8)),
         ("bookkeeping 2 warps", _set(book_mod, "BOOK_WARPS", 2)),
         ("select 32 warps", _set(rank_mod, "SELECT_WARPS", 32)),
+        ("estimation not overlapped", _attr("overlap_estimation", False)),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", _meta("centroids", torch.float8_e4m3fn)),
     ]

@@ -9,13 +9,15 @@ once into the cache (one copy kernel).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
 
 from .kernels import decode_attention, rank_select
 from .kernels.bookkeeping import admit_direct, admit_step, plan_step
-from .kernels.decode_attention import ExecView
+from .kernels.decode_attention import ExecView, current_tuning
+from .kernels.estimate import estimate_async
 from .misses import device_batch
 
 if TYPE_CHECKING:
@@ -42,6 +44,12 @@ def fast_tripartite(
     sel = rank_select(
         qg, layer.meta.centroids.reshape(r, c, d), sizes, layer.scale, n_ret, n_est, sort=False
     )  # retrieved unsorted (plan_step ranks it by retrieved_score)
+    vs = layer.meta.value_sums.reshape(r, c, d)
+    tuning = current_tuning()
+    early = estimate_async(  # the estimation zone, alongside the bookkeeping below
+        sel.z, sel.estimated_ids, sizes, vs, _side_stream(layer), True, tuning.est_block,
+        tuning.prefetch,
+    )  # fmt: skip
     cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
     buffer = layer._buffer(c)
     plan_width = widths[1] if widths is not None else buffer.pages + 1
@@ -70,15 +78,25 @@ def fast_tripartite(
         miss_k, miss_v, miss_off[:, -1].contiguous(),
         buffer.keys, buffer.values, take, fill, count,
     )  # fmt: skip
-    # the estimation list: the next n_est clusters, then any overflowed retrieval clusters
-    estimated = torch.cat([sel.estimated_ids, torch.where(plan.overflow, plan.ret, -1)], dim=1)
-    out, _ = decode_attention(
-        qg, view, sel.z, estimated, sizes, layer.meta.value_sums.reshape(r, c, d), layer.scale
-    )
+    # estimated here: the overflowed retrieval clusters (the estimation zone is in `early`)
+    overflow = torch.where(plan.overflow, plan.ret, -1)
+    out, _ = decode_attention(qg, view, sel.z, overflow, sizes, vs, layer.scale, early=early)
     if counts is None:
         counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
     width = cap + widths[0] + widths[1] * buffer.page_tokens
     return out, counts, torch.empty(width, device="meta")
+
+
+def _side_stream(layer: RetroInferLayer) -> torch.cuda.Stream | None:
+    """The stream the estimation zone runs on (None: in order, on the current stream)."""
+    if not layer.overlap_estimation or layer.device.type != "cuda":
+        return None
+    return _stream_of(layer.device)
+
+
+@cache
+def _stream_of(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)  # one per device, shared by the layers (run in turn)
 
 
 def _direct_table(layer: RetroInferLayer) -> ClusterTable | None:

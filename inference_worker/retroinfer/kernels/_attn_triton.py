@@ -93,12 +93,12 @@ def _store_partial(
 def estimate_kernel(
     z_ptr, ids_ptr, sizes_ptr, vs_ptr, pm_ptr, pl_ptr, pacc_ptr, N, C, S,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, PREFETCH: tl.constexpr = False,
 ):  # fmt: skip
     r = tl.program_id(0)
     s = tl.program_id(1)
     m, l, acc = _estimate_split(
-        z_ptr, ids_ptr, sizes_ptr, vs_ptr, r, s, N, C, G, GP, D, CHUNK, BLOCK_C
+        z_ptr, ids_ptr, sizes_ptr, vs_ptr, r, s, N, C, G, GP, D, CHUNK, BLOCK_C, PREFETCH
     )
     _store_partial(pm_ptr, pl_ptr, pacc_ptr, r, s, S, m, l, acc, G, GP, D)
 
@@ -211,20 +211,15 @@ def decode_kernel(
 
 
 @triton.jit
-def combine_kernel(
-    pm_ptr, pl_ptr, pacc_ptr, out_ptr, lse_ptr, S,
+def _fold_partials(
+    pm_ptr, pl_ptr, pacc_ptr, r, S, m, l, acc,
     G: tl.constexpr, GC: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
 ):  # fmt: skip
-    """Log-sum-exp merge of a row's S partials (BS at a time) -> out [G, D] fp32, lse [G].
-    The acc of a split with m = -inf is not read."""
-    r = tl.program_id(0)
+    """Folds a row's S partials (BS at a time) into the running (m, l, acc)."""
     offs_s = tl.arange(0, BS)
     offs_g = tl.arange(0, GC)
     offs_d = tl.arange(0, D)
     in_g = offs_g < G
-    m = tl.full([GC], float("-inf"), tl.float32)
-    l = tl.zeros([GC], tl.float32)
-    acc = tl.zeros([GC, D], tl.float32)
     for s0 in range(0, S, BS):
         ok = ((s0 + offs_s) < S)[:, None] & in_g[None, :]  # [BS, GC]
         idx = (r.to(tl.int64) * S + s0 + offs_s)[:, None] * G + offs_g[None, :]
@@ -241,6 +236,26 @@ def combine_kernel(
         l = l * a + tl.sum(ls * b, axis=0)
         acc = acc * a[:, None] + tl.sum(accs * b[:, :, None], axis=0)
         m = m_new
+    return m, l, acc
+
+
+@triton.jit
+def combine_kernel(
+    pm_ptr, pl_ptr, pacc_ptr, S, pm2_ptr, pl2_ptr, pacc2_ptr, S2, out_ptr, lse_ptr,
+    G: tl.constexpr, GC: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+):  # fmt: skip
+    """Log-sum-exp merge of a row's S partials and S2 more (a second buffer, e.g. the
+    estimation zone computed on a side stream; S2 = 0: none) -> out [G, D] fp32, lse [G].
+    The acc of a split with m = -inf is not read."""
+    r = tl.program_id(0)
+    offs_g = tl.arange(0, GC)
+    offs_d = tl.arange(0, D)
+    in_g = offs_g < G
+    m = tl.full([GC], float("-inf"), tl.float32)
+    l = tl.zeros([GC], tl.float32)
+    acc = tl.zeros([GC, D], tl.float32)
+    m, l, acc = _fold_partials(pm_ptr, pl_ptr, pacc_ptr, r, S, m, l, acc, G, GC, D, BS)
+    m, l, acc = _fold_partials(pm2_ptr, pl2_ptr, pacc2_ptr, r, S2, m, l, acc, G, GC, D, BS)
     o = acc / tl.maximum(l, 1e-30)[:, None]
     lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
     row = r.to(tl.int64) * G

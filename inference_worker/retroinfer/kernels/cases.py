@@ -7,6 +7,7 @@ assert on.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from .decode_attention import (
     decode_attention,
     decode_attention_reference,
 )
-from .estimate import estimate_partials, estimate_partials_reference
+from .estimate import estimate_async, estimate_partials, estimate_partials_reference
 from .gather import copy_runs, copy_runs_reference
 from .partials import combine_partials
 from .rank import rank_select, rank_select_reference
@@ -202,6 +203,26 @@ def check_attention(device: str, seed: int, kv_dtype: torch.dtype = torch.float3
             got = decode_attention(**case, use_triton=True, tuning=tuning)
             torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
             torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol)
+        _check_early(case, want, device, atol, rtol)
+
+
+def _check_early(case: Case, want: tuple[torch.Tensor, ...], device: str, atol: float,
+                 rtol: float) -> None:  # fmt: skip
+    """Half the estimated list computed ahead (estimate_async: on a side stream on CUDA) and
+    merged by decode_attention(early=...) gives the same result as the whole list in place."""
+    est = case["estimated"]
+    half = est.shape[1] // 2
+    rest = case | {"estimated": est[:, half:]}
+    sides = [None] + ([torch.cuda.Stream()] if device == "cuda" else [])
+    for side, prefetch in itertools.product(sides, (False, True)):
+        args = (case["z"], est[:, :half], case["sizes"], case["value_sums"])
+        early = estimate_async(*args, side, True, 16, prefetch)
+        got = decode_attention(**rest, use_triton=True, early=early)
+        torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
+        torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol)
+    early = estimate_async(*args, None, False)
+    ref = decode_attention_reference(**rest, early=early)
+    torch.testing.assert_close(ref[0], want[0], atol=atol, rtol=rtol)
 
 
 def run_interpreted() -> None:

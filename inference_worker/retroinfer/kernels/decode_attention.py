@@ -16,14 +16,15 @@ import torch
 
 from ..attention import merge, partial_attention
 from .availability import pick
-from .estimate import EST_CHUNK, estimate_partials_reference
+from .estimate import EST_CHUNK, EstimatePartials, estimate_partials_reference
 from .partials import combine_partials
 
 
 @dataclass(frozen=True, slots=True)
 class DecodeTuning:
     """Launch shape of the decode kernel (any values give the same result up to rounding).
-    Defaults: the best of the H100 sweep at 128K x 16 (results/step_profile_cuda.json)."""
+    Defaults: the best of the H100 sweeps at 128K x 16 (results/step_profile_cuda*.json);
+    prefetch measured 126 vs 140 us per step (correlated queries, step_profile_cuda_v2.json)."""
 
     chunk: int = 512  # tokens per exact split (a multiple of block_n and of the page size)
     block_n: int = 64  # tokens per tile
@@ -31,13 +32,14 @@ class DecodeTuning:
     est_block: int = 32  # estimated clusters per tile
     num_warps: int = 4
     num_stages: int | None = None  # None: Triton's default (3)
-    prefetch: bool = False  # load the next tile's page numbers / cluster ids a tile ahead
+    prefetch: bool = True  # load the next tile's page numbers / cluster ids a tile ahead
 
 
 TUNING = DecodeTuning()
 # launch shapes the step profiler times (benchmarks/step_profile.py) and the sm_90 compile
 # check builds (kernels/sm90_compile.py)
 TUNING_VARIANTS = {
+    "no prefetch": DecodeTuning(prefetch=False),
     "chunk 256": DecodeTuning(chunk=256),
     "chunk 1024": DecodeTuning(chunk=1024),
     "block 32": DecodeTuning(block_n=32),
@@ -47,12 +49,13 @@ TUNING_VARIANTS = {
     "est chunk 256": DecodeTuning(est_chunk=256),
     "est block 16": DecodeTuning(est_block=16),
     "est block 64": DecodeTuning(est_block=64),
-    "prefetch": DecodeTuning(prefetch=True),
-    "prefetch, 2 stages": DecodeTuning(prefetch=True, num_stages=2),
-    "prefetch, chunk 1024": DecodeTuning(prefetch=True, chunk=1024),
-    "prefetch, est block 64": DecodeTuning(prefetch=True, est_block=64),
-    "prefetch, 8 warps": DecodeTuning(prefetch=True, num_warps=8),
+    "no prefetch, chunk 1024": DecodeTuning(prefetch=False, chunk=1024),
 }
+
+
+def current_tuning() -> DecodeTuning:
+    """The module's TUNING as it is now (the step profiler swaps it)."""
+    return TUNING
 
 
 @dataclass(slots=True)
@@ -82,11 +85,14 @@ def decode_attention(
     scale: float,
     use_triton: bool | None = None,
     tuning: DecodeTuning | None = None,
+    early: EstimatePartials | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tripartite attention output (o [R, G, D] fp32, lse [R, G] fp32). value_sums may be
-    fp32 or the K/V dtype."""
+    fp32 or the K/V dtype. `early`: estimation partials computed elsewhere (estimate_async,
+    e.g. the estimation zone on a side stream), merged in too; `estimated` then lists only
+    the clusters still to estimate here (the retrieval overflow)."""
     if not pick(use_triton, q):
-        return decode_attention_reference(q, view, z, estimated, sizes, value_sums, scale)
+        return decode_attention_reference(q, view, z, estimated, sizes, value_sums, scale, early)
     from ._attn_triton import combine_kernel, decode_kernel
 
     t = tuning or TUNING
@@ -115,7 +121,12 @@ def decode_attention(
     out = torch.empty(r, g, d, dtype=torch.float32, device=dev)
     lse = torch.empty(r, g, dtype=torch.float32, device=dev)
     gc = 1 << max(g - 1, 0).bit_length()
-    combine_kernel[(r,)](pm, pl, pacc, out, lse, s, G=g, GC=gc, D=d, BS=16, num_warps=4)
+    more = (pm, pl, pacc, 0) if early is None else (early.m, early.l, early.acc, early.m.shape[1])
+    if early is not None:
+        early.wait()  # the exact splits above ran meanwhile
+    combine_kernel[(r,)](
+        pm, pl, pacc, s, *more, out, lse, G=g, GC=gc, D=d, BS=16, num_warps=4
+    )  # fmt: skip
     return out, lse
 
 
@@ -127,11 +138,17 @@ def decode_attention_reference(
     sizes: torch.Tensor,
     value_sums: torch.Tensor,
     scale: float,
+    early: EstimatePartials | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """torch reference: materialise [steady | misses | hit pages], attend, estimate, merge."""
     keys, values, mask = materialise(view)
     o_x, lse_x = partial_attention(q, keys, values, mask, scale)
-    o_e, lse_e = combine_partials(*estimate_partials_reference(z, estimated, sizes, value_sums))
+    parts = estimate_partials_reference(z, estimated, sizes, value_sums)
+    if early is not None:
+        early.wait()
+        more = (early.m, early.l, early.acc)
+        parts = tuple(torch.cat([a, b], dim=1) for a, b in zip(parts, more, strict=True))  # type: ignore[assignment]
+    o_e, lse_e = combine_partials(*parts)
     return merge(o_x, lse_x, o_e, lse_e), torch.logaddexp(lse_x, lse_e)
 
 

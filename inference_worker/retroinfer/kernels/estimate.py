@@ -10,6 +10,7 @@ logits z come from the ranking kernel: centroids are not read twice.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -27,8 +28,10 @@ def estimate_partials(
     z: torch.Tensor,  # [R, G, C] fp32 logits (-inf for empty clusters)
     estimated: torch.Tensor,  # [R, N] int64 ids of the estimated clusters (-1 = none)
     sizes: torch.Tensor,  # [R, C] int64
-    value_sums: torch.Tensor,  # [R, C, D] fp32
+    value_sums: torch.Tensor,  # [R, C, D] fp32 or the model dtype
     use_triton: bool | None = None,
+    block: int = EST_BLOCK,  # list entries per tile (Triton)
+    prefetch: bool = False,  # load the next tile's ids a tile ahead (Triton)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Partials (m [R, S, G], l [R, S, G], acc [R, S, G, D]) over S = ceil(N / 512) splits of
     the id list (a cluster listed twice counts twice)."""
@@ -43,9 +46,56 @@ def estimate_partials(
     estimate_kernel[(r, s)](
         z.contiguous(), estimated.contiguous(), sizes.contiguous(),
         value_sums.contiguous(), pm, pl, pacc, n, c, s,
-        G=g, GP=16, D=d, CHUNK=EST_CHUNK, BLOCK_C=EST_BLOCK, num_warps=4,
+        G=g, GP=16, D=d, CHUNK=EST_CHUNK, BLOCK_C=block, PREFETCH=prefetch, num_warps=4,
     )  # fmt: skip
     return pm, pl, pacc
+
+
+@dataclass(slots=True)
+class EstimatePartials:
+    """The estimation zone's split partials, maybe still being computed on a side stream."""
+
+    m: torch.Tensor  # [R, S, G]
+    l: torch.Tensor  # [R, S, G]
+    acc: torch.Tensor  # [R, S, G, D]
+    ready: torch.cuda.Event | None = None  # recorded on the side stream after the kernel
+
+    def wait(self) -> None:
+        """Order the current stream after the computation (no host synchronisation)."""
+        if self.ready is not None:
+            torch.cuda.current_stream().wait_event(self.ready)
+
+
+def estimate_async(
+    z: torch.Tensor,  # [R, G, C]
+    estimated: torch.Tensor,  # [R, N] int64 (-1 = none)
+    sizes: torch.Tensor,  # [R, C] int64
+    value_sums: torch.Tensor,  # [R, C, D]
+    side: torch.cuda.Stream | None,
+    use_triton: bool | None = None,
+    block: int = EST_BLOCK,
+    prefetch: bool = False,
+) -> EstimatePartials:
+    """estimate_partials launched on `side` (forked from the current stream), so that it runs
+    alongside the current stream's next kernels (the wave buffer's latency-bound bookkeeping);
+    consumers call `.wait()` first. side None: computed in order on the current stream.
+    Works under CUDA-graph capture (a fork/join of the captured stream)."""
+    if side is None:
+        return EstimatePartials(
+            *estimate_partials(z, estimated, sizes, value_sums, use_triton, block, prefetch)
+        )
+    main = torch.cuda.current_stream()
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        parts = estimate_partials(z, estimated, sizes, value_sums, use_triton, block, prefetch)
+        ready = torch.cuda.Event()
+        ready.record(side)
+    if not torch.cuda.is_current_stream_capturing():  # eager: the allocator's stream rules
+        for t in (z, estimated, sizes, value_sums):
+            t.record_stream(side)  # freed on main: not reused before `side` has read them
+        for t in parts:
+            t.record_stream(main)  # made on side, read on main
+    return EstimatePartials(*parts, ready=ready)
 
 
 def estimate_partials_reference(

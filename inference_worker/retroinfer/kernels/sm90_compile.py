@@ -91,7 +91,8 @@ def _decode(dtype: torch.dtype) -> None:
         for tuning in tunings if dtype != torch.float32 else default:
             decode_attention(**case, use_triton=True, tuning=tuning)
         est = {k: case[k] for k in ("z", "estimated", "sizes", "value_sums")}
-        estimate_partials(**est, use_triton=True)
+        for prefetch in (False, True):
+            estimate_partials(**est, use_triton=True, block=32, prefetch=prefetch)
 
 
 def _copy(dtype: torch.dtype) -> None:
