@@ -75,7 +75,7 @@ def fast_tripartite(
     cap = steady.keys.shape[2]
     view = ExecView(
         steady.keys.view(r, cap, d), steady.values.view(r, cap, d), pos,
-        miss_k, miss_v, miss_off[:, -1].contiguous(),
+        miss_k, miss_v, miss_off[:, -1],
         buffer.keys, buffer.values, take, fill, count,
     )  # fmt: skip
     # estimated here: the overflowed retrieval clusters (the estimation zone is in `early`)

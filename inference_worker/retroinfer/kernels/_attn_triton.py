@@ -158,7 +158,7 @@ def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end,
 
 @triton.jit
 def decode_kernel(
-    q_ptr, st_k, st_v, pos_ptr, CAP, mi_k, mi_v, mi_len_ptr, M,
+    q_ptr, st_k, st_v, pos_ptr, CAP, mi_k, mi_v, mi_len_ptr, MI_STRIDE, M,
     ca_k, ca_v, take_ptr, fill_ptr, hit_n_ptr, P1, W,
     z_ptr, ids_ptr, sizes_ptr, vs_ptr, N, C,
     pm_ptr, pl_ptr, pacc_ptr, scale,
@@ -188,7 +188,7 @@ def decode_kernel(
             q, st_k, st_v, r.to(tl.int64) * CAP * D, start, end, m, l, acc, scale, D, BLOCK_N
         )
     elif sid < S_ST + S_MI:
-        n = tl.load(mi_len_ptr + r)
+        n = tl.load(mi_len_ptr + r * MI_STRIDE)
         start = (sid - S_ST) * CHUNK
         end = tl.minimum(start + CHUNK, n)
         m, l, acc = _attend_rows(

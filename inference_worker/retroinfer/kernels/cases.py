@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..config import RetroInferConfig
+from . import rank as rank_mod
 from .availability import patch_interpreter_index
 from .decode_attention import (
     DecodeTuning,
@@ -82,7 +83,8 @@ def attention_case(
         pos=torch.tensor([899], device=device),
         miss_k=rnd(r, tokens, d),
         miss_v=rnd(r, tokens, d),
-        miss_len=torch.randint(0, tokens + 1, (r,), generator=gen, device=device),
+        # a strided column (the kernel reads it with a stride, as fast_step passes it)
+        miss_len=torch.randint(0, tokens + 1, (r, 3), generator=gen, device=device)[:, 1],
         cache_k=rnd(r, p1, pt, d),
         cache_v=rnd(r, p1, pt, d),
         take=take.contiguous(),
@@ -173,7 +175,17 @@ def check_select_ties(device: str, seed: int) -> None:
     pick_ = torch.randint(0, 40, (r, c), generator=gen, device=device)
     case["centroids"] = pool.gather(1, pick_.unsqueeze(-1).expand(r, c, d)).contiguous()
     case["sizes"] = torch.where(case["sizes"] > 0, 7, 0)  # equal sizes keep the ties exact
-    got = rank_select(**case, use_triton=True)
+    for arity in (2, 4):  # bisection (the default) and the 4-ary search
+        _check_ties(case, arity)
+
+
+def _check_ties(case: Case, arity: int) -> None:
+    old, rank_mod.SELECT_ARITY = rank_mod.SELECT_ARITY, arity
+    try:
+        got = rank_select(**case, use_triton=True)
+    finally:
+        rank_mod.SELECT_ARITY = old
+    r = case["q"].shape[0]
     score = rank_select_reference(**case).z  # [R, G, C]
     probs = torch.softmax(score, dim=-1).nan_to_num(0).sum(1)  # [R, C] group scores
     order = torch.sort(probs, dim=1, descending=True, stable=True).indices

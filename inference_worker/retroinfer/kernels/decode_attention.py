@@ -24,12 +24,14 @@ from .partials import combine_partials
 class DecodeTuning:
     """Launch shape of the decode kernel (any values give the same result up to rounding).
     Defaults: the best of the H100 sweeps at 128K x 16 (results/step_profile_cuda*.json);
-    prefetch measured 126 vs 140 us per step (correlated queries, step_profile_cuda_v2.json)."""
+    prefetch measured 126 vs 140 us per step (correlated queries, step_profile_cuda_v2.json);
+    with the estimation zone on its own kernel, 1024-token splits 72 vs 76 us and 16-cluster
+    estimation tiles 48 vs 68 us (step_profile_cuda_v3.json)."""
 
-    chunk: int = 512  # tokens per exact split (a multiple of block_n and of the page size)
+    chunk: int = 1024  # tokens per exact split (a multiple of block_n and of the page size)
     block_n: int = 64  # tokens per tile
     est_chunk: int = EST_CHUNK  # estimated clusters per split
-    est_block: int = 32  # estimated clusters per tile
+    est_block: int = 16  # estimated clusters per tile
     num_warps: int = 4
     num_stages: int | None = None  # None: Triton's default (3)
     prefetch: bool = True  # load the next tile's page numbers / cluster ids a tile ahead
@@ -40,16 +42,15 @@ TUNING = DecodeTuning()
 # check builds (kernels/sm90_compile.py)
 TUNING_VARIANTS = {
     "no prefetch": DecodeTuning(prefetch=False),
-    "chunk 256": DecodeTuning(chunk=256),
-    "chunk 1024": DecodeTuning(chunk=1024),
+    "chunk 512": DecodeTuning(chunk=512),
+    "chunk 2048": DecodeTuning(chunk=2048),
     "block 32": DecodeTuning(block_n=32),
     "8 warps": DecodeTuning(num_warps=8),
     "2 stages": DecodeTuning(num_stages=2),
     "4 stages": DecodeTuning(num_stages=4),
-    "est chunk 256": DecodeTuning(est_chunk=256),
-    "est block 16": DecodeTuning(est_block=16),
+    "est block 32": DecodeTuning(est_block=32),
     "est block 64": DecodeTuning(est_block=64),
-    "no prefetch, chunk 1024": DecodeTuning(prefetch=False, chunk=1024),
+    "chunk 512, est block 32": DecodeTuning(chunk=512, est_block=32),
 }
 
 
@@ -67,7 +68,7 @@ class ExecView:
     pos: torch.Tensor  # [1] int64 index of the last valid steady token
     miss_k: torch.Tensor  # [R, M, D] packed misses; the first miss_len[r] rows valid
     miss_v: torch.Tensor  # [R, M, D]
-    miss_len: torch.Tensor  # [R] int64
+    miss_len: torch.Tensor  # [R] int64 (any stride: e.g. the last column of the miss offsets)
     cache_k: torch.Tensor  # [R, P1, PT, D] wave-buffer pages
     cache_v: torch.Tensor  # [R, P1, PT, D]
     take: torch.Tensor  # [R, W] int64 page index of each hit page (hit pages first)
@@ -111,7 +112,7 @@ def decode_attention(
     pacc = torch.empty(r, s, g, d, dtype=torch.float32, device=dev)
     decode_kernel[(r, s)](
         q.contiguous(), view.steady_k, view.steady_v, view.pos, cap,
-        view.miss_k, view.miss_v, view.miss_len, m_width,
+        view.miss_k, view.miss_v, view.miss_len, view.miss_len.stride(0), m_width,
         view.cache_k, view.cache_v, view.take, view.fill, view.hit_pages, p1, w,
         z, estimated.contiguous(), sizes, value_sums, n_est, c,
         pm, pl, pacc, scale, s_st, s_mi, s_hi, s,

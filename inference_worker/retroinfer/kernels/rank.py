@@ -20,7 +20,9 @@ from .availability import pick
 
 MAX_SELECT_BLOCK = 32768  # clusters per row the register-resident selection handles
 SELECT_WARPS: int | None = None  # warps of the selection program (None: by row width)
-SELECT_ARITY = 4  # thresholds counted per search step (2: bisection, 31 steps; 4: 16 steps)
+# thresholds counted per search step (2: bisection, 31 steps; 4: 16 steps). H100, 128K x 16,
+# logits + selection alone: 165 us with bisection, 173 us 4-ary (step_profile_cuda_v3.json)
+SELECT_ARITY = 2
 LOGITS_BLOCK_C = 128  # clusters per centroid-scan program
 LOGITS_WARPS = 4
 
