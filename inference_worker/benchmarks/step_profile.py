@@ -266,9 +266,9 @@ def _decode_parts(run: _Runner, steps: int) -> dict[str, float]:
         return {}
     names = ("q", "view", "z", "estimated", "sizes", "value_sums", "scale")
     case = _capture(run, "decode_attention", names)
-    early = case.get("early")
-    if isinstance(early, est_mod.EstimatePartials):  # done: no cross-capture event wait
-        case["early"] = dataclasses.replace(early, ready=None)
+    early = case.get("early", ())
+    assert isinstance(early, list)  # done: no cross-capture event wait
+    case["early"] = [dataclasses.replace(p, ready=None) for p in early]
     est_names = ("z", "estimated", "sizes", "value_sums")
     est = {k: v for k, v in _capture(run, "estimate_async", est_names).items() if k in est_names}
     view = case["view"]
@@ -359,7 +359,7 @@ def _variants() -> list[Variant]:
         ("bookkeeping 8 warps", _set(book_mod, "BOOK_WARPS", 8)),
         ("bookkeeping 2 warps", _set(book_mod, "BOOK_WARPS", 2)),
         ("select 32 warps", _set(rank_mod, "SELECT_WARPS", 32)),
-        ("estimation not overlapped", _attr("overlap_estimation", False)),
+        ("no side streams", _attr("overlap_streams", False)),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", _meta("centroids", torch.float8_e4m3fn)),
     ]

@@ -16,8 +16,9 @@ import torch
 
 from .kernels import decode_attention, rank_select
 from .kernels.bookkeeping import admit_direct, admit_step, plan_step
-from .kernels.decode_attention import ExecView, current_tuning
+from .kernels.decode_attention import ExecView, current_tuning, exact_partials
 from .kernels.estimate import estimate_async
+from .kernels.partials import Partials, on_side
 from .misses import device_batch
 
 if TYPE_CHECKING:
@@ -46,10 +47,12 @@ def fast_tripartite(
     )  # retrieved unsorted (plan_step ranks it by retrieved_score)
     vs = layer.meta.value_sums.reshape(r, c, d)
     tuning = current_tuning()
-    early = estimate_async(  # the estimation zone, alongside the bookkeeping below
-        sel.z, sel.estimated_ids, sizes, vs, _side_stream(layer), True, tuning.est_block,
-        tuning.prefetch,
-    )  # fmt: skip
+    early = [  # the estimation zone, alongside the bookkeeping below
+        estimate_async(
+            sel.z, sel.estimated_ids, sizes, vs, _side_stream(layer, 0), True, tuning.est_block,
+            tuning.prefetch,
+        )
+    ]  # fmt: skip
     cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
     buffer = layer._buffer(c)
     plan_width = widths[1] if widths is not None else buffer.pages + 1
@@ -67,16 +70,21 @@ def fast_tripartite(
         listed_w = max(need[2], 1) if table is not None else widths[1]
         take, fill = take[:, :listed_w].contiguous(), fill[:, :listed_w].contiguous()
         count = count.clamp(max=listed_w)
-    fetch_ids, counts = plan.miss_ids, None
+    cap = steady.keys.shape[2]
+    st_k, st_v = steady.keys.view(r, cap, d), steady.values.view(r, cap, d)
+    fetch_ids, counts, page_lo = plan.miss_ids, None, None
     if table is not None:  # admitted misses: source -> cache pages, attended there
+        page_lo = count.clone()  # the hit pages; admission appends its pages after them
+        hits = ExecView(st_k, st_v, pos, st_k[:, :0], st_v[:, :0], page_lo, buffer.keys,
+                        buffer.values, take, fill, page_lo)  # fmt: skip
+        early.append(_attend_hits(layer, qg, hits, sel.z, sizes, vs))
+        st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
         fetch_ids, counts = admit_direct(buffer, plan, table, take, fill, count)
     pending = layer.misses.start(fetch_ids, widths[0])  # a thread for host-blocking sources
     miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
-    cap = steady.keys.shape[2]
     view = ExecView(
-        steady.keys.view(r, cap, d), steady.values.view(r, cap, d), pos,
-        miss_k, miss_v, miss_off[:, -1],
-        buffer.keys, buffer.values, take, fill, count,
+        st_k, st_v, pos, miss_k, miss_v, miss_off[:, -1],
+        buffer.keys, buffer.values, take, fill, count, page_lo,
     )  # fmt: skip
     # estimated here: the overflowed retrieval clusters (the estimation zone is in `early`)
     overflow = torch.where(plan.overflow, plan.ret, -1)
@@ -87,16 +95,34 @@ def fast_tripartite(
     return out, counts, torch.empty(width, device="meta")
 
 
-def _side_stream(layer: RetroInferLayer) -> torch.cuda.Stream | None:
-    """The stream the estimation zone runs on (None: in order, on the current stream)."""
-    if not layer.overlap_estimation or layer.device.type != "cuda":
+def _attend_hits(
+    layer: RetroInferLayer,
+    qg: torch.Tensor,  # [R, G, D]
+    view: ExecView,  # the steady zone and the hit pages (hit_pages: a copy of the plan's count)
+    z: torch.Tensor,
+    sizes: torch.Tensor,
+    vs: torch.Tensor,
+) -> Partials:
+    """Partials of the steady zone and the cache hits, on a second side stream: they run while
+    admission evicts and copies (never a hit page: the plan stamped the hits most recent) and
+    appends its pages to the page table after the hits' (which this copy of the count hides)."""
+    no_est = view.take[:, :0]
+    args = (qg, view, z, no_est, sizes, vs, layer.scale)
+    reads = (qg, view.take, view.fill, view.hit_pages)
+    return on_side(_side_stream(layer, 1), exact_partials, *args, reads=reads)
+
+
+def _side_stream(layer: RetroInferLayer, which: int) -> torch.cuda.Stream | None:
+    """Side stream `which` (0: estimation zone, 1: cache hits); None: in order on the current
+    stream (overlap off, or not CUDA)."""
+    if not layer.overlap_streams or layer.device.type != "cuda":
         return None
-    return _stream_of(layer.device)
+    return _stream_of(layer.device, which)
 
 
 @cache
-def _stream_of(device: torch.device) -> torch.cuda.Stream:
-    return torch.cuda.Stream(device)  # one per device, shared by the layers (run in turn)
+def _stream_of(device: torch.device, which: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)  # per device, shared by the layers (run in turn)
 
 
 def _direct_table(layer: RetroInferLayer) -> ClusterTable | None:

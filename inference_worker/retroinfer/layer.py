@@ -73,9 +73,10 @@ class RetroInferLayer:
         self.use_kernels = True  # Triton fast path where available (CUDA + triton)
         self.fused_bookkeeping = True  # fast path: wave-buffer bookkeeping in fused kernels
         self.direct_admission = True  # fast path: admitted misses move source -> cache once
-        # Triton step: the estimation zone runs on a side stream while the wave buffer's
-        # bookkeeping runs on the current one (False: in order, one stream)
-        self.overlap_estimation = True
+        # Triton step: the estimation zone, and with direct admission the steady zone + cache
+        # hits, run on side streams while the wave buffer's bookkeeping and admission run on
+        # the current one (False: all in order on one stream)
+        self.overlap_streams = True
         self._graph: StepGraph | None = None
         self._graph_warm = False  # one eager tripartite step ran (kernels and source warmed up)
         self._pos = torch.zeros(1, dtype=torch.int64, device=self.device)

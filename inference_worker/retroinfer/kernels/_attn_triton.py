@@ -159,15 +159,16 @@ def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end,
 @triton.jit
 def decode_kernel(
     q_ptr, st_k, st_v, pos_ptr, CAP, mi_k, mi_v, mi_len_ptr, MI_STRIDE, M,
-    ca_k, ca_v, take_ptr, fill_ptr, hit_n_ptr, P1, W,
+    ca_k, ca_v, take_ptr, fill_ptr, lo_ptr, hit_n_ptr, P1, W,
     z_ptr, ids_ptr, sizes_ptr, vs_ptr, N, C,
     pm_ptr, pl_ptr, pacc_ptr, scale,
     S_ST, S_MI, S_HI, S,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, PT: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, EST_CHUNK: tl.constexpr,
-    EST_BLOCK: tl.constexpr, PREFETCH: tl.constexpr = False,
+    EST_BLOCK: tl.constexpr, PREFETCH: tl.constexpr = False, HAS_LO: tl.constexpr = False,
 ):  # fmt: skip
-    """One split of one row: steady tokens, packed misses, cache pages or estimated clusters."""
+    """One split of one row: steady tokens, packed misses, cache pages (take[lo:hit_n], lo = 0
+    unless HAS_LO) or estimated clusters."""
     r = tl.program_id(0)
     sid = tl.program_id(1)
     offs_g = tl.arange(0, GP)
@@ -197,6 +198,8 @@ def decode_kernel(
     elif sid < S_ST + S_MI + S_HI:
         n = tl.load(hit_n_ptr + r)
         start = (sid - S_ST - S_MI) * (CHUNK // PT)
+        if HAS_LO:
+            start += tl.load(lo_ptr + r)
         end = tl.minimum(start + CHUNK // PT, n)
         m, l, acc = _attend_pages(
             q, ca_k, ca_v, take_ptr, fill_ptr, r, P1, W, start, end, m, l, acc, scale,
@@ -241,12 +244,12 @@ def _fold_partials(
 
 @triton.jit
 def combine_kernel(
-    pm_ptr, pl_ptr, pacc_ptr, S, pm2_ptr, pl2_ptr, pacc2_ptr, S2, out_ptr, lse_ptr,
+    pm_ptr, pl_ptr, pacc_ptr, S, pm2_ptr, pl2_ptr, pacc2_ptr, S2, pm3_ptr, pl3_ptr, pacc3_ptr,
+    S3, out_ptr, lse_ptr,
     G: tl.constexpr, GC: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
 ):  # fmt: skip
-    """Log-sum-exp merge of a row's S partials and S2 more (a second buffer, e.g. the
-    estimation zone computed on a side stream; S2 = 0: none) -> out [G, D] fp32, lse [G].
-    The acc of a split with m = -inf is not read."""
+    """Log-sum-exp merge of a row's partials from up to three buffers (S, S2, S3 splits; 0:
+    none) -> out [G, D] fp32, lse [G]. The acc of a split with m = -inf is not read."""
     r = tl.program_id(0)
     offs_g = tl.arange(0, GC)
     offs_d = tl.arange(0, D)
@@ -256,6 +259,7 @@ def combine_kernel(
     acc = tl.zeros([GC, D], tl.float32)
     m, l, acc = _fold_partials(pm_ptr, pl_ptr, pacc_ptr, r, S, m, l, acc, G, GC, D, BS)
     m, l, acc = _fold_partials(pm2_ptr, pl2_ptr, pacc2_ptr, r, S2, m, l, acc, G, GC, D, BS)
+    m, l, acc = _fold_partials(pm3_ptr, pl3_ptr, pacc3_ptr, r, S3, m, l, acc, G, GC, D, BS)
     o = acc / tl.maximum(l, 1e-30)[:, None]
     lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
     row = r.to(tl.int64) * G

@@ -7,11 +7,13 @@ assert on.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
 import torch
 
+from ..attention import merge
 from ..config import RetroInferConfig
 from . import rank as rank_mod
 from .availability import patch_interpreter_index
@@ -20,10 +22,11 @@ from .decode_attention import (
     ExecView,
     decode_attention,
     decode_attention_reference,
+    exact_partials,
 )
 from .estimate import estimate_async, estimate_partials, estimate_partials_reference
 from .gather import copy_runs, copy_runs_reference
-from .partials import combine_partials
+from .partials import combine_partials, on_side
 from .rank import rank_select, rank_select_reference
 
 Case = dict[str, Any]
@@ -220,21 +223,33 @@ def check_attention(device: str, seed: int, kv_dtype: torch.dtype = torch.float3
 
 def _check_early(case: Case, want: tuple[torch.Tensor, ...], device: str, atol: float,
                  rtol: float) -> None:  # fmt: skip
-    """Half the estimated list computed ahead (estimate_async: on a side stream on CUDA) and
-    merged by decode_attention(early=...) gives the same result as the whole list in place."""
-    est = case["estimated"]
+    """The step split as fast_step splits it: half the estimated list ahead (estimate_async),
+    the steady zone and the first pages of each row (a random cut) as separate partials
+    (exact_partials), both on side streams on CUDA; decode_attention(early=...) on the rest
+    (misses, pages from the cut, the other half of the list) must give the whole result."""
+    est, view = case["estimated"], case["view"]
     half = est.shape[1] // 2
-    rest = case | {"estimated": est[:, half:]}
+    gen = torch.Generator(device=device).manual_seed(7)
+    cut = torch.rand(view.hit_pages.shape, generator=gen, device=device) * (view.hit_pages + 1)
+    cut = cut.long().clamp(max=view.hit_pages)  # [R] pages attended in the first part
+    first = dataclasses.replace(view, miss_k=view.miss_k[:, :0], miss_v=view.miss_v[:, :0],
+                                hit_pages=cut)  # fmt: skip
+    rest_view = dataclasses.replace(view, steady_k=view.steady_k[:, :0],
+                                    steady_v=view.steady_v[:, :0], page_lo=cut)  # fmt: skip
+    rest = case | {"estimated": est[:, half:], "view": rest_view}
+    args = (case["z"], est[:, :half], case["sizes"], case["value_sums"])
     sides = [None] + ([torch.cuda.Stream()] if device == "cuda" else [])
     for side, prefetch in itertools.product(sides, (False, True)):
-        args = (case["z"], est[:, :half], case["sizes"], case["value_sums"])
         early = estimate_async(*args, side, True, 16, prefetch)
-        got = decode_attention(**rest, use_triton=True, early=early)
+        a = (case["q"], first, case["z"], est[:, :0], case["sizes"], case["value_sums"])
+        hits = on_side(side, exact_partials, *a, case["scale"], DecodeTuning(prefetch=prefetch))
+        got = decode_attention(**rest, use_triton=True, early=[early, hits])
         torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
         torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol)
-    early = estimate_async(*args, None, False)
-    ref = decode_attention_reference(**rest, early=early)
-    torch.testing.assert_close(ref[0], want[0], atol=atol, rtol=rtol)
+    ref = decode_attention_reference(**rest, early=[estimate_async(*args, None, False)])
+    a_ref = decode_attention_reference(*a, case["scale"])  # the first part, by the reference
+    merged = merge(ref[0], ref[1], a_ref[0], a_ref[1])
+    torch.testing.assert_close(merged, want[0], atol=atol, rtol=rtol)
 
 
 def run_interpreted() -> None:

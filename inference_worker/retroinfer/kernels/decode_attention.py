@@ -10,14 +10,15 @@ the row's real length, so unused capacity costs no memory traffic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..attention import merge, partial_attention
 from .availability import pick
-from .estimate import EST_CHUNK, EstimatePartials, estimate_partials_reference
-from .partials import combine_partials
+from .estimate import EST_CHUNK, estimate_partials_reference
+from .partials import Partials, PartialTensors, combine_partials
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,9 @@ class ExecView:
     take: torch.Tensor  # [R, W] int64 page index of each hit page (hit pages first)
     fill: torch.Tensor  # [R, W] int64 valid tokens of each taken page
     hit_pages: torch.Tensor  # [R] int64 number of hit pages at the front of `take`
+    # [R] int64: attend take[r, page_lo[r]:hit_pages[r]] only (None: from 0); a zone whose
+    # tensors have width 0 (steady_k, miss_k) is not attended
+    page_lo: torch.Tensor | None = None
 
 
 def decode_attention(
@@ -86,15 +90,30 @@ def decode_attention(
     scale: float,
     use_triton: bool | None = None,
     tuning: DecodeTuning | None = None,
-    early: EstimatePartials | None = None,
+    early: Sequence[Partials] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tripartite attention output (o [R, G, D] fp32, lse [R, G] fp32). value_sums may be
-    fp32 or the K/V dtype. `early`: estimation partials computed elsewhere (estimate_async,
-    e.g. the estimation zone on a side stream), merged in too; `estimated` then lists only
-    the clusters still to estimate here (the retrieval overflow)."""
+    fp32 or the K/V dtype. `early`: up to two more sets of partials computed elsewhere (e.g.
+    on side streams: the estimation zone by estimate_async, the cache hits by exact_partials),
+    merged in too; `view` and `estimated` then cover only what is left."""
     if not pick(use_triton, q):
         return decode_attention_reference(q, view, z, estimated, sizes, value_sums, scale, early)
-    from ._attn_triton import combine_kernel, decode_kernel
+    parts = exact_partials(q, view, z, estimated, sizes, value_sums, scale, tuning)
+    return combine([Partials(*parts), *early])
+
+
+def exact_partials(
+    q: torch.Tensor,
+    view: ExecView,
+    z: torch.Tensor,
+    estimated: torch.Tensor,
+    sizes: torch.Tensor,
+    value_sums: torch.Tensor,
+    scale: float,
+    tuning: DecodeTuning | None = None,
+) -> PartialTensors:
+    """The split kernel alone (Triton): partials of the view's zones and the listed clusters."""
+    from ._attn_triton import decode_kernel
 
     t = tuning or TUNING
     r, g, d = q.shape
@@ -104,29 +123,43 @@ def decode_attention(
     s_st, s_mi = _cdiv(cap, t.chunk), _cdiv(m_width, t.chunk)
     s_hi = _cdiv(w, t.chunk // pt)
     n_est = estimated.shape[1]
-    s = s_st + s_mi + s_hi + _cdiv(n_est, t.est_chunk)
+    s = max(s_st + s_mi + s_hi + _cdiv(n_est, t.est_chunk), 1)
     stages = {} if t.num_stages is None else {"num_stages": t.num_stages}
     dev = q.device
     pm = torch.empty(r, s, g, dtype=torch.float32, device=dev)
     pl = torch.empty(r, s, g, dtype=torch.float32, device=dev)
     pacc = torch.empty(r, s, g, d, dtype=torch.float32, device=dev)
+    lo = view.page_lo if view.page_lo is not None else view.hit_pages
     decode_kernel[(r, s)](
         q.contiguous(), view.steady_k, view.steady_v, view.pos, cap,
         view.miss_k, view.miss_v, view.miss_len, view.miss_len.stride(0), m_width,
-        view.cache_k, view.cache_v, view.take, view.fill, view.hit_pages, p1, w,
+        view.cache_k, view.cache_v, view.take, view.fill, lo, view.hit_pages, p1, w,
         z, estimated.contiguous(), sizes, value_sums, n_est, c,
         pm, pl, pacc, scale, s_st, s_mi, s_hi, s,
         G=g, GP=16, D=d, PT=pt, CHUNK=t.chunk, BLOCK_N=t.block_n, EST_CHUNK=t.est_chunk,
-        EST_BLOCK=t.est_block, PREFETCH=t.prefetch, num_warps=t.num_warps, **stages,
+        EST_BLOCK=t.est_block, PREFETCH=t.prefetch, HAS_LO=view.page_lo is not None,
+        num_warps=t.num_warps, **stages,
     )  # fmt: skip
-    out = torch.empty(r, g, d, dtype=torch.float32, device=dev)
-    lse = torch.empty(r, g, dtype=torch.float32, device=dev)
+    return pm, pl, pacc
+
+
+def combine(parts: Sequence[Partials]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-sum-exp merge of 1 to 3 sets of partials (Triton): (o [R, G, D], lse [R, G]) fp32.
+    Waits for sets still being computed on a side stream."""
+    from ._attn_triton import combine_kernel
+
+    if not 1 <= len(parts) <= 3:
+        raise ValueError(f"combine takes 1 to 3 sets of partials, got {len(parts)}")
+    for p in parts:
+        p.wait()
+    r, _, g, d = parts[0].acc.shape
+    sets = [(p.m, p.l, p.acc, p.m.shape[1]) for p in parts]
+    sets += [(parts[0].m, parts[0].l, parts[0].acc, 0)] * (3 - len(parts))
+    out = torch.empty(r, g, d, dtype=torch.float32, device=parts[0].m.device)
+    lse = torch.empty(r, g, dtype=torch.float32, device=parts[0].m.device)
     gc = 1 << max(g - 1, 0).bit_length()
-    more = (pm, pl, pacc, 0) if early is None else (early.m, early.l, early.acc, early.m.shape[1])
-    if early is not None:
-        early.wait()  # the exact splits above ran meanwhile
     combine_kernel[(r,)](
-        pm, pl, pacc, s, *more, out, lse, G=g, GC=gc, D=d, BS=16, num_warps=4
+        *sets[0], *sets[1], *sets[2], out, lse, G=g, GC=gc, D=d, BS=16, num_warps=4
     )  # fmt: skip
     return out, lse
 
@@ -139,17 +172,17 @@ def decode_attention_reference(
     sizes: torch.Tensor,
     value_sums: torch.Tensor,
     scale: float,
-    early: EstimatePartials | None = None,
+    early: Sequence[Partials] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch reference: materialise [steady | misses | hit pages], attend, estimate, merge."""
+    """torch reference: materialise [steady | misses | hit pages], attend, estimate, merge
+    (with the `early` partials)."""
     keys, values, mask = materialise(view)
     o_x, lse_x = partial_attention(q, keys, values, mask, scale)
-    parts = estimate_partials_reference(z, estimated, sizes, value_sums)
-    if early is not None:
-        early.wait()
-        more = (early.m, early.l, early.acc)
-        parts = tuple(torch.cat([a, b], dim=1) for a, b in zip(parts, more, strict=True))  # type: ignore[assignment]
-    o_e, lse_e = combine_partials(*parts)
+    sets = [estimate_partials_reference(z, estimated, sizes, value_sums)]
+    for p in early:
+        p.wait()
+        sets.append(p.tensors())
+    o_e, lse_e = combine_partials(*(torch.cat(t, dim=1) for t in zip(*sets, strict=True)))
     return merge(o_x, lse_x, o_e, lse_e), torch.logaddexp(lse_x, lse_e)
 
 
@@ -163,6 +196,8 @@ def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     st_mask = (torch.arange(cap, device=dev) <= view.pos).expand(r, cap)
     mi_mask = torch.arange(view.miss_k.shape[1], device=dev) < view.miss_len.unsqueeze(1)
     in_w = torch.arange(w, device=dev) < view.hit_pages.unsqueeze(1)  # [R, W]
+    if view.page_lo is not None:
+        in_w &= torch.arange(w, device=dev) >= view.page_lo.unsqueeze(1)
     hit_mask = (torch.arange(pt, device=dev) < view.fill.unsqueeze(-1)) & in_w.unsqueeze(-1)
     flat = (view.take + (torch.arange(r, device=dev) * p1).unsqueeze(1)).view(-1)
     hit_k = view.cache_k.reshape(r * p1, pt, d).index_select(0, flat).view(r, w * pt, d)
@@ -175,4 +210,4 @@ def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def _cdiv(a: int, b: int) -> int:
-    return max((a + b - 1) // b, 1)
+    return (a + b - 1) // b

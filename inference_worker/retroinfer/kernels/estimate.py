@@ -10,11 +10,11 @@ logits z come from the ranking kernel: centroids are not read twice.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from .availability import pick
+from .partials import Partials, on_side
 
 EST_CHUNK = 512  # list entries per split
 EST_BLOCK = 64  # list entries per tile
@@ -51,21 +51,6 @@ def estimate_partials(
     return pm, pl, pacc
 
 
-@dataclass(slots=True)
-class EstimatePartials:
-    """The estimation zone's split partials, maybe still being computed on a side stream."""
-
-    m: torch.Tensor  # [R, S, G]
-    l: torch.Tensor  # [R, S, G]
-    acc: torch.Tensor  # [R, S, G, D]
-    ready: torch.cuda.Event | None = None  # recorded on the side stream after the kernel
-
-    def wait(self) -> None:
-        """Order the current stream after the computation (no host synchronisation)."""
-        if self.ready is not None:
-            torch.cuda.current_stream().wait_event(self.ready)
-
-
 def estimate_async(
     z: torch.Tensor,  # [R, G, C]
     estimated: torch.Tensor,  # [R, N] int64 (-1 = none)
@@ -75,27 +60,10 @@ def estimate_async(
     use_triton: bool | None = None,
     block: int = EST_BLOCK,
     prefetch: bool = False,
-) -> EstimatePartials:
-    """estimate_partials launched on `side` (forked from the current stream), so that it runs
-    alongside the current stream's next kernels (the wave buffer's latency-bound bookkeeping);
-    consumers call `.wait()` first. side None: computed in order on the current stream.
-    Works under CUDA-graph capture (a fork/join of the captured stream)."""
-    if side is None:
-        return EstimatePartials(
-            *estimate_partials(z, estimated, sizes, value_sums, use_triton, block, prefetch)
-        )
-    main = torch.cuda.current_stream()
-    side.wait_stream(main)
-    with torch.cuda.stream(side):
-        parts = estimate_partials(z, estimated, sizes, value_sums, use_triton, block, prefetch)
-        ready = torch.cuda.Event()
-        ready.record(side)
-    if not torch.cuda.is_current_stream_capturing():  # eager: the allocator's stream rules
-        for t in (z, estimated, sizes, value_sums):
-            t.record_stream(side)  # freed on main: not reused before `side` has read them
-        for t in parts:
-            t.record_stream(main)  # made on side, read on main
-    return EstimatePartials(*parts, ready=ready)
+) -> Partials:
+    """estimate_partials on the side stream `side` (see partials.on_side); None: in order."""
+    args = (z, estimated, sizes, value_sums, use_triton, block, prefetch)
+    return on_side(side, estimate_partials, *args, reads=(z, estimated, sizes, value_sums))
 
 
 def estimate_partials_reference(

@@ -1,8 +1,59 @@
-"""Split-K partial attention results and their log-sum-exp combination (torch)."""
+"""Split-K partial attention results, their log-sum-exp combination (torch), and running a
+partial computation on a side stream."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
+
+PartialTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # m, l, acc
+
+
+@dataclass(slots=True)
+class Partials:
+    """Split partials (m [R, S, G], l [R, S, G], acc [R, S, G, D]), maybe still being computed
+    on a side stream (`ready` is recorded there after the kernels)."""
+
+    m: torch.Tensor
+    l: torch.Tensor
+    acc: torch.Tensor
+    ready: torch.cuda.Event | None = None
+
+    def wait(self) -> None:
+        """Order the current stream after the computation (no host synchronisation)."""
+        if self.ready is not None:
+            torch.cuda.current_stream().wait_event(self.ready)
+
+    def tensors(self) -> PartialTensors:
+        return self.m, self.l, self.acc
+
+
+def on_side(
+    side: torch.cuda.Stream | None,
+    fn: Callable[..., PartialTensors],
+    *args: object,
+    reads: tuple[torch.Tensor, ...] = (),
+) -> Partials:
+    """fn(*args) launched on `side`, forked from the current stream so that it runs alongside
+    the current stream's next kernels; consumers call `.wait()` first. `reads`: the tensors fn
+    reads (kept from reuse until `side` is done with them). side None: run in order here.
+    Works under CUDA-graph capture (a fork/join of the captured stream)."""
+    if side is None:
+        return Partials(*fn(*args))
+    main = torch.cuda.current_stream()
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        parts = fn(*args)
+        ready = torch.cuda.Event()
+        ready.record(side)
+    if not torch.cuda.is_current_stream_capturing():  # eager: the allocator's stream rules
+        for t in reads:
+            t.record_stream(side)  # freed on main: not reused before `side` has read them
+        for t in parts:
+            t.record_stream(main)  # made on side, read on main
+    return Partials(*parts, ready=ready)
 
 
 def combine_partials(
