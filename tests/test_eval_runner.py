@@ -203,3 +203,20 @@ def test_defer_misses_flag_reaches_every_retroinfer_config() -> None:
     assert not engine_link.retro_config(0.01).defer_misses
     assert "defer_misses=True" in report._mode_lines({"config": {"defer_misses": True}})[0]
     assert report._mode_lines({"config": {"defer_misses": False}}) == []
+
+
+def test_centroids_flag_reaches_every_retroinfer_config() -> None:
+    from inference_worker.eval import cli, engine_link, report
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["--quick", "--centroids", "fp8_e4m3"])
+    assert cli.config_from_args(args).centroid_format == "fp8_e4m3"
+    assert cli.config_from_args(parser.parse_args(["--quick"])).centroid_format == "model"
+    for budget in (None, 0.01):
+        cfg = engine_link.retro_config(budget, centroid_format="fp8_e4m3")
+        assert cfg.centroid_format == "fp8_e4m3"
+    assert engine_link.retro_config(0.01).centroid_format == "model"
+    lines = report._mode_lines({"config": {"centroid_format": "fp8_e4m3"}})
+    assert lines == ["- RetroInfer centroids: fp8_e4m3 (opt-in narrow scan)"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--centroids", "fp4"])

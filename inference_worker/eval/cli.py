@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="RetroInfer runs with defer_misses=True (misses estimated for one step)",
     )
     p.add_argument(
+        "--centroids",
+        choices=["model", "fp8_e4m3"],
+        default="model",
+        help="RetroInfer's centroid_format (fp8_e4m3: the opt-in narrow centroid scan)",
+    )
+    p.add_argument(
         "--depths", type=lambda s: [parse_fraction(x) for x in _csv(s)], help="e.g. 0%%,50%%,100%%"
     )
     p.add_argument("--batch-size", type=int)
@@ -116,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         overrides["budgets"] = ()
     overrides["resume"] = args.resume
     overrides["defer_misses"] = args.defer_misses
+    overrides["centroid_format"] = args.centroids
     return quick_config(**overrides) if args.quick else EvalConfig(**overrides)
 
 
@@ -168,7 +175,11 @@ def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None
         engine,
         specs,
         engine_link.make_request,
-        functools.partial(engine_link.retro_config, defer_misses=config.defer_misses),
+        functools.partial(
+            engine_link.retro_config,
+            defer_misses=config.defer_misses,
+            centroid_format=config.centroid_format,
+        ),
         default_budget,
         store=engine_link.open_store(config.store),
         batch_size=config.batch_size,

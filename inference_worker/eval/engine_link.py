@@ -40,13 +40,18 @@ def default_retrieval_budget() -> float:
     return float(default_retro_config().retrieval_budget)
 
 
-def retro_config(budget: float | None, defer_misses: bool = False) -> Any:
+def retro_config(
+    budget: float | None, defer_misses: bool = False, centroid_format: str = "model"
+) -> Any:
     """RetroInfer's default config (what users get, retrieval floor included) when `budget` is
     None; a sweep point otherwise: `retrieval_budget` replaced and the floor off
     (min_retrieval_clusters=0), so the budget is the paper's pure fraction and the sweep is
     not flat at short contexts where the floor would decide n_ret. `defer_misses`: the opt-in
-    stall-free mode (a missed cluster is estimated in its step and exact from the next)."""
-    config = dataclasses.replace(default_retro_config(), defer_misses=defer_misses)
+    stall-free mode (a missed cluster is estimated in its step and exact from the next).
+    `centroid_format`: "fp8_e4m3" for the opt-in fp8 centroid scan."""
+    config = dataclasses.replace(
+        default_retro_config(), defer_misses=defer_misses, centroid_format=centroid_format
+    )
     if budget is None:
         return config
     return dataclasses.replace(config, retrieval_budget=budget, min_retrieval_clusters=0)

@@ -101,12 +101,15 @@ def _informative_lines(summary: dict[str, Any]) -> list[str]:
 
 def _mode_lines(meta: dict[str, Any]) -> list[str]:
     """Run-wide RetroInfer modes worth a line in the header."""
-    if meta.get("config", {}).get("defer_misses"):
-        return [
+    config, lines = meta.get("config", {}), []
+    if config.get("defer_misses"):
+        lines.append(
             "- RetroInfer mode: defer_misses=True (a missed cluster is estimated in its step, "
             "exact from the next)"
-        ]
-    return []
+        )
+    if config.get("centroid_format", "model") != "model":
+        lines.append(f"- RetroInfer centroids: {config['centroid_format']} (opt-in narrow scan)")
+    return lines
 
 
 def markdown(summary: dict[str, Any]) -> str:
