@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 
@@ -172,7 +171,7 @@ def compile_all(dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32
     return compiled
 
 
-def main(argv: Any = None) -> None:
+def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     compiled = compile_all()
     names = sorted({name for name, _, _ in compiled})
