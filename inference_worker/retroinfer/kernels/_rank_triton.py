@@ -68,8 +68,61 @@ def select_kernel(
     bits = score.to(tl.int32, bitcast=True)
     bits = tl.minimum(tl.maximum(bits, 0), _INF_BITS)  # NaN / -0.0 cannot break the counts
     bits = tl.where(inside, bits, -1)  # padding never counts
-    # the largest T with count(bits >= T) >= K, for K1 and K2 at once: an ARITY-ary search on
-    # the bit patterns; each step counts ARITY thresholds per K in one reduction
+    # the largest T with count(bits >= T) >= K, for K1 and K2 at once
+    if ARITY == 2:
+        lo1, lo2 = _bisect2(bits, K1, K2, STEPS)
+    else:
+        lo1, lo2 = _search(bits, K1, K2, ARITY, STEPS)
+    eq1 = bits == lo1
+    eq2 = bits == lo2
+    need1 = K1 - tl.sum((bits > lo1).to(tl.int32), axis=0)
+    need2 = K2 - tl.sum((bits > lo2).to(tl.int32), axis=0)
+    rank1 = tl.cumsum(eq1.to(tl.int32), axis=0) - eq1.to(tl.int32)
+    rank2 = tl.cumsum(eq2.to(tl.int32), axis=0) - eq2.to(tl.int32)
+    sel1 = (bits > lo1) | (eq1 & (rank1 < need1))
+    sel2 = (bits > lo2) | (eq2 & (rank2 < need2))
+    slot = tl.cumsum(sel1.to(tl.int32), axis=0) - 1
+    tl.store(ret_ptr + r.to(tl.int64) * K1 + slot, offs.to(tl.int64), mask=sel1)
+    tl.store(rets_ptr + r.to(tl.int64) * K1 + slot, score, mask=sel1)
+    est = sel2 & ~sel1
+    tl.store(est_ptr + r.to(tl.int64) * C + offs, est.to(tl.int8), mask=inside)
+    slot2 = tl.cumsum(est.to(tl.int32), axis=0) - 1
+    tl.store(est_ids_ptr + r.to(tl.int64) * (K2 - K1) + slot2, offs.to(tl.int64), mask=est)
+
+
+@triton.jit
+def _add2(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+
+@triton.jit
+def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
+    """Bisection for both thresholds with scalar bounds: per step two comparisons per element
+    and one two-operand sum (no 2-D tensor, no layout conversion, no small reductions).
+    Invariant per K: count(bits >= lo) >= K and count(bits > hi) < K."""
+    lo1 = tl.zeros([], tl.int64)
+    hi1 = tl.full([], _INF_BITS, tl.int64)
+    lo2 = tl.zeros([], tl.int64)
+    hi2 = tl.full([], _INF_BITS, tl.int64)
+    for _ in range(STEPS):
+        t1 = lo1 + (hi1 - lo1 + 1) // 2  # in (lo, hi] while lo < hi
+        t2 = lo2 + (hi2 - lo2 + 1) // 2
+        c1, c2 = tl.reduce(
+            ((bits >= t1.to(tl.int32)).to(tl.int32), (bits >= t2.to(tl.int32)).to(tl.int32)),
+            0,
+            _add2,
+        )
+        ok1 = c1 >= K1
+        ok2 = c2 >= K2
+        lo1, hi1 = tl.where(ok1, t1, lo1), tl.where(ok1, hi1, t1 - 1)
+        lo2, hi2 = tl.where(ok2, t2, lo2), tl.where(ok2, hi2, t2 - 1)
+    return lo1.to(tl.int32), lo2.to(tl.int32)
+
+
+@triton.jit
+def _search(bits, K1, K2, ARITY: tl.constexpr, STEPS: tl.constexpr):
+    """An ARITY-ary search on the bit patterns; each step counts ARITY thresholds per K in one
+    reduction over a [BLOCK, 2 * ARITY] comparison."""
     col = tl.arange(0, 2 * ARITY)
     second = col >= ARITY  # columns of K2
     j = (col % ARITY).to(tl.int64)
@@ -89,18 +142,4 @@ def select_kernel(
         hi = tl.where(second, hi_new2, hi_new1)
     lo1 = tl.max(tl.where(second, -1, lo), axis=0).to(tl.int32)
     lo2 = tl.max(tl.where(second, lo, -1), axis=0).to(tl.int32)
-    eq1 = bits == lo1
-    eq2 = bits == lo2
-    need1 = K1 - tl.sum((bits > lo1).to(tl.int32), axis=0)
-    need2 = K2 - tl.sum((bits > lo2).to(tl.int32), axis=0)
-    rank1 = tl.cumsum(eq1.to(tl.int32), axis=0) - eq1.to(tl.int32)
-    rank2 = tl.cumsum(eq2.to(tl.int32), axis=0) - eq2.to(tl.int32)
-    sel1 = (bits > lo1) | (eq1 & (rank1 < need1))
-    sel2 = (bits > lo2) | (eq2 & (rank2 < need2))
-    slot = tl.cumsum(sel1.to(tl.int32), axis=0) - 1
-    tl.store(ret_ptr + r.to(tl.int64) * K1 + slot, offs.to(tl.int64), mask=sel1)
-    tl.store(rets_ptr + r.to(tl.int64) * K1 + slot, score, mask=sel1)
-    est = sel2 & ~sel1
-    tl.store(est_ptr + r.to(tl.int64) * C + offs, est.to(tl.int8), mask=inside)
-    slot2 = tl.cumsum(est.to(tl.int32), axis=0) - 1
-    tl.store(est_ids_ptr + r.to(tl.int64) * (K2 - K1) + slot2, offs.to(tl.int64), mask=est)
+    return lo1, lo2
