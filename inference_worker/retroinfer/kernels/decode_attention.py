@@ -146,10 +146,10 @@ def exact_partials(
 def combine(parts: Sequence[Partials]) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-sum-exp merge of 1 to 3 sets of partials (Triton): (o [R, G, D], lse [R, G]) fp32.
     Waits for sets still being computed on a side stream."""
-    from ._attn_triton import combine_kernel
-
     if not 1 <= len(parts) <= 3:
         raise ValueError(f"combine takes 1 to 3 sets of partials, got {len(parts)}")
+    from ._attn_triton import combine_kernel
+
     for p in parts:
         p.wait()
     r, _, g, d = parts[0].acc.shape
