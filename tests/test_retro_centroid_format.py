@@ -67,13 +67,3 @@ def test_out_of_range_centroids_saturate_instead_of_nan():
     assert torch.isfinite(cent).all()
     assert cent[..., 0].max() == torch.finfo(torch.float8_e4m3fn).max
     assert all(torch.isfinite(ours).all() for ours, _, _ in outs)
-
-
-@pytest.mark.parametrize("count", [0, 4])
-def test_combine_refuses_a_wrong_number_of_partial_sets(count):
-    from inference_worker.retroinfer.kernels.decode_attention import combine
-    from inference_worker.retroinfer.kernels.partials import Partials
-
-    part = Partials(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1, 4))
-    with pytest.raises(ValueError, match=f"combine takes 1 to 3 sets of partials, got {count}"):
-        combine([part] * count)

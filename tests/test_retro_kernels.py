@@ -216,3 +216,13 @@ def test_pinned_host_fetch_matches_reference_gather_gpu():
     valid = torch.arange(2048) < want.offsets[..., -1:]
     assert torch.equal(got.keys.cpu()[valid], want.keys[valid])
     assert torch.equal(got.values.cpu()[valid], want.values[valid])
+
+
+@pytest.mark.parametrize("count", [0, 4])
+def test_combine_refuses_a_wrong_number_of_partial_sets(count):
+    from inference_worker.retroinfer.kernels.decode_attention import combine
+    from inference_worker.retroinfer.kernels.partials import Partials
+
+    part = Partials(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1, 4))
+    with pytest.raises(ValueError, match=f"combine takes 1 to 3 sets of partials, got {count}"):
+        combine([part] * count)
