@@ -90,6 +90,10 @@ def _parse() -> argparse.Namespace:
         "--rho", type=float, default=0.944, help="correlated stream (0.944: hit ~0.79 at 128K x 16)"
     )
     p.add_argument("--out", default=None)
+    p.add_argument("--trace", default=None, help="folder for a Chrome trace per query stream")
+    p.add_argument(
+        "--variants", nargs="*", default=None, help="only variants whose names contain one of these"
+    )
     p.add_argument("--device", default="cuda", help="cpu: a smoke test of this program only")
     return p.parse_args()
 
@@ -128,8 +132,9 @@ class _Runner:
         misses = sum(int(c["misses"]) for c in self.counts[first:])
         return {"ms": ms, "hit_ratio": round(hits / max(hits + misses, 1), 3)}
 
-    def kernels(self, steps: int = 5) -> dict[str, float]:
-        """GPU µs per step by kernel name (graph replays included), largest first."""
+    def kernels(self, steps: int = 5, trace: Path | None = None) -> dict[str, float]:
+        """GPU µs per step by kernel name (graph replays included), largest first. trace: also
+        write the profiler's Chrome trace there (each kernel's stream, start and duration)."""
         for i in range(3):
             self.step(i)
         _sync(self.stream.device)
@@ -140,6 +145,8 @@ class _Runner:
             for i in range(steps):
                 self.step(i)
             _sync(self.stream.device)
+        if trace is not None:
+            prof.export_chrome_trace(str(trace))
         per: dict[str, float] = {}
         for ev in prof.key_averages():
             dev_us = getattr(ev, "self_device_time_total", 0.0)
@@ -155,13 +162,16 @@ def _profile_stream(
     run = _Runner(args.context, args.batch, stream, dtype)
     run.timed(args.steps)  # warm-up: capture, cache settles
     base = run.timed(args.steps)
-    kernels = run.kernels()
+    trace = Path(args.trace) / f"trace_{stream.kind}.json" if args.trace else None
+    kernels = run.kernels(trace=trace)
     parts = _guarded(_decode_parts, run, args.steps)
     log.info("%s decode kernel parts (µs): %s", stream.kind, parts)
     select_parts = _guarded(_select_parts, run, args.steps)
     log.info("%s ranking kernel parts (µs): %s", stream.kind, select_parts)
     rows: dict[str, dict[str, float]] = {"baseline": base}
     for name, apply in _variants():
+        if args.variants is not None and not any(v in name for v in args.variants):
+            continue
         undo = apply(run.layer)
         run.layer._graph = None
         try:
