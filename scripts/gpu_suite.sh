@@ -27,7 +27,8 @@ run() {  # run NAME TIMEOUT CMD...
 }
 for s in "${stages[@]}"; do
   case $s in
-    tests) run tests 420 python3 -m pytest -q -p no:cacheprovider \
+    tests) run tests 420 python3 -m pytest -q -p no:cacheprovider -k "not interpreted" \
+      --durations=12 \
       tests/test_retro_kernels.py tests/test_retro_cuda.py tests/test_retro_bookkeeping.py \
       tests/test_store_shm_gather.py tests/test_store_shm_packed.py \
       tests/test_client_resolve_kernel.py tests/test_client_resolver.py \

@@ -3,8 +3,9 @@
 Same semantics and statistics as `RetroInferLayer._tripartite` (the torch reference), with
 about a third of the kernels and no materialised execution buffer: ranking + selection is two
 kernels, the steady zone, misses, cache hits and the estimation zone are attended by one split-K
-kernel plus one combine, misses move once from the source (one copy kernel) and admitted misses
-once into the cache (one copy kernel).
+kernel plus one combine. With direct admission (a source with a cluster table), admitted misses
+move once, source -> cache page, written by the decode kernel as it attends them (device-memory
+sources; a copy kernel for pinned host ones); misses left over are fetched packed.
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ from .kernels import decode_attention, rank_select
 from .kernels.bookkeeping import admit_direct, admit_step, plan_step
 from .kernels.decode_attention import ExecView, current_tuning, exact_partials
 from .kernels.estimate import estimate_async
-from .kernels.partials import Partials, on_side
+from .kernels.partials import Partials, mark, on_side
 from .misses import device_batch
 
 if TYPE_CHECKING:
     from .kernels.cluster_table import ClusterTable
     from .layer import RetroInferLayer
+
+# side-stream work is forked where its inputs are ready (estimation: after the selection;
+# cache hits: after the plan) but launched after the next main-stream kernel (plan; admission),
+# so that the latency-bound bookkeeping's programs are dispatched before the side kernels' many
+# programs fill the GPU (False: launched at the fork point; a profiler variant)
+LATE_SIDE_LAUNCH = True
 
 
 def fast_tripartite(
@@ -47,17 +54,26 @@ def fast_tripartite(
     )  # retrieved unsorted (plan_step ranks it by retrieved_score)
     vs = layer.meta.value_sums.reshape(r, c, d)
     tuning = current_tuning()
-    early = [  # the estimation zone, alongside the bookkeeping below
-        estimate_async(
-            sel.z, sel.estimated_ids, sizes, vs, _side_stream(layer, 0), True, tuning.est_block,
-            tuning.prefetch,
-        )
-    ]  # fmt: skip
+    early: list[Partials] = []
+
+    side_est = _side_stream(layer, 0)
+    selected = mark(side_est is not None)
+
+    def fork_estimation() -> None:  # the estimation zone, on side stream 0
+        early.append(estimate_async(
+            sel.z, sel.estimated_ids, sizes, vs, side_est, True, tuning.est_block,
+            tuning.prefetch, selected,
+        ))  # fmt: skip
+
+    if not LATE_SIDE_LAUNCH:
+        fork_estimation()  # alongside the bookkeeping below
     cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
     buffer = layer._buffer(c)
     plan_width = widths[1] if widths is not None else buffer.pages + 1
     use = None if layer.fused_bookkeeping else False
     plan = plan_step(buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score)
+    if LATE_SIDE_LAUNCH:
+        fork_estimation()
     take, fill, count = plan.take, plan.fill, plan.count
     table = _direct_table(layer) if plan.fused else None
     if widths is None:
@@ -72,19 +88,26 @@ def fast_tripartite(
         count = count.clamp(max=listed_w)
     cap = steady.keys.shape[2]
     st_k, st_v = steady.keys.view(r, cap, d), steady.values.view(r, cap, d)
-    fetch_ids, counts, page_lo = plan.miss_ids, None, None
+    fetch_ids, counts, page_lo, copy_in = plan.miss_ids, None, None, None
     if table is not None:  # admitted misses: source -> cache pages, attended there
         page_lo = count.clone()  # the hit pages; admission appends its pages after them
         hits = ExecView(st_k, st_v, pos, st_k[:, :0], st_v[:, :0], page_lo, buffer.keys,
                         buffer.values, take, fill, page_lo)  # fmt: skip
-        early.append(_attend_hits(layer, qg, hits, sel.z, sizes, vs))
+        planned = mark(side_est is not None)
+        if not LATE_SIDE_LAUNCH:
+            early.append(_attend_hits(layer, qg, hits, sel.z, sizes, vs, planned))
+        # a source in the layer's memory: the decode kernel copies; pinned host: a copy kernel
+        fuse = layer.fused_copy and table.base_k.device == buffer.keys.device
+        fetch_ids, counts, runs = admit_direct(buffer, plan, table, take, fill, count, not fuse)
+        copy_in = runs if fuse else None
+        if LATE_SIDE_LAUNCH:
+            early.append(_attend_hits(layer, qg, hits, sel.z, sizes, vs, planned))
         st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
-        fetch_ids, counts = admit_direct(buffer, plan, table, take, fill, count)
     pending = layer.misses.start(fetch_ids, widths[0])  # a thread for host-blocking sources
     miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
     view = ExecView(
         st_k, st_v, pos, miss_k, miss_v, miss_off[:, -1],
-        buffer.keys, buffer.values, take, fill, count, page_lo,
+        buffer.keys, buffer.values, take, fill, count, page_lo, copy_in,
     )  # fmt: skip
     # estimated here: the overflowed retrieval clusters (the estimation zone is in `early`)
     overflow = torch.where(plan.overflow, plan.ret, -1)
@@ -102,14 +125,16 @@ def _attend_hits(
     z: torch.Tensor,
     sizes: torch.Tensor,
     vs: torch.Tensor,
+    planned: torch.cuda.Event | None,  # recorded after the plan and the copy of its count
 ) -> Partials:
-    """Partials of the steady zone and the cache hits, on a second side stream: they run while
-    admission evicts and copies (never a hit page: the plan stamped the hits most recent) and
-    appends its pages to the page table after the hits' (which this copy of the count hides)."""
+    """Partials of the steady zone and the cache hits, on a second side stream, forked after
+    the plan: they run while admission evicts and copies (never a hit page: the plan stamped
+    the hits most recent) and appends its pages to the page table after the hits' (which this
+    copy of the count hides)."""
     no_est = view.take[:, :0]
     args = (qg, view, z, no_est, sizes, vs, layer.scale)
     reads = (qg, view.take, view.fill, view.hit_pages)
-    return on_side(_side_stream(layer, 1), exact_partials, *args, reads=reads)
+    return on_side(_side_stream(layer, 1), exact_partials, *args, reads=reads, after=planned)
 
 
 def _side_stream(layer: RetroInferLayer, which: int) -> torch.cuda.Stream | None:

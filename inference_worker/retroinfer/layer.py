@@ -73,6 +73,9 @@ class RetroInferLayer:
         self.use_kernels = True  # Triton fast path where available (CUDA + triton)
         self.fused_bookkeeping = True  # fast path: wave-buffer bookkeeping in fused kernels
         self.direct_admission = True  # fast path: admitted misses move source -> cache once
+        # direct admission from a device-memory source: the decode kernel copies the admitted
+        # rows into their pages while attending them (no copy kernel before the attention)
+        self.fused_copy = True
         # Triton step: the estimation zone, and with direct admission the steady zone + cache
         # hits, run on side streams while the wave buffer's bookkeeping and admission run on
         # the current one (False: all in order on one stream)

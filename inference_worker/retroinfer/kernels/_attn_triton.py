@@ -121,35 +121,66 @@ def _attend_rows(q, k_ptr, v_ptr, row_off, start, end, m, l, acc, scale,
 
 
 @triton.jit
+def _page_meta(take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_p, p, p_end, lo,
+               COPY_IN: tl.constexpr):  # fmt: skip
+    """Per token of a tile: its page's number and fill, and (COPY_IN) the element offsets of
+    the page's first source rows (slot p - lo of the admission runs)."""
+    in_p = p < p_end
+    page = tl.load(take_ptr + row_w + p, mask=in_p, other=0)
+    fill = tl.load(fill_ptr + row_w + p, mask=in_p, other=0)
+    sk = page * 0
+    sv = page * 0
+    if COPY_IN:
+        sk = tl.load(off_k_ptr + row_p + p - lo, mask=in_p, other=0)
+        sv = tl.load(off_v_ptr + row_p + p - lo, mask=in_p, other=0)
+    return page, fill, sk, sv
+
+
+@triton.jit
 def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end, m, l, acc,
-                  scale, D: tl.constexpr, PT: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PREFETCH: tl.constexpr = False):  # fmt: skip
+                  scale, src_k, src_v, off_k_ptr, off_v_ptr, lo,
+                  D: tl.constexpr, PT: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PREFETCH: tl.constexpr = False, COPY_IN: tl.constexpr = False):  # fmt: skip
     """Exact attention over cache pages take[r, p_start:p_end] (fill[r, p] valid tokens).
-    PREFETCH: the next tile's page numbers are loaded before this tile is computed."""
+    PREFETCH: the next tile's page metadata is loaded before this tile is computed. COPY_IN:
+    the rows are read from the source (offsets off_k/off_v[r, p - lo]) and written into their
+    pages on the way (the admission copy fused into the attention)."""
     offs_d = tl.arange(0, D)
     pages_per_tile: tl.constexpr = BLOCK_N // PT
     offs_n = tl.arange(0, BLOCK_N)
+    in_page = offs_n % PT
     row_w = r.to(tl.int64) * W
-    p_first = p_start + offs_n // PT
-    page_n = tl.load(take_ptr + row_w + p_first, mask=p_first < p_end, other=0)
-    fill_n = tl.load(fill_ptr + row_w + p_first, mask=p_first < p_end, other=0)
+    row_p = r.to(tl.int64) * P1
+    page_n, fill_n, sk_n, sv_n = _page_meta(
+        take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_p, p_start + offs_n // PT, p_end,
+        lo, COPY_IN,
+    )  # fmt: skip
     for p0 in range(p_start, p_end, pages_per_tile):
         p = p0 + offs_n // PT
-        in_p = p < p_end
         if PREFETCH:
-            page, fill = page_n, fill_n
+            page, fill, sk, sv = page_n, fill_n, sk_n, sv_n
         else:
-            page = tl.load(take_ptr + row_w + p, mask=in_p, other=0)
-            fill = tl.load(fill_ptr + row_w + p, mask=in_p, other=0)
-        valid = in_p & ((offs_n % PT) < fill)
-        tok = (r.to(tl.int64) * P1 + page) * PT + offs_n % PT
+            page, fill, sk, sv = _page_meta(
+                take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_p, p, p_end, lo, COPY_IN
+            )
+        valid = (p < p_end) & (in_page < fill)
+        tok = (row_p + page) * PT + in_page
         ptrs = tok[:, None] * D + offs_d[None, :]
-        k = tl.load(k_ptr + ptrs, mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptr + ptrs, mask=valid[:, None], other=0.0)
+        if COPY_IN:
+            k = tl.load(src_k + sk[:, None] + in_page[:, None] * D + offs_d[None, :],
+                        mask=valid[:, None], other=0.0).to(k_ptr.dtype.element_ty)  # fmt: skip
+            v = tl.load(src_v + sv[:, None] + in_page[:, None] * D + offs_d[None, :],
+                        mask=valid[:, None], other=0.0).to(v_ptr.dtype.element_ty)  # fmt: skip
+            tl.store(k_ptr + ptrs, k, mask=valid[:, None])
+            tl.store(v_ptr + ptrs, v, mask=valid[:, None])
+        else:
+            k = tl.load(k_ptr + ptrs, mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptr + ptrs, mask=valid[:, None], other=0.0)
         if PREFETCH:
-            p_next = p + pages_per_tile
-            page_n = tl.load(take_ptr + row_w + p_next, mask=p_next < p_end, other=0)
-            fill_n = tl.load(fill_ptr + row_w + p_next, mask=p_next < p_end, other=0)
+            page_n, fill_n, sk_n, sv_n = _page_meta(
+                take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_p, p + pages_per_tile,
+                p_end, lo, COPY_IN,
+            )  # fmt: skip
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m, l, acc = _online(s, v, m, l, acc, tl.full([BLOCK_N], 1.0, tl.float32))
@@ -160,15 +191,18 @@ def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end,
 def decode_kernel(
     q_ptr, st_k, st_v, pos_ptr, CAP, mi_k, mi_v, mi_len_ptr, MI_STRIDE, M,
     ca_k, ca_v, take_ptr, fill_ptr, lo_ptr, hit_n_ptr, P1, W,
+    cp_k, cp_v, cp_off_k, cp_off_v,
     z_ptr, ids_ptr, sizes_ptr, vs_ptr, N, C,
     pm_ptr, pl_ptr, pacc_ptr, scale,
     S_ST, S_MI, S_HI, S,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, PT: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, EST_CHUNK: tl.constexpr,
     EST_BLOCK: tl.constexpr, PREFETCH: tl.constexpr = False, HAS_LO: tl.constexpr = False,
+    COPY_IN: tl.constexpr = False,
 ):  # fmt: skip
     """One split of one row: steady tokens, packed misses, cache pages (take[lo:hit_n], lo = 0
-    unless HAS_LO) or estimated clusters."""
+    unless HAS_LO; COPY_IN: filled from the source on the way, see _attend_pages) or
+    estimated clusters."""
     r = tl.program_id(0)
     sid = tl.program_id(1)
     offs_g = tl.arange(0, GP)
@@ -198,12 +232,14 @@ def decode_kernel(
     elif sid < S_ST + S_MI + S_HI:
         n = tl.load(hit_n_ptr + r)
         start = (sid - S_ST - S_MI) * (CHUNK // PT)
+        lo = start * 0
         if HAS_LO:
-            start += tl.load(lo_ptr + r)
+            lo = tl.load(lo_ptr + r)
+            start += lo
         end = tl.minimum(start + CHUNK // PT, n)
         m, l, acc = _attend_pages(
             q, ca_k, ca_v, take_ptr, fill_ptr, r, P1, W, start, end, m, l, acc, scale,
-            D, PT, BLOCK_N, PREFETCH,
+            cp_k, cp_v, cp_off_k, cp_off_v, lo, D, PT, BLOCK_N, PREFETCH, COPY_IN,
         )  # fmt: skip
     else:
         m, l, acc = _estimate_split(

@@ -189,14 +189,16 @@ def check_fetch_runs(device: str, seed: int, segments: int = 2, n: int = 20) -> 
 def check_direct(device: str, seed: int, rows: int = 4, segments: int = 1, steps: int = 6) -> None:
     """Direct admission (source -> cache pages before the attention) vs the reference
     (packed fetch, admission after): same state and counts; the page table lists the hit and
-    admitted pages; the leftover list is the misses not admitted."""
+    admitted pages; the leftover list is the misses not admitted. A third buffer admits without
+    the copy kernel and attends its appended pages through a `copy_in` view (the decode kernel
+    fills them): same state, and the same attention as over the copied pages."""
     from .bookkeeping import admit_direct
 
     table = _random_table(device, seed, rows, segments, head_dim=16)
     b, h, clusters = table.size.shape
     r, n, pt = b * h, 10, 4
     sizes = table.size.reshape(r, clusters)
-    bufs = [WaveBuffer(r, 16, pt, 16, torch.float32, torch.device(device)) for _ in range(2)]
+    bufs = [WaveBuffer(r, 16, pt, 16, torch.float32, torch.device(device)) for _ in range(3)]
     for buf in bufs:
         buf.grow(clusters)
     gen = torch.Generator().manual_seed(seed)
@@ -207,25 +209,58 @@ def check_direct(device: str, seed: int, rows: int = 4, segments: int = 1, steps
         ret = torch.stack([_ranked(hot, clusters, n, gen) for _ in range(r)]).to(device)
         ref = plan_step(bufs[0], ret, sizes, 10**6, width, False)
         got = plan_step(bufs[1], ret, sizes, 10**6, width, True)
+        fused = plan_step(bufs[2], ret, sizes, 10**6, width, True)
         mk, mv, moff = table.fetch(ref.miss_ids.view(b, h, n), int(sizes.sum(1).max()))
         want = admit_step(bufs[0], ref, mk.view(r, -1, 16), mv.view(r, -1, 16), moff.view(r, -1))
         take, fill, count = got.take, got.fill, got.count
-        rest, counts = admit_direct(bufs[1], got, table, take, fill, count)
+        rest, counts, _ = admit_direct(bufs[1], got, table, take, fill, count)
         _same(f"direct step {step} counts", want, counts)
-        _same_state(step, *bufs)
-        for i in range(r):
-            owners = bufs[1].owner[i, : bufs[1].pages]
-            hit_ids = ref.ret[i][ref.hit[i]].tolist()
-            mids = ref.miss_ids[i]
-            resident = bufs[0].stamp[i, mids.clamp(min=0)] >= 0
-            adm = mids[: int(((mids >= 0) & resident).sum())]  # admitted: a prefix
-            listed = {c for c in hit_ids + adm.tolist() if c >= 0}
-            pages = sorted(p for p in range(owners.numel()) if int(owners[p]) in listed)
-            k = int(count[i])
-            assert sorted(take[i, :k].tolist()) == pages, (step, i)
-            _same("direct fill", fill[i, :k], bufs[1].fill[i, take[i, :k]])
-            left = ref.miss_ids[i][adm.numel() :]
-            _same("rest ids", rest[i, : left.numel()], left)
+        _same_state(step, *bufs[:2])
+        _check_listed(step, ref, bufs, take, fill, count, rest)
+        lo = fused.count.clone()
+        copy_in = admit_direct(
+            bufs[2], fused, table, fused.take, fused.fill, fused.count, copy=False
+        )[2]
+        _check_copy_in(step, bufs, fused, lo, copy_in, gen)
+        _same_state(step, bufs[0], bufs[2])
+
+
+def _check_listed(step, ref, bufs, take, fill, count, rest) -> None:  # type: ignore[no-untyped-def]
+    for i in range(take.shape[0]):
+        owners = bufs[1].owner[i, : bufs[1].pages]
+        hit_ids = ref.ret[i][ref.hit[i]].tolist()
+        mids = ref.miss_ids[i]
+        resident = bufs[0].stamp[i, mids.clamp(min=0)] >= 0
+        adm = mids[: int(((mids >= 0) & resident).sum())]  # admitted: a prefix
+        listed = {c for c in hit_ids + adm.tolist() if c >= 0}
+        pages = sorted(p for p in range(owners.numel()) if int(owners[p]) in listed)
+        k = int(count[i])
+        assert sorted(take[i, :k].tolist()) == pages, (step, i)
+        _same("direct fill", fill[i, :k], bufs[1].fill[i, take[i, :k]])
+        left = ref.miss_ids[i][adm.numel() :]
+        _same("rest ids", rest[i, : left.numel()], left)
+
+
+def _check_copy_in(step: int, bufs: list[WaveBuffer], plan, lo, copy_in, gen) -> None:  # type: ignore[no-untyped-def]
+    """Attend the admitted pages of bufs[2] (unfilled, copy_in) and the same pages of bufs[1]
+    (filled by the copy kernel): same partials."""
+    from .decode_attention import ExecView, exact_partials
+    from .partials import combine_partials
+
+    r, d, dev = plan.take.shape[0], bufs[1].keys.shape[-1], plan.take.device
+    q = torch.randn(r, 2, d, generator=gen).to(dev)
+    none = torch.zeros(r, 0, d, device=dev)
+    outs = []
+    for buf, cp in ((bufs[1], None), (bufs[2], copy_in)):
+        view = ExecView(none, none, torch.zeros(1, dtype=torch.int64, device=dev), none, none,
+                        lo, buf.keys, buf.values, plan.take, plan.fill, plan.count, lo,
+                        cp)  # fmt: skip
+        z = torch.zeros(r, 2, 1, device=dev)
+        est = torch.full((r, 0), -1, dtype=torch.int64, device=dev)
+        sz = torch.zeros(r, 1, dtype=torch.int64, device=dev)
+        parts = exact_partials(q, view, z, est, sz, torch.zeros(r, 1, d, device=dev), 0.25)
+        outs.append(combine_partials(*parts))
+    _same(f"step {step} copy_in attention", outs[0][0], outs[1][0])
 
 
 def _random_table(device: str, seed: int, rows: int, segments: int, head_dim: int):  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ import torch
 
 from ..stats import step_counts
 from .availability import pick
+from .decode_attention import CopyIn
 from .gather import copy_runs
 from .rank import sort_retrieved
 
@@ -140,12 +141,20 @@ def admit_direct(
     take: torch.Tensor,  # [R, W] the plan's page table (admitted pages are appended)
     fill: torch.Tensor,  # [R, W]
     count: torch.Tensor,  # [R]
-) -> tuple[torch.Tensor, torch.Tensor]:
+    copy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, CopyIn]:
     """Admission before the attention, straight from the source: admitted misses move once
     (source -> their cache pages) and are attended there. Same buffer state and counts as
-    `admit_step`. Returns (rest_ids [R, n]: the misses not admitted, to fetch packed as usual,
-    then -1; counts [7])."""
-    return _admit_fused(buffer, plan, table.base_k, table.base_v, None, (table, take, fill, count))
+    `admit_step` once the pages hold their rows. Returns (rest_ids [R, n]: the misses not
+    admitted, to fetch packed as usual, then -1; counts [7]; the admission runs as a CopyIn).
+    copy False: the rows are not copied here; the caller attends the appended pages through an
+    ExecView with `copy_in` (the decode kernel fills them as it reads them)."""
+    rest, counts, runs = _admit_fused(
+        buffer, plan, table.base_k, table.base_v, None, (table, take, fill, count), copy
+    )
+    r, p1 = take.shape[0], buffer.pages + 1
+    copy_in = CopyIn(table.base_k, table.base_v, runs[0].view(r, p1), runs[1].view(r, p1))
+    return rest, counts, copy_in
 
 
 def _admit_fused(
@@ -155,7 +164,9 @@ def _admit_fused(
     src_v: torch.Tensor,
     miss_off: torch.Tensor | None,
     direct: tuple[ClusterTable, torch.Tensor, torch.Tensor, torch.Tensor] | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    copy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rest ids, counts, runs [4, R * P1]: src k, src v, dst, rows offsets per page slot)."""
     from ._book_triton import admit_kernel
 
     assert plan.miss_rank is not None and plan.miss_sizes is not None
@@ -185,11 +196,12 @@ def _admit_fused(
         num_warps=BOOK_WARPS,
     )  # fmt: skip
     buffer.clock += n + 1
-    copy_runs(
-        src_k, src_v, buffer.keys, buffer.values, runs[0], runs[1], runs[2], runs[3], d,
-        use_triton=True, block_rows=pt if pt & (pt - 1) == 0 else 16,
-    )  # fmt: skip
-    return rest, plan.totals
+    if copy:
+        copy_runs(
+            src_k, src_v, buffer.keys, buffer.values, runs[0], runs[1], runs[2], runs[3], d,
+            use_triton=True, block_rows=pt if pt & (pt - 1) == 0 else 16,
+        )  # fmt: skip
+    return rest, plan.totals, runs
 
 
 def _pow2(n: int) -> int:

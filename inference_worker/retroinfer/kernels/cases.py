@@ -18,6 +18,7 @@ from ..config import RetroInferConfig
 from . import rank as rank_mod
 from .availability import patch_interpreter_index
 from .decode_attention import (
+    CopyIn,
     DecodeTuning,
     ExecView,
     decode_attention,
@@ -97,6 +98,22 @@ def attention_case(
     case = estimate_case(r, g, c, d, device, seed + 1)
     case.update(q=rnd(r, g, d), view=view, scale=d**-0.5)
     return case
+
+
+def with_copy_in(case: Case, seed: int) -> Case:
+    """The attention case with a random page cut lo (page_lo) and the pages from lo filled from
+    a random source on the way (copy_in: random row offsets per page slot)."""
+    view = case["view"]
+    r, p1, pt, d = view.cache_k.shape
+    dev, dtype = view.cache_k.device, view.cache_k.dtype
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    src_rows = 3 * p1 * pt
+    src = torch.randn(2, src_rows, d, generator=gen, device=dev).to(dtype)
+    off = torch.randint(0, src_rows - pt + 1, (2, r, p1), generator=gen, device=dev) * d
+    cut = torch.rand(r, generator=gen, device=dev) * (view.hit_pages + 1)
+    lo = cut.long().clamp(max=view.hit_pages)
+    copy_in = CopyIn(src[0], src[1], off[0], off[1])
+    return case | {"view": dataclasses.replace(view, page_lo=lo, copy_in=copy_in)}
 
 
 def copy_case(
@@ -219,6 +236,26 @@ def check_attention(device: str, seed: int, kv_dtype: torch.dtype = torch.float3
             torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
             torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol)
         _check_early(case, want, device, atol, rtol)
+    _check_copy_in(case, atol, rtol)
+
+
+def _check_copy_in(case: Case, atol: float, rtol: float) -> None:
+    """Pages attended from the source and written on the way (copy_in) vs the reference (copy,
+    then attend): same outputs, and the caches after are identical (every page, listed or
+    not)."""
+    case = with_copy_in(case, seed=11)
+    view = case["view"]
+    results = []
+    for use_triton in (True, False):
+        cache = (view.cache_k.clone(), view.cache_v.clone())
+        run = case | {"view": dataclasses.replace(view, cache_k=cache[0], cache_v=cache[1])}
+        out = decode_attention(**run, use_triton=use_triton)
+        results.append((out, cache))
+    (got, got_cache), (want, want_cache) = results
+    torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
+    torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol)
+    assert torch.equal(got_cache[0], want_cache[0]) and torch.equal(got_cache[1], want_cache[1])
+    assert not torch.equal(got_cache[0], view.cache_k)  # some page was written
 
 
 def _check_early(case: Case, want: tuple[torch.Tensor, ...], device: str, atol: float,

@@ -18,6 +18,7 @@ import torch
 from ..attention import merge, partial_attention
 from .availability import pick
 from .estimate import EST_CHUNK, estimate_partials_reference
+from .gather import copy_runs_reference
 from .partials import Partials, PartialTensors, combine_partials
 
 
@@ -61,6 +62,19 @@ def current_tuning() -> DecodeTuning:
 
 
 @dataclass(slots=True)
+class CopyIn:
+    """Cache pages filled from the source as they are attended (fused admission copy): page
+    take[r, page_lo[r] + s] receives its fill[r, page_lo[r] + s] rows from element offsets
+    off_k[r, s] / off_v[r, s] of src_k / src_v (the admission runs of slot s). The source is
+    read once, the page written once, and no copy kernel precedes the attention."""
+
+    src_k: torch.Tensor  # base of the source keys (device memory; offsets count elements)
+    src_v: torch.Tensor  # base of the source values
+    off_k: torch.Tensor  # [R, P1] int64 element offset of slot s's first key row
+    off_v: torch.Tensor  # [R, P1] int64
+
+
+@dataclass(slots=True)
 class ExecView:
     """Where the exactly attended tokens of a step lie (R = B * Hkv rows)."""
 
@@ -78,6 +92,9 @@ class ExecView:
     # [R] int64: attend take[r, page_lo[r]:hit_pages[r]] only (None: from 0); a zone whose
     # tensors have width 0 (steady_k, miss_k) is not attended
     page_lo: torch.Tensor | None = None
+    # the pages take[r, page_lo[r]:hit_pages[r]] are read from the source and written to the
+    # cache as they are attended (needs page_lo); None: they already hold their rows
+    copy_in: CopyIn | None = None
 
 
 def decode_attention(
@@ -130,15 +147,19 @@ def exact_partials(
     pl = torch.empty(r, s, g, dtype=torch.float32, device=dev)
     pacc = torch.empty(r, s, g, d, dtype=torch.float32, device=dev)
     lo = view.page_lo if view.page_lo is not None else view.hit_pages
+    cp = view.copy_in
+    if cp is not None and view.page_lo is None:
+        raise ValueError("ExecView.copy_in needs page_lo (the first copied page of each row)")
     decode_kernel[(r, s)](
         q.contiguous(), view.steady_k, view.steady_v, view.pos, cap,
         view.miss_k, view.miss_v, view.miss_len, view.miss_len.stride(0), m_width,
         view.cache_k, view.cache_v, view.take, view.fill, lo, view.hit_pages, p1, w,
+        *((cp.src_k, cp.src_v, cp.off_k, cp.off_v) if cp else (view.cache_k, view.cache_v, lo, lo)),
         z, estimated.contiguous(), sizes, value_sums, n_est, c,
         pm, pl, pacc, scale, s_st, s_mi, s_hi, s,
         G=g, GP=16, D=d, PT=pt, CHUNK=t.chunk, BLOCK_N=t.block_n, EST_CHUNK=t.est_chunk,
         EST_BLOCK=t.est_block, PREFETCH=t.prefetch, HAS_LO=view.page_lo is not None,
-        num_warps=t.num_warps, **stages,
+        COPY_IN=cp is not None, num_warps=t.num_warps, **stages,
     )  # fmt: skip
     return pm, pl, pacc
 
@@ -175,7 +196,9 @@ def decode_attention_reference(
     early: Sequence[Partials] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """torch reference: materialise [steady | misses | hit pages], attend, estimate, merge
-    (with the `early` partials)."""
+    (with the `early` partials). A view's copy_in is carried out first (copy_runs_reference)."""
+    if view.copy_in is not None:
+        copy_in_reference(view)
     keys, values, mask = materialise(view)
     o_x, lse_x = partial_attention(q, keys, values, mask, scale)
     sets = [estimate_partials_reference(z, estimated, sizes, value_sums)]
@@ -184,6 +207,24 @@ def decode_attention_reference(
         sets.append(p.tensors())
     o_e, lse_e = combine_partials(*(torch.cat(t, dim=1) for t in zip(*sets, strict=True)))
     return merge(o_x, lse_x, o_e, lse_e), torch.logaddexp(lse_x, lse_e)
+
+
+def copy_in_reference(view: ExecView) -> None:
+    """Fill the view's copy_in pages from the source, as the kernel does while attending."""
+    cp, lo = view.copy_in, view.page_lo
+    assert cp is not None and lo is not None
+    r, w = view.take.shape
+    p1, pt, d = view.cache_k.shape[1:]
+    dev = view.take.device
+    at = torch.arange(w, device=dev)
+    listed = (at >= lo.unsqueeze(1)) & (at < view.hit_pages.unsqueeze(1))  # [R, W]
+    slot = (at - lo.unsqueeze(1)).clamp(0, p1 - 1)  # [R, W]
+    rows = torch.where(listed, view.fill, 0).view(-1)
+    dst = ((view.take + (torch.arange(r, device=dev) * p1).unsqueeze(1)) * pt * d).view(-1)
+    off_k, off_v = cp.off_k.gather(1, slot).view(-1), cp.off_v.gather(1, slot).view(-1)
+    copy_runs_reference(
+        cp.src_k, cp.src_v, view.cache_k, view.cache_v, off_k, off_v, dst, rows, d
+    )  # fmt: skip
 
 
 def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -60,10 +60,13 @@ def estimate_async(
     use_triton: bool | None = None,
     block: int = EST_BLOCK,
     prefetch: bool = False,
+    after: torch.cuda.Event | None = None,
 ) -> Partials:
-    """estimate_partials on the side stream `side` (see partials.on_side); None: in order."""
+    """estimate_partials on the side stream `side` (see partials.on_side, also for `after`);
+    None: in order."""
     args = (z, estimated, sizes, value_sums, use_triton, block, prefetch)
-    return on_side(side, estimate_partials, *args, reads=(z, estimated, sizes, value_sums))
+    reads = (z, estimated, sizes, value_sums)
+    return on_side(side, estimate_partials, *args, reads=reads, after=after)
 
 
 def estimate_partials_reference(

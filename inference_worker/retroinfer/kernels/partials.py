@@ -35,15 +35,22 @@ def on_side(
     fn: Callable[..., PartialTensors],
     *args: object,
     reads: tuple[torch.Tensor, ...] = (),
+    after: torch.cuda.Event | None = None,
 ) -> Partials:
     """fn(*args) launched on `side`, forked from the current stream so that it runs alongside
     the current stream's next kernels; consumers call `.wait()` first. `reads`: the tensors fn
     reads (kept from reuse until `side` is done with them). side None: run in order here.
-    Works under CUDA-graph capture (a fork/join of the captured stream)."""
+    Works under CUDA-graph capture (a fork/join of the captured stream). `after`: fork from
+    this event (recorded earlier on the current stream, see `mark`) instead of from now, so
+    that kernels launched on the current stream since then are not waited for and are
+    dispatched first."""
     if side is None:
         return Partials(*fn(*args))
     main = torch.cuda.current_stream()
-    side.wait_stream(main)
+    if after is not None:
+        side.wait_event(after)
+    else:
+        side.wait_stream(main)
     with torch.cuda.stream(side):
         parts = fn(*args)
         ready = torch.cuda.Event()
@@ -54,6 +61,16 @@ def on_side(
         for t in parts:
             t.record_stream(main)  # made on side, read on main
     return Partials(*parts, ready=ready)
+
+
+def mark(enabled: bool) -> torch.cuda.Event | None:
+    """An event recorded on the current stream now (a later fork point for `on_side`); None
+    when not `enabled` (no side streams)."""
+    if not enabled:
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
 
 
 def combine_partials(

@@ -75,7 +75,7 @@ def _rank(dtype: torch.dtype) -> None:
 
 
 def _decode(dtype: torch.dtype) -> None:
-    from .cases import attention_case
+    from .cases import attention_case, with_copy_in
     from .decode_attention import TUNING_VARIANTS, DecodeTuning, decode_attention
     from .estimate import estimate_partials
 
@@ -89,6 +89,7 @@ def _decode(dtype: torch.dtype) -> None:
         case["value_sums"] = case["value_sums"].to(value_dtype)
         for tuning in tunings if dtype != torch.float32 else default:
             decode_attention(**case, use_triton=True, tuning=tuning)
+            decode_attention(**with_copy_in(case, seed=1), use_triton=True, tuning=tuning)
         est = {k: case[k] for k in ("z", "estimated", "sizes", "value_sums")}
         for prefetch in (False, True):
             estimate_partials(**est, use_triton=True, block=32, prefetch=prefetch)
@@ -130,6 +131,8 @@ def _bookkeeping(dtype: torch.dtype) -> None:
     buf.grow(table.size.shape[2])
     plan = plan_step(buf, ret % table.size.shape[2], table.size.reshape(r, -1), 400, 33, True)
     admit_direct(buf, plan, table, plan.take, plan.fill, plan.count)
+    plan = plan_step(buf, ret % table.size.shape[2], table.size.reshape(r, -1), 400, 33, True)
+    admit_direct(buf, plan, table, plan.take, plan.fill, plan.count, copy=False)
     table.fetch(ret.view(r, 1, n) % table.size.shape[2], 64, use_triton=True)
 
 
