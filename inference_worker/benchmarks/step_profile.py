@@ -164,6 +164,7 @@ def _profile_stream(
     base = run.timed(args.steps)
     trace = Path(args.trace) / f"trace_{stream.kind}.json" if args.trace else None
     kernels = run.kernels(trace=trace)
+    timeline = step_timeline(trace) if trace is not None else []
     parts = _guarded(_decode_parts, run, args.steps)
     log.info("%s decode kernel parts (µs): %s", stream.kind, parts)
     select_parts = _guarded(_select_parts, run, args.steps)
@@ -188,10 +189,29 @@ def _profile_stream(
         "clusters": run.layer.num_clusters,
         "kernels_us_per_step": kernels,
         "kernel_total_us": round(sum(kernels.values()), 1),
+        "timeline_us": timeline,
         "decode_parts_us": parts,
         "rank_parts_us": select_parts,
         "variants": rows,
     }
+
+
+def step_timeline(trace: Path, first: str = "logits_kernel") -> list[list[object]]:
+    """The GPU work of the last complete step in a Chrome trace: [stream, start µs (from the
+    step's first `first` kernel), duration µs, name] per kernel or copy, in start order."""
+    events = json.loads(trace.read_text())["traceEvents"]
+    gpu = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    gpu.sort(key=lambda e: e["ts"])
+    starts = [i for i, e in enumerate(gpu) if e["name"] == first]
+    if len(starts) < 2:
+        return []
+    step = gpu[starts[-2] : starts[-1]]
+    t0 = step[0]["ts"]
+    return [
+        [e.get("args", {}).get("stream"), round(e["ts"] - t0, 1), round(e["dur"], 1),
+         e["name"][:60]]
+        for e in step
+    ]  # fmt: skip
 
 
 def _guarded(

@@ -32,19 +32,17 @@ def plan_kernel(
     i = tl.arange(0, BLOCK_N)
     in_n = i < n
     ids = tl.load(ret + r * n + i, mask=in_n, other=-1)
-    if SORT:  # position = entries with a higher score, or an equal score earlier
+    if SORT:  # by score descending, ties by position: one bitonic sort of packed keys
         sc = tl.load(score + r * n + i, mask=in_n, other=0.0)
-        rank = tl.zeros([BLOCK_N], tl.int32)
-        for jb in tl.static_range(0, BLOCK_N, 16):
-            jj = jb + tl.arange(0, 16)
-            sj = tl.load(score + r * n + jj, mask=jj < n, other=0.0)
-            ahead = (sj[None, :] > sc[:, None]) | (
-                (sj[None, :] == sc[:, None]) & (jj[None, :] < i[:, None])
-            )
-            rank += tl.sum((ahead & (jj < n)[None, :]).to(tl.int32), 1)
-        tl.store(ranked + r * n + rank, ids, mask=in_n)
-        tl.debug_barrier()
-        ids = tl.load(ranked + r * n + i, mask=in_n, other=-1)
+        sc = tl.where(sc == 0.0, 0.0, sc)  # -0.0 ties with 0.0, as in a float comparison
+        bits = sc.to(tl.int32, bitcast=True)
+        order = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)  # monotone in the score
+        low = tl.full([BLOCK_N], 0xFFFFFFFF, tl.int64)
+        key = order * tl.full([BLOCK_N], 0x100000000, tl.int64) + (low - i.to(tl.int64))
+        key = tl.where(in_n, key, tl.full([BLOCK_N], -(2**63), tl.int64))  # padding: last
+        pos = low - (tl.sort(key, descending=True) & low)  # the entries' positions, ranked
+        ids = tl.load(ret + r * n + pos, mask=in_n, other=-1)
+        tl.store(ranked + r * n + i, ids, mask=in_n)
     has = in_n & (ids >= 0)
     sz = tl.load(sizes + r * C + ids, mask=has, other=0).to(tl.int64)
     over = (sz > 0) & (tl.cumsum(sz, 0) > cap_tokens)

@@ -1,0 +1,53 @@
+"""The step profiler's timeline extraction (a Chrome trace -> one step's GPU work) and a CPU
+smoke run of the program with a trace (the GPU numbers come from the device runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from inference_worker.benchmarks.step_profile import step_timeline
+
+
+def _event(name: str, ts: float, dur: float, stream: int, cat: str = "kernel") -> dict:
+    return {"name": name, "ts": ts, "dur": dur, "cat": cat, "args": {"stream": stream}}
+
+
+def test_timeline_is_the_last_complete_step(tmp_path: Path) -> None:
+    events = [
+        _event("logits_kernel", 100.0, 10.0, 7),
+        _event("select_kernel", 111.0, 5.0, 7),
+        _event("logits_kernel", 200.0, 10.0, 7),  # the last complete step starts here
+        _event("estimate_kernel", 212.5, 4.0, 9),
+        _event("Memcpy DtoD", 211.0, 1.0, 7, cat="gpu_memcpy"),
+        {"name": "aten::copy_", "ts": 205.0, "dur": 3.0, "cat": "cpu_op"},  # not GPU work
+        _event("logits_kernel", 300.0, 10.0, 7),  # the next (incomplete) step
+        _event("select_kernel", 311.0, 5.0, 7),
+    ]
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps({"traceEvents": events}))
+    assert step_timeline(trace) == [
+        [7, 0.0, 10.0, "logits_kernel"],
+        [7, 11.0, 1.0, "Memcpy DtoD"],
+        [9, 12.5, 4.0, "estimate_kernel"],
+    ]
+    trace.write_text(json.dumps({"traceEvents": events[:2]}))
+    assert step_timeline(trace) == []  # no complete step
+
+
+def test_cpu_smoke_run_writes_json_and_traces(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    cmd = [
+        sys.executable, "-m", "inference_worker.benchmarks.step_profile", "--device", "cpu",
+        "--context", "4096", "--batch", "1", "--steps", "2", "--variants", "none",
+        "--trace", str(tmp_path), "--out", str(out),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert set(result["streams"]) == {"random", "correlated"}
+    for kind, stream in result["streams"].items():
+        assert (tmp_path / f"trace_{kind}.json").is_file()
+        assert stream["timeline_us"] == []  # CPU: no GPU kernels in the trace
+        assert set(stream["variants"]) == {"baseline", "baseline (again, end)"}
