@@ -56,6 +56,16 @@ def test_layer_fused_bookkeeping_matches_torch_paths_gpu(dtype):
 
 
 @cuda
+@pytest.mark.parametrize("mode", ["at fork", "after fetch"])
+def test_layer_paths_under_every_side_launch_order_gpu(mode, monkeypatch):
+    from inference_worker.retroinfer import fast_step
+
+    assert mode in fast_step.SIDE_LAUNCHES  # the default ("after next") runs in the test above
+    monkeypatch.setattr(fast_step, "SIDE_LAUNCH", mode)
+    check_layer_paths("cuda", torch.bfloat16, seed=9, shape=(2, 32, 8, 128, 20000, 6))
+
+
+@cuda
 def test_fused_fetch_runs_match_reference_gpu():
     check_fetch_runs("cuda", seed=9, segments=3, n=150)
 

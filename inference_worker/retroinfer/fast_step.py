@@ -10,6 +10,7 @@ sources; a copy kernel for pinned host ones); misses left over are fetched packe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -26,11 +27,16 @@ if TYPE_CHECKING:
     from .kernels.cluster_table import ClusterTable
     from .layer import RetroInferLayer
 
-# side-stream work is forked where its inputs are ready (estimation: after the selection;
-# cache hits: after the plan) but launched after the next main-stream kernel (plan; admission),
-# so that the latency-bound bookkeeping's programs are dispatched before the side kernels' many
-# programs fill the GPU (False: launched at the fork point; a profiler variant)
-LATE_SIDE_LAUNCH = True
+# Side-stream work is forked where its inputs are ready (estimation: after the selection;
+# cache hits: after the plan) but may be launched later, so that main-stream kernels launched
+# before it are dispatched before its many programs fill the GPU. Launch points (estimation,
+# cache hits) per mode; "after next" is the default, the others are profiler variants.
+SIDE_LAUNCHES = {
+    "at fork": ("select", "plan"),
+    "after next": ("plan", "admission"),  # after the plan kernel; after admission
+    "after fetch": ("fetch", "fetch"),  # after the leftover misses' packed fetch
+}
+SIDE_LAUNCH = "after next"
 
 
 def fast_tripartite(
@@ -58,6 +64,8 @@ def fast_tripartite(
 
     side_est = _side_stream(layer, 0)
     selected = mark(side_est is not None)
+    est_at, hits_at = SIDE_LAUNCHES[SIDE_LAUNCH]
+    side = _Launches()
 
     def fork_estimation() -> None:  # the estimation zone, on side stream 0
         early.append(estimate_async(
@@ -65,15 +73,14 @@ def fast_tripartite(
             tuning.prefetch, selected,
         ))  # fmt: skip
 
-    if not LATE_SIDE_LAUNCH:
-        fork_estimation()  # alongside the bookkeeping below
+    side.at(est_at, fork_estimation)
+    side.reached("select")
     cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
     buffer = layer._buffer(c)
     plan_width = widths[1] if widths is not None else buffer.pages + 1
     use = None if layer.fused_bookkeeping else False
     plan = plan_step(buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score)
-    if LATE_SIDE_LAUNCH:
-        fork_estimation()
+    side.reached("plan")
     take, fill, count = plan.take, plan.fill, plan.count
     table = _direct_table(layer) if plan.fused else None
     if widths is None:
@@ -94,17 +101,20 @@ def fast_tripartite(
         hits = ExecView(st_k, st_v, pos, st_k[:, :0], st_v[:, :0], page_lo, buffer.keys,
                         buffer.values, take, fill, page_lo)  # fmt: skip
         planned = mark(side_est is not None)
-        if not LATE_SIDE_LAUNCH:
-            early.append(_attend_hits(layer, qg, hits, sel.z, sizes, vs, planned))
+
+        def attend_hits(view: ExecView = hits, ev: torch.cuda.Event | None = planned) -> None:
+            early.append(_attend_hits(layer, qg, view, sel.z, sizes, vs, ev))
+
+        side.at(hits_at, attend_hits)
         # a source in the layer's memory: the decode kernel copies; pinned host: a copy kernel
         fuse = layer.fused_copy and table.base_k.device == buffer.keys.device
         fetch_ids, counts, runs = admit_direct(buffer, plan, table, take, fill, count, not fuse)
         copy_in = runs if fuse else None
-        if LATE_SIDE_LAUNCH:
-            early.append(_attend_hits(layer, qg, hits, sel.z, sizes, vs, planned))
         st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
+    side.reached("admission")
     pending = layer.misses.start(fetch_ids, widths[0])  # a thread for host-blocking sources
     miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
+    side.reached("fetch")
     view = ExecView(
         st_k, st_v, pos, miss_k, miss_v, miss_off[:, -1],
         buffer.keys, buffer.values, take, fill, count, page_lo, copy_in,
@@ -116,6 +126,25 @@ def fast_tripartite(
         counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
     width = cap + widths[0] + widths[1] * buffer.page_tokens
     return out, counts, torch.empty(width, device="meta")
+
+
+class _Launches:
+    """Side computations launched at named points of the step (at once if already passed)."""
+
+    def __init__(self) -> None:
+        self.due: dict[str, list[Callable[[], None]]] = {}
+        self.passed: set[str] = set()
+
+    def at(self, point: str, fn: Callable[[], None]) -> None:
+        if point in self.passed:
+            fn()
+        else:
+            self.due.setdefault(point, []).append(fn)
+
+    def reached(self, point: str) -> None:
+        self.passed.add(point)
+        for fn in self.due.pop(point, []):
+            fn()
 
 
 def _attend_hits(
