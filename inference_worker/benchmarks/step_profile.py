@@ -392,7 +392,6 @@ def _variants() -> list[Variant]:
         ("no side streams", _attr("overlap_streams", False)),
         ("admission copy kernel", _attr("fused_copy", False)),
         ("side launch at fork", _set(fast_step_mod, "SIDE_LAUNCH", "at fork")),
-        ("side launch after fetch", _set(fast_step_mod, "SIDE_LAUNCH", "after fetch")),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", _meta("centroids", torch.float8_e4m3fn)),
     ]
