@@ -51,8 +51,9 @@ def test_fused_bookkeeping_matches_reference_gpu():
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_layer_fused_bookkeeping_matches_torch_paths_gpu(dtype):
-    check_layer_paths("cuda", dtype, seed=8, shape=(2, 32, 8, 128, 20000, 6))
+@pytest.mark.parametrize("seed", [8, 9, 10])  # 9: the case that failed a removed launch order
+def test_layer_fused_bookkeeping_matches_torch_paths_gpu(dtype, seed):
+    check_layer_paths("cuda", dtype, seed=seed, shape=(2, 32, 8, 128, 20000, 6))
 
 
 @cuda
