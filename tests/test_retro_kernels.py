@@ -226,3 +226,23 @@ def test_combine_refuses_a_wrong_number_of_partial_sets(count):
     part = Partials(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1, 4))
     with pytest.raises(ValueError, match=f"combine takes 1 to 3 sets of partials, got {count}"):
         combine([part] * count)
+
+
+@pytest.mark.parametrize("path", ["kernel", "reference"])
+def test_copy_in_without_page_lo_is_refused_before_any_write(path):
+    import dataclasses
+
+    from inference_worker.retroinfer.kernels.cases import attention_case, with_copy_in
+    from inference_worker.retroinfer.kernels.decode_attention import (
+        decode_attention_reference,
+        exact_partials,
+    )
+
+    case = with_copy_in(attention_case(2, 4, 64, 64, 50, torch.float32, "cpu", seed=0), seed=1)
+    view = dataclasses.replace(case["view"], page_lo=None)
+    before = view.cache_k.clone()
+    args = (case["q"], view, case["z"], case["estimated"], case["sizes"], case["value_sums"])
+    fn = exact_partials if path == "kernel" else decode_attention_reference
+    with pytest.raises(ValueError, match="copy_in needs page_lo"):
+        fn(*args, case["scale"])
+    assert torch.equal(view.cache_k, before)  # nothing written

@@ -130,6 +130,7 @@ def exact_partials(
     tuning: DecodeTuning | None = None,
 ) -> PartialTensors:
     """The split kernel alone (Triton): partials of the view's zones and the listed clusters."""
+    _check_copy_in(view)
     from ._attn_triton import decode_kernel
 
     t = tuning or TUNING
@@ -148,8 +149,6 @@ def exact_partials(
     pacc = torch.empty(r, s, g, d, dtype=torch.float32, device=dev)
     lo = view.page_lo if view.page_lo is not None else view.hit_pages
     cp = view.copy_in
-    if cp is not None and view.page_lo is None:
-        raise ValueError("ExecView.copy_in needs page_lo (the first copied page of each row)")
     decode_kernel[(r, s)](
         q.contiguous(), view.steady_k, view.steady_v, view.pos, cap,
         view.miss_k, view.miss_v, view.miss_len, view.miss_len.stride(0), m_width,
@@ -210,7 +209,9 @@ def decode_attention_reference(
 
 
 def copy_in_reference(view: ExecView) -> None:
-    """Fill the view's copy_in pages from the source, as the kernel does while attending."""
+    """Fill the view's copy_in pages from the source, as the kernel does while attending
+    (offsets inside the source base tensors, as copy_runs_reference)."""
+    _check_copy_in(view)
     cp, lo = view.copy_in, view.page_lo
     assert cp is not None and lo is not None
     r, w = view.take.shape
@@ -225,6 +226,11 @@ def copy_in_reference(view: ExecView) -> None:
     copy_runs_reference(
         cp.src_k, cp.src_v, view.cache_k, view.cache_v, off_k, off_v, dst, rows, d
     )  # fmt: skip
+
+
+def _check_copy_in(view: ExecView) -> None:
+    if view.copy_in is not None and view.page_lo is None:
+        raise ValueError("ExecView.copy_in needs page_lo (the first copied page of each row)")
 
 
 def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
