@@ -214,18 +214,24 @@ def copy_in_reference(view: ExecView) -> None:
     _check_copy_in(view)
     cp, lo = view.copy_in, view.page_lo
     assert cp is not None and lo is not None
-    r, w = view.take.shape
+    w = view.take.shape[1]
     p1, pt, d = view.cache_k.shape[1:]
     dev = view.take.device
     at = torch.arange(w, device=dev)
     listed = (at >= lo.unsqueeze(1)) & (at < view.hit_pages.unsqueeze(1))  # [R, W]
     slot = (at - lo.unsqueeze(1)).clamp(0, p1 - 1)  # [R, W]
     rows = torch.where(listed, view.fill, 0).view(-1)
-    dst = ((view.take + (torch.arange(r, device=dev) * p1).unsqueeze(1)) * pt * d).view(-1)
+    dst = (_row_pages(view) * pt * d).view(-1)
     off_k, off_v = cp.off_k.gather(1, slot).view(-1), cp.off_v.gather(1, slot).view(-1)
     copy_runs_reference(
         cp.src_k, cp.src_v, view.cache_k, view.cache_v, off_k, off_v, dst, rows, d
     )  # fmt: skip
+
+
+def _row_pages(view: ExecView) -> torch.Tensor:
+    """[R, W] int64: the page table's entries as page indices over all rows' pages."""
+    r, p1 = view.take.shape[0], view.cache_k.shape[1]
+    return view.take + (torch.arange(r, device=view.take.device) * p1).unsqueeze(1)
 
 
 def _check_copy_in(view: ExecView) -> None:
@@ -246,7 +252,7 @@ def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     if view.page_lo is not None:
         in_w &= torch.arange(w, device=dev) >= view.page_lo.unsqueeze(1)
     hit_mask = (torch.arange(pt, device=dev) < view.fill.unsqueeze(-1)) & in_w.unsqueeze(-1)
-    flat = (view.take + (torch.arange(r, device=dev) * p1).unsqueeze(1)).view(-1)
+    flat = _row_pages(view).view(-1)
     hit_k = view.cache_k.reshape(r * p1, pt, d).index_select(0, flat).view(r, w * pt, d)
     hit_v = view.cache_v.reshape(r * p1, pt, d).index_select(0, flat).view(r, w * pt, d)
     mask = torch.cat([st_mask, mi_mask, hit_mask.view(r, w * pt)], dim=1)  # [R, T]
