@@ -10,6 +10,7 @@ CUDA.
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import torch
@@ -124,17 +125,19 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
     gen = torch.Generator().manual_seed(seed)
     kv = torch.randn(2, batch, hkv, length, d, generator=gen).to(device, dtype)
     qs = [torch.randn(3, batch, hq, d, generator=gen).to(device, dtype) for _ in range(steps)]
+    ids = [f"s{b}" for b in range(batch)]
+    built = InProcessClusterSource()
+    template = RetroInferLayer(
+        RetroInferConfig(cache_ratio=0.05), 0, hq, hkv, d, built, ids, dtype=dtype,
+        device=device, on_segment=partial(built.put, ids), use_cuda_graph=False,
+    )  # fmt: skip
+    template.use_kernels = False
+    # one index build, copied for every mode: k-means on CUDA sums with float atomics
+    # (scatter_add_), so separate builds may assign a few tokens differently
+    template.prefill(kv[0], kv[1])
     runs = []
     for mode in ("torch", "unfused", "fused", "direct"):
-        ids = [f"s{b}" for b in range(batch)]
-        source = InProcessClusterSource()
-        layer = RetroInferLayer(
-            RetroInferConfig(cache_ratio=0.05), 0, hq, hkv, d, source, ids, dtype=dtype,
-            device=device, on_segment=partial(source.put, ids),
-            use_cuda_graph=False,
-        )  # fmt: skip
-        layer.use_kernels = False  # the same (torch) index build for all three
-        layer.prefill(kv[0], kv[1])
+        layer, source = copy.deepcopy((template, built))
         layer.use_kernels, layer.fused_bookkeeping = mode != "torch", mode in ("fused", "direct")
         layer.direct_admission = mode == "direct"
         if mode == "direct":
