@@ -249,7 +249,7 @@ def _capture(run: _Runner, name: str, arg_names: tuple[str, ...]) -> dict[str, o
 def _select_parts(run: _Runner, steps: int) -> dict[str, float]:
     """µs of the ranking kernels alone on one real step's inputs: logits + selection, the logits
     kernel alone, and the pair under selection variants (4-ary: 16 search steps of 4
-    thresholds instead of 31 bisection steps; warps)."""
+    thresholds instead of 31 bisection steps; radix: 4 histogram passes; warps)."""
     if run.stream.device.type != "cuda":
         return {}
     names = ("q", "centroids", "sizes", "scale", "n_ret", "n_est")
@@ -258,6 +258,7 @@ def _select_parts(run: _Runner, steps: int) -> dict[str, float]:
     out["logits alone"] = _time_call(_logits_only, case, steps)
     knobs = {
         "4-ary (16 steps)": ("SELECT_ARITY", 4),
+        "radix (4 histogram passes)": ("SELECT_ARITY", 256),
         "select 4 warps": ("SELECT_WARPS", 4),
         "select 8 warps": ("SELECT_WARPS", 8),
         "select 32 warps": ("SELECT_WARPS", 32),
@@ -383,6 +384,7 @@ def _variants() -> list[Variant]:
         ("select 8 warps", _set(rank_mod, "SELECT_WARPS", 8)),
         ("select 4-ary", _set(rank_mod, "SELECT_ARITY", 4)),
         ("select arity 8", _set(rank_mod, "SELECT_ARITY", 8)),
+        ("select radix", _set(rank_mod, "SELECT_ARITY", 256)),
         ("logits block 64", _set(rank_mod, "LOGITS_BLOCK_C", 64)),
         ("logits block 256", _set(rank_mod, "LOGITS_BLOCK_C", 256)),
         ("logits 8 warps", _set(rank_mod, "LOGITS_WARPS", 8)),
@@ -390,7 +392,7 @@ def _variants() -> list[Variant]:
         ("bookkeeping 2 warps", _set(book_mod, "BOOK_WARPS", 2)),
         ("select 32 warps", _set(rank_mod, "SELECT_WARPS", 32)),
         ("no side streams", _attr("overlap_streams", False)),
-        ("admission copy kernel", _attr("fused_copy", False)),
+        ("admission copy kernel + fetch", _attr("fused_copy", False)),
         ("side launch at fork", _set(fast_step_mod, "SIDE_LAUNCH", "at fork")),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", _meta("centroids", torch.float8_e4m3fn)),

@@ -4,8 +4,9 @@ Same semantics and statistics as `RetroInferLayer._tripartite` (the torch refere
 about a third of the kernels and no materialised execution buffer: ranking + selection is two
 kernels, the steady zone, misses, cache hits and the estimation zone are attended by one split-K
 kernel plus one combine. With direct admission (a source with a cluster table), admitted misses
-move once, source -> cache page, written by the decode kernel as it attends them (device-memory
-sources; a copy kernel for pinned host ones); misses left over are fetched packed.
+move once, source -> cache page, written by the decode kernel as it attends them, and misses
+the cache cannot admit are attended where they lie in the source (device-memory sources); for
+pinned host sources a copy kernel admits, and misses left over are fetched packed.
 """
 
 from __future__ import annotations
@@ -78,12 +79,18 @@ def fast_tripartite(
     side.reached("select")
     cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
     buffer = layer._buffer(c)
+    table = _direct_table(layer)
+    # a source in the layer's memory: the decode kernel copies admitted misses into their
+    # pages and attends the misses not admitted in place; pinned host: a copy kernel + a fetch
+    fuse = table is not None and layer.fused_copy and table.base_k.device == buffer.keys.device
     plan_width = widths[1] if widths is not None else buffer.pages + 1
+    if fuse:  # the page table lists every miss page too (eager: cut to the step's need)
+        plan_width = cap_tokens // cfg.page_tokens + n_ret
     use = None if layer.fused_bookkeeping else False
     plan = plan_step(buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score)
     side.reached("plan")
     take, fill, count = plan.take, plan.fill, plan.count
-    table = _direct_table(layer) if plan.fused else None
+    table = table if plan.fused else None
     if widths is None:
         pages = buffer._pages_of(plan.ret_sizes)
         miss_tokens = torch.where(plan.miss, plan.ret_sizes, 0).sum(1).max()
@@ -107,16 +114,18 @@ def fast_tripartite(
             early.append(_attend_hits(layer, qg, view, sel.z, sizes, vs, ev))
 
         side.at(hits_at, attend_hits)
-        # a source in the layer's memory: the decode kernel copies; pinned host: a copy kernel
-        fuse = layer.fused_copy and table.base_k.device == buffer.keys.device
         fetch_ids, counts, runs = admit_direct(buffer, plan, table, take, fill, count, not fuse)
         copy_in = runs if fuse else None
         st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
     side.reached("admission")
-    pending = layer.misses.start(fetch_ids, widths[0])  # a thread for host-blocking sources
-    miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
+    if copy_in is not None:  # every miss is in the page table: nothing to fetch
+        miss_k, miss_v, miss_len = st_k, st_v, count  # width 0: not attended
+    else:
+        pending = layer.misses.start(fetch_ids, widths[0])  # a thread for host-blocking sources
+        miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
+        miss_len = miss_off[:, -1]
     view = ExecView(
-        st_k, st_v, pos, miss_k, miss_v, miss_off[:, -1],
+        st_k, st_v, pos, miss_k, miss_v, miss_len,
         buffer.keys, buffer.values, take, fill, count, page_lo, copy_in,
     )  # fmt: skip
     # estimated here: the overflowed retrieval clusters (the estimation zone is in `early`)

@@ -121,38 +121,40 @@ def _attend_rows(q, k_ptr, v_ptr, row_off, start, end, m, l, acc, scale,
 
 
 @triton.jit
-def _page_meta(take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_p, p, p_end, lo,
+def _page_meta(take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_c, p, p_end, lo,
                COPY_IN: tl.constexpr):  # fmt: skip
     """Per token of a tile: its page's number and fill, and (COPY_IN) the element offsets of
-    the page's first source rows (slot p - lo of the admission runs)."""
+    the page's first source rows (slot p - lo of the admission runs, row offset row_c)."""
     in_p = p < p_end
     page = tl.load(take_ptr + row_w + p, mask=in_p, other=0)
     fill = tl.load(fill_ptr + row_w + p, mask=in_p, other=0)
     sk = page * 0
     sv = page * 0
     if COPY_IN:
-        sk = tl.load(off_k_ptr + row_p + p - lo, mask=in_p, other=0)
-        sv = tl.load(off_v_ptr + row_p + p - lo, mask=in_p, other=0)
+        sk = tl.load(off_k_ptr + row_c + p - lo, mask=in_p, other=0)
+        sv = tl.load(off_v_ptr + row_c + p - lo, mask=in_p, other=0)
     return page, fill, sk, sv
 
 
 @triton.jit
 def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end, m, l, acc,
-                  scale, src_k, src_v, off_k_ptr, off_v_ptr, lo,
+                  scale, src_k, src_v, off_k_ptr, off_v_ptr, CP_W, lo,
                   D: tl.constexpr, PT: tl.constexpr, BLOCK_N: tl.constexpr,
                   PREFETCH: tl.constexpr = False, COPY_IN: tl.constexpr = False):  # fmt: skip
     """Exact attention over cache pages take[r, p_start:p_end] (fill[r, p] valid tokens).
     PREFETCH: the next tile's page metadata is loaded before this tile is computed. COPY_IN:
-    the rows are read from the source (offsets off_k/off_v[r, p - lo]) and written into their
-    pages on the way (the admission copy fused into the attention)."""
+    the rows are read from the source (offsets off_k/off_v[r, p - lo], CP_W per row) and
+    written into their pages on the way (the admission copy fused into the attention); the
+    scratch page (P1 - 1) is not written (misses not admitted, attended in place)."""
     offs_d = tl.arange(0, D)
     pages_per_tile: tl.constexpr = BLOCK_N // PT
     offs_n = tl.arange(0, BLOCK_N)
     in_page = offs_n % PT
     row_w = r.to(tl.int64) * W
     row_p = r.to(tl.int64) * P1
+    row_c = r.to(tl.int64) * CP_W
     page_n, fill_n, sk_n, sv_n = _page_meta(
-        take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_p, p_start + offs_n // PT, p_end,
+        take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_c, p_start + offs_n // PT, p_end,
         lo, COPY_IN,
     )  # fmt: skip
     for p0 in range(p_start, p_end, pages_per_tile):
@@ -161,7 +163,7 @@ def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end,
             page, fill, sk, sv = page_n, fill_n, sk_n, sv_n
         else:
             page, fill, sk, sv = _page_meta(
-                take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_p, p, p_end, lo, COPY_IN
+                take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_c, p, p_end, lo, COPY_IN
             )
         valid = (p < p_end) & (in_page < fill)
         tok = (row_p + page) * PT + in_page
@@ -171,14 +173,15 @@ def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end,
                         mask=valid[:, None], other=0.0).to(k_ptr.dtype.element_ty)  # fmt: skip
             v = tl.load(src_v + sv[:, None] + in_page[:, None] * D + offs_d[None, :],
                         mask=valid[:, None], other=0.0).to(v_ptr.dtype.element_ty)  # fmt: skip
-            tl.store(k_ptr + ptrs, k, mask=valid[:, None])
-            tl.store(v_ptr + ptrs, v, mask=valid[:, None])
+            keep = valid & (page < P1 - 1)  # the scratch page: attended, not written
+            tl.store(k_ptr + ptrs, k, mask=keep[:, None])
+            tl.store(v_ptr + ptrs, v, mask=keep[:, None])
         else:
             k = tl.load(k_ptr + ptrs, mask=valid[:, None], other=0.0)
             v = tl.load(v_ptr + ptrs, mask=valid[:, None], other=0.0)
         if PREFETCH:
             page_n, fill_n, sk_n, sv_n = _page_meta(
-                take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_p, p + pages_per_tile,
+                take_ptr, fill_ptr, off_k_ptr, off_v_ptr, row_w, row_c, p + pages_per_tile,
                 p_end, lo, COPY_IN,
             )  # fmt: skip
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
@@ -191,7 +194,7 @@ def _attend_pages(q, k_ptr, v_ptr, take_ptr, fill_ptr, r, P1, W, p_start, p_end,
 def decode_kernel(
     q_ptr, st_k, st_v, pos_ptr, CAP, mi_k, mi_v, mi_len_ptr, MI_STRIDE, M,
     ca_k, ca_v, take_ptr, fill_ptr, lo_ptr, hit_n_ptr, P1, W,
-    cp_k, cp_v, cp_off_k, cp_off_v,
+    cp_k, cp_v, cp_off_k, cp_off_v, CP_W,
     z_ptr, ids_ptr, sizes_ptr, vs_ptr, N, C,
     pm_ptr, pl_ptr, pacc_ptr, scale,
     S_ST, S_MI, S_HI, S,
@@ -239,7 +242,7 @@ def decode_kernel(
         end = tl.minimum(start + CHUNK // PT, n)
         m, l, acc = _attend_pages(
             q, ca_k, ca_v, take_ptr, fill_ptr, r, P1, W, start, end, m, l, acc, scale,
-            cp_k, cp_v, cp_off_k, cp_off_v, lo, D, PT, BLOCK_N, PREFETCH, COPY_IN,
+            cp_k, cp_v, cp_off_k, cp_off_v, CP_W, lo, D, PT, BLOCK_N, PREFETCH, COPY_IN,
         )  # fmt: skip
     else:
         m, l, acc = _estimate_split(

@@ -85,6 +85,9 @@ def plan_kernel(
     keep = in_p & (pos < W)
     tl.store(take + r * W + pos, p.to(tl.int64), mask=keep)
     tl.store(take_fill + r * W + pos, tl.where(sel, f, 0), mask=keep)
+    for w0 in range(P1, W, BLOCK_P):  # a table wider than the pages: the rest lists page 0
+        tl.store(take + r * W + w0 + p, tl.zeros([BLOCK_P], tl.int64), mask=w0 + p < W)
+        tl.store(take_fill + r * W + w0 + p, tl.zeros([BLOCK_P], tl.int64), mask=w0 + p < W)
     tl.store(count + r, tl.minimum(n_sel, W).to(tl.int64))
 
 
@@ -93,15 +96,17 @@ def admit_kernel(
     miss_ids, miss_rank, miss_sizes, miss_off, stamp, owner, fillp, clock, scratch,
     evict_ctr, totals, run_src, run_src_v, run_dst, run_rows,
     tab_k, tab_v, take, take_fill, count, rest_ids,
-    n, C, P1, M, S, CT, W,
+    n, C, P1, M, S, CT, W, SW,
     PT: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
-    DIRECT: tl.constexpr,
+    BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, LEFT: tl.constexpr,
 ):  # fmt: skip
     """Evict whole least-recent clusters, place admitted misses (rank order, while they fit)
-    into free pages, stamp them; writes one copy run per placed page. DIRECT: the runs read
-    the source through its cluster table (tab_k/tab_v: element offset of each cluster), the
-    placed pages are appended to the hit-page table and the misses left over (not admitted)
-    are listed in `rest_ids` for the packed fetch."""
+    into free pages, stamp them; writes one copy run per placed page (SW run slots per row).
+    DIRECT: the runs read the source through its cluster table (tab_k/tab_v: element offset
+    of each cluster), the placed pages are appended to the hit-page table and the misses left
+    over (not admitted) are listed in `rest_ids` for the packed fetch. LEFT (with DIRECT): the
+    left-over misses' pages are appended too, as the scratch page (P1 - 1) with their source
+    runs (slots after the admitted ones, 0 rows to copy): attended in place, never cached."""
     r = tl.program_id(0).to(tl.int64)
     stamp_row = stamp + r * (C + 1)
     own_row = owner + r * P1
@@ -150,39 +155,47 @@ def admit_kernel(
     fi = free.to(tl.int32)
     frank = tl.cumsum(fi, 0) - fi
     scr = scratch + r * S
+    listed = fits
+    n_slots = adm_pages
+    if LEFT:  # the left-over misses' pages follow the admitted ones in slot order
+        listed = is_m
+        n_slots = tl.sum(tl.where(is_m, mp, 0), 0)
     tl.store(scr + frank, p.to(tl.int64), mask=free & (frank < adm_pages))
-    tl.store(scr + BLOCK_P + p, tl.zeros([BLOCK_P], tl.int64), mask=p < adm_pages)
-    tl.store(scr + 2 * BLOCK_P + j, cum - mp, mask=in_n)
+    s = tl.arange(0, BLOCK_S)  # slot index
+    ok = s < n_slots
+    tl.store(scr + BLOCK_P + s, tl.zeros([BLOCK_S], tl.int64), mask=ok)
+    tl.store(scr + BLOCK_P + BLOCK_S + j, cum - mp, mask=in_n)
     tl.debug_barrier()
-    tl.store(scr + BLOCK_P + cum - mp, tl.full([BLOCK_N], 1, tl.int64), mask=fits)
+    tl.store(scr + BLOCK_P + cum - mp, tl.full([BLOCK_N], 1, tl.int64),
+             mask=listed & (cum - mp < BLOCK_S))  # fmt: skip
     tl.debug_barrier()
-    s = p  # slot index
-    ok = s < adm_pages
+    adm = s < adm_pages
     which = tl.maximum(tl.cumsum(tl.load(scr + BLOCK_P + s, mask=ok, other=0), 0) - 1, 0)
-    page = tl.load(scr + s, mask=ok, other=0)
-    start = tl.load(scr + 2 * BLOCK_P + which, mask=ok, other=0)
+    page = tl.load(scr + s, mask=adm, other=P1 - 1)  # left over: the scratch page
+    start = tl.load(scr + BLOCK_P + BLOCK_S + which, mask=ok, other=0)
     w_size = tl.load(miss_sizes + r * n + which, mask=ok, other=0)
     w_id = tl.load(miss_ids + r * n + which, mask=ok, other=-1)
     w_off = tl.load(miss_off + r * (n + 1) + which, mask=ok, other=0)
     page_in = s - start
     pf = tl.minimum(tl.maximum(w_size - page_in * PT, 0), PT)
-    tl.store(own_row + page, w_id, mask=ok)
-    tl.store(fillp + r * P1 + page, pf, mask=ok)
+    tl.store(own_row + page, w_id, mask=adm)
+    tl.store(fillp + r * P1 + page, pf, mask=adm)
+    in_s = s < SW
     if DIRECT:
         w_tk = tl.load(tab_k + r * CT + w_id, mask=ok, other=0)
         w_tv = tl.load(tab_v + r * CT + w_id, mask=ok, other=0)
-        tl.store(run_src + r * P1 + s, w_tk + page_in * PT * D, mask=in_p)
-        tl.store(run_src_v + r * P1 + s, w_tv + page_in * PT * D, mask=in_p)
+        tl.store(run_src + r * SW + s, w_tk + page_in * PT * D, mask=in_s)
+        tl.store(run_src_v + r * SW + s, w_tv + page_in * PT * D, mask=in_s)
         at = c0 + s
         tl.store(take + r * W + at, page, mask=ok & (at < W))
         tl.store(take_fill + r * W + at, pf, mask=ok & (at < W))
-        tl.store(count + r, tl.minimum(c0 + adm_pages, W))
+        tl.store(count + r, tl.minimum(c0 + n_slots, W))
     else:
         src = (r * M + w_off + page_in * PT) * D
-        tl.store(run_src + r * P1 + s, src, mask=in_p)
-        tl.store(run_src_v + r * P1 + s, src, mask=in_p)
-    tl.store(run_dst + r * P1 + s, ((r * P1 + page) * PT) * D, mask=in_p)
-    tl.store(run_rows + r * P1 + s, tl.where(ok, pf, 0), mask=in_p)
+        tl.store(run_src + r * SW + s, src, mask=in_s)
+        tl.store(run_src_v + r * SW + s, src, mask=in_s)
+    tl.store(run_dst + r * SW + s, ((r * P1 + page) * PT) * D, mask=in_s)
+    tl.store(run_rows + r * SW + s, tl.where(adm, pf, 0), mask=in_s)
     tl.store(stamp_row + mid, base + n - mrank, mask=fits)
     n_adm = tl.sum(fits.to(tl.int64), 0)
     if DIRECT:  # misses are compacted first and admitted as a prefix: the rest shift down

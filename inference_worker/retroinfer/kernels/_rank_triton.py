@@ -71,6 +71,8 @@ def select_kernel(
     # the largest T with count(bits >= T) >= K, for K1 and K2 at once
     if ARITY == 2:
         lo1, lo2 = _bisect2(bits, K1, K2, STEPS)
+    elif ARITY == 256:
+        lo1, lo2 = _radix(bits, K1, K2)
     else:
         lo1, lo2 = _search(bits, K1, K2, ARITY, STEPS)
     eq1 = bits == lo1
@@ -117,6 +119,42 @@ def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
         lo1, hi1 = tl.where(ok1, t1, lo1), tl.where(ok1, hi1, t1 - 1)
         lo2, hi2 = tl.where(ok2, t2, lo2), tl.where(ok2, hi2, t2 - 1)
     return lo1.to(tl.int32), lo2.to(tl.int32)
+
+
+@triton.jit
+def _radix(bits, K1, K2):
+    """Radix select, a byte per pass from the top (4 passes): a histogram of the next byte of
+    the elements that share the bytes found so far gives the K-th largest element's byte.
+    The result is the K-th largest bit pattern itself (the largest T with count(bits >= T)
+    >= K). bits < 0: padding, never counted."""
+    bins = tl.arange(0, 256)
+    t1 = tl.zeros([], tl.int32)
+    t2 = tl.zeros([], tl.int32)
+    need1 = K1 + t1  # K-th largest among the elements that share the prefix
+    need2 = K2 + t2
+    real = bits >= 0
+    for p in tl.static_range(4):
+        shift = 24 - 8 * p
+        digit = (bits >> shift) & 0xFF
+        m1 = real
+        m2 = real
+        if p > 0:
+            m1 = real & ((bits >> (shift + 8)) == (t1 >> (shift + 8)))
+            m2 = real & ((bits >> (shift + 8)) == (t2 >> (shift + 8)))
+        d1, need1 = _top_digit(tl.histogram(digit, 256, mask=m1), need1, bins)
+        d2, need2 = _top_digit(tl.histogram(digit, 256, mask=m2), need2, bins)
+        t1 = t1 | (d1 << shift)
+        t2 = t2 | (d2 << shift)
+    return t1, t2
+
+
+@triton.jit
+def _top_digit(hist, need, bins):
+    """The largest digit d with count(digit >= d) >= need, and need less the count above d."""
+    ge = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # [256] elements with digit >= d
+    d = tl.max(tl.where(ge >= need, bins, 0), 0)
+    above = tl.sum(tl.where(bins > d, hist, 0), 0)
+    return d, need - above
 
 
 @triton.jit

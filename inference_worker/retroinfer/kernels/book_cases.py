@@ -207,6 +207,7 @@ def check_direct(device: str, seed: int, rows: int = 4, segments: int = 1, steps
     gen = torch.Generator().manual_seed(seed)
     pool = torch.randperm(clusters, generator=gen)[: clusters // 2]
     width = n * 4 + 1  # pages of any n clusters (sizes < 16 tokens)
+    seen = 0
     for step in range(steps):
         hot = pool[torch.randperm(pool.numel(), generator=gen)]
         ret = torch.stack([_ranked(hot, clusters, n, gen) for _ in range(r)]).to(device)
@@ -221,11 +222,15 @@ def check_direct(device: str, seed: int, rows: int = 4, segments: int = 1, steps
         _same_state(step, *bufs[:2])
         _check_listed(step, ref, bufs, take, fill, count, rest)
         lo = fused.count.clone()
-        copy_in = admit_direct(
+        rest_in_place, counts, copy_in = admit_direct(
             bufs[2], fused, table, fused.take, fused.fill, fused.count, copy=False
-        )[2]
-        _check_copy_in(step, bufs, fused, lo, copy_in, gen)
-        _same_state(step, bufs[0], bufs[2])
+        )
+        _same(f"direct step {step} counts (copy_in)", want, counts)
+        _same(f"direct step {step} rest ids (copy_in)", rest, rest_in_place)
+        _check_copy_in(step, bufs, table, (got, fused), lo, copy_in, rest, gen)
+        _same_state(step, bufs[0], bufs[2])  # the attention filled the admitted pages
+        seen += int((rest >= 0).sum())
+    assert seen > 0, "no miss was left over: the in-place path went untested"
 
 
 def _check_listed(step, ref, bufs, take, fill, count, rest) -> None:  # type: ignore[no-untyped-def]
@@ -244,26 +249,33 @@ def _check_listed(step, ref, bufs, take, fill, count, rest) -> None:  # type: ig
         _same("rest ids", rest[i, : left.numel()], left)
 
 
-def _check_copy_in(step: int, bufs: list[WaveBuffer], plan, lo, copy_in, gen) -> None:  # type: ignore[no-untyped-def]
-    """Attend the admitted pages of bufs[2] (unfilled, copy_in) and the same pages of bufs[1]
-    (filled by the copy kernel): same partials."""
-    from .decode_attention import ExecView, exact_partials
-    from .partials import combine_partials
+def _check_copy_in(step, bufs, table, plans, lo, copy_in, rest, gen) -> None:  # type: ignore[no-untyped-def]
+    """Attend the pages appended to bufs[2]'s page table (unfilled: copy_in; the admitted
+    misses and, as the scratch page, the left-over ones) vs bufs[1]'s admitted pages (filled by
+    the copy kernel) plus the left-over misses fetched packed: same result."""
+    from .decode_attention import ExecView, decode_attention
 
-    r, d, dev = plan.take.shape[0], bufs[1].keys.shape[-1], plan.take.device
+    got, fused = plans
+    r, d, dev = got.take.shape[0], bufs[1].keys.shape[-1], got.take.device
+    b, h = table.size.shape[:2]
+    mk, mv, moff = table.fetch(rest.view(b, h, -1), int(table.size.sum(2).max()))
     q = torch.randn(r, 2, d, generator=gen).to(dev)
     none = torch.zeros(r, 0, d, device=dev)
-    outs = []
-    for buf, cp in ((bufs[1], None), (bufs[2], copy_in)):
-        view = ExecView(none, none, torch.zeros(1, dtype=torch.int64, device=dev), none, none,
-                        lo, buf.keys, buf.values, plan.take, plan.fill, plan.count, lo,
-                        cp)  # fmt: skip
-        z = torch.zeros(r, 2, 1, device=dev)
-        est = torch.full((r, 0), -1, dtype=torch.int64, device=dev)
-        sz = torch.zeros(r, 1, dtype=torch.int64, device=dev)
-        parts = exact_partials(q, view, z, est, sz, torch.zeros(r, 1, d, device=dev), 0.25)
-        outs.append(combine_partials(*parts))
-    _same(f"step {step} copy_in attention", outs[0][0], outs[1][0])
+    pos = torch.zeros(1, dtype=torch.int64, device=dev)
+    packed = (mk.view(r, -1, d), mv.view(r, -1, d), moff.view(r, -1)[:, -1])
+    views = (
+        ExecView(none, none, pos, *packed, bufs[1].keys, bufs[1].values, got.take, got.fill,
+                 got.count, lo),
+        ExecView(none, none, pos, none, none, lo, bufs[2].keys, bufs[2].values, fused.take,
+                 fused.fill, fused.count, lo, copy_in),
+    )  # fmt: skip
+    z = torch.zeros(r, 2, 1, device=dev)
+    est = torch.full((r, 0), -1, dtype=torch.int64, device=dev)
+    sz = torch.zeros(r, 1, dtype=torch.int64, device=dev)
+    vs = torch.zeros(r, 1, d, device=dev)
+    outs = [decode_attention(q, v, z, est, sz, vs, 0.25, use_triton=True) for v in views]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4,
+                               msg=lambda m: f"step {step} copy_in attention: {m}")  # fmt: skip
 
 
 def _random_table(device: str, seed: int, rows: int, segments: int, head_dim: int):  # type: ignore[no-untyped-def]

@@ -146,14 +146,17 @@ def admit_direct(
     """Admission before the attention, straight from the source: admitted misses move once
     (source -> their cache pages) and are attended there. Same buffer state and counts as
     `admit_step` once the pages hold their rows. Returns (rest_ids [R, n]: the misses not
-    admitted, to fetch packed as usual, then -1; counts [7]; the admission runs as a CopyIn).
-    copy False: the rows are not copied here; the caller attends the appended pages through an
-    ExecView with `copy_in` (the decode kernel fills them as it reads them)."""
+    admitted, then -1; counts [7]; the admission runs as a CopyIn [R, W]).
+    copy True: the rows are copied here (a copy kernel); the rest is to be fetched packed.
+    copy False: nothing is copied; the caller attends the appended pages through an ExecView
+    with `copy_in` (the decode kernel fills them as it reads them), and the rest's pages are
+    appended too, as the scratch page with their source runs: attended in place, no fetch.
+    The page table must then have room for every miss page (W >= hit pages + miss pages)."""
     rest, counts, runs = _admit_fused(
         buffer, plan, table.base_k, table.base_v, None, (table, take, fill, count), copy
     )
-    r, p1 = take.shape[0], buffer.pages + 1
-    copy_in = CopyIn(table.base_k, table.base_v, runs[0].view(r, p1), runs[1].view(r, p1))
+    r = take.shape[0]
+    copy_in = CopyIn(table.base_k, table.base_v, runs[0].view(r, -1), runs[1].view(r, -1))
     return rest, counts, copy_in
 
 
@@ -166,7 +169,8 @@ def _admit_fused(
     direct: tuple[ClusterTable, torch.Tensor, torch.Tensor, torch.Tensor] | None,
     copy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rest ids, counts, runs [4, R * P1]: src k, src v, dst, rows offsets per page slot)."""
+    """(rest ids, counts, runs [4, R * SW]: src k, src v, dst, rows offsets per run slot; SW
+    is P1, or the page table's width for a direct admission without copy)."""
     from ._book_triton import admit_kernel
 
     assert plan.miss_rank is not None and plan.miss_sizes is not None
@@ -174,9 +178,11 @@ def _admit_fused(
     r, n = plan.ret.shape
     p1, pt, d = buffer.pages + 1, buffer.page_tokens, buffer.keys.shape[-1]
     dev = buffer.keys.device
-    block_p, block_n = _pow2(p1), _pow2(n)
-    scratch = buffer.scratch(2 * block_p + block_n)
-    runs = torch.empty(4, r * p1, dtype=torch.int64, device=dev)  # src k, src v, dst, rows
+    left = direct is not None and not copy  # left-over misses listed for in-place attention
+    sw = direct[1].shape[1] if left and direct is not None else p1
+    block_p, block_n, block_s = _pow2(p1), _pow2(n), _pow2(sw)
+    scratch = buffer.scratch(block_p + block_s + block_n)
+    runs = torch.empty(4, r * sw, dtype=torch.int64, device=dev)  # src k, src v, dst, rows
     rest = torch.empty(r, n, dtype=torch.int64, device=dev) if direct else plan.miss_ids
     if direct is None:
         assert miss_off is not None
@@ -191,9 +197,9 @@ def _admit_fused(
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock, scratch,
         buffer.evictions, plan.totals, runs[0], runs[1], runs[2], runs[3],
         tab_k, tab_v, take, fill, count, rest,
-        n, buffer.num_clusters, p1, m_width, scratch.shape[1], c_tab, width,
-        PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, DIRECT=direct is not None,
-        num_warps=BOOK_WARPS,
+        n, buffer.num_clusters, p1, m_width, scratch.shape[1], c_tab, width, sw,
+        PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, BLOCK_S=block_s,
+        DIRECT=direct is not None, LEFT=left, num_warps=BOOK_WARPS,
     )  # fmt: skip
     buffer.clock += n + 1
     if copy:

@@ -102,18 +102,28 @@ def attention_case(
 
 def with_copy_in(case: Case, seed: int) -> Case:
     """The attention case with a random page cut lo (page_lo) and the pages from lo filled from
-    a random source on the way (copy_in: random row offsets per page slot)."""
+    a random source on the way (copy_in: random row offsets per page slot, in rows wider than
+    the page table). Each row's first copied entry is the scratch page: a miss attended from
+    the source in place, never written."""
     view = case["view"]
     r, p1, pt, d = view.cache_k.shape
+    w = view.take.shape[1]
     dev, dtype = view.cache_k.device, view.cache_k.dtype
     gen = torch.Generator(device=dev).manual_seed(seed)
     src_rows = 3 * p1 * pt
     src = torch.randn(2, src_rows, d, generator=gen, device=dev).to(dtype)
-    off = torch.randint(0, src_rows - pt + 1, (2, r, p1), generator=gen, device=dev) * d
+    off = torch.randint(0, src_rows - pt + 1, (2, r, w + 3), generator=gen, device=dev) * d
     cut = torch.rand(r, generator=gen, device=dev) * (view.hit_pages + 1)
     lo = cut.long().clamp(max=view.hit_pages)
+    take = view.take.clone()
+    at = torch.arange(w, device=dev)
+    first = (at == lo.unsqueeze(1)) & (lo < view.hit_pages).unsqueeze(1)  # [R, W]
+    holds = take == p1 - 1  # the scratch page elsewhere in the row: give it the first's page
+    moved = first.any(1, keepdim=True) & holds
+    take = torch.where(moved, (take * first).sum(1, keepdim=True), take)
+    take = torch.where(first, p1 - 1, take)
     copy_in = CopyIn(src[0], src[1], off[0], off[1])
-    return case | {"view": dataclasses.replace(view, page_lo=lo, copy_in=copy_in)}
+    return case | {"view": dataclasses.replace(view, take=take, page_lo=lo, copy_in=copy_in)}
 
 
 def copy_case(
@@ -195,7 +205,7 @@ def check_select_ties(device: str, seed: int) -> None:
     pick_ = torch.randint(0, 40, (r, c), generator=gen, device=device)
     case["centroids"] = pool.gather(1, pick_.unsqueeze(-1).expand(r, c, d)).contiguous()
     case["sizes"] = torch.where(case["sizes"] > 0, 7, 0)  # equal sizes keep the ties exact
-    for arity in (2, 4):  # bisection (the default) and the 4-ary search
+    for arity in (2, 4, 256):  # bisection (the default), 4-ary search, radix (histograms)
         _check_ties(case, arity)
 
 
@@ -241,8 +251,8 @@ def check_attention(device: str, seed: int, kv_dtype: torch.dtype = torch.float3
 
 def _check_copy_in(case: Case, atol: float, rtol: float) -> None:
     """Pages attended from the source and written on the way (copy_in) vs the reference (copy,
-    then attend): same outputs, and the caches after are identical (every page, listed or
-    not)."""
+    then attend; the scratch page's rows from the source): same outputs, and the caches after
+    are identical (every page, listed or not; the scratch page untouched)."""
     case = with_copy_in(case, seed=11)
     view = case["view"]
     results = []
@@ -256,6 +266,7 @@ def _check_copy_in(case: Case, atol: float, rtol: float) -> None:
     torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol)
     assert torch.equal(got_cache[0], want_cache[0]) and torch.equal(got_cache[1], want_cache[1])
     assert not torch.equal(got_cache[0], view.cache_k)  # some page was written
+    assert torch.equal(got_cache[0][:, -1], view.cache_k[:, -1])  # never the scratch page
 
 
 def _check_early(case: Case, want: tuple[torch.Tensor, ...], device: str, atol: float,

@@ -18,7 +18,6 @@ import torch
 from ..attention import merge, partial_attention
 from .availability import pick
 from .estimate import EST_CHUNK, estimate_partials_reference
-from .gather import copy_runs_reference
 from .partials import Partials, PartialTensors, combine_partials
 
 
@@ -45,6 +44,7 @@ TUNING = DecodeTuning()
 TUNING_VARIANTS = {
     "no prefetch": DecodeTuning(prefetch=False),
     "chunk 512": DecodeTuning(chunk=512),
+    "chunk 256": DecodeTuning(chunk=256),
     "chunk 2048": DecodeTuning(chunk=2048),
     "block 32": DecodeTuning(block_n=32),
     "8 warps": DecodeTuning(num_warps=8),
@@ -66,12 +66,14 @@ class CopyIn:
     """Cache pages filled from the source as they are attended (fused admission copy): page
     take[r, page_lo[r] + s] receives its fill[r, page_lo[r] + s] rows from element offsets
     off_k[r, s] / off_v[r, s] of src_k / src_v (the admission runs of slot s). The source is
-    read once, the page written once, and no copy kernel precedes the attention."""
+    read once, the page written once, and no copy kernel precedes the attention. A slot whose
+    page is the scratch page (the cache's last, P1 - 1) is attended from the source and not
+    written: a miss the cache could not admit, attended in place instead of fetched."""
 
     src_k: torch.Tensor  # base of the source keys (device memory; offsets count elements)
     src_v: torch.Tensor  # base of the source values
-    off_k: torch.Tensor  # [R, P1] int64 element offset of slot s's first key row
-    off_v: torch.Tensor  # [R, P1] int64
+    off_k: torch.Tensor  # [R, S] int64 element offset of slot s's first key row
+    off_v: torch.Tensor  # [R, S] int64 (same strides as off_k)
 
 
 @dataclass(slots=True)
@@ -153,7 +155,8 @@ def exact_partials(
         q.contiguous(), view.steady_k, view.steady_v, view.pos, cap,
         view.miss_k, view.miss_v, view.miss_len, view.miss_len.stride(0), m_width,
         view.cache_k, view.cache_v, view.take, view.fill, lo, view.hit_pages, p1, w,
-        *((cp.src_k, cp.src_v, cp.off_k, cp.off_v) if cp else (view.cache_k, view.cache_v, lo, lo)),
+        *((cp.src_k, cp.src_v, cp.off_k, cp.off_v, cp.off_k.stride(0)) if cp
+          else (view.cache_k, view.cache_v, lo, lo, 0)),
         z, estimated.contiguous(), sizes, value_sums, n_est, c,
         pm, pl, pacc, scale, s_st, s_mi, s_hi, s,
         G=g, GP=16, D=d, PT=pt, CHUNK=t.chunk, BLOCK_N=t.block_n, EST_CHUNK=t.est_chunk,
@@ -195,7 +198,7 @@ def decode_attention_reference(
     early: Sequence[Partials] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """torch reference: materialise [steady | misses | hit pages], attend, estimate, merge
-    (with the `early` partials). A view's copy_in is carried out first (copy_runs_reference)."""
+    (with the `early` partials). A view's copy_in is carried out first (copy_in_reference)."""
     if view.copy_in is not None:
         copy_in_reference(view)
     keys, values, mask = materialise(view)
@@ -209,23 +212,40 @@ def decode_attention_reference(
 
 
 def copy_in_reference(view: ExecView) -> None:
-    """Fill the view's copy_in pages from the source, as the kernel does while attending
-    (offsets inside the source base tensors, as copy_runs_reference)."""
+    """Write the view's copy_in rows into their cache pages, as the kernel does while attending
+    (never the scratch page)."""
+    k, v, ok = _copy_in_rows(view)  # [R, W, PT, D], [R, W, PT]
+    p1, pt, d = view.cache_k.shape[1:]
+    ok = ok & (view.take != p1 - 1).unsqueeze(-1)
+    tok = _row_pages(view).unsqueeze(-1) * pt + torch.arange(pt, device=ok.device)  # [R, W, PT]
+    dst = tok[ok]
+    view.cache_k.view(-1, d)[dst] = k[ok].to(view.cache_k.dtype)
+    view.cache_v.view(-1, d)[dst] = v[ok].to(view.cache_v.dtype)
+
+
+def _copy_in_rows(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows a copy_in view reads from the source, per page-table entry: keys, values
+    [R, W, PT, D] (zero where unused) and which rows are read [R, W, PT] (the entries from
+    page_lo to hit_pages, their first fill rows)."""
     _check_copy_in(view)
     cp, lo = view.copy_in, view.page_lo
     assert cp is not None and lo is not None
-    w = view.take.shape[1]
-    p1, pt, d = view.cache_k.shape[1:]
+    r, w = view.take.shape
+    pt, d = view.cache_k.shape[2:]
     dev = view.take.device
     at = torch.arange(w, device=dev)
     listed = (at >= lo.unsqueeze(1)) & (at < view.hit_pages.unsqueeze(1))  # [R, W]
-    slot = (at - lo.unsqueeze(1)).clamp(0, p1 - 1)  # [R, W]
-    rows = torch.where(listed, view.fill, 0).view(-1)
-    dst = (_row_pages(view) * pt * d).view(-1)
-    off_k, off_v = cp.off_k.gather(1, slot).view(-1), cp.off_v.gather(1, slot).view(-1)
-    copy_runs_reference(
-        cp.src_k, cp.src_v, view.cache_k, view.cache_v, off_k, off_v, dst, rows, d
-    )  # fmt: skip
+    slot = (at - lo.unsqueeze(1)).clamp(0, cp.off_k.shape[1] - 1)  # [R, W]
+    ok = (torch.arange(pt, device=dev) < view.fill.unsqueeze(-1)) & listed.unsqueeze(-1)
+    within = (torch.arange(pt, device=dev) * d).view(pt, 1) + torch.arange(d, device=dev)
+
+    def rows(src: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        idx = off.to(dev).gather(1, slot).view(r, w, 1, 1) + within  # [R, W, PT, D]
+        idx = torch.where(ok.unsqueeze(-1), idx, 0)
+        flat = src.reshape(-1)[idx.view(-1).to(src.device)].to(dev)
+        return torch.where(ok.unsqueeze(-1), flat.view(r, w, pt, d), 0)
+
+    return rows(cp.src_k, cp.off_k), rows(cp.src_v, cp.off_v), ok
 
 
 def _row_pages(view: ExecView) -> torch.Tensor:
@@ -241,7 +261,8 @@ def _check_copy_in(view: ExecView) -> None:
 
 def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The execution buffer as contiguous rows: keys, values [R, T, D] (invalid rows zeroed)
-    and the valid mask [R, T]."""
+    and the valid mask [R, T]. Pages a copy_in view reads from the source are taken from the
+    source (the scratch page holds none of them)."""
     r, cap, d = view.steady_k.shape
     dev = view.steady_k.device
     p1, pt = view.cache_k.shape[1], view.cache_k.shape[2]
@@ -253,11 +274,15 @@ def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         in_w &= torch.arange(w, device=dev) >= view.page_lo.unsqueeze(1)
     hit_mask = (torch.arange(pt, device=dev) < view.fill.unsqueeze(-1)) & in_w.unsqueeze(-1)
     flat = _row_pages(view).view(-1)
-    hit_k = view.cache_k.reshape(r * p1, pt, d).index_select(0, flat).view(r, w * pt, d)
-    hit_v = view.cache_v.reshape(r * p1, pt, d).index_select(0, flat).view(r, w * pt, d)
+    hit_k = view.cache_k.reshape(r * p1, pt, d).index_select(0, flat).view(r, w, pt, d)
+    hit_v = view.cache_v.reshape(r * p1, pt, d).index_select(0, flat).view(r, w, pt, d)
+    if view.copy_in is not None:
+        src_k, src_v, from_src = _copy_in_rows(view)
+        hit_k = torch.where(from_src.unsqueeze(-1), src_k.to(hit_k.dtype), hit_k)
+        hit_v = torch.where(from_src.unsqueeze(-1), src_v.to(hit_v.dtype), hit_v)
     mask = torch.cat([st_mask, mi_mask, hit_mask.view(r, w * pt)], dim=1)  # [R, T]
-    keys = torch.cat([view.steady_k, view.miss_k, hit_k], dim=1)
-    values = torch.cat([view.steady_v, view.miss_v, hit_v], dim=1)
+    keys = torch.cat([view.steady_k, view.miss_k, hit_k.view(r, w * pt, d)], dim=1)
+    values = torch.cat([view.steady_v, view.miss_v, hit_v.view(r, w * pt, d)], dim=1)
     keep = mask.unsqueeze(-1)
     return torch.where(keep, keys, 0), torch.where(keep, values, 0), mask
 

@@ -4,8 +4,8 @@ Two Triton kernels: `_logits_kernel` scans the centroids once (grid rows x clust
 writes the logits z plus per-block softmax partials; `_select_kernel` (one program per row,
 scores held in registers) forms score_j = sum_g softmax_j(z_g), finds the n_ret-th and
 (n_ret + n_est)-th largest scores by a SELECT_ARITY-ary search on their bit patterns (both
-thresholds in one reduction per step), and writes the retrieval ids (index order, then sorted by
-score) and the estimation-zone mask. No [R, C] top-k sort.
+thresholds per step; 256: a radix select by histograms), and writes the retrieval ids (index
+order, then sorted by score) and the estimation-zone mask. No [R, C] top-k sort.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from .availability import pick
 
 MAX_SELECT_BLOCK = 32768  # clusters per row the register-resident selection handles
 SELECT_WARPS: int | None = None  # warps of the selection program (None: by row width)
-# thresholds counted per search step (2: bisection, 31 steps; 4: 16 steps). H100, 128K x 16,
-# logits + selection alone: 165 us with bisection, 173 us 4-ary (step_profile_cuda_v3.json)
+# thresholds counted per search step (2: bisection, 31 steps; 4: 16 steps; 256: radix select,
+# a 256-bin histogram per byte, 4 passes). H100, 128K x 16, logits + selection alone: 165 us
+# with bisection, 173 us 4-ary (step_profile_cuda_v3.json)
 SELECT_ARITY = 2
 LOGITS_BLOCK_C = 128  # clusters per centroid-scan program
 LOGITS_WARPS = 4

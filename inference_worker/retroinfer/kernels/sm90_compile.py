@@ -65,13 +65,20 @@ def compile_only(arch: int = 90) -> Iterator[Compiled]:
 
 
 def _rank(dtype: torch.dtype) -> None:
+    from . import rank
     from .cases import rank_case
-    from .rank import rank_select
 
     for c, cent_dtype in ((8192, dtype), (1500, dtype), (8192, torch.float8_e4m3fn)):
         case = rank_case(4, 4, c, 128, dtype, "cpu", seed=0)
         case["centroids"] = case["centroids"].to(cent_dtype)
-        rank_select(**case, use_triton=True, sort=False)
+        rank.rank_select(**case, use_triton=True, sort=False)
+    default = rank.SELECT_ARITY
+    for arity in (4, 256):  # the 4-ary search and the radix select
+        rank.SELECT_ARITY = arity
+        try:
+            rank.rank_select(**rank_case(4, 4, 8192, 128, dtype, "cpu", seed=0), use_triton=True)
+        finally:
+            rank.SELECT_ARITY = default
 
 
 def _decode(dtype: torch.dtype) -> None:
