@@ -243,7 +243,7 @@ def _capture(run: _Runner, name: str, arg_names: tuple[str, ...]) -> dict[str, o
         setattr(fast_step_mod, name, real)
         run.layer.use_cuda_graph = use
         run.layer._graph = None
-    return captured[-1]
+    return captured[-1] if captured else {}
 
 
 def _select_parts(run: _Runner, steps: int) -> dict[str, float]:
@@ -292,7 +292,8 @@ def _logits_only(q, centroids, sizes, scale, **_: object) -> None:  # type: igno
 def _decode_parts(run: _Runner, steps: int) -> dict[str, float]:
     """GPU µs of the attention kernels alone on one real step's inputs (graph replays): the
     exact-zone decode kernel + combine (the estimation partials already computed), the same with
-    the exact zones emptied, the estimation kernel, and each under launch-shape variants."""
+    the exact zones emptied, the side pass over the steady zone and the cache hits (direct
+    admission only), the estimation kernel, and each under launch-shape variants."""
     if run.stream.device.type != "cuda":
         return {}
     names = ("q", "view", "z", "estimated", "sizes", "value_sums", "scale")
@@ -315,6 +316,25 @@ def _decode_parts(run: _Runner, steps: int) -> dict[str, float]:
     }
     for name, tuning in attn_mod.TUNING_VARIANTS.items():
         out[f"exact decode, {name}"] = _time_call(fn, case | {"tuning": tuning}, steps)
+    hits = _capture(run, "exact_partials", (*names, "tuning"))  # the steady zone + hits pass
+    if hits:
+        hv = hits["view"]
+        assert isinstance(hv, attn_mod.ExecView)
+        out["hits pass: steady tokens"] = int(hv.pos.item()) + 1
+        out["hits pass: hit pages per row"] = round(float(hv.hit_pages.float().mean()), 1)
+        out["hits pass"] = _time_call(attn_mod.exact_partials, hits, steps)
+        no_steady = dataclasses.replace(hv, pos=torch.full_like(hv.pos, -1))
+        no_hits = dataclasses.replace(hv, hit_pages=torch.zeros_like(hv.hit_pages))
+        empty = dataclasses.replace(no_hits, pos=no_steady.pos)
+        for label, v in (("steady emptied", no_steady), ("hits emptied", no_hits),
+                         ("both emptied", empty)):  # fmt: skip
+            out[f"hits pass, {label}"] = _time_call(
+                attn_mod.exact_partials, hits | {"view": v}, steps
+            )
+        for name, tuning in attn_mod.TUNING_VARIANTS.items():
+            out[f"hits pass, {name}"] = _time_call(
+                attn_mod.exact_partials, hits | {"tuning": tuning}, steps
+            )
     for block, prefetch in itertools.product((16, 32, 64), (False, True)):
         label = f"estimation kernel, block {block}" + (", prefetch" if prefetch else "")
         shape = {"use_triton": True, "block": block, "prefetch": prefetch}
@@ -373,6 +393,10 @@ def _meta(field: str, dtype: torch.dtype) -> Apply:
     return apply
 
 
+def _chunk(tokens: int) -> object:
+    return attn_mod.DecodeTuning(chunk=tokens)
+
+
 def _variants() -> list[Variant]:
     tunings = {f"decode {k}": v for k, v in attn_mod.TUNING_VARIANTS.items()}
     out: list[Variant] = [(k, _set(attn_mod, "TUNING", v)) for k, v in tunings.items()]
@@ -394,6 +418,8 @@ def _variants() -> list[Variant]:
         ("no side streams", _attr("overlap_streams", False)),
         ("admission copy kernel + fetch", _attr("fused_copy", False)),
         ("side launch at fork", _set(fast_step_mod, "SIDE_LAUNCH", "at fork")),
+        ("hits pass chunk 1024", _set(fast_step_mod, "HITS_TUNING", attn_mod.DecodeTuning())),
+        ("hits pass chunk 4096", _set(fast_step_mod, "HITS_TUNING", _chunk(4096))),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", _meta("centroids", torch.float8_e4m3fn)),
     ]

@@ -19,7 +19,7 @@ import torch
 
 from .kernels import decode_attention, rank_select
 from .kernels.bookkeeping import admit_direct, admit_step, plan_step
-from .kernels.decode_attention import ExecView, current_tuning, exact_partials
+from .kernels.decode_attention import DecodeTuning, ExecView, current_tuning, exact_partials
 from .kernels.estimate import estimate_async
 from .kernels.partials import Partials, mark, on_side
 from .misses import device_batch
@@ -39,6 +39,12 @@ SIDE_LAUNCHES = {
     "after next": ("plan", "admission"),  # after the plan kernel; after admission
 }
 SIDE_LAUNCH = "after next"
+# Launch shape of the side pass over the steady zone and the cache hits: 2048-token splits
+# (about one busy program per row) leave most of the GPU to the main stream's admission and
+# decode, which it overlaps. H100, 128K x 16, correlated queries: 0.348 vs 0.376 ms per step
+# with the decode kernel's 1024 (results/step_profile_cuda_v11.json); the main decode keeps
+# 1024 (its admitted pages are many short splits' work under random queries).
+HITS_TUNING = DecodeTuning(chunk=2048)
 
 
 def fast_tripartite(
@@ -170,7 +176,7 @@ def _attend_hits(
     the hits most recent) and appends its pages to the page table after the hits' (which this
     copy of the count hides)."""
     no_est = view.take[:, :0]
-    args = (qg, view, z, no_est, sizes, vs, layer.scale)
+    args = (qg, view, z, no_est, sizes, vs, layer.scale, HITS_TUNING)
     reads = (qg, view.take, view.fill, view.hit_pages)
     return on_side(_side_stream(layer, 1), exact_partials, *args, reads=reads, after=planned)
 
