@@ -222,10 +222,14 @@ def test_renewal_after_delete_drops_the_cache(namespace: str) -> None:
         local = GrpcStoreLink(client, "require")
         try:
             ids = torch.arange(C).view(1, 1, C)
+            # time stands still until the renewal is wanted: the 0.3 s lease must not come due
+            # by itself on a slow machine (its renewal would drop the cache early)
+            start = time.monotonic()
+            local._resolver.clock = lambda: start  # type: ignore[union-attr]
             local.fetch(0, ["s0"], ids, 400)
             KVStoreClient(server.target, namespace=namespace).delete_sequence("s0")
             local.fetch(0, ["s0"], ids, 400)  # leased memory, still intact: served until renewal
-            local._resolver.clock = lambda: time.monotonic() + 100  # type: ignore[union-attr]
+            local._resolver.clock = lambda: start + 100  # type: ignore[union-attr]
             with pytest.raises(NotFoundError, match="s0"):
                 local.fetch(0, ["s0"], ids, 400)
             assert local.counters.local_fetches == 2

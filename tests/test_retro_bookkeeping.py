@@ -57,11 +57,13 @@ def test_layer_fused_bookkeeping_matches_torch_paths_gpu(dtype, seed):
 
 
 @cuda
-def test_layer_paths_with_side_work_launched_at_its_fork_points_gpu(monkeypatch):
+@pytest.mark.parametrize("order", ["at fork", "hits at plan"])
+def test_layer_paths_under_the_other_side_launch_orders_gpu(monkeypatch, order):
     from inference_worker.retroinfer import fast_step
 
-    assert set(fast_step.SIDE_LAUNCHES) == {"at fork", "after next"}  # the default: test above
-    monkeypatch.setattr(fast_step, "SIDE_LAUNCH", "at fork")
+    assert set(fast_step.SIDE_LAUNCHES) == {"at fork", "hits at plan", "after next"}
+    assert fast_step.SIDE_LAUNCH == "after next"  # the default: the test above
+    monkeypatch.setattr(fast_step, "SIDE_LAUNCH", order)
     check_layer_paths("cuda", torch.bfloat16, seed=9, shape=(2, 32, 8, 128, 20000, 6))
 
 

@@ -36,15 +36,15 @@ if TYPE_CHECKING:
 # failed in that order, undiagnosed; it was removed.)
 SIDE_LAUNCHES = {
     "at fork": ("select", "plan"),
+    "hits at plan": ("plan", "plan"),
     "after next": ("plan", "admission"),  # after the plan kernel; after admission
 }
 SIDE_LAUNCH = "after next"
-# Launch shape of the side pass over the steady zone and the cache hits: 2048-token splits
-# (about one busy program per row) leave most of the GPU to the main stream's admission and
-# decode, which it overlaps. H100, 128K x 16, correlated queries: 0.348 vs 0.376 ms per step
-# with the decode kernel's 1024 (results/step_profile_cuda_v11.json); the main decode keeps
-# 1024 (its admitted pages are many short splits' work under random queries).
-HITS_TUNING = DecodeTuning(chunk=2048)
+# Launch shape of the side pass over the steady zone and the cache hits: each row's hit pages
+# shared by 2 programs leave most of the GPU to the main stream's admission and decode, which
+# the pass overlaps. (H100, 128K x 16, correlated queries: one 2048-token split per row,
+# 0.348 vs 0.376 ms per step with 1024-token splits, results/step_profile_cuda_v11.json.)
+HITS_TUNING = DecodeTuning(page_splits=2)
 
 
 def fast_tripartite(

@@ -204,8 +204,8 @@ def decode_kernel(
     COPY_IN: tl.constexpr = False,
 ):  # fmt: skip
     """One split of one row: steady tokens, packed misses, cache pages (take[lo:hit_n], lo = 0
-    unless HAS_LO; COPY_IN: filled from the source on the way, see _attend_pages) or
-    estimated clusters."""
+    unless HAS_LO, shared evenly by the S_HI page splits; COPY_IN: filled from the source on
+    the way, see _attend_pages) or estimated clusters."""
     r = tl.program_id(0)
     sid = tl.program_id(1)
     offs_g = tl.arange(0, GP)
@@ -232,14 +232,16 @@ def decode_kernel(
         m, l, acc = _attend_rows(
             q, mi_k, mi_v, r.to(tl.int64) * M * D, start, end, m, l, acc, scale, D, BLOCK_N
         )
-    elif sid < S_ST + S_MI + S_HI:
+    elif sid < S_ST + S_MI + S_HI:  # the row's pages, divided evenly in whole tiles
         n = tl.load(hit_n_ptr + r)
-        start = (sid - S_ST - S_MI) * (CHUNK // PT)
-        lo = start * 0
+        lo = n * 0
         if HAS_LO:
             lo = tl.load(lo_ptr + r)
-            start += lo
-        end = tl.minimum(start + CHUNK // PT, n)
+        per_tile: tl.constexpr = BLOCK_N // PT
+        span = tl.maximum(n - lo, 0)
+        per = tl.cdiv(tl.cdiv(span, S_HI), per_tile) * per_tile
+        start = lo + (sid - S_ST - S_MI) * per
+        end = tl.minimum(start + per, n)
         m, l, acc = _attend_pages(
             q, ca_k, ca_v, take_ptr, fill_ptr, r, P1, W, start, end, m, l, acc, scale,
             cp_k, cp_v, cp_off_k, cp_off_v, CP_W, lo, D, PT, BLOCK_N, PREFETCH, COPY_IN,

@@ -206,15 +206,21 @@ def check_select_ties(device: str, seed: int) -> None:
     case["centroids"] = pool.gather(1, pick_.unsqueeze(-1).expand(r, c, d)).contiguous()
     case["sizes"] = torch.where(case["sizes"] > 0, 7, 0)  # equal sizes keep the ties exact
     for arity in (2, 4, 256):  # bisection (the default), 4-ary search, radix (histograms)
-        _check_ties(case, arity)
+        _check_ties(case, {"SELECT_ARITY": arity})
+    # 1500 clusters = 12 scan blocks (the last one partly past C): programs of 5 blocks, the
+    # last program's final 3 blocks past the row
+    _check_ties(case, {"LOGITS_BLOCKS": 5})
 
 
-def _check_ties(case: Case, arity: int) -> None:
-    old, rank_mod.SELECT_ARITY = rank_mod.SELECT_ARITY, arity
+def _check_ties(case: Case, knobs: dict[str, int]) -> None:
+    old = {k: getattr(rank_mod, k) for k in knobs}
+    for k, v in knobs.items():
+        setattr(rank_mod, k, v)
     try:
         got = rank_select(**case, use_triton=True)
     finally:
-        rank_mod.SELECT_ARITY = old
+        for k, v in old.items():
+            setattr(rank_mod, k, v)
     r = case["q"].shape[0]
     score = rank_select_reference(**case).z  # [R, G, C]
     probs = torch.softmax(score, dim=-1).nan_to_num(0).sum(1)  # [R, C] group scores
@@ -241,6 +247,7 @@ def check_attention(device: str, seed: int, kv_dtype: torch.dtype = torch.float3
             DecodeTuning(),
             DecodeTuning(chunk=128, block_n=32, est_chunk=64),
             DecodeTuning(chunk=128, block_n=32, est_chunk=64, est_block=16, prefetch=True),
+            DecodeTuning(chunk=128, block_n=32, page_splits=3),  # rows' pages split evenly
         ):
             got = decode_attention(**case, use_triton=True, tuning=tuning)
             torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
@@ -290,8 +297,10 @@ def _check_early(case: Case, want: tuple[torch.Tensor, ...], device: str, atol: 
     for side, prefetch in itertools.product(sides, (False, True)):
         early = estimate_async(*args, side, True, 16, prefetch)
         a = (case["q"], first, case["z"], est[:, :0], case["sizes"], case["value_sums"])
-        hits = on_side(side, exact_partials, *a, case["scale"], DecodeTuning(prefetch=prefetch))
-        got = decode_attention(**rest, use_triton=True, early=[early, hits])
+        first_shape = DecodeTuning(prefetch=prefetch, page_splits=2 if prefetch else None)
+        hits = on_side(side, exact_partials, *a, case["scale"], first_shape)
+        rest_shape = DecodeTuning(prefetch=prefetch, page_splits=None if prefetch else 3)
+        got = decode_attention(**rest, use_triton=True, early=[early, hits], tuning=rest_shape)
         torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol)
         torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol)
     ref = decode_attention_reference(**rest, early=[estimate_async(*args, None, False)])

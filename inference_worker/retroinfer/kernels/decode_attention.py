@@ -36,6 +36,9 @@ class DecodeTuning:
     num_warps: int = 4
     num_stages: int | None = None  # None: Triton's default (3)
     prefetch: bool = True  # load the next tile's page numbers / cluster ids a tile ahead
+    # splits over a row's listed pages, which share them evenly (whole tiles); None: one per
+    # chunk of the page table's width (its capacity)
+    page_splits: int | None = None
 
 
 TUNING = DecodeTuning()
@@ -53,6 +56,8 @@ TUNING_VARIANTS = {
     "chunk 256, 2 stages": DecodeTuning(chunk=256, num_stages=2),
     "chunk 512, 2 stages": DecodeTuning(chunk=512, num_stages=2),
     "chunk 512, 2 warps": DecodeTuning(chunk=512, num_warps=2),
+    "2 page splits": DecodeTuning(page_splits=2),
+    "4 page splits": DecodeTuning(page_splits=4),
     "4 stages": DecodeTuning(num_stages=4),
     "est block 32": DecodeTuning(est_block=32),
     "est block 64": DecodeTuning(est_block=64),
@@ -145,7 +150,7 @@ def exact_partials(
     p1, pt = view.cache_k.shape[1], view.cache_k.shape[2]
     w, c = view.take.shape[1], z.shape[-1]
     s_st, s_mi = _cdiv(cap, t.chunk), _cdiv(m_width, t.chunk)
-    s_hi = _cdiv(w, t.chunk // pt)
+    s_hi = t.page_splits or _cdiv(w, t.chunk // pt)
     n_est = estimated.shape[1]
     s = max(s_st + s_mi + s_hi + _cdiv(n_est, t.est_chunk), 1)
     stages = {} if t.num_stages is None else {"num_stages": t.num_stages}

@@ -72,13 +72,13 @@ def _rank(dtype: torch.dtype) -> None:
         case = rank_case(4, 4, c, 128, dtype, "cpu", seed=0)
         case["centroids"] = case["centroids"].to(cent_dtype)
         rank.rank_select(**case, use_triton=True, sort=False)
-    default = rank.SELECT_ARITY
-    for arity in (4, 256):  # the 4-ary search and the radix select
-        rank.SELECT_ARITY = arity
+    for knob, value in (("SELECT_ARITY", 4), ("SELECT_ARITY", 256), ("LOGITS_BLOCKS", 4)):
+        default = getattr(rank, knob)
+        setattr(rank, knob, value)
         try:
             rank.rank_select(**rank_case(4, 4, 8192, 128, dtype, "cpu", seed=0), use_triton=True)
         finally:
-            rank.SELECT_ARITY = default
+            setattr(rank, knob, default)
 
 
 def _decode(dtype: torch.dtype) -> None:
