@@ -11,7 +11,9 @@ State = list[torch.Tensor]
 
 
 class StepGraph:
-    """Captures `fn(*inputs)` once and replays it; inputs are copied into static buffers.
+    """Captures `fn(*inputs)` once and replays it; inputs are copied into static buffers (one
+    multi-tensor copy), except the `shared` ones, which the graph reads in place: the caller
+    owns them and updates them before each replay.
 
     `snapshot`/`restore` undo the state changes of the warm-up run that precedes the capture,
     so capturing has no visible effect besides the kernels' lazy initialisation.
@@ -23,8 +25,10 @@ class StepGraph:
         inputs: tuple[torch.Tensor, ...],
         snapshot: Callable[[], State],
         restore: Callable[[State], None],
+        shared: tuple[int, ...] = (),
     ) -> None:
-        self.inputs = tuple(x.clone() for x in inputs)
+        self.shared = frozenset(shared)
+        self.inputs = tuple(x if i in self.shared else x.clone() for i, x in enumerate(inputs))
         saved = snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -37,7 +41,12 @@ class StepGraph:
             self.outputs = fn(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        for static, x in zip(self.inputs, inputs, strict=True):
-            static.copy_(x)
+        pairs = [
+            (static, x)
+            for i, (static, x) in enumerate(zip(self.inputs, inputs, strict=True))
+            if i not in self.shared or x is not static  # a shared input passed anew: copied
+        ]
+        if pairs:
+            torch._foreach_copy_([s for s, _ in pairs], [x for _, x in pairs])
         self.graph.replay()
         return self.outputs

@@ -191,6 +191,7 @@ class RetroInferLayer:
                     inputs,
                     buffer.snapshot,
                     buffer.restore,
+                    shared=(3,),  # the position: self._pos, set by decode() in place
                 )
             except RuntimeError as err:  # capture unsupported here: stay correct, run eager
                 log.warning(
