@@ -58,7 +58,7 @@ def fast_tripartite(
     """(out [R, G, D] fp32, counts [7], exec marker [T]) of one step."""
     steady = layer.steady
     assert steady is not None
-    steady.append_at(k_new, v_new, pos)
+    appended = _append_steady(layer, k_new, v_new, pos)
     cfg, c, r, d = layer.config, layer.num_clusters, layer.rows, layer.head_dim
     qg = q.reshape(r, layer.group, d)  # [R, G, D]
     n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
@@ -124,6 +124,8 @@ def fast_tripartite(
         copy_in = runs if fuse else None
         st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
     side.reached("admission")
+    if table is None and appended is not None:  # the main decode reads the steady zone
+        torch.cuda.current_stream().wait_event(appended)
     if copy_in is not None:  # every miss is in the page table: nothing to fetch
         miss_k, miss_v, miss_len = st_k, st_v, count  # width 0: not attended
     else:
@@ -160,6 +162,28 @@ class _Launches:
         self.passed.add(point)
         for fn in self.due.pop(point, []):
             fn()
+
+
+def _append_steady(
+    layer: RetroInferLayer, k_new: torch.Tensor, v_new: torch.Tensor, pos: torch.Tensor
+) -> torch.cuda.Event | None:
+    """The new token into the steady zone, on the hits pass's side stream when there is one:
+    the pass reads the zone there, queued after this, and the main stream's ranking starts at
+    once. Returns the event that follows the write (None: written in order)."""
+    steady, side = layer.steady, _side_stream(layer, 1)
+    assert steady is not None
+    if side is None:
+        steady.append_at(k_new, v_new, pos)
+        return None
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        steady.append_at(k_new, v_new, pos)
+        done = torch.cuda.Event()
+        done.record(side)
+    if not torch.cuda.is_current_stream_capturing():  # eager: the allocator's stream rules
+        for t in (k_new, v_new, pos):
+            t.record_stream(side)
+    return done
 
 
 def _attend_hits(

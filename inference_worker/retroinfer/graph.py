@@ -11,9 +11,9 @@ State = list[torch.Tensor]
 
 
 class StepGraph:
-    """Captures `fn(*inputs)` once and replays it; inputs are copied into static buffers (one
-    multi-tensor copy), except the `shared` ones, which the graph reads in place: the caller
-    owns them and updates them before each replay.
+    """Captures `fn(*inputs)` once and replays it; inputs are copied into static buffers,
+    except the `shared` ones, which the graph reads in place: the caller owns them and updates
+    them before each replay.
 
     `snapshot`/`restore` undo the state changes of the warm-up run that precedes the capture,
     so capturing has no visible effect besides the kernels' lazy initialisation.
@@ -41,12 +41,10 @@ class StepGraph:
             self.outputs = fn(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        pairs = [
-            (static, x)
-            for i, (static, x) in enumerate(zip(self.inputs, inputs, strict=True))
-            if i not in self.shared or x is not static  # a shared input passed anew: copied
-        ]
-        if pairs:
-            torch._foreach_copy_([s for s, _ in pairs], [x for _, x in pairs])
+        # plain copies: one multi-tensor copy kernel measured 15 us on the H100, three
+        # device-to-device copies ~1.3 us each (step_profile_cuda_v14.json trace)
+        for i, (static, x) in enumerate(zip(self.inputs, inputs, strict=True)):
+            if i not in self.shared or x is not static:  # a shared input passed anew: copied
+                static.copy_(x)
         self.graph.replay()
         return self.outputs
