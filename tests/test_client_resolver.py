@@ -250,9 +250,15 @@ def test_store_gone_stops_local_serving(namespace: str) -> None:
         ids = torch.from_numpy(np.random.default_rng(9).integers(0, C, (1, HEADS, 4)))
         link.fetch(0, ["s0"], ids, 30)
         assert link.counters.local_fetches == 1
-        server.stop()
         cache = link._resolver
         assert cache is not None
+        # the watcher counts a drop only after it has seen READY (a gRPC thread reports it; on
+        # a loaded machine it can lag behind the first calls)
+        deadline = time.monotonic() + 30
+        while not cache._ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cache._ready
+        server.stop()
         deadline = time.monotonic() + 30
         while cache._drops == 0 and time.monotonic() < deadline:  # the watcher's thread
             time.sleep(0.01)
