@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 # Side-stream work is forked where its inputs are ready (estimation: after the selection;
 # cache hits: after the plan) but may be launched later, so that main-stream kernels launched
 # before it are dispatched before its many programs fill the GPU. Launch points (estimation,
-# cache hits) per mode; "after next" is the default, "at fork" a profiler variant. (Launching
-# both after the leftover misses' fetch was tried: no gain on the H100, and one bf16 layer test
-# failed in that order, undiagnosed; it was removed.)
+# cache hits) per mode; "after next" is the default, the others profiler variants (slower on
+# the H100: docs/retro_kernels.md, fifth and sixth passes).
 SIDE_LAUNCHES = {
     "at fork": ("select", "plan"),
     "hits at plan": ("plan", "plan"),
