@@ -256,20 +256,9 @@ def _select_parts(run: _Runner, steps: int) -> dict[str, float]:
     case = _capture(run, "rank_select", names) | {"use_triton": True}
     out = {"logits + select": _time_call(rank_mod.rank_select, case, steps)}
     out["logits alone"] = _time_call(_logits_only, case, steps)
-    for blocks in (2, 4, 8):
-        undo = _set(rank_mod, "LOGITS_BLOCKS", blocks)(run.layer)
-        try:
-            out[f"logits alone, {blocks} blocks per program"] = _time_call(
-                _logits_only, case, steps
-            )
-        finally:
-            undo()
     knobs = {
         "4-ary (16 steps)": ("SELECT_ARITY", 4),
         "radix (4 histogram passes)": ("SELECT_ARITY", 256),
-        "logits 2 blocks per program": ("LOGITS_BLOCKS", 2),
-        "logits 4 blocks per program": ("LOGITS_BLOCKS", 4),
-        "logits 8 blocks per program": ("LOGITS_BLOCKS", 8),
         "select 4 warps": ("SELECT_WARPS", 4),
         "select 8 warps": ("SELECT_WARPS", 8),
         "select 32 warps": ("SELECT_WARPS", 32),
@@ -294,11 +283,9 @@ def _logits_only(q, centroids, sizes, scale, **_: object) -> None:  # type: igno
     q = q.to(torch.bfloat16 if narrow else centroids.dtype).contiguous()
     z = torch.empty(r, g, c, dtype=torch.float32, device=q.device)
     pm = torch.empty(r, g, nb, dtype=torch.float32, device=q.device)
-    blocks = rank_mod.LOGITS_BLOCKS
-    logits_kernel[(r, -(-nb // blocks))](
+    logits_kernel[(r, nb)](
         q, centroids.contiguous(), sizes.contiguous(), z, pm, torch.empty_like(pm), c, nb, scale,
-        G=g, GP=16, D=d, BLOCK_C=rank_mod.LOGITS_BLOCK_C, BLOCKS=blocks,
-        num_warps=rank_mod.LOGITS_WARPS,
+        G=g, GP=16, D=d, BLOCK_C=rank_mod.LOGITS_BLOCK_C, num_warps=rank_mod.LOGITS_WARPS,
     )  # fmt: skip
 
 
@@ -423,7 +410,6 @@ def _variants() -> list[Variant]:
         ("select arity 8", _set(rank_mod, "SELECT_ARITY", 8)),
         ("select radix", _set(rank_mod, "SELECT_ARITY", 256)),
         ("logits block 64", _set(rank_mod, "LOGITS_BLOCK_C", 64)),
-        ("logits 4 blocks per program", _set(rank_mod, "LOGITS_BLOCKS", 4)),
         ("logits block 256", _set(rank_mod, "LOGITS_BLOCK_C", 256)),
         ("logits 8 warps", _set(rank_mod, "LOGITS_WARPS", 8)),
         ("bookkeeping 8 warps", _set(book_mod, "BOOK_WARPS", 8)),

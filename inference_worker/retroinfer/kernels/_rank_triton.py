@@ -12,39 +12,36 @@ _INF_BITS = tl.constexpr(0x7F800000)  # bits of +inf: every non-negative finite 
 def logits_kernel(
     q_ptr, c_ptr, sizes_ptr, z_ptr, pm_ptr, pl_ptr, C, NB, scale,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCKS: tl.constexpr = 1,
 ):  # fmt: skip
-    """z[r, g, c] = q[r, g] . centroid[r, c] * scale (-inf if empty) and, per block of BLOCK_C
-    clusters, the max and sum of exp(z - max) of each query head (one tensor-core product per
-    block). A program scans BLOCKS consecutive blocks (the next one's loads in flight)."""
+    """z[r, g, c] = q[r, g] . centroid[r, c] * scale (-inf if empty) and, per block, the max
+    and sum of exp(z - max) of each query head (one tensor-core product per block)."""
     r = tl.program_id(0)
+    blk = tl.program_id(1)
+    offs_c = blk * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_d = tl.arange(0, D)
     offs_g = tl.arange(0, GP)
-    in_g = offs_g < G
+    in_c = offs_c < C
     row = r.to(tl.int64) * C
+    size = tl.load(sizes_ptr + row + offs_c, mask=in_c, other=0)
+    valid = in_c & (size > 0)
+    cent = tl.load(
+        c_ptr + (row + offs_c)[:, None] * D + offs_d[None, :], mask=valid[:, None], other=0.0
+    ).to(q_ptr.dtype.element_ty)  # [BLOCK_C, D]; empty clusters are not read; fp8 widened
     q = tl.load(
         q_ptr + (r * G + offs_g[:, None]) * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0
     )  # [GP, D]
-    for i in range(BLOCKS):
-        blk = tl.program_id(1) * BLOCKS + i
-        offs_c = blk * BLOCK_C + tl.arange(0, BLOCK_C)
-        in_c = offs_c < C
-        size = tl.load(sizes_ptr + row + offs_c, mask=in_c, other=0)
-        valid = in_c & (size > 0)
-        cent = tl.load(
-            c_ptr + (row + offs_c)[:, None] * D + offs_d[None, :], mask=valid[:, None], other=0.0
-        ).to(q_ptr.dtype.element_ty)  # [BLOCK_C, D]; empty clusters are not read; fp8 widened
-        z = tl.dot(q, tl.trans(cent), input_precision="ieee") * scale  # [GP, BLOCK_C]
-        z = tl.where(valid[None, :], z, float("-inf"))
-        tl.store(
-            z_ptr + (r.to(tl.int64) * G + offs_g[:, None]) * C + offs_c[None, :],
-            z,
-            mask=in_g[:, None] & in_c[None, :],
-        )
-        mg = tl.max(z, axis=1)  # [GP]
-        lg = tl.sum(tl.where(valid[None, :], tl.exp(z - mg[:, None]), 0.0), axis=1)
-        tl.store(pm_ptr + (r * G + offs_g) * NB + blk, mg, mask=in_g & (blk < NB))
-        tl.store(pl_ptr + (r * G + offs_g) * NB + blk, lg, mask=in_g & (blk < NB))
+    z = tl.dot(q, tl.trans(cent), input_precision="ieee") * scale  # [GP, BLOCK_C]
+    z = tl.where(valid[None, :], z, float("-inf"))
+    in_g = offs_g < G
+    tl.store(
+        z_ptr + (r.to(tl.int64) * G + offs_g[:, None]) * C + offs_c[None, :],
+        z,
+        mask=in_g[:, None] & in_c[None, :],
+    )
+    mg = tl.max(z, axis=1)  # [GP]
+    lg = tl.sum(tl.where(valid[None, :], tl.exp(z - mg[:, None]), 0.0), axis=1)
+    tl.store(pm_ptr + (r * G + offs_g) * NB + blk, mg, mask=in_g)
+    tl.store(pl_ptr + (r * G + offs_g) * NB + blk, lg, mask=in_g)
 
 
 @triton.jit

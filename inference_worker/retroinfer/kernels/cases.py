@@ -207,9 +207,6 @@ def check_select_ties(device: str, seed: int) -> None:
     case["sizes"] = torch.where(case["sizes"] > 0, 7, 0)  # equal sizes keep the ties exact
     for arity in (2, 4, 256):  # bisection (the default), 4-ary search, radix (histograms)
         _check_ties(case, {"SELECT_ARITY": arity})
-    # 1500 clusters = 12 scan blocks (the last one partly past C): programs of 5 blocks, the
-    # last program's final 3 blocks past the row
-    _check_ties(case, {"LOGITS_BLOCKS": 5})
 
 
 def _check_ties(case: Case, knobs: dict[str, int]) -> None:

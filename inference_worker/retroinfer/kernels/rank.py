@@ -24,8 +24,7 @@ SELECT_WARPS: int | None = None  # warps of the selection program (None: by row 
 # a 256-bin histogram per byte, 4 passes). H100, 128K x 16, logits + selection alone: 165 us
 # with bisection, 173 us 4-ary (step_profile_cuda_v3.json)
 SELECT_ARITY = 2
-LOGITS_BLOCK_C = 128  # clusters per centroid-scan block
-LOGITS_BLOCKS = 1  # blocks per centroid-scan program (> 1: a loop, the next block prefetched)
+LOGITS_BLOCK_C = 128  # clusters per centroid-scan program
 LOGITS_WARPS = 4
 
 
@@ -102,9 +101,9 @@ def _rank_select_triton(
     z = torch.empty(r, g, c, dtype=torch.float32, device=dev)
     part_m = torch.empty(r, g, nb, dtype=torch.float32, device=dev)
     part_l = torch.empty(r, g, nb, dtype=torch.float32, device=dev)
-    logits_kernel[(r, -(-nb // LOGITS_BLOCKS))](
+    logits_kernel[(r, nb)](
         q, centroids.contiguous(), sizes.contiguous(), z, part_m, part_l, c, nb, scale,
-        G=g, GP=16, D=d, BLOCK_C=block_c, BLOCKS=LOGITS_BLOCKS, num_warps=LOGITS_WARPS,
+        G=g, GP=16, D=d, BLOCK_C=block_c, num_warps=LOGITS_WARPS,
     )  # fmt: skip
     ret = torch.empty(r, n_ret, dtype=torch.int64, device=dev)
     ret_score = torch.empty(r, n_ret, dtype=torch.float32, device=dev)
