@@ -85,6 +85,10 @@ class CopyIn:
     off_v: torch.Tensor  # [R, S] int64 (same strides as off_k)
 
 
+# rows a copy_in view reads from its source: keys, values [R, W, PT, D], read [R, W, PT] bool
+SourceRows = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 @dataclass(slots=True)
 class ExecView:
     """Where the exactly attended tokens of a step lie (R = B * Hkv rows)."""
@@ -208,9 +212,8 @@ def decode_attention_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """torch reference: materialise [steady | misses | hit pages], attend, estimate, merge
     (with the `early` partials). A view's copy_in is carried out first (copy_in_reference)."""
-    if view.copy_in is not None:
-        copy_in_reference(view)
-    keys, values, mask = materialise(view)
+    rows = copy_in_reference(view) if view.copy_in is not None else None
+    keys, values, mask = materialise(view, rows)
     o_x, lse_x = partial_attention(q, keys, values, mask, scale)
     sets = [estimate_partials_reference(z, estimated, sizes, value_sums)]
     for p in early:
@@ -220,19 +223,21 @@ def decode_attention_reference(
     return merge(o_x, lse_x, o_e, lse_e), torch.logaddexp(lse_x, lse_e)
 
 
-def copy_in_reference(view: ExecView) -> None:
+def copy_in_reference(view: ExecView) -> SourceRows:
     """Write the view's copy_in rows into their cache pages, as the kernel does while attending
-    (never the scratch page)."""
-    k, v, ok = _copy_in_rows(view)  # [R, W, PT, D], [R, W, PT]
+    (never the scratch page); returns the rows read (see _copy_in_rows)."""
+    rows = _copy_in_rows(view)
+    k, v, read = rows  # [R, W, PT, D], [R, W, PT]
     p1, pt, d = view.cache_k.shape[1:]
-    ok = ok & (view.take != p1 - 1).unsqueeze(-1)
+    ok = read & (view.take != p1 - 1).unsqueeze(-1)
     tok = _row_pages(view).unsqueeze(-1) * pt + torch.arange(pt, device=ok.device)  # [R, W, PT]
     dst = tok[ok]
     view.cache_k.view(-1, d)[dst] = k[ok].to(view.cache_k.dtype)
     view.cache_v.view(-1, d)[dst] = v[ok].to(view.cache_v.dtype)
+    return rows
 
 
-def _copy_in_rows(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _copy_in_rows(view: ExecView) -> SourceRows:
     """The rows a copy_in view reads from the source, per page-table entry: keys, values
     [R, W, PT, D] (zero where unused) and which rows are read [R, W, PT] (the entries from
     page_lo to hit_pages, their first fill rows)."""
@@ -268,10 +273,12 @@ def _check_copy_in(view: ExecView) -> None:
         raise ValueError("ExecView.copy_in needs page_lo (the first copied page of each row)")
 
 
-def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def materialise(
+    view: ExecView, rows: SourceRows | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The execution buffer as contiguous rows: keys, values [R, T, D] (invalid rows zeroed)
     and the valid mask [R, T]. Pages a copy_in view reads from the source are taken from the
-    source (the scratch page holds none of them)."""
+    source (the scratch page holds none of them); `rows`: those rows if already read."""
     r, cap, d = view.steady_k.shape
     dev = view.steady_k.device
     p1, pt = view.cache_k.shape[1], view.cache_k.shape[2]
@@ -286,7 +293,7 @@ def materialise(view: ExecView) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     hit_k = view.cache_k.reshape(r * p1, pt, d).index_select(0, flat).view(r, w, pt, d)
     hit_v = view.cache_v.reshape(r * p1, pt, d).index_select(0, flat).view(r, w, pt, d)
     if view.copy_in is not None:
-        src_k, src_v, from_src = _copy_in_rows(view)
+        src_k, src_v, from_src = rows if rows is not None else _copy_in_rows(view)
         hit_k = torch.where(from_src.unsqueeze(-1), src_k.to(hit_k.dtype), hit_k)
         hit_v = torch.where(from_src.unsqueeze(-1), src_v.to(hit_v.dtype), hit_v)
     mask = torch.cat([st_mask, mi_mask, hit_mask.view(r, w * pt)], dim=1)  # [R, T]
