@@ -101,12 +101,19 @@ def _add2(a0, b0, a1, b1):
 def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
     """Bisection for both thresholds with scalar bounds: per step two comparisons per element
     and one two-operand sum (no 2-D tensor, no layout conversion, no small reductions).
-    Invariant per K: count(bits >= lo) >= K and count(bits > hi) < K."""
-    lo1 = tl.zeros([], tl.int64)
-    hi1 = tl.full([], _INF_BITS, tl.int64)
-    lo2 = tl.zeros([], tl.int64)
-    hi2 = tl.full([], _INF_BITS, tl.int64)
-    for _ in range(STEPS):
+    Invariant per K: count(bits >= lo) >= K and count(bits > hi) < K. The bounds start at the
+    row's smallest and largest pattern, and a K is done as soon as a threshold counts exactly
+    K (then lo = that threshold selects the same K elements as the K-th largest pattern does),
+    so the loop stops after ~log2(range / gap at the K-th) steps instead of 31 (STEPS: unused
+    upper bound kept for the other searches' signature)."""
+    real = bits >= 0
+    low = tl.min(tl.where(real, bits, _INF_BITS), axis=0).to(tl.int64)
+    high = tl.max(bits, axis=0).to(tl.int64)
+    lo1 = low
+    hi1 = high
+    lo2 = low
+    hi2 = high
+    while (lo1 < hi1) | (lo2 < hi2):
         t1 = lo1 + (hi1 - lo1 + 1) // 2  # in (lo, hi] while lo < hi
         t2 = lo2 + (hi2 - lo2 + 1) // 2
         c1, c2 = tl.reduce(
@@ -114,10 +121,14 @@ def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
             0,
             _add2,
         )
+        run1 = lo1 < hi1
+        run2 = lo2 < hi2
         ok1 = c1 >= K1
         ok2 = c2 >= K2
-        lo1, hi1 = tl.where(ok1, t1, lo1), tl.where(ok1, hi1, t1 - 1)
-        lo2, hi2 = tl.where(ok2, t2, lo2), tl.where(ok2, hi2, t2 - 1)
+        lo1 = tl.where(run1 & ok1, t1, lo1)
+        hi1 = tl.where(run1, tl.where(c1 == K1, t1, tl.where(ok1, hi1, t1 - 1)), hi1)
+        lo2 = tl.where(run2 & ok2, t2, lo2)
+        hi2 = tl.where(run2, tl.where(c2 == K2, t2, tl.where(ok2, hi2, t2 - 1)), hi2)
     return lo1.to(tl.int32), lo2.to(tl.int32)
 
 

@@ -67,6 +67,7 @@ def plan_step(
     width: int,  # hit pages in the page table
     use_triton: bool | None = None,
     score: torch.Tensor | None = None,  # [R, n] fp32: `ret` is unsorted, rank it by this
+    totals: torch.Tensor | None = None,  # [7] int64 counts to add to (None: fresh zeros)
 ) -> StepPlan:
     if not (pick(use_triton, ret) and fusable(buffer, ret.shape[1])):
         if score is not None:
@@ -83,7 +84,8 @@ def plan_step(
     take = torch.empty(r, width, dtype=i64, device=dev)
     fill = torch.empty(r, width, dtype=i64, device=dev)
     count = torch.empty(r, dtype=i64, device=dev)
-    totals = torch.zeros(7, dtype=i64, device=dev)  # entries 2-4 added by admission
+    if totals is None:  # entries 2-4 added by admission
+        totals = torch.zeros(7, dtype=i64, device=dev)
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
@@ -142,6 +144,7 @@ def admit_direct(
     fill: torch.Tensor,  # [R, W]
     count: torch.Tensor,  # [R]
     copy: bool = True,
+    tick: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, CopyIn]:
     """Admission before the attention, straight from the source: admitted misses move once
     (source -> their cache pages) and are attended there. Same buffer state and counts as
@@ -151,9 +154,11 @@ def admit_direct(
     copy False: nothing is copied; the caller attends the appended pages through an ExecView
     with `copy_in` (the decode kernel fills them as it reads them), and the rest's pages are
     appended too, as the scratch page with their source runs: attended in place, no fetch.
-    The page table must then have room for every miss page (W >= hit pages + miss pages)."""
+    The page table must then have room for every miss page (W >= hit pages + miss pages).
+    tick False: the LRU clock is not advanced (the caller advances it once for several row
+    groups of one step, after all of them have read it)."""
     rest, counts, runs = _admit_fused(
-        buffer, plan, table.base_k, table.base_v, None, (table, take, fill, count), copy
+        buffer, plan, table.base_k, table.base_v, None, (table, take, fill, count), copy, tick
     )
     r = take.shape[0]
     copy_in = CopyIn(table.base_k, table.base_v, runs[0].view(r, -1), runs[1].view(r, -1))
@@ -168,6 +173,7 @@ def _admit_fused(
     miss_off: torch.Tensor | None,
     direct: tuple[ClusterTable, torch.Tensor, torch.Tensor, torch.Tensor] | None,
     copy: bool = True,
+    tick: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rest ids, counts, runs [4, R * SW]: src k, src v, dst, rows offsets per run slot; SW
     is P1, or the page table's width for a direct admission without copy)."""
@@ -191,7 +197,7 @@ def _admit_fused(
     else:
         table, take, fill, count = direct
         tab_k, tab_v, off = table.tab_k, table.tab_v, plan.miss_ids
-        m_width, c_tab, width = 1, table.tab_k.shape[2], take.shape[1]
+        m_width, c_tab, width = 1, table.tab_k.shape[-1], take.shape[1]
     admit_kernel[(r,)](
         plan.miss_ids, plan.miss_rank, plan.miss_sizes, off,
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock, scratch,
@@ -201,7 +207,8 @@ def _admit_fused(
         PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, BLOCK_S=block_s,
         DIRECT=direct is not None, LEFT=left, num_warps=BOOK_WARPS,
     )  # fmt: skip
-    buffer.clock += n + 1
+    if tick:
+        buffer.clock += n + 1
     if copy:
         copy_runs(
             src_k, src_v, buffer.keys, buffer.values, runs[0], runs[1], runs[2], runs[3], d,

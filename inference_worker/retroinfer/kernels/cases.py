@@ -209,6 +209,29 @@ def check_select_ties(device: str, seed: int) -> None:
         _check_ties(case, {"SELECT_ARITY": arity})
 
 
+def check_select_bounds(device: str, seed: int) -> None:
+    """The bisection's early exit and its row-range start: a gap right after the n_ret-th score
+    (the first threshold inside it counts exactly n_ret), zones ending at the last cluster
+    (n_ret + n_est = C: the threshold is the row's smallest score), rows whose clusters are
+    mostly empty (many zero scores), and fresh random rows at several sizes."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for i, (c, n_ret, n_est) in enumerate(((700, 20, 100), (300, 7, 293))):
+        case = rank_case(3, 4, c, 64, torch.float32, device, seed + i)
+        case["n_ret"], case["n_est"] = n_ret, n_est
+        _check_ties(case, {})
+    case = rank_case(3, 4, 700, 64, torch.float32, device, seed + 5)
+    top = torch.rand(3, 700, generator=gen, device=device).argsort(1)[:, :20]  # [R, 20]
+    boost = torch.zeros(3, 700, 64, device=device).scatter_(
+        1, top.unsqueeze(-1).expand(3, 20, 64), 4.0
+    )
+    case["centroids"] = case["centroids"] + boost * case["q"].float().mean(1, keepdim=True).sign()
+    case["n_ret"], case["n_est"] = 20, 200
+    _check_ties(case, {})
+    case["sizes"] = torch.where(torch.rand(3, 700, generator=gen, device=device) < 0.6, 0, 5)
+    case["sizes"][:, :300] = 5  # at least n_ret + n_est non-empty clusters
+    _check_ties(case, {})
+
+
 def _check_ties(case: Case, knobs: dict[str, int]) -> None:
     old = {k: getattr(rank_mod, k) for k in knobs}
     for k, v in knobs.items():
@@ -311,6 +334,7 @@ def run_interpreted() -> None:
     patch_interpreter_index()
     check_copy("cpu", torch.float32, seed=1)
     check_select_ties("cpu", seed=2)
+    check_select_bounds("cpu", seed=5)
     check_attention("cpu", seed=4)
     case = rank_case(4, 4, 1500, 64, torch.float32, "cpu", seed=3)
     a, b = rank_select(**case, use_triton=True), rank_select_reference(**case)
