@@ -49,12 +49,15 @@ SIDE_LAUNCH = "after next"
 HITS_TUNING = DecodeTuning(page_splits=2)
 
 
-# Row groups: the step's kernels run per group of sequences, each group's chain on its own
-# stream, the groups' centroid scans one after the other. The latency-bound kernels of one
-# group (selection, plan, admission: one program per row) then overlap the bandwidth-bound
-# kernels of the other (its centroid scan, its attention). None: by size (ROW_GROUP_ROWS);
-# only the fixed-width step with the fused admission copy is split.
-ROW_GROUPS: int | None = None
+# Row groups (opt-in): the step's kernels run per group of sequences, each group's chain on
+# its own stream, the groups' centroid scans one after the other, so that the latency-bound
+# kernels of one group (selection, plan, admission: one program per row) may overlap the
+# bandwidth-bound kernels of the other. Measured slower on the H100 (128K x 16: 2 groups
+# 0.351 vs 0.328 ms correlated, 0.423 vs 0.390 random; 4 groups slower still): run together,
+# each group's one-program-per-row kernels slow down more than the overlap gains
+# (results/step_profile_cuda_v15.json). None: by size (ROW_GROUP_ROWS). Only the fixed-width
+# step with the fused admission copy is split.
+ROW_GROUPS: int | None = 1
 ROW_GROUP_ROWS = 64  # rows (sequences x kv heads) per group at least, for the size rule
 
 
@@ -277,9 +280,8 @@ def _step_rows(
             early.append(_attend_hits(layer, rows.q, view, sel.z, sizes, vs, ev))
 
         side.at(hits_at, attend_hits)
-        fetch_ids, counts, runs = admit_direct(
-            buffer, plan, table, take, fill, count, not fuse, totals is None
-        )
+        fetch_ids, counts, runs = admit_direct(buffer, plan, table, take, fill, count, not fuse,
+                                               tick=False)  # fmt: skip
         copy_in = runs if fuse else None
         st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
     side.reached("admission")
@@ -296,10 +298,11 @@ def _step_rows(
         buffer.keys, buffer.values, take, fill, count, page_lo, copy_in,
     )  # fmt: skip
     # estimated here: the overflowed retrieval clusters (the estimation zone is in `early`)
-    overflow = torch.where(plan.overflow, plan.ret, -1)
     o, _ = decode_attention(
-        rows.q, view, sel.z, overflow, sizes, vs, layer.scale, early=early, out=out
+        rows.q, view, sel.z, plan.overflowed(), sizes, vs, layer.scale, early=early, out=out
     )
+    if table is not None and totals is None:  # LRU clock: off the chain to the attention
+        buffer.clock += n_ret + 1
     if counts is None:
         counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
     return o, counts, widths

@@ -159,7 +159,8 @@ class RetroInferLayer:
                 )
             self._graph_warm = True
         self.finish_step(stats)
-        return out.reshape(q.shape).to(q.dtype), stats
+        # a fresh tensor: a graph's output buffer is overwritten by the next replay
+        return out.reshape(q.shape).to(q.dtype, copy=True), stats
 
     def step_stats(self) -> StepStats:
         """The sizes part of this step's StepStats (before the step runs)."""

@@ -16,7 +16,7 @@ import triton.language as tl
 @triton.jit
 def plan_kernel(
     ret, score, ranked, sizes, stamp, owner, fillp, clock,
-    out_sizes, out_overflow, out_valid, out_hit, out_miss,
+    out_sizes, out_overflow, out_valid, out_hit, out_miss, out_overflow_ids,
     miss_ids, miss_rank, miss_sizes, take, take_fill, count,
     hits_ctr, misses_ctr, totals,
     n, C, P1, W, cap_tokens,
@@ -61,6 +61,7 @@ def plan_kernel(
     tl.store(miss_sizes + dest, tl.where(miss, sz, 0), mask=in_n)
     tl.store(out_sizes + r * n + i, sz, mask=in_n)
     tl.store(out_overflow + r * n + i, over.to(tl.int8), mask=in_n)
+    tl.store(out_overflow_ids + r * n + i, tl.where(over, ids, -1), mask=in_n)
     tl.store(out_valid + r * n + i, valid.to(tl.int8), mask=in_n)
     tl.store(out_hit + r * n + i, hit.to(tl.int8), mask=in_n)
     tl.store(out_miss + r * n + i, miss.to(tl.int8), mask=in_n)

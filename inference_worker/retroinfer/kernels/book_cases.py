@@ -63,6 +63,8 @@ def check_bookkeeping(
         assert plans[1].fused, "the fused path did not run"
         for name in PLAN_FIELDS:
             _same(f"step {step} {name}", getattr(plans[0], name), getattr(plans[1], name))
+        assert plans[0].overflow_ids is None and plans[1].overflow_ids is not None
+        _same(f"step {step} overflowed", plans[0].overflowed(), plans[1].overflowed())
         miss_k, miss_v, miss_off = _misses(plans[0].miss_ids, sizes, head_dim, gen, device)
         counts = [admit_step(b, p, miss_k, miss_v, miss_off) for b, p in zip(bufs, plans)]  # noqa: B905
         _same(f"step {step} counts", counts[0], counts[1])

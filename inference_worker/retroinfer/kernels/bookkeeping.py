@@ -52,6 +52,13 @@ class StepPlan:
     miss_sizes: torch.Tensor | None = None  # [R, n] fused: tokens of each listed miss
     # [7] fused: the step's counts (COUNT_NAMES order), summed by the kernels' atomic adds
     totals: torch.Tensor | None = None
+    overflow_ids: torch.Tensor | None = None  # [R, n] fused: where(overflow, ret, -1)
+
+    def overflowed(self) -> torch.Tensor:
+        """[R, n] int64 ids of the retrieved clusters that overflowed (estimated), else -1."""
+        if self.overflow_ids is not None:
+            return self.overflow_ids
+        return torch.where(self.overflow, self.ret, -1)
 
 
 def fusable(buffer: WaveBuffer, n: int) -> bool:
@@ -80,7 +87,8 @@ def plan_step(
     ret = ret.contiguous()
     ranked = torch.empty_like(ret) if score is not None else ret
     flags = torch.empty(4, r, n, dtype=i8, device=dev)  # overflow, valid, hit, miss
-    out = {k: torch.empty(r, n, dtype=i64, device=dev) for k in ("sizes", "ids", "rank", "msz")}
+    names = ("sizes", "ids", "rank", "msz", "ovf")
+    out = {k: torch.empty(r, n, dtype=i64, device=dev) for k in names}
     take = torch.empty(r, width, dtype=i64, device=dev)
     fill = torch.empty(r, width, dtype=i64, device=dev)
     count = torch.empty(r, dtype=i64, device=dev)
@@ -89,7 +97,7 @@ def plan_step(
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
-        out["sizes"], flags[0], flags[1], flags[2], flags[3],
+        out["sizes"], flags[0], flags[1], flags[2], flags[3], out["ovf"],
         out["ids"], out["rank"], out["msz"], take, fill, count,
         buffer.hits, buffer.misses, totals,
         n, buffer.num_clusters, buffer.pages + 1, width, cap_tokens,
@@ -99,7 +107,7 @@ def plan_step(
     b = flags.view(torch.bool)
     return StepPlan(
         ranked, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
-        out["rank"], out["msz"], totals,
+        out["rank"], out["msz"], totals, out["ovf"],
     )  # fmt: skip
 
 
