@@ -1,8 +1,7 @@
 """Fused wave-buffer bookkeeping (plan + admit kernels, plan ranking an unsorted retrieval list),
 direct admission (source -> cache pages before the attention) and the fused fetch index math vs
 their torch references on fresh random steps: identical outputs and state (owner, fill, stamps,
-clock, counters, page rows); the layer's fast step in every mode vs the pure-torch step; the
-step split into row groups vs one group. Interpreted
+clock, counters, page rows); the layer's fast step in every mode vs the pure-torch step. Interpreted
 on CPU (TRITON_INTERPRET=1, subprocess) and compiled on CUDA (skipped without a GPU)."""
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from inference_worker.retroinfer.kernels.book_cases import (
     check_direct,
     check_fetch_runs,
     check_layer_paths,
-    check_row_groups,
 )
 from inference_worker.retroinfer.kernels.bookkeeping import MAX_BLOCK_P, fusable, plan_step
 from tests.interpret import run_check
@@ -67,14 +65,6 @@ def test_layer_paths_under_the_other_side_launch_orders_gpu(monkeypatch, order):
     assert fast_step.SIDE_LAUNCH == "after next"  # the default: the test above
     monkeypatch.setattr(fast_step, "SIDE_LAUNCH", order)
     check_layer_paths("cuda", torch.bfloat16, seed=9, shape=(2, 32, 8, 128, 20000, 6))
-
-
-@cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("graph", [False, True])
-def test_row_groups_match_one_group_gpu(dtype, graph):
-    """2 and 3 row groups on their own streams, eager and in a CUDA graph, vs one group."""
-    check_row_groups("cuda", dtype, seed=11, shape=(4, 32, 8, 128, 20000, 6), graph=graph)
 
 
 @cuda

@@ -20,12 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from inference_worker.retroinfer import (
-    InProcessClusterSource,
-    RetroInferConfig,
-    RetroInferLayer,
-    fast_step,
-)
+from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
 from inference_worker.retroinfer.config import CENTROID_FORMATS
 from inference_worker.retroinfer.kernels import kernels_available
 
@@ -199,7 +194,7 @@ def _time_retro(
     retro_ms = _timed(step, steps, device)
     totals = {key: sum(int(c[key]) for c in recorded[first:]) for key in recorded[-1]}
     graphed = layer._graph is not None
-    unfused_ms = packed_ms = one_group_ms = None
+    unfused_ms = packed_ms = None
     if graphed and layer.use_kernels:  # the same fast step with the torch bookkeeping
         layer.direct_admission, layer._graph = False, None
         qs[0] = stream.take(steps + 2)  # fresh queries for every timed phase
@@ -208,11 +203,6 @@ def _time_retro(
         qs[0] = stream.take(steps + 2)
         unfused_ms = _timed(step, steps, device)
         layer.fused_bookkeeping, layer.direct_admission, layer._graph = True, True, None
-        if fast_step.row_groups(layer) > 1:  # the same step without the row-group split
-            fast_step.ROW_GROUPS, old_groups = 1, fast_step.ROW_GROUPS
-            qs[0] = stream.take(steps + 2)
-            one_group_ms = _timed(step, steps, device)
-            fast_step.ROW_GROUPS, layer._graph = old_groups, None
     layer.use_cuda_graph = False
     qs[0] = stream.take(steps + 2)
     eager_ms = _timed(step, steps, device) if graphed else retro_ms
@@ -230,8 +220,6 @@ def _time_retro(
         "rho_calibration_hit_ratio": None if calibration is None else round(calibration[1], 3),
         "retro_ms": retro_ms,
         "retro_packed_admission_ms": packed_ms,
-        "retro_one_row_group_ms": one_group_ms,
-        "row_groups": fast_step.row_groups(layer),
         "retro_unfused_bookkeeping_ms": unfused_ms,
         "retro_eager_ms": eager_ms,
         "retro_torch_ms": torch_ms,
@@ -300,14 +288,13 @@ def _print_table(result: dict[str, object]) -> None:
         f"{Q_HEADS}q/{KV_HEADS}kv heads, D={HEAD_DIM}; retro ms = CUDA graph replay when "
         f"available (eager ms = same layer without graph; torch ms = the pure-torch step, "
         f"graph; packed ms = fused bookkeeping but misses admitted from the packed fetch "
-        f"(they move twice); 1-group ms = the step without the row-group split; unfused ms "
-        f"= the torch wave-buffer bookkeeping, graph); "
+        f"(they move twice); unfused ms = the torch wave-buffer bookkeeping, graph); "
         f"query stream random = worst-case hits, correlated = rho-correlated queries"
     )
     print(
         f"{'context':>8} {'batch':>5} {'stream':>10} {'rho':>6} {'sdpa ms':>9} {'retro ms':>9} "
-        f"{'speedup':>8} {'packed ms':>9} {'1-group ms':>10} {'unfused ms':>10} {'eager ms':>9} "
-        f"{'torch ms':>9} {'build ms':>9} {'hit':>6}  note"
+        f"{'speedup':>8} {'packed ms':>9} {'unfused ms':>10} {'eager ms':>9} {'torch ms':>9} "
+        f"{'build ms':>9} {'hit':>6}  note"
     )
     for row in result["rows"]:  # type: ignore[attr-defined]
         note = row.get("skipped") or row.get("retro_skipped") or ""
@@ -315,7 +302,7 @@ def _print_table(result: dict[str, object]) -> None:
             f"{row['context']:>8} {row['batch']:>5} {_f(row, 'query_stream'):>10} "
             f"{_f(row, 'rho'):>6} {_f(row, 'sdpa_ms'):>9} "
             f"{_f(row, 'retro_ms'):>9} {_f(row, 'speedup'):>8} "
-            f"{_f(row, 'retro_packed_admission_ms'):>9} {_f(row, 'retro_one_row_group_ms'):>10} "
+            f"{_f(row, 'retro_packed_admission_ms'):>9} "
             f"{_f(row, 'retro_unfused_bookkeeping_ms'):>10} {_f(row, 'retro_eager_ms'):>9} "
             f"{_f(row, 'retro_torch_ms'):>9} "
             f"{_f(row, 'index_build_ms'):>9} "

@@ -11,9 +11,7 @@ pinned host sources a copy kernel admits, and misses left over are fetched packe
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -29,7 +27,6 @@ from .misses import device_batch
 if TYPE_CHECKING:
     from .kernels.cluster_table import ClusterTable
     from .layer import RetroInferLayer
-    from .wave_buffer import WaveBuffer
 
 # Side-stream work is forked where its inputs are ready (estimation: after the selection;
 # cache hits: after the plan) but may be launched later, so that main-stream kernels launched
@@ -49,45 +46,6 @@ SIDE_LAUNCH = "after next"
 HITS_TUNING = DecodeTuning(page_splits=2)
 
 
-# Row groups (opt-in): the step's kernels run per group of sequences, each group's chain on
-# its own stream, the groups' centroid scans one after the other, so that the latency-bound
-# kernels of one group (selection, plan, admission: one program per row) may overlap the
-# bandwidth-bound kernels of the other. Measured slower on the H100 (128K x 16: 2 groups
-# 0.351 vs 0.328 ms correlated, 0.423 vs 0.390 random; 4 groups slower still): run together,
-# each group's one-program-per-row kernels slow down more than the overlap gains
-# (results/step_profile_cuda_v15.json). None: by size (ROW_GROUP_ROWS). Only the fixed-width
-# step with the fused admission copy is split.
-ROW_GROUPS: int | None = 1
-ROW_GROUP_ROWS = 64  # rows (sequences x kv heads) per group at least, for the size rule
-
-
-@dataclass(slots=True)
-class _Rows:
-    """The part of a layer's state one group's kernels work on: sequences [first, end)."""
-
-    q: torch.Tensor  # [Rg, G, D]
-    centroids: torch.Tensor  # [Rg, C, D]
-    sizes: torch.Tensor  # [Rg, C] int64
-    value_sums: torch.Tensor  # [Rg, C, D]
-    steady_k: torch.Tensor  # [Rg, CAP, D]
-    steady_v: torch.Tensor  # [Rg, CAP, D]
-    buffer: WaveBuffer
-    table: ClusterTable | None
-
-
-@dataclass(slots=True)
-class _Step:
-    """What every group of one step shares."""
-
-    pos: torch.Tensor  # [1] int64 position of the new token
-    n_ret: int
-    n_est: int
-    cap_tokens: int  # execution-buffer capacity for retrieved tokens
-    widths: tuple[int, int] | None  # fixed (miss tokens, hit pages); None: measured
-    fuse: bool  # admission copy fused into the attention, left-over misses attended in place
-    appended: torch.cuda.Event | None  # the new token's write into the steady zone
-
-
 def fast_tripartite(
     layer: RetroInferLayer,
     q: torch.Tensor,
@@ -101,135 +59,13 @@ def fast_tripartite(
     assert steady is not None
     appended = _append_steady(layer, k_new, v_new, pos)
     cfg, c, r, d = layer.config, layer.num_clusters, layer.rows, layer.head_dim
-    buffer = layer._buffer(c)
-    table = _direct_table(layer)
-    # a source in the layer's memory: the decode kernel copies admitted misses into their
-    # pages and attends the misses not admitted in place; pinned host: a copy kernel + a fetch
-    fuse = table is not None and layer.fused_copy and table.base_k.device == buffer.keys.device
-    cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
-    step = _Step(pos, cfg.retrieval_clusters(c), cfg.estimation_clusters(c), cap_tokens, widths,
-                 fuse, appended)  # fmt: skip
     qg = q.reshape(r, layer.group, d)  # [R, G, D]
-    bounds = _group_bounds(layer, step)
-    if len(bounds) == 1:
-        out, counts, widths = _step_rows(layer, step, _rows(layer, qg, buffer, table))
-    else:
-        out, counts, widths = _step_groups(layer, step, qg, buffer, table, bounds)
-    width = steady.keys.shape[2] + widths[0] + widths[1] * buffer.page_tokens
-    return out, counts, torch.empty(width, device="meta")
-
-
-def row_groups(layer: RetroInferLayer) -> int:
-    """Row groups of the layer's fixed-width fused-copy steps (ROW_GROUPS, or by size)."""
-    groups = ROW_GROUPS if ROW_GROUPS is not None else layer.rows // ROW_GROUP_ROWS
-    return max(min(groups, layer.batch), 1)
-
-
-def _group_bounds(layer: RetroInferLayer, step: _Step) -> list[tuple[int, int]]:
-    """Sequence ranges of the step's row groups (one: no split)."""
-    groups = row_groups(layer)
-    if groups == 1 or not step.fuse or step.widths is None:
-        return [(0, layer.batch)]
-    cuts = [layer.batch * i // groups for i in range(groups + 1)]
-    return list(itertools.pairwise(cuts))
-
-
-def _rows(
-    layer: RetroInferLayer,
-    qg: torch.Tensor,  # [R, G, D]
-    buffer: WaveBuffer,
-    table: ClusterTable | None,
-    first: int = 0,
-    end: int | None = None,
-) -> _Rows:
-    """The state of sequences [first, end) (the whole layer by default): views."""
-    steady = layer.steady
-    assert steady is not None
-    c, r, d, cap = layer.num_clusters, layer.rows, layer.head_dim, steady.keys.shape[2]
-    end = layer.batch if end is None else end
-    lo, hi = first * layer.kv_heads, end * layer.kv_heads
-    whole = lo == 0 and hi == r
-    meta = layer.meta
-    return _Rows(
-        qg[lo:hi],
-        meta.centroids.reshape(r, c, d)[lo:hi],
-        meta.sizes.reshape(r, c)[lo:hi],
-        meta.value_sums.reshape(r, c, d)[lo:hi],
-        steady.keys.view(r, cap, d)[lo:hi],
-        steady.values.view(r, cap, d)[lo:hi],
-        buffer if whole else buffer.row_view(lo, hi),
-        table if table is None or whole else table.sequences(first, end),
-    )
-
-
-def _step_groups(
-    layer: RetroInferLayer,
-    step: _Step,
-    qg: torch.Tensor,  # [R, G, D]
-    buffer: WaveBuffer,
-    table: ClusterTable | None,
-    bounds: list[tuple[int, int]],
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """The step over row groups: group i on stream i (the current stream for group 0), its
-    centroid scan after group i-1's; the LRU clock advances once, after every group has read
-    it. Same outputs, counts and buffer state as one group."""
-    r, g, d = qg.shape
-    out = torch.empty(r, g, d, dtype=torch.float32, device=qg.device)
-    totals = torch.zeros(7, dtype=torch.int64, device=qg.device)
-    main = torch.cuda.current_stream() if qg.is_cuda else None
-    scanned: list[torch.cuda.Event | None] = [mark(main is not None)]
-    widths: tuple[int, int] = (0, 0)
-    for i, (first, end) in enumerate(bounds):
-        stream = main if i == 0 or main is None else _stream_of(layer.device, 1 + i)
-        rows = _rows(layer, qg, buffer, table, first, end)
-        lo, hi = first * layer.kv_heads, end * layer.kv_heads
-        with _on(stream, scanned[-1]):
-            after_scan = lambda: scanned.append(mark(main is not None))  # noqa: E731
-            _, _, widths = _step_rows(layer, step, rows, out[lo:hi], totals, after_scan)
-            if stream is not main and main is not None:
-                done = mark(True)
-                assert done is not None
-                main.wait_event(done)
-    buffer.clock += step.n_ret + 1  # once: every group's plan and admission read it
-    return out, totals, widths
-
-
-class _on:
-    """Run on `stream` (None or the current one: in place), after `event` if forking."""
-
-    def __init__(self, stream: torch.cuda.Stream | None, event: torch.cuda.Event | None):
-        self.stream, self.event = stream, event
-        self.ctx: torch.cuda.StreamContext | None = None
-
-    def __enter__(self) -> None:
-        if self.stream is None or self.stream == torch.cuda.current_stream():
-            return
-        if self.event is not None:
-            self.stream.wait_event(self.event)
-        self.ctx = torch.cuda.stream(self.stream)
-        self.ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
-
-
-def _step_rows(
-    layer: RetroInferLayer,
-    step: _Step,
-    rows: _Rows,
-    out: torch.Tensor | None = None,  # [Rg, G, D] fp32 where the output goes
-    totals: torch.Tensor | None = None,  # [7] int64 counts shared by the groups
-    scanned: Callable[[], None] | None = None,  # called once the centroid scan is launched
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """One group's step: (out [Rg, G, D] fp32, counts [7], widths). With `totals` (a group of
-    several) the LRU clock is left for the caller to advance."""
-    cfg = layer.config
-    n_ret, n_est, widths, fuse = step.n_ret, step.n_est, step.widths, step.fuse
-    r, buffer, sizes, vs = rows.q.shape[0], rows.buffer, rows.sizes, rows.value_sums
+    n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
+    sizes = layer.meta.sizes.reshape(r, c)
     sel = rank_select(
-        rows.q, rows.centroids, sizes, layer.scale, n_ret, n_est, sort=False, scanned=scanned
+        qg, layer.meta.centroids.reshape(r, c, d), sizes, layer.scale, n_ret, n_est, sort=False
     )  # retrieved unsorted (plan_step ranks it by retrieved_score)
+    vs = layer.meta.value_sums.reshape(r, c, d)
     tuning = current_tuning()
     early: list[Partials] = []
 
@@ -246,15 +82,17 @@ def _step_rows(
 
     side.at(est_at, fork_estimation)
     side.reached("select")
-    table = rows.table
+    cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
+    buffer = layer._buffer(c)
+    table = _direct_table(layer)
+    # a source in the layer's memory: the decode kernel copies admitted misses into their
+    # pages and attends the misses not admitted in place; pinned host: a copy kernel + a fetch
+    fuse = table is not None and layer.fused_copy and table.base_k.device == buffer.keys.device
     plan_width = widths[1] if widths is not None else buffer.pages + 1
     if fuse:  # the page table lists every miss page too (eager: cut to the step's need)
-        plan_width = step.cap_tokens // cfg.page_tokens + n_ret
+        plan_width = cap_tokens // cfg.page_tokens + n_ret
     use = None if layer.fused_bookkeeping else False
-    plan = plan_step(
-        buffer, sel.retrieved, sizes, step.cap_tokens, plan_width, use, sel.retrieved_score,
-        totals,
-    )  # fmt: skip
+    plan = plan_step(buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score)
     side.reached("plan")
     take, fill, count = plan.take, plan.fill, plan.count
     table = table if plan.fused else None
@@ -268,25 +106,27 @@ def _step_rows(
         listed_w = max(need[2], 1) if table is not None else widths[1]
         take, fill = take[:, :listed_w].contiguous(), fill[:, :listed_w].contiguous()
         count = count.clamp(max=listed_w)
-    st_k, st_v = rows.steady_k, rows.steady_v
+    cap = steady.keys.shape[2]
+    st_k, st_v = steady.keys.view(r, cap, d), steady.values.view(r, cap, d)
     fetch_ids, counts, page_lo, copy_in = plan.miss_ids, None, None, None
     if table is not None:  # admitted misses: source -> cache pages, attended there
         page_lo = count.clone()  # the hit pages; admission appends its pages after them
-        hits = ExecView(st_k, st_v, step.pos, st_k[:, :0], st_v[:, :0], page_lo, buffer.keys,
+        hits = ExecView(st_k, st_v, pos, st_k[:, :0], st_v[:, :0], page_lo, buffer.keys,
                         buffer.values, take, fill, page_lo)  # fmt: skip
         planned = mark(side_est is not None)
 
         def attend_hits(view: ExecView = hits, ev: torch.cuda.Event | None = planned) -> None:
-            early.append(_attend_hits(layer, rows.q, view, sel.z, sizes, vs, ev))
+            early.append(_attend_hits(layer, qg, view, sel.z, sizes, vs, ev))
 
         side.at(hits_at, attend_hits)
-        fetch_ids, counts, runs = admit_direct(buffer, plan, table, take, fill, count, not fuse,
-                                               tick=False)  # fmt: skip
+        fetch_ids, counts, runs = admit_direct(
+            buffer, plan, table, take, fill, count, not fuse, tick=False
+        )
         copy_in = runs if fuse else None
         st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
     side.reached("admission")
-    if table is None and step.appended is not None:  # the main decode reads the steady zone
-        torch.cuda.current_stream().wait_event(step.appended)
+    if table is None and appended is not None:  # the main decode reads the steady zone
+        torch.cuda.current_stream().wait_event(appended)
     if copy_in is not None:  # every miss is in the page table: nothing to fetch
         miss_k, miss_v, miss_len = st_k, st_v, count  # width 0: not attended
     else:
@@ -294,18 +134,19 @@ def _step_rows(
         miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
         miss_len = miss_off[:, -1]
     view = ExecView(
-        st_k, st_v, step.pos, miss_k, miss_v, miss_len,
+        st_k, st_v, pos, miss_k, miss_v, miss_len,
         buffer.keys, buffer.values, take, fill, count, page_lo, copy_in,
     )  # fmt: skip
     # estimated here: the overflowed retrieval clusters (the estimation zone is in `early`)
-    o, _ = decode_attention(
-        rows.q, view, sel.z, plan.overflowed(), sizes, vs, layer.scale, early=early, out=out
+    out, _ = decode_attention(
+        qg, view, sel.z, plan.overflowed(), sizes, vs, layer.scale, early=early
     )
-    if table is not None and totals is None:  # LRU clock: off the chain to the attention
+    if table is not None:  # the LRU clock: after the attention's launch, off its chain
         buffer.clock += n_ret + 1
     if counts is None:
         counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
-    return o, counts, widths
+    width = cap + widths[0] + widths[1] * buffer.page_tokens
+    return out, counts, torch.empty(width, device="meta")
 
 
 class _Launches:

@@ -7,7 +7,6 @@ operation is vectorised over rows and clusters. Each row owns `pages` pages plus
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +50,6 @@ class WaveBuffer:
         self.misses = torch.zeros(rows, dtype=torch.int64, device=device)
         self.evictions = torch.zeros(rows, dtype=torch.int64, device=device)
         self._scratch: torch.Tensor | None = None  # [R, S] int64 for the fused admission
-        self._rows_of: tuple[WaveBuffer, int, int] | None = None  # row_view: (buffer, lo, hi)
 
     @property
     def num_clusters(self) -> int:
@@ -64,23 +62,8 @@ class WaveBuffer:
             pad = torch.full((self.rows, extra), -1, dtype=torch.int64, device=self.stamp.device)
             self.stamp = torch.cat([self.stamp[:, :-1], pad, self.stamp[:, -1:]], dim=1)
 
-    def row_view(self, lo: int, hi: int) -> WaveBuffer:
-        """Rows [lo, hi) as a WaveBuffer that shares this one's storage, LRU clock and scratch
-        (one step's fused kernels may run on row groups). Valid until the state tensors are
-        replaced (`grow`); make a new view per step."""
-        if not 0 <= lo < hi <= self.rows:
-            raise ValueError(f"row range [{lo}, {hi}) is not inside [0, {self.rows})")
-        view = copy.copy(self)
-        view.rows, view._rows_of, view._scratch = hi - lo, (self, lo, hi), None
-        for name in ("keys", "values", "owner", "fill", "stamp", "hits", "misses", "evictions"):
-            setattr(view, name, getattr(self, name)[lo:hi])
-        return view
-
     def scratch(self, width: int) -> torch.Tensor:
         """A persistent [R, width] int64 scratch row per row (fused bookkeeping kernels)."""
-        if self._rows_of is not None:  # a row view: rows of the whole buffer's scratch
-            whole, lo, hi = self._rows_of
-            return whole.scratch(width)[lo:hi]
         if self._scratch is None or self._scratch.shape[1] < width:
             self._scratch = torch.empty(
                 self.rows, width, dtype=torch.int64, device=self.hits.device

@@ -159,53 +159,6 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
             assert s1.as_dict() == s2.as_dict(), (where, s1.as_dict(), s2.as_dict())
 
 
-def check_row_groups(
-    device: str, dtype: torch.dtype, seed: int, shape: tuple[int, ...], graph: bool = False
-) -> None:
-    """The fixed-width direct step split into 2 and 3 row groups (sequence ranges, each on its
-    own stream on CUDA) vs one group: identical outputs, statistics and wave-buffer state
-    (pages, owners, fills, stamps, LRU clock, counters) after every step. graph: the split
-    steps replay a CUDA graph (the one-group run stays eager).
-    shape = (batch >= 3, q heads, kv heads, head dim, context, steps)."""
-    from .. import InProcessClusterSource, RetroInferConfig, RetroInferLayer, fast_step
-
-    batch, hq, hkv, d, length, steps = shape
-    gen = torch.Generator().manual_seed(seed)
-    kv = torch.randn(2, batch, hkv, length, d, generator=gen).to(device, dtype)
-    qs = [torch.randn(3, batch, hq, d, generator=gen).to(device, dtype) for _ in range(steps)]
-    ids = [f"s{b}" for b in range(batch)]
-    built = InProcessClusterSource()
-    template = RetroInferLayer(
-        RetroInferConfig(cache_ratio=0.05), 0, hq, hkv, d, built, ids, dtype=dtype,
-        device=device, on_segment=partial(built.put, ids), use_cuda_graph=False,
-    )  # fmt: skip
-    template.static_shapes = True  # the split runs on the fixed-width step only
-    template.prefill(kv[0], kv[1])
-    assert built.cluster_table(0, ids) is not None, "no direct admission here"
-    runs, layers = [], []
-    old = fast_step.ROW_GROUPS
-    try:
-        for groups in (1, 2, 3):
-            fast_step.ROW_GROUPS = groups
-            layer, _ = copy.deepcopy((template, built))
-            layer.use_cuda_graph = graph and groups > 1
-            runs.append([layer.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv]) for s in qs])
-            layers.append(layer)
-    finally:
-        fast_step.ROW_GROUPS = old
-    for other in (1, 2):
-        for step, ((o1, s1), (o2, s2)) in enumerate(zip(runs[0], runs[other], strict=True)):
-            where = f"{other + 1} groups, step {step}"
-            assert torch.equal(o1, o2), (where, float((o1.float() - o2.float()).abs().max()))
-            assert s1.as_dict() == s2.as_dict(), (where, s1.as_dict(), s2.as_dict())
-        a, b = layers[0].buffer, layers[other].buffer
-        assert a is not None and b is not None
-        for name in ("keys", "values", "owner", "fill", "stamp", "clock", "hits", "misses",
-                     "evictions"):  # fmt: skip
-            assert torch.equal(getattr(a, name), getattr(b, name)), (other + 1, name)
-    assert layers[1]._graph is not None or not graph, "the split step was not captured"
-
-
 def check_fetch_runs(device: str, seed: int, segments: int = 2, n: int = 20) -> None:
     """ClusterTable's fused fetch index math vs its torch reference (and the fetched rows)."""
     from types import SimpleNamespace
@@ -354,7 +307,6 @@ def run_interpreted() -> None:
     assert seen["overflow"] > 0 and seen["hits"] > 0, seen
     check_bookkeeping(2, 30, 5, 9, 4, "cpu", seed=3, page_tokens=3)  # odd page size
     check_layer_paths("cpu", torch.float32, seed=4, shape=(1, 8, 2, 16, 3000, 4))
-    check_row_groups("cpu", torch.float32, seed=7, shape=(3, 4, 2, 16, 3000, 3))
     check_fetch_runs("cpu", seed=5, segments=1)
     check_direct("cpu", seed=6)
     print("ok")

@@ -74,7 +74,6 @@ def plan_step(
     width: int,  # hit pages in the page table
     use_triton: bool | None = None,
     score: torch.Tensor | None = None,  # [R, n] fp32: `ret` is unsorted, rank it by this
-    totals: torch.Tensor | None = None,  # [7] int64 counts to add to (None: fresh zeros)
 ) -> StepPlan:
     if not (pick(use_triton, ret) and fusable(buffer, ret.shape[1])):
         if score is not None:
@@ -92,8 +91,7 @@ def plan_step(
     take = torch.empty(r, width, dtype=i64, device=dev)
     fill = torch.empty(r, width, dtype=i64, device=dev)
     count = torch.empty(r, dtype=i64, device=dev)
-    if totals is None:  # entries 2-4 added by admission
-        totals = torch.zeros(7, dtype=i64, device=dev)
+    totals = torch.zeros(7, dtype=i64, device=dev)  # entries 2-4 added by admission
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
@@ -163,8 +161,8 @@ def admit_direct(
     with `copy_in` (the decode kernel fills them as it reads them), and the rest's pages are
     appended too, as the scratch page with their source runs: attended in place, no fetch.
     The page table must then have room for every miss page (W >= hit pages + miss pages).
-    tick False: the LRU clock is not advanced (the caller advances it once for several row
-    groups of one step, after all of them have read it)."""
+    tick False: the LRU clock is left for the caller to advance (by n + 1, once nothing of
+    this step reads it any more)."""
     rest, counts, runs = _admit_fused(
         buffer, plan, table.base_k, table.base_v, None, (table, take, fill, count), copy, tick
     )
@@ -205,7 +203,7 @@ def _admit_fused(
     else:
         table, take, fill, count = direct
         tab_k, tab_v, off = table.tab_k, table.tab_v, plan.miss_ids
-        m_width, c_tab, width = 1, table.tab_k.shape[-1], take.shape[1]
+        m_width, c_tab, width = 1, table.tab_k.shape[2], take.shape[1]
     admit_kernel[(r,)](
         plan.miss_ids, plan.miss_rank, plan.miss_sizes, off,
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock, scratch,

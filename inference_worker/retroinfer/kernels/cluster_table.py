@@ -7,8 +7,6 @@ all segments are copied by one launch.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from .availability import pick
@@ -40,17 +38,6 @@ class ClusterTable:
         self.tab_v = torch.cat(tab_v, dim=2)
         self.size = torch.cat(size, dim=2)
         self.segments = segments  # keep the memory alive
-
-    def sequences(self, first: int, end: int) -> ClusterTable:
-        """The table of sequences [first, end) (views; same base pointers and offsets)."""
-        if not 0 <= first < end <= self.tab_k.shape[0]:
-            raise ValueError(
-                f"sequence range [{first}, {end}) is not inside [0, {self.tab_k.shape[0]})"
-            )
-        part = copy.copy(self)
-        part.tab_k, part.tab_v = self.tab_k[first:end], self.tab_v[first:end]
-        part.size = self.size[first:end]
-        return part
 
     def fetch(
         self, cluster_ids: torch.Tensor, max_tokens: int, use_triton: bool | None = None

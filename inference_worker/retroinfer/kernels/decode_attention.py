@@ -123,18 +123,15 @@ def decode_attention(
     use_triton: bool | None = None,
     tuning: DecodeTuning | None = None,
     early: Sequence[Partials] = (),
-    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tripartite attention output (o [R, G, D] fp32, lse [R, G] fp32). value_sums may be
     fp32 or the K/V dtype. `early`: up to two more sets of partials computed elsewhere (e.g.
     on side streams: the estimation zone by estimate_async, the cache hits by exact_partials),
-    merged in too; `view` and `estimated` then cover only what is left. `out` [R, G, D] fp32:
-    where o is written (e.g. a row slice of a larger output)."""
+    merged in too; `view` and `estimated` then cover only what is left."""
     if not pick(use_triton, q):
-        o, lse = decode_attention_reference(q, view, z, estimated, sizes, value_sums, scale, early)
-        return (o, lse) if out is None else (out.copy_(o), lse)
+        return decode_attention_reference(q, view, z, estimated, sizes, value_sums, scale, early)
     parts = exact_partials(q, view, z, estimated, sizes, value_sums, scale, tuning)
-    return combine([Partials(*parts), *early], out)
+    return combine([Partials(*parts), *early])
 
 
 def exact_partials(
@@ -182,12 +179,9 @@ def exact_partials(
     return pm, pl, pacc
 
 
-def combine(
-    parts: Sequence[Partials], out: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-sum-exp merge of 1 to 3 sets of partials (Triton): (o [R, G, D], lse [R, G]) fp32,
-    o written to `out` if given (contiguous [R, G, D] fp32). Waits for sets still being
-    computed on a side stream."""
+def combine(parts: Sequence[Partials]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-sum-exp merge of 1 to 3 sets of partials (Triton): (o [R, G, D], lse [R, G]) fp32.
+    Waits for sets still being computed on a side stream."""
     if not 1 <= len(parts) <= 3:
         raise ValueError(f"combine takes 1 to 3 sets of partials, got {len(parts)}")
     from ._attn_triton import combine_kernel
@@ -197,13 +191,7 @@ def combine(
     r, _, g, d = parts[0].acc.shape
     sets = [(p.m, p.l, p.acc, p.m.shape[1]) for p in parts]
     sets += [(parts[0].m, parts[0].l, parts[0].acc, 0)] * (3 - len(parts))
-    if out is None:
-        out = torch.empty(r, g, d, dtype=torch.float32, device=parts[0].m.device)
-    elif out.shape != (r, g, d) or out.dtype != torch.float32 or not out.is_contiguous():
-        raise ValueError(
-            f"out must be a contiguous fp32 tensor of shape {(r, g, d)}, got "
-            f"{tuple(out.shape)} {out.dtype} (contiguous: {out.is_contiguous()})"
-        )
+    out = torch.empty(r, g, d, dtype=torch.float32, device=parts[0].m.device)
     lse = torch.empty(r, g, dtype=torch.float32, device=parts[0].m.device)
     gc = 1 << max(g - 1, 0).bit_length()
     combine_kernel[(r,)](

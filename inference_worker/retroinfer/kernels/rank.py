@@ -11,7 +11,6 @@ order, then sorted by score) and the estimation-zone mask. No [R, C] top-k sort.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,21 +50,16 @@ def rank_select(
     n_est: int,
     use_triton: bool | None = None,
     sort: bool = True,
-    scanned: Callable[[], None] | None = None,
 ) -> RankSelection:
     """Top n_ret clusters by group score (best first) and the mask of the next n_est.
-    sort=False may leave `retrieved` unsorted with `retrieved_score` set (see RankSelection).
-    `scanned` is called once the centroid scan is launched (before the selection)."""
+    sort=False may leave `retrieved` unsorted with `retrieved_score` set (see RankSelection)."""
     c = centroids.shape[1]
     if n_ret < 1 or n_ret + n_est > c:
         raise ValueError(f"need 1 <= n_ret and n_ret + n_est <= C, got {n_ret}, {n_est}, C={c}")
     fits = _next_pow2(c) <= MAX_SELECT_BLOCK and _is_pow2(q.shape[-1])
     if not (fits and pick(use_triton, q)):
-        selection = rank_select_reference(q, centroids, sizes, scale, n_ret, n_est)
-        if scanned is not None:
-            scanned()
-        return selection
-    return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est, sort, scanned)
+        return rank_select_reference(q, centroids, sizes, scale, n_ret, n_est)
+    return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est, sort)
 
 
 def rank_select_reference(
@@ -94,7 +88,6 @@ def _rank_select_triton(
     n_ret: int,
     n_est: int,
     sort: bool = True,
-    scanned: Callable[[], None] | None = None,
 ) -> RankSelection:
     from ._rank_triton import logits_kernel, select_kernel
 
@@ -112,8 +105,6 @@ def _rank_select_triton(
         q, centroids.contiguous(), sizes.contiguous(), z, part_m, part_l, c, nb, scale,
         G=g, GP=16, D=d, BLOCK_C=block_c, num_warps=LOGITS_WARPS,
     )  # fmt: skip
-    if scanned is not None:
-        scanned()
     ret = torch.empty(r, n_ret, dtype=torch.int64, device=dev)
     ret_score = torch.empty(r, n_ret, dtype=torch.float32, device=dev)
     estimated = torch.empty(r, c, dtype=torch.int8, device=dev)
