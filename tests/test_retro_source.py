@@ -56,3 +56,24 @@ def test_put_rejects_wrong_numbering_and_unknown_sequences():
     source.put(["a", "b"], _segments(gen))
     with pytest.raises(KeyError, match="no segments for sequence 'zz' at layer 1"):
         source.fetch(1, ["a", "zz"], torch.zeros(2, 3, 1, dtype=torch.int64), 8)
+
+
+def test_direct_admission_only_up_to_the_cluster_limit(monkeypatch):
+    """Above DIRECT_MAX_CLUSTERS clusters per row the fast step takes the packed fetch (its
+    misses admitted after the attention); at or below it, the source's cluster table."""
+    from inference_worker.retroinfer import RetroInferConfig, fast_step
+    from tests.retro_fixtures import make_layer
+
+    layer, _ = make_layer(RetroInferConfig(), 8, 2, 16, batch=1)
+    gen = torch.Generator().manual_seed(0)
+    layer.prefill(*torch.randn(2, 1, 2, 3000, 16, generator=gen))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the CPU table exists for the interpreter
+    c = layer.num_clusters
+    assert 0 < c <= fast_step.DIRECT_MAX_CLUSTERS
+    assert fast_step._direct_table(layer) is not None
+    monkeypatch.setattr(fast_step, "DIRECT_MAX_CLUSTERS", c - 1)
+    assert fast_step._direct_table(layer) is None
+    monkeypatch.setattr(fast_step, "DIRECT_MAX_CLUSTERS", c)
+    assert fast_step._direct_table(layer) is not None
+    layer.direct_admission = False
+    assert fast_step._direct_table(layer) is None

@@ -44,6 +44,13 @@ SIDE_LAUNCH = "after next"
 # the pass overlaps. (H100, 128K x 16, correlated queries: one 2048-token split per row,
 # 0.348 vs 0.376 ms per step with 1024-token splits, results/step_profile_cuda_v11.json.)
 HITS_TUNING = DecodeTuning(page_splits=2)
+# Clusters per row above which misses are fetched packed and admitted after the attention
+# instead of straight from the source: the direct path's page table lists every miss page
+# (~5,300 per row at 512K), and its one-program-per-row plan and admission grow with it.
+# H100, ms per layer-step, direct vs packed (results/attention_cuda_v15*.json): 512K x 1
+# 0.644 vs 0.490, 512K x 4 0.785 vs 0.673 (correlated); 128K x 16 (8,192 clusters) 0.337 vs
+# 0.395 and 32K x 16 0.156 vs 0.194 favour the direct path.
+DIRECT_MAX_CLUSTERS = 16384
 
 
 def fast_tripartite(
@@ -223,9 +230,12 @@ def _stream_of(device: torch.device, which: int) -> torch.cuda.Stream:
 
 
 def _direct_table(layer: RetroInferLayer) -> ClusterTable | None:
-    """The source's cluster table when misses can be admitted straight from the source."""
+    """The source's cluster table when misses can be admitted straight from the source (not
+    above DIRECT_MAX_CLUSTERS clusters per row)."""
     table_of = getattr(layer.source, "cluster_table", None)
     if not layer.direct_admission or table_of is None:
+        return None
+    if layer.num_clusters > DIRECT_MAX_CLUSTERS:
         return None
     table: ClusterTable | None = table_of(layer.layer, layer.sequence_ids)
     return table
