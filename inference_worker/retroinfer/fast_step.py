@@ -47,7 +47,7 @@ HITS_TUNING = DecodeTuning(page_splits=2)
 # Clusters per row above which misses are fetched packed and admitted after the attention
 # instead of straight from the source: the direct path's page table lists every miss page
 # (~5,300 per row at 512K), and its one-program-per-row plan and admission grow with it.
-# H100, ms per layer-step, direct vs packed (results/attention_cuda_v15*.json): 512K x 1
+# H100, ms per layer-step, direct vs packed (results/attention_cuda_v16*.json): 512K x 1
 # 0.644 vs 0.490, 512K x 4 0.785 vs 0.673 (correlated); 128K x 16 (8,192 clusters) 0.337 vs
 # 0.395 and 32K x 16 0.156 vs 0.194 favour the direct path.
 DIRECT_MAX_CLUSTERS = 16384
