@@ -68,6 +68,15 @@ def test_layer_paths_under_the_other_side_launch_orders_gpu(monkeypatch, order):
 
 
 @cuda
+def test_layer_paths_with_the_estimation_in_the_hits_pass_gpu(monkeypatch):
+    from inference_worker.retroinfer import fast_step
+
+    monkeypatch.setattr(fast_step, "EST_WITH_HITS", True)
+    check_layer_paths("cuda", torch.bfloat16, seed=9, shape=(2, 32, 8, 128, 20000, 6))
+    check_layer_paths("cuda", torch.float32, seed=8, shape=(2, 32, 8, 128, 20000, 6))
+
+
+@cuda
 def test_fused_fetch_runs_match_reference_gpu():
     check_fetch_runs("cuda", seed=9, segments=3, n=150)
 

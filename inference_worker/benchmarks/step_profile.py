@@ -416,6 +416,7 @@ def _variants() -> list[Variant]:
         ("bookkeeping 2 warps", _set(book_mod, "BOOK_WARPS", 2)),
         ("select 32 warps", _set(rank_mod, "SELECT_WARPS", 32)),
         ("no side streams", _attr("overlap_streams", False)),
+        ("estimation in the hits pass", _set(fast_step_mod, "EST_WITH_HITS", True)),
         ("admission copy kernel + fetch", _attr("fused_copy", False)),
         ("side launch at fork", _set(fast_step_mod, "SIDE_LAUNCH", "at fork")),
         ("hits pass chunk 1024", _set(fast_step_mod, "HITS_TUNING", attn_mod.DecodeTuning())),

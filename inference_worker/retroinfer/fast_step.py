@@ -44,6 +44,9 @@ SIDE_LAUNCH = "after next"
 # the pass overlaps. (H100, 128K x 16, correlated queries: one 2048-token split per row,
 # 0.348 vs 0.376 ms per step with 1024-token splits, results/step_profile_cuda_v11.json.)
 HITS_TUNING = DecodeTuning(page_splits=2)
+# Variant (profiler): the estimation zone attended by the hits pass (one side kernel, one set
+# of partials fewer) instead of by its own kernel on side stream 0.
+EST_WITH_HITS = False
 # Clusters per row above which misses are fetched packed and admitted after the attention
 # instead of straight from the source: the direct path's page table lists every miss page
 # (~5,300 per row at 512K), and its one-program-per-row plan and admission grow with it.
@@ -87,11 +90,13 @@ def fast_tripartite(
             tuning.prefetch, selected,
         ))  # fmt: skip
 
-    side.at(est_at, fork_estimation)
-    side.reached("select")
-    cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
     buffer = layer._buffer(c)
     table = _direct_table(layer)
+    est_in_hits = EST_WITH_HITS and table is not None
+    if not est_in_hits:
+        side.at(est_at, fork_estimation)
+    side.reached("select")
+    cap_tokens = cfg.exec_buffer_clusters(c) * cfg.cluster_size
     # a source in the layer's memory: the decode kernel copies admitted misses into their
     # pages and attends the misses not admitted in place; pinned host: a copy kernel + a fetch
     fuse = table is not None and layer.fused_copy and table.base_k.device == buffer.keys.device
@@ -103,6 +108,9 @@ def fast_tripartite(
     side.reached("plan")
     take, fill, count = plan.take, plan.fill, plan.count
     table = table if plan.fused else None
+    if est_in_hits and table is None:  # no hits pass after all: the estimation on its own
+        est_in_hits = False
+        fork_estimation()
     if widths is None:
         pages = buffer._pages_of(plan.ret_sizes)
         miss_tokens = torch.where(plan.miss, plan.ret_sizes, 0).sum(1).max()
@@ -122,8 +130,10 @@ def fast_tripartite(
                         buffer.values, take, fill, page_lo)  # fmt: skip
         planned = mark(side_est is not None)
 
+        est = sel.estimated_ids if est_in_hits else None
+
         def attend_hits(view: ExecView = hits, ev: torch.cuda.Event | None = planned) -> None:
-            early.append(_attend_hits(layer, qg, view, sel.z, sizes, vs, ev))
+            early.append(_attend_hits(layer, qg, view, sel.z, sizes, vs, ev, est))
 
         side.at(hits_at, attend_hits)
         fetch_ids, counts, runs = admit_direct(
@@ -205,14 +215,15 @@ def _attend_hits(
     sizes: torch.Tensor,
     vs: torch.Tensor,
     planned: torch.cuda.Event | None,  # recorded after the plan and the copy of its count
+    est: torch.Tensor | None = None,  # [R, n_est] estimation-zone ids to attend here too
 ) -> Partials:
-    """Partials of the steady zone and the cache hits, on a second side stream, forked after
-    the plan: they run while admission evicts and copies (never a hit page: the plan stamped
-    the hits most recent) and appends its pages to the page table after the hits' (which this
-    copy of the count hides)."""
-    no_est = view.take[:, :0]
-    args = (qg, view, z, no_est, sizes, vs, layer.scale, HITS_TUNING)
-    reads = (qg, view.take, view.fill, view.hit_pages)
+    """Partials of the steady zone and the cache hits (and `est`'s estimation zone), on a
+    second side stream, forked after the plan: they run while admission evicts and copies
+    (never a hit page: the plan stamped the hits most recent) and appends its pages to the page
+    table after the hits' (which this copy of the count hides)."""
+    est = view.take[:, :0] if est is None else est
+    args = (qg, view, z, est, sizes, vs, layer.scale, HITS_TUNING)
+    reads = (qg, view.take, view.fill, view.hit_pages, est)
     return on_side(_side_stream(layer, 1), exact_partials, *args, reads=reads, after=planned)
 
 

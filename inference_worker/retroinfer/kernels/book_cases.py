@@ -11,6 +11,7 @@ CUDA.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -298,6 +299,17 @@ def _random_table(device: str, seed: int, rows: int, segments: int, head_dim: in
     return ClusterTable(segs, torch.device(device))
 
 
+def _with_estimation_in_hits_pass(check: Callable[[], None]) -> None:
+    """Run `check` with fast_step.EST_WITH_HITS on (the profiler's variant)."""
+    from .. import fast_step
+
+    old, fast_step.EST_WITH_HITS = fast_step.EST_WITH_HITS, True
+    try:
+        check()
+    finally:
+        fast_step.EST_WITH_HITS = old
+
+
 def run_interpreted() -> None:
     """Small cases for TRITON_INTERPRET=1 on CPU (the interpreter is slow)."""
     patch_interpreter_index()
@@ -307,6 +319,9 @@ def run_interpreted() -> None:
     assert seen["overflow"] > 0 and seen["hits"] > 0, seen
     check_bookkeeping(2, 30, 5, 9, 4, "cpu", seed=3, page_tokens=3)  # odd page size
     check_layer_paths("cpu", torch.float32, seed=4, shape=(1, 8, 2, 16, 3000, 4))
+    _with_estimation_in_hits_pass(
+        lambda: check_layer_paths("cpu", torch.float32, seed=8, shape=(1, 8, 2, 16, 3000, 3))
+    )
     check_fetch_runs("cpu", seed=5, segments=1)
     check_direct("cpu", seed=6)
     print("ok")
