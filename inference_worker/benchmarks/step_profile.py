@@ -163,6 +163,8 @@ def _profile_stream(
     run.timed(args.steps)  # warm-up: capture, cache settles
     base = run.timed(args.steps)
     trace = Path(args.trace) / f"trace_{stream.kind}.json" if args.trace else None
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
     kernels = run.kernels(trace=trace)
     timeline = step_timeline(trace) if trace is not None else []
     parts = _guarded(_decode_parts, run, args.steps)
