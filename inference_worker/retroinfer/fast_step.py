@@ -45,7 +45,9 @@ SIDE_LAUNCH = "after next"
 # 0.348 vs 0.376 ms per step with 1024-token splits, results/step_profile_cuda_v11.json.)
 HITS_TUNING = DecodeTuning(page_splits=2)
 # Variant (profiler): the estimation zone attended by the hits pass (one side kernel, one set
-# of partials fewer) instead of by its own kernel on side stream 0.
+# of partials fewer) instead of by its own kernel on side stream 0. No gain on the H100 at
+# 128K x 16: 0.357 vs 0.336-0.348 ms correlated, 0.410 vs 0.389-0.411 random
+# (results/step_profile_cuda_v17.json): the estimation then starts after admission.
 EST_WITH_HITS = False
 # Clusters per row above which misses are fetched packed and admitted after the attention
 # instead of straight from the source: the direct path's page table lists every miss page
