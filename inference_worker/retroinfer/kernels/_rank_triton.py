@@ -104,8 +104,9 @@ def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
     Invariant per K: count(bits >= lo) >= K and count(bits > hi) < K. The bounds start at the
     row's smallest and largest pattern, and a K is done as soon as a threshold counts exactly
     K (then lo = that threshold selects the same K elements as the K-th largest pattern does),
-    so the loop stops after ~log2(range / gap at the K-th) steps instead of 31 (STEPS: unused
-    upper bound kept for the other searches' signature)."""
+    so the loop stops after ~log2(range / gap at the K-th) steps instead of 31. Each step at
+    least halves an interval of at most 2**31 patterns, so STEPS (31) steps always suffice; the
+    loop is bounded by STEPS + 1 all the same (a wrong update cannot hang the GPU)."""
     real = bits >= 0
     low = tl.min(tl.where(real, bits, _INF_BITS), axis=0).to(tl.int64)
     high = tl.max(bits, axis=0).to(tl.int64)
@@ -113,7 +114,9 @@ def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
     hi1 = high
     lo2 = low
     hi2 = high
-    while (lo1 < hi1) | (lo2 < hi2):
+    step = tl.zeros([], tl.int32)
+    while ((lo1 < hi1) | (lo2 < hi2)) & (step <= STEPS):
+        step += 1
         t1 = lo1 + (hi1 - lo1 + 1) // 2  # in (lo, hi] while lo < hi
         t2 = lo2 + (hi2 - lo2 + 1) // 2
         c1, c2 = tl.reduce(
