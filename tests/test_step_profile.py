@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from inference_worker.benchmarks.step_profile import step_timeline
 
 
@@ -51,3 +53,34 @@ def test_cpu_smoke_run_writes_json_and_traces(tmp_path: Path) -> None:
         assert (tmp_path / f"trace_{kind}.json").is_file()
         assert stream["timeline_us"] == []  # CPU: no GPU kernels in the trace
         assert set(stream["variants"]) == {"baseline", "baseline (again, end)"}
+
+
+def test_runner_takes_the_next_query_every_step_across_phases() -> None:
+    """Timed phases and profiling passes restart their own step index at 0; the runner must still
+    feed the stream's next query (a repeated query would inflate the hit ratio), and draw a
+    fresh block of queries after 64 steps."""
+    from inference_worker.benchmarks.query_stream import QueryStream
+    from inference_worker.benchmarks.step_profile import HEAD_DIM, Q_HEADS, _Runner
+
+    torch.manual_seed(0)
+    stream = QueryStream(
+        "correlated", (1, Q_HEADS, HEAD_DIM), torch.device("cpu"), torch.float32, 0.9
+    )
+    run = _Runner(4096, 1, stream, torch.float32)
+    seen: list[torch.Tensor] = []
+    decode = run.layer.decode
+
+    def recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):  # type: ignore[no-untyped-def]
+        seen.append(q.clone())
+        return decode(q, k, v)
+
+    run.layer.decode = recording  # type: ignore[method-assign]
+    first = run.queries
+    run.timed(2)  # 2 warm-up + 2 timed steps
+    run.timed(2)
+    for i in range(62):
+        run.step(i % 3)
+    assert len(seen) == 70
+    assert all(torch.equal(seen[i], first[i]) for i in range(64))
+    assert all(torch.equal(seen[64 + i], run.queries[i]) for i in range(6))
+    assert not torch.equal(run.queries, first)

@@ -99,7 +99,8 @@ def _parse() -> argparse.Namespace:
 
 
 class _Runner:
-    """A prefilled layer fed by a query stream (random new K/V every step)."""
+    """A prefilled layer fed by a query stream (random new K/V every step). The stream runs on
+    across phases: every step takes the stream's next query, whatever its caller's index."""
 
     def __init__(self, length: int, batch: int, stream: QueryStream, dtype: torch.dtype) -> None:
         dev = stream.device
@@ -116,13 +117,16 @@ class _Runner:
         self.kv = torch.randn(8, 2, batch, KV_HEADS, HEAD_DIM, device=dev, dtype=dtype)
         self.queries = stream.take(64)
         self.counts: list[dict[str, torch.Tensor]] = []
+        self.taken = 0  # steps run so far (the stream's position)
 
-    def step(self, i: int) -> None:
-        if i % self.queries.shape[0] == 0 and i:
-            self.queries = self.stream.take(self.queries.shape[0])
-        new = self.kv[i % self.kv.shape[0]]
-        q = self.queries[i % self.queries.shape[0]]
-        self.counts.append(self.layer.decode(q, new[0], new[1])[1].counts)
+    def step(self, _: int = 0) -> None:
+        """One decode step on the stream's next query (a fresh block every 64 steps)."""
+        t, n = self.taken, self.queries.shape[0]
+        if t and t % n == 0:
+            self.queries = self.stream.take(n)
+        self.taken += 1
+        new = self.kv[t % self.kv.shape[0]]
+        self.counts.append(self.layer.decode(self.queries[t % n], new[0], new[1])[1].counts)
 
     def timed(self, steps: int) -> dict[str, float]:
         """ms per decode() and the hit ratio of those steps (after 2 warm-up steps)."""
