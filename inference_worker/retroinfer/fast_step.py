@@ -161,7 +161,7 @@ def fast_tripartite(
         qg, view, sel.z, plan.overflowed(), sizes, vs, layer.scale, early=early
     )
     if table is not None:  # the LRU clock: after the attention's launch, off its chain
-        buffer.clock += n_ret + 1
+        buffer.advance_clock(n_ret)
     if counts is None:
         counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
     width = cap + widths[0] + widths[1] * buffer.page_tokens

@@ -70,6 +70,10 @@ class WaveBuffer:
             )
         return self._scratch
 
+    def advance_clock(self, n: int) -> None:
+        """The LRU clock after a step of n retrieved clusters (stamps base .. base + n used)."""
+        self.clock += n + 1
+
     def resident(self) -> torch.Tensor:
         """[R, C] bool: clusters currently cached."""
         return self.stamp[:, :-1] >= 0
@@ -115,7 +119,7 @@ class WaveBuffer:
         miss = valid & ~hit
         base = self.clock.clone()  # [1]
         new_stamp = base + (n - torch.arange(n, device=ids.device)).expand_as(ids)  # [R, n]
-        self.clock += n + 1
+        self.advance_clock(n)
         self.stamp.scatter_(1, self._safe(ids, hit), new_stamp)
         self.hits += hit.sum(1)
         self.misses += miss.sum(1)

@@ -214,7 +214,7 @@ def _admit_fused(
         DIRECT=direct is not None, LEFT=left, num_warps=BOOK_WARPS,
     )  # fmt: skip
     if tick:
-        buffer.clock += n + 1
+        buffer.advance_clock(n)
     if copy:
         copy_runs(
             src_k, src_v, buffer.keys, buffer.values, runs[0], runs[1], runs[2], runs[3], d,
