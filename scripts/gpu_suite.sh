@@ -28,11 +28,11 @@ run() {  # run NAME TIMEOUT CMD...
 for s in "${stages[@]}"; do
   case $s in
     tests) run tests 420 python3 -m pytest -q -p no:cacheprovider -k "not interpreted" \
-      --durations=12 \
-      tests/test_retro_kernels.py tests/test_retro_cuda.py tests/test_retro_bookkeeping.py \
-      tests/test_store_shm_gather.py tests/test_store_shm_packed.py \
-      tests/test_client_resolve_kernel.py tests/test_client_resolver.py \
-      tests/test_model_cuda_graph.py ;;
+      --durations=12 ${TESTS:-tests/test_retro_kernels.py tests/test_retro_cuda.py \
+      tests/test_retro_bookkeeping.py tests/test_retro_step_io.py tests/test_retro_source.py \
+      tests/test_model_retro_graph.py tests/test_store_shm_gather.py \
+      tests/test_store_shm_packed.py tests/test_client_resolve_kernel.py \
+      tests/test_client_resolver.py tests/test_model_cuda_graph.py} ;;
     kernels) run kernels 150 python3 -m inference_worker.benchmarks.retro_kernels \
       --out "$OUT/retro_kernels_cuda.json" ;;
     attention) run attention 540 python3 -m inference_worker.benchmarks.attention \

@@ -50,6 +50,7 @@ rank_mod = importlib.import_module("inference_worker.retroinfer.kernels.rank")
 book_mod = importlib.import_module("inference_worker.retroinfer.kernels.bookkeeping")
 fast_step_mod = importlib.import_module("inference_worker.retroinfer.fast_step")
 est_mod = importlib.import_module("inference_worker.retroinfer.kernels.estimate")
+step_io_mod = importlib.import_module("inference_worker.retroinfer.kernels.step_io")
 Apply = Callable[[RetroInferLayer], Callable[[], None]]  # changes the layer, returns the undo
 Variant = tuple[str, Apply]
 
@@ -267,6 +268,7 @@ def _select_parts(run: _Runner, steps: int) -> dict[str, float]:
         "radix (4 histogram passes)": ("SELECT_ARITY", 256),
         "select 4 warps": ("SELECT_WARPS", 4),
         "select 8 warps": ("SELECT_WARPS", 8),
+        "select 16 warps": ("SELECT_WARPS", 16),
         "select 32 warps": ("SELECT_WARPS", 32),
     }
     for label, (knob, value) in knobs.items():
@@ -411,7 +413,8 @@ def _variants() -> list[Variant]:
         ("copy 16 runs", _set(gather_mod, "COPY_RUNS", 16)),
         ("copy 1 warp", _set(gather_mod, "COPY_WARPS", 1)),
         ("copy 4 warps", _set(gather_mod, "COPY_WARPS", 4)),
-        ("select 8 warps", _set(rank_mod, "SELECT_WARPS", 8)),
+        ("select 16 warps", _set(rank_mod, "SELECT_WARPS", 16)),
+        ("step io by torch ops", _set(step_io_mod, "USE_KERNELS", False)),
         ("select 4-ary", _set(rank_mod, "SELECT_ARITY", 4)),
         ("select arity 8", _set(rank_mod, "SELECT_ARITY", 8)),
         ("select radix", _set(rank_mod, "SELECT_ARITY", 256)),

@@ -61,15 +61,17 @@ DIRECT_MAX_CLUSTERS = 16384
 def fast_tripartite(
     layer: RetroInferLayer,
     q: torch.Tensor,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
+    k_new: torch.Tensor | None,
+    v_new: torch.Tensor | None,
     pos: torch.Tensor,
     widths: tuple[int, int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out [R, G, D] fp32, counts [7], exec marker [T]) of one step."""
+    """(out [R, G, D] fp32, counts [7], exec marker [T]) of one step. k_new / v_new None: the
+    new token is already in the steady zone at pos."""
     steady = layer.steady
     assert steady is not None
-    appended = _append_steady(layer, k_new, v_new, pos)
+    if k_new is not None and v_new is not None:  # else decode()'s load_step wrote it
+        steady.append_at(k_new, v_new, pos)  # in order: one small kernel before the ranking
     cfg, c, r, d = layer.config, layer.num_clusters, layer.rows, layer.head_dim
     qg = q.reshape(r, layer.group, d)  # [R, G, D]
     n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
@@ -144,8 +146,6 @@ def fast_tripartite(
         copy_in = runs if fuse else None
         st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
     side.reached("admission")
-    if table is None and appended is not None:  # the main decode reads the steady zone
-        torch.cuda.current_stream().wait_event(appended)
     if copy_in is not None:  # every miss is in the page table: nothing to fetch
         miss_k, miss_v, miss_len = st_k, st_v, count  # width 0: not attended
     else:
@@ -185,28 +185,6 @@ class _Launches:
         self.passed.add(point)
         for fn in self.due.pop(point, []):
             fn()
-
-
-def _append_steady(
-    layer: RetroInferLayer, k_new: torch.Tensor, v_new: torch.Tensor, pos: torch.Tensor
-) -> torch.cuda.Event | None:
-    """The new token into the steady zone, on the hits pass's side stream when there is one:
-    the pass reads the zone there, queued after this, and the main stream's ranking starts at
-    once. Returns the event that follows the write (None: written in order)."""
-    steady, side = layer.steady, _side_stream(layer, 1)
-    assert steady is not None
-    if side is None:
-        steady.append_at(k_new, v_new, pos)
-        return None
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        steady.append_at(k_new, v_new, pos)
-        done = torch.cuda.Event()
-        done.record(side)
-    if not torch.cuda.is_current_stream_capturing():  # eager: the allocator's stream rules
-        for t in (k_new, v_new, pos):
-            t.record_stream(side)
-    return done
 
 
 def _attend_hits(

@@ -16,6 +16,7 @@ from .fast_step import fast_tripartite
 from .graph import StepGraph
 from .index import ClusterMetadata, IndexSegment, build_segment
 from .kernels import kernels_available
+from .kernels.step_io import load_step, unload_step
 from .misses import Deferred, MissFetcher, device_batch, empty_misses
 from .source import ClusterSource
 from .stats import COUNT_NAMES, StepStats, step_counts
@@ -82,7 +83,10 @@ class RetroInferLayer:
         self.overlap_streams = True
         self._graph: StepGraph | None = None
         self._graph_warm = False  # one eager tripartite step ran (kernels and source warmed up)
-        self._pos = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self._pos = torch.zeros(1, dtype=torch.int64, device=self.device)  # the new token's
+        self._q = torch.zeros(  # the step's query [B, Hq, D], read in place by the graph
+            self.batch, num_q_heads, head_dim, dtype=dtype, device=self.device
+        )
         self.decode_steps = 0  # decode() calls since prefill
         self.misses = MissFetcher(source, layer, self.sequence_ids, self.batch, num_kv_heads)
 
@@ -135,8 +139,10 @@ class RetroInferLayer:
         if steady.length >= steady.keys.shape[2]:
             steady._resize(steady.length + 1)
             self._graph = None
-        self._pos.fill_(steady.length)  # device-side position of the new token
-        inputs = (q.to(self.dtype), k_new.to(self.dtype), v_new.to(self.dtype), self._pos)
+        # one kernel: the new token into the steady zone at its position, the position into
+        # its device tensor, q into the step's query buffer (the graph reads both in place)
+        load_step(k_new, v_new, steady.keys, steady.values, self._pos, steady.length, q, self._q)
+        inputs = (self._q, self._pos)
         c = self.num_clusters
         stats = self.step_stats()
         if c == 0:
@@ -145,12 +151,18 @@ class RetroInferLayer:
         elif self._graph_ready() and self._capture(inputs):
             assert self._graph is not None
             out, counts, exec_tokens = self._graph(*inputs)[:3]
-            stats.counts = dict(zip(COUNT_NAMES, counts.clone().unbind(), strict=True))
+            # fresh copies: the graph's buffers are overwritten by the next replay
+            out, counts = unload_step(out, counts, q.dtype)
+            stats.counts = dict(zip(COUNT_NAMES, counts.unbind(), strict=True))
             stats.exec_tokens = int(exec_tokens.shape[0])
+            self.finish_step(stats)
+            return out.view(q.shape), stats
         else:
             self._buffer(c)
             widths = self._fixed_widths() if self.static_shapes else None
-            out, counts, exec_tokens, *sel = self._tripartite(*inputs, widths=widths)
+            out, counts, exec_tokens, *sel = self._tripartite(
+                self._q, None, None, self._pos, widths=widths
+            )
             stats.counts = dict(zip(COUNT_NAMES, counts.unbind(), strict=True))
             stats.exec_tokens = int(exec_tokens.shape[0])
             if self.record_selection:
@@ -159,7 +171,6 @@ class RetroInferLayer:
                 )
             self._graph_warm = True
         self.finish_step(stats)
-        # a fresh tensor: a graph's output buffer is overwritten by the next replay
         return out.reshape(q.shape).to(q.dtype, copy=True), stats
 
     def step_stats(self) -> StepStats:
@@ -188,11 +199,11 @@ class RetroInferLayer:
             buffer = self._buffer(self.num_clusters)
             try:
                 self._graph = StepGraph(
-                    partial(self._tripartite, widths=self._fixed_widths()),
+                    partial(self._loaded_step, widths=self._fixed_widths()),
                     inputs,
                     buffer.snapshot,
                     buffer.restore,
-                    shared=(3,),  # the position: self._pos, set by decode() in place
+                    shared=(0, 1),  # self._q and self._pos, written by decode()'s load_step
                 )
             except RuntimeError as err:  # capture unsupported here: stay correct, run eager
                 log.warning(
@@ -221,14 +232,12 @@ class RetroInferLayer:
         assert self.buffer is not None
         return tokens, min(pages, self.buffer.pages + 1)
 
-    def _dense(
-        self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, pos: torch.Tensor
-    ) -> torch.Tensor:
-        """No index yet: the steady zone holds every token in order. Computed exactly as the
-        model's FullAttentionBackend decodes (SDPA, GQA, boolean mask, the layer's dtype), so
-        outputs are bit-identical to full attention's. Returns [B, Hq, 1, D]."""
+    def _dense(self, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """No index yet: the steady zone holds every token in order (the new one written at
+        pos). Computed exactly as the model's FullAttentionBackend decodes (SDPA, GQA, boolean
+        mask, the layer's dtype), so outputs are bit-identical to full attention's.
+        Returns [B, Hq, 1, D]."""
         assert self.steady is not None
-        self.steady.append_at(k_new, v_new, pos)
         n = self.steady.length + 1  # tokens so far, the new one included
         keys = self.steady.keys[:, :, :n]  # [B, Hkv, n, D]
         values = self.steady.values[:, :, :n]
@@ -237,16 +246,24 @@ class RetroInferLayer:
             q.unsqueeze(2), keys, values, attn_mask=mask, scale=self._sdpa_scale, enable_gqa=True
         )
 
+    def _loaded_step(
+        self, q: torch.Tensor, pos: torch.Tensor, widths: tuple[int, int]
+    ) -> tuple[torch.Tensor, ...]:
+        """The captured step: the new token is already in the steady zone (load_step)."""
+        return self._tripartite(q, None, None, pos, widths=widths)
+
     def _tripartite(
         self,
         q: torch.Tensor,
-        k_new: torch.Tensor,
-        v_new: torch.Tensor,
+        k_new: torch.Tensor | None,
+        v_new: torch.Tensor | None,
         pos: torch.Tensor,
         widths: tuple[int, int] | None,
     ) -> tuple[torch.Tensor, ...]:
         """The step's device work. Returns (out [R, G, D] fp32, counts [7], exec marker [T],
-        retrieved ids, ranked ids, estimated mask). widths None: measured (one host sync)."""
+        retrieved ids, ranked ids, estimated mask). widths None: measured (one host sync).
+        k_new / v_new [B, Hkv, D]: written into the steady zone at pos first; None: already
+        there (decode()'s load_step)."""
         cfg = self.config  # fast path: misses always exact this step
         defer = cfg.defer_misses and self.decode_steps >= cfg.defer_warmup_steps
         if (
@@ -257,7 +274,8 @@ class RetroInferLayer:
         ):
             return fast_tripartite(self, q, k_new, v_new, pos, widths)
         assert self.steady is not None
-        self.steady.append_at(k_new, v_new, pos)
+        if k_new is not None and v_new is not None:
+            self.steady.append_at(k_new, v_new, pos)
         cfg, c, r, d = self.config, self.num_clusters, self.rows, self.head_dim
         qg = q.reshape(r, self.group, d)  # [R, G, D]
         n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)

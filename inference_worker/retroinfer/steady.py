@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .kernels.step_io import write_token
+
 
 class SteadyZone:
     """Dense exact-attention tokens of one layer for B sequences: [sinks | recent]."""
@@ -39,9 +41,8 @@ class SteadyZone:
 
     def append_at(self, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor) -> None:
         """Write one token (keys/values [B, Hkv, D]) at device position pos [1] (no host sync;
-        the caller advances `length`)."""
-        self.keys.index_copy_(2, pos, keys.unsqueeze(2))
-        self.values.index_copy_(2, pos, values.unsqueeze(2))
+        the caller advances `length`). One kernel on the Triton path."""
+        write_token(keys, values, self.keys, self.values, pos)
 
     def pop_oldest_recent(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Remove and return the oldest n recent tokens ([B, Hkv, n, D] each)."""

@@ -19,7 +19,10 @@ from ..attention import rank_clusters
 from .availability import pick
 
 MAX_SELECT_BLOCK = 32768  # clusters per row the register-resident selection handles
-SELECT_WARPS: int | None = None  # warps of the selection program (None: by row width)
+# warps of the selection program (None: by row width, 8 up to 8,192 clusters, else 16; H100,
+# 128K x 16, logits + selection 139-141 us with 8 warps vs 144-147 with 16,
+# results/step_profile_cuda_v17.json)
+SELECT_WARPS: int | None = None
 # thresholds counted per search step (2: bisection, 31 steps; 4: 16 steps; 256: radix select,
 # a 256-bin histogram per byte, 4 passes). H100, 128K x 16, logits + selection alone: 165 us
 # with bisection, 173 us 4-ary (step_profile_cuda_v3.json)
@@ -114,7 +117,7 @@ def _rank_select_triton(
         z, part_m, part_l, ret, ret_score, estimated, est_ids, c, nb, n_ret, n_ret + n_est,
         G=g, BLOCK=block, BLOCK_NB=_next_pow2(nb), ARITY=SELECT_ARITY,
         STEPS=_search_steps(SELECT_ARITY),
-        num_warps=SELECT_WARPS or (16 if block >= 8192 else 8),
+        num_warps=SELECT_WARPS or (8 if block <= 8192 else 16),
     )  # fmt: skip
     if not sort:
         return RankSelection(z, ret, estimated.view(torch.bool), est_ids, ret_score)

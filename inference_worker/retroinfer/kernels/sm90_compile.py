@@ -162,12 +162,27 @@ def _assign(dtype: torch.dtype) -> None:
             cluster_sums(x, order, offsets, sh, norm, gather, True, segments)
 
 
+def _step_io(dtype: torch.dtype) -> None:
+    from .step_io import load_step, unload_step, write_token
+
+    for b, h, g, d, cap in ((16, 8, 4, 128, 200), (2, 3, 3, 64, 40)):
+        k, q = torch.randn(b, h, d).to(dtype), torch.randn(b, h * g, d)
+        steady = torch.zeros(b, h, cap, d, dtype=dtype)
+        pos = torch.zeros(1, dtype=torch.int64)
+        for position in (1, 37):  # 1: a constexpr argument
+            load_step(k, k, steady, steady, pos, position, q, q.to(dtype), use_triton=True)
+        load_step(k, k, steady, steady, pos, 37, use_triton=True)
+        write_token(k, k, steady, steady, pos, use_triton=True)
+        unload_step(q, torch.zeros(7, dtype=torch.int64), dtype, use_triton=True)
+
+
 CHECKS: dict[str, Callable[[torch.dtype], None]] = {
     "rank": _rank,
     "decode": _decode,
     "copy": _copy,
     "bookkeeping": _bookkeeping,
     "assign": _assign,
+    "step_io": _step_io,
 }
 
 
