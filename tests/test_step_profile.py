@@ -34,6 +34,7 @@ def test_timeline_is_the_last_complete_step(tmp_path: Path) -> None:
         [7, 0.0, 10.0, "logits_kernel"],
         [7, 11.0, 1.0, "Memcpy DtoD"],
         [9, 12.5, 4.0, "estimate_kernel"],
+        [7, 100.0, 0.0, "next step"],  # the next step's start
     ]
     trace.write_text(json.dumps({"traceEvents": events[:2]}))
     assert step_timeline(trace) == []  # no complete step

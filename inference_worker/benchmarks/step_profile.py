@@ -22,6 +22,7 @@ import importlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,6 +138,22 @@ class _Runner:
         misses = sum(int(c["misses"]) for c in self.counts[first:])
         return {"ms": ms, "hit_ratio": round(hits / max(hits + misses, 1), 3)}
 
+    def host_us(self, steps: int) -> float:
+        """Host µs per decode() call alone: the calls are issued while the GPU spins on a long
+        sleep kernel, so they never wait for it (the graphed step has no host sync)."""
+        dev = self.stream.device
+        if dev.type != "cuda":
+            return 0.0
+        self.step()
+        _sync(dev)
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU cycles
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        host = time.perf_counter() - t0
+        _sync(dev)
+        return round(host / steps * 1e6, 1)
+
     def kernels(self, steps: int = 5, trace: Path | None = None) -> dict[str, float]:
         """GPU µs per step by kernel name (graph replays included), largest first. trace: also
         write the profiler's Chrome trace there (each kernel's stream, start and duration)."""
@@ -170,6 +187,8 @@ def _profile_stream(
     trace = Path(args.trace) / f"trace_{stream.kind}.json" if args.trace else None
     if trace is not None:
         trace.parent.mkdir(parents=True, exist_ok=True)
+    host = run.host_us(args.steps)
+    log.info("%s host µs per decode(): %s", stream.kind, host)
     kernels = run.kernels(trace=trace)
     timeline = step_timeline(trace) if trace is not None else []
     parts = _guarded(_decode_parts, run, args.steps)
@@ -194,6 +213,7 @@ def _profile_stream(
     return {
         "rho": stream.rho,
         "clusters": run.layer.num_clusters,
+        "host_us_per_step": host,
         "kernels_us_per_step": kernels,
         "kernel_total_us": round(sum(kernels.values()), 1),
         "timeline_us": timeline,
@@ -205,7 +225,8 @@ def _profile_stream(
 
 def step_timeline(trace: Path, first: str = "logits_kernel") -> list[list[object]]:
     """The GPU work of the last complete step in a Chrome trace: [stream, start µs (from the
-    step's first `first` kernel), duration µs, name] per kernel or copy, in start order."""
+    step's first `first` kernel), duration µs, name] per kernel or copy, in start order, and
+    last the next step's start ("next step", duration 0)."""
     events = json.loads(trace.read_text())["traceEvents"]
     gpu = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
     gpu.sort(key=lambda e: e["ts"])
@@ -214,11 +235,13 @@ def step_timeline(trace: Path, first: str = "logits_kernel") -> list[list[object
         return []
     step = gpu[starts[-2] : starts[-1]]
     t0 = step[0]["ts"]
-    return [
+    rows = [
         [e.get("args", {}).get("stream"), round(e["ts"] - t0, 1), round(e["dur"], 1),
          e["name"][:60]]
         for e in step
     ]  # fmt: skip
+    nxt = gpu[starts[-1]]  # the next step's first kernel: the gap before it is launch latency
+    return [*rows, [nxt.get("args", {}).get("stream"), round(nxt["ts"] - t0, 1), 0.0, "next step"]]
 
 
 def _guarded(

@@ -43,8 +43,8 @@ def _check_load_once(
     load_step_reference(k, v, want[0], want[1], want[2], position, q, want[3])
     for with_q in (True, False):
         got = [x.clone() for x in bufs]
-        qs = (q, got[3]) if with_q else (None, None)
-        load_step(k, v, got[0], got[1], got[2], position, *qs, use_triton=True)
+        q_in, q_out = (q, got[3]) if with_q else (None, None)
+        load_step(k, v, got[0], got[1], got[2], position, q_in, q_out, use_triton=True)
         expect = want if with_q else [*want[:3], bufs[3]]
         for name, a, e in zip(("steady_k", "steady_v", "pos", "q_dst"), got, expect, strict=True):
             assert _same(a, e, cast=dtype != q_dtype), (name, shape, position, dtype, with_q)
