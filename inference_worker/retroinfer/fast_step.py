@@ -115,6 +115,7 @@ def fast_tripartite(
     if est_in_hits and table is None:  # no hits pass after all: the estimation on its own
         est_in_hits = False
         fork_estimation()
+    page_lo = plan.hit_pages() if plan.fused else None  # the hit pages (admission appends)
     if widths is None:
         pages = buffer._pages_of(plan.ret_sizes)
         miss_tokens = torch.where(plan.miss, plan.ret_sizes, 0).sum(1).max()
@@ -125,11 +126,15 @@ def fast_tripartite(
         listed_w = max(need[2], 1) if table is not None else widths[1]
         take, fill = take[:, :listed_w].contiguous(), fill[:, :listed_w].contiguous()
         count = count.clamp(max=listed_w)
+        page_lo = count.clone()
     cap = steady.keys.shape[2]
     st_k, st_v = steady.keys.view(r, cap, d), steady.values.view(r, cap, d)
-    fetch_ids, counts, page_lo, copy_in = plan.miss_ids, None, None, None
-    if table is not None:  # admitted misses: source -> cache pages, attended there
-        page_lo = count.clone()  # the hit pages; admission appends its pages after them
+    fetch_ids, counts, copy_in = plan.miss_ids, None, None
+    admitted: torch.cuda.Event | None = None
+    if table is None:
+        page_lo = None
+    else:  # admitted misses: source -> cache pages, attended there
+        assert page_lo is not None  # a table implies a fused plan
         hits = ExecView(st_k, st_v, pos, st_k[:, :0], st_v[:, :0], page_lo, buffer.keys,
                         buffer.values, take, fill, page_lo)  # fmt: skip
         planned = mark(side_est is not None)
@@ -144,6 +149,7 @@ def fast_tripartite(
             buffer, plan, table, take, fill, count, not fuse, tick=False
         )
         copy_in = runs if fuse else None
+        admitted = mark(side_est is not None)  # the clock's last reader of the step is done
         st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
     side.reached("admission")
     if copy_in is not None:  # every miss is in the page table: nothing to fetch
@@ -160,8 +166,8 @@ def fast_tripartite(
     out, _ = decode_attention(
         qg, view, sel.z, plan.overflowed(), sizes, vs, layer.scale, early=early
     )
-    if table is not None:  # the LRU clock: after the attention's launch, off its chain
-        buffer.advance_clock(n_ret)
+    if table is not None:  # the LRU clock: beside the attention, off its chain
+        _advance_clock(layer, n_ret, admitted)
     if counts is None:
         counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
     width = cap + widths[0] + widths[1] * buffer.page_tokens
@@ -185,6 +191,23 @@ class _Launches:
         self.passed.add(point)
         for fn in self.due.pop(point, []):
             fn()
+
+
+def _advance_clock(layer: RetroInferLayer, n: int, after: torch.cuda.Event | None) -> None:
+    """The wave buffer's LRU clock for the next step, on side stream 0 forked after admission
+    (the step's last reader of the clock), so that it runs beside the attention instead of
+    after it. The current stream joins it at once: in stream order that is after the
+    attention's launches, so it holds back only what follows the step."""
+    buffer, side = layer._buffer(layer.num_clusters), _side_stream(layer, 0)
+    if side is None or after is None:
+        buffer.advance_clock(n)
+        return
+    side.wait_event(after)
+    with torch.cuda.stream(side):
+        buffer.advance_clock(n)
+        done = torch.cuda.Event()
+        done.record(side)
+    torch.cuda.current_stream().wait_event(done)
 
 
 def _attend_hits(

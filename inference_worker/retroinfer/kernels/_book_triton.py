@@ -17,13 +17,14 @@ import triton.language as tl
 def plan_kernel(
     ret, score, ranked, sizes, stamp, owner, fillp, clock,
     out_sizes, out_overflow, out_valid, out_hit, out_miss, out_overflow_ids,
-    miss_ids, miss_rank, miss_sizes, take, take_fill, count,
+    miss_ids, miss_rank, miss_sizes, take, take_fill, count, hit_count,
     hits_ctr, misses_ctr, totals,
     n, C, P1, W, cap_tokens,
     SORT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
     """(SORT: rank `ret` by `score` into `ranked` first.) Lookup, overflow, hit touch (LRU
-    stamps), compacted misses and the hit-page table."""
+    stamps), compacted misses and the hit-page table (its length in `count`, which admission
+    extends, and in `hit_count`, which it leaves alone)."""
     r = tl.program_id(0).to(tl.int64)
     stamp_row = stamp + r * (C + 1)
     base = tl.load(clock)
@@ -90,6 +91,7 @@ def plan_kernel(
         tl.store(take + r * W + w0 + p, tl.zeros([BLOCK_P], tl.int64), mask=w0 + p < W)
         tl.store(take_fill + r * W + w0 + p, tl.zeros([BLOCK_P], tl.int64), mask=w0 + p < W)
     tl.store(count + r, tl.minimum(n_sel, W).to(tl.int64))
+    tl.store(hit_count + r, tl.minimum(n_sel, W).to(tl.int64))
 
 
 @triton.jit

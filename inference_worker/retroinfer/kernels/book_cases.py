@@ -65,6 +65,7 @@ def check_bookkeeping(
         for name in PLAN_FIELDS:
             _same(f"step {step} {name}", getattr(plans[0], name), getattr(plans[1], name))
         assert plans[0].overflow_ids is None and plans[1].overflow_ids is not None
+        _same(f"step {step} hit pages", plans[0].count, plans[1].hit_pages())
         _same(f"step {step} overflowed", plans[0].overflowed(), plans[1].overflowed())
         miss_k, miss_v, miss_off = _misses(plans[0].miss_ids, sizes, head_dim, gen, device)
         counts = [admit_step(b, p, miss_k, miss_v, miss_off) for b, p in zip(bufs, plans)]  # noqa: B905
@@ -228,6 +229,9 @@ def check_direct(device: str, seed: int, rows: int = 4, segments: int = 1, steps
         rest_in_place, counts, copy_in = admit_direct(
             bufs[2], fused, table, fused.take, fused.fill, fused.count, copy=False
         )
+        # admission appended to count; the plan's copy still holds the hit pages
+        _same(f"direct step {step} hit pages", lo, fused.hit_pages())
+        _same(f"direct step {step} hit pages (copy path)", ref.count, got.hit_pages())
         _same(f"direct step {step} counts (copy_in)", want, counts)
         _same(f"direct step {step} rest ids (copy_in)", rest, rest_in_place)
         _check_copy_in(step, bufs, table, (got, fused), lo, copy_in, rest, gen)

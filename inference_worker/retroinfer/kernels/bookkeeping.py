@@ -53,6 +53,12 @@ class StepPlan:
     # [7] fused: the step's counts (COUNT_NAMES order), summed by the kernels' atomic adds
     totals: torch.Tensor | None = None
     overflow_ids: torch.Tensor | None = None  # [R, n] fused: where(overflow, ret, -1)
+    hit_count: torch.Tensor | None = None  # [R] fused: `count` as planned (admission extends
+    # `count` in place; this copy keeps the hit pages' length)
+
+    def hit_pages(self) -> torch.Tensor:
+        """[R] int64 the hit pages at the front of `take`, whatever admission appended since."""
+        return self.hit_count if self.hit_count is not None else self.count.clone()
 
     def overflowed(self) -> torch.Tensor:
         """[R, n] int64 ids of the retrieved clusters that overflowed (estimated), else -1."""
@@ -91,12 +97,13 @@ def plan_step(
     take = torch.empty(r, width, dtype=i64, device=dev)
     fill = torch.empty(r, width, dtype=i64, device=dev)
     count = torch.empty(r, dtype=i64, device=dev)
+    hit_count = torch.empty(r, dtype=i64, device=dev)
     totals = torch.zeros(7, dtype=i64, device=dev)  # entries 2-4 added by admission
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
         out["sizes"], flags[0], flags[1], flags[2], flags[3], out["ovf"],
-        out["ids"], out["rank"], out["msz"], take, fill, count,
+        out["ids"], out["rank"], out["msz"], take, fill, count, hit_count,
         buffer.hits, buffer.misses, totals,
         n, buffer.num_clusters, buffer.pages + 1, width, cap_tokens,
         SORT=score is not None, BLOCK_N=_pow2(n), BLOCK_P=_pow2(buffer.pages + 1),
@@ -105,7 +112,7 @@ def plan_step(
     b = flags.view(torch.bool)
     return StepPlan(
         ranked, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
-        out["rank"], out["msz"], totals, out["ovf"],
+        out["rank"], out["msz"], totals, out["ovf"], hit_count,
     )  # fmt: skip
 
 
