@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["position"])  # the step's position: no recompile per value
 def token_kernel(
     k_src, v_src, k_dst, v_dst, pos_ptr, position, cap, q_src, q_dst,
     SET_POS: tl.constexpr, HAS_Q: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
