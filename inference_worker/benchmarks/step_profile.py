@@ -51,7 +51,6 @@ rank_mod = importlib.import_module("inference_worker.retroinfer.kernels.rank")
 book_mod = importlib.import_module("inference_worker.retroinfer.kernels.bookkeeping")
 fast_step_mod = importlib.import_module("inference_worker.retroinfer.fast_step")
 est_mod = importlib.import_module("inference_worker.retroinfer.kernels.estimate")
-graph_mod = importlib.import_module("inference_worker.retroinfer.graph")
 step_io_mod = importlib.import_module("inference_worker.retroinfer.kernels.step_io")
 Apply = Callable[[RetroInferLayer], Callable[[], None]]  # changes the layer, returns the undo
 Variant = tuple[str, Apply]
@@ -425,14 +424,6 @@ def _meta(field: str, dtype: torch.dtype) -> Apply:
     return apply
 
 
-def _both(first: Apply, second: Apply) -> Apply:
-    def apply(layer: RetroInferLayer) -> Callable[[], None]:
-        undo_first, undo_second = first(layer), second(layer)
-        return lambda: (undo_second(), undo_first())[-1]
-
-    return apply
-
-
 def _shape(**kwargs: int) -> object:
     return attn_mod.DecodeTuning(**kwargs)
 
@@ -468,12 +459,6 @@ def _variants() -> list[Variant]:
         ("hits launched at plan", _set(fast_step_mod, "SIDE_LAUNCH", "hits at plan")),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", _meta("centroids", torch.float8_e4m3fn)),
-        ("capture at high priority", _set(graph_mod, "CAPTURE_PRIORITY", -1)),
-        ("capture at default priority", _set(graph_mod, "CAPTURE_PRIORITY", None)),
-        (
-            "centroids fp8 e4m3, high priority",
-            _both(_meta("centroids", torch.float8_e4m3fn), _set(graph_mod, "CAPTURE_PRIORITY", -1)),
-        ),
     ]
     return out
 

@@ -9,12 +9,6 @@ import torch
 StepFn = Callable[..., tuple[torch.Tensor, ...]]
 State = list[torch.Tensor]
 
-# Priority of the stream a step is captured on (lower is higher; None: torch's private capture
-# stream, priority 0). torch instantiates graphs with per-node priorities, so a step captured
-# at -1 runs its main-stream kernels (ranking, bookkeeping, the miss attention) ahead of its
-# side streams' (priority 0: estimation, cache hits) whenever both have blocks waiting for SMs.
-CAPTURE_PRIORITY: int | None = None
-
 
 class StepGraph:
     """Captures `fn(*inputs)` once and replays it; inputs are copied into static buffers,
@@ -43,8 +37,7 @@ class StepGraph:
         torch.cuda.current_stream().wait_stream(side)
         restore(saved)
         self.graph = torch.cuda.CUDAGraph()
-        stream = None if CAPTURE_PRIORITY is None else torch.cuda.Stream(priority=CAPTURE_PRIORITY)
-        with torch.cuda.graph(self.graph, stream=stream):
+        with torch.cuda.graph(self.graph):
             self.outputs = fn(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
