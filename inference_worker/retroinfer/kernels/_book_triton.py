@@ -136,14 +136,17 @@ def admit_kernel(
     adm_pages = tl.sum(tl.where(fits, mp, 0), 0)
     need = tl.maximum(adm_pages - n_free, 0)
     # smallest stamp T with at least `need` evictable pages stamped <= T (stamps are unique per
-    # cluster, so this evicts least-recent clusters until enough pages are free)
-    lo = base * 0 - 1
-    hi = base - 1
+    # cluster, so this evicts least-recent clusters until enough pages are free). Bisection
+    # between the evictable stamps' extremes (count(<= lo) < need <= count(<= hi)); a stamp
+    # that counts exactly `need` ends it early (a smaller T would select the same pages).
+    lo = tl.min(tl.where(evictable, own_st, base), 0) - 1
+    hi = tl.max(tl.where(evictable, own_st, -1), 0)
     while (need > 0) & (hi - lo > 1):
         m = lo + (hi - lo) // 2
-        enough = tl.sum((evictable & (own_st <= m)).to(tl.int64), 0) >= need
+        got = tl.sum((evictable & (own_st <= m)).to(tl.int64), 0)
+        enough = got >= need
         hi = tl.where(enough, m, hi)
-        lo = tl.where(enough, lo, m)
+        lo = tl.where(got == need, m - 1, tl.where(enough, lo, m))
     gone = evictable & (own_st <= hi) & (need > 0)
     # count evicted clusters: one page per cluster wins a scatter of its page index
     tl.store(stamp_row + own, -(p.to(tl.int64) + 2), mask=gone)

@@ -71,6 +71,8 @@ def select_kernel(
     # the largest T with count(bits >= T) >= K, for K1 and K2 at once
     if ARITY == 2:
         lo1, lo2 = _bisect2(bits, K1, K2, STEPS)
+    elif ARITY == 4:
+        lo1, lo2 = _quarter2(bits, K1, K2, STEPS)
     elif ARITY == 256:
         lo1, lo2 = _radix(bits, K1, K2)
     else:
@@ -133,6 +135,63 @@ def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
         lo2 = tl.where(run2 & ok2, t2, lo2)
         hi2 = tl.where(run2, tl.where(c2 == K2, t2, tl.where(ok2, hi2, t2 - 1)), hi2)
     return lo1.to(tl.int32), lo2.to(tl.int32)
+
+
+@triton.jit
+def _quarter2(bits, K1, K2, STEPS: tl.constexpr):
+    """4-ary search for both thresholds at the cost of a bisection step: per step each K's
+    interval is cut at three thresholds, and the three counts travel packed in one int64 (16
+    bits each: a row has at most 32,768 elements), so a step is still one two-operand sum.
+    Same invariant and early exit as _bisect2 (a threshold that counts exactly K ends that K's
+    search). About half the steps of the bisection; bounded by STEPS + 1 all the same."""
+    real = bits >= 0
+    low = tl.min(tl.where(real, bits, _INF_BITS), axis=0).to(tl.int64)
+    high = tl.max(bits, axis=0).to(tl.int64)
+    lo1 = low
+    hi1 = high
+    lo2 = low
+    hi2 = high
+    step = tl.zeros([], tl.int32)
+    while ((lo1 < hi1) | (lo2 < hi2)) & (step <= STEPS):
+        step += 1
+        a1, b1, c1 = _cuts(lo1, hi1)
+        a2, b2, c2 = _cuts(lo2, hi2)
+        p1, p2 = tl.reduce((_count3(bits, a1, b1, c1), _count3(bits, a2, b2, c2)), 0, _add2)
+        lo1, hi1 = _narrow(lo1, hi1, K1, p1, a1, b1, c1)
+        lo2, hi2 = _narrow(lo2, hi2, K2, p2, a2, b2, c2)
+    return lo1.to(tl.int32), lo2.to(tl.int32)
+
+
+@triton.jit
+def _cuts(lo, hi):
+    """Three thresholds a <= b <= c in (lo, hi] (lo < hi) at about its quarters."""
+    q = hi - lo
+    return lo + (q + 3) // 4, lo + (2 * q + 3) // 4, lo + (3 * q + 3) // 4
+
+
+@triton.jit
+def _count3(bits, a, b, c):
+    """Per element, its counts at the thresholds a, b, c packed into 16-bit fields."""
+    ca = (bits >= a.to(tl.int32)).to(tl.int64)
+    cb = (bits >= b.to(tl.int32)).to(tl.int64)
+    cc = (bits >= c.to(tl.int32)).to(tl.int64)
+    return ca + (cb << 16) + (cc << 32)
+
+
+@triton.jit
+def _narrow(lo, hi, K, packed, a, b, c):
+    """The interval after counting at a <= b <= c (counts non-increasing): lo moves to the
+    largest threshold counting >= K, hi to one below the smallest counting < K; a threshold
+    that counts exactly K becomes both bounds."""
+    ca = packed & 0xFFFF
+    cb = (packed >> 16) & 0xFFFF
+    cc = (packed >> 32) & 0xFFFF
+    new_lo = tl.where(cc >= K, c, tl.where(cb >= K, b, tl.where(ca >= K, a, lo)))
+    at_lo = tl.where(cc >= K, cc, tl.where(cb >= K, cb, tl.where(ca >= K, ca, -1)))
+    new_hi = tl.where(ca < K, a - 1, tl.where(cb < K, b - 1, tl.where(cc < K, c - 1, hi)))
+    new_hi = tl.where(at_lo == K, new_lo, new_hi)
+    run = lo < hi
+    return tl.where(run, new_lo, lo), tl.where(run, new_hi, hi)
 
 
 @triton.jit

@@ -322,6 +322,10 @@ def run_interpreted() -> None:
     seen = check_bookkeeping(2, 40, 10, 70, 5, "cpu", seed=2, cap_tokens=30)  # overflow
     assert seen["overflow"] > 0 and seen["hits"] > 0, seen
     check_bookkeeping(2, 30, 5, 9, 4, "cpu", seed=3, page_tokens=3)  # odd page size
+    # 1-2 misses a step into a full cache: often the least-recent cluster alone frees enough
+    # (the eviction search's lower bound must stay below the oldest stamp)
+    seen = check_bookkeeping(3, 60, 2, 10, 30, "cpu", seed=4)
+    assert seen["evicted"] > 0, seen
     check_layer_paths("cpu", torch.float32, seed=4, shape=(1, 8, 2, 16, 3000, 4))
     _with_estimation_in_hits_pass(
         lambda: check_layer_paths("cpu", torch.float32, seed=8, shape=(1, 8, 2, 16, 3000, 3))

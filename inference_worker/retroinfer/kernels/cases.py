@@ -205,7 +205,7 @@ def check_select_ties(device: str, seed: int) -> None:
     pick_ = torch.randint(0, 40, (r, c), generator=gen, device=device)
     case["centroids"] = pool.gather(1, pick_.unsqueeze(-1).expand(r, c, d)).contiguous()
     case["sizes"] = torch.where(case["sizes"] > 0, 7, 0)  # equal sizes keep the ties exact
-    for arity in (2, 4, 256):  # bisection (the default), 4-ary search, radix (histograms)
+    for arity in (2, 4, 8, 256):  # bisection, packed 4-ary, 8-ary (2-D counts), radix
         _check_ties(case, {"SELECT_ARITY": arity})
 
 
@@ -213,12 +213,13 @@ def check_select_bounds(device: str, seed: int) -> None:
     """The bisection's early exit and its row-range start: a gap right after the n_ret-th score
     (the first threshold inside it counts exactly n_ret), zones ending at the last cluster
     (n_ret + n_est = C: the threshold is the row's smallest score), rows whose clusters are
-    mostly empty (many zero scores), and fresh random rows at several sizes."""
+    mostly empty (many zero scores), and fresh random rows at several sizes; the bisection
+    and the packed 4-ary search alike."""
     gen = torch.Generator(device=device).manual_seed(seed)
     for i, (c, n_ret, n_est) in enumerate(((700, 20, 100), (300, 7, 293))):
         case = rank_case(3, 4, c, 64, torch.float32, device, seed + i)
         case["n_ret"], case["n_est"] = n_ret, n_est
-        _check_ties(case, {})
+        _check_arities(case)
     case = rank_case(3, 4, 700, 64, torch.float32, device, seed + 5)
     top = torch.rand(3, 700, generator=gen, device=device).argsort(1)[:, :20]  # [R, 20]
     boost = torch.zeros(3, 700, 64, device=device).scatter_(
@@ -226,10 +227,15 @@ def check_select_bounds(device: str, seed: int) -> None:
     )
     case["centroids"] = case["centroids"] + boost * case["q"].float().mean(1, keepdim=True).sign()
     case["n_ret"], case["n_est"] = 20, 200
-    _check_ties(case, {})
+    _check_arities(case)
     case["sizes"] = torch.where(torch.rand(3, 700, generator=gen, device=device) < 0.6, 0, 5)
     case["sizes"][:, :300] = 5  # at least n_ret + n_est non-empty clusters
-    _check_ties(case, {})
+    _check_arities(case)
+
+
+def _check_arities(case: Case) -> None:
+    for arity in (2, 4):  # bisection, packed 4-ary search: same early exit and bounds
+        _check_ties(case, {"SELECT_ARITY": arity})
 
 
 def _check_ties(case: Case, knobs: dict[str, int]) -> None:

@@ -72,7 +72,7 @@ def _rank(dtype: torch.dtype) -> None:
         case = rank_case(4, 4, c, 128, dtype, "cpu", seed=0)
         case["centroids"] = case["centroids"].to(cent_dtype)
         rank.rank_select(**case, use_triton=True, sort=False)
-    for knob, value in (("SELECT_ARITY", 4), ("SELECT_ARITY", 256)):
+    for knob, value in (("SELECT_ARITY", 4), ("SELECT_ARITY", 8), ("SELECT_ARITY", 256)):
         default = getattr(rank, knob)
         setattr(rank, knob, value)
         try:
