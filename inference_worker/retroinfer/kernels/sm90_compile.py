@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 
 log = logging.getLogger(__name__)
-Compiled = list[tuple[str, int, int]]  # kernel name, warps, shared-memory bytes
+Compiled = list[tuple[str, int, int, str]]  # kernel name, warps, shared-memory bytes, hash
 
 
 @contextmanager
@@ -49,7 +49,9 @@ def compile_only(arch: int = 90) -> Iterator[Compiled]:
 
     def compile_run(self, *args, grid, warmup, **kwargs):  # type: ignore[no-untyped-def]
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        compiled.append((self.fn.__name__, kernel.metadata.num_warps, kernel.metadata.shared))
+        compiled.append(
+            (self.fn.__name__, kernel.metadata.num_warps, kernel.metadata.shared, kernel.hash)
+        )
         return kernel
 
     available, active = availability.kernels_available, driver._active
@@ -196,10 +198,27 @@ def compile_all(dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32
     return compiled
 
 
+def token_binaries(positions: tuple[int, ...] = (1, 16, 17, 32, 37)) -> set[str]:
+    """The distinct binaries of the step-input kernel over decode positions: one, or every new
+    position class (1, multiples of 16) would recompile in the middle of a decode run."""
+    from .step_io import load_step
+
+    k, q = torch.randn(2, 3, 64).to(torch.bfloat16), torch.randn(2, 6, 64)
+    steady = torch.zeros(2, 3, 64, 64, dtype=torch.bfloat16)
+    pos = torch.zeros(1, dtype=torch.int64)
+    with compile_only() as compiled:
+        for position in positions:
+            load_step(k, k, steady, steady, pos, position, q, q.to(torch.bfloat16), use_triton=True)
+    return {h for name, _, _, h in compiled if name == "token_kernel"}
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     compiled = compile_all()
-    names = sorted({name for name, _, _ in compiled})
+    binaries = token_binaries()
+    if len(binaries) != 1:
+        raise RuntimeError(f"step-input kernel: {len(binaries)} binaries for 5 positions")
+    names = sorted({name for name, *_ in compiled})
     log.info("compiled %d kernel launches for sm_90 (%s)", len(compiled), ", ".join(names))
     print("ok")  # the subprocess protocol of tests/interpret.py
 
