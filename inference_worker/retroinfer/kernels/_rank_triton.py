@@ -100,6 +100,14 @@ def _add2(a0, b0, a1, b1):
 
 
 @triton.jit
+def _row_range(bits):
+    """The row's smallest and largest bit pattern (int64; bits < 0 is padding): the starting
+    interval of both threshold searches."""
+    low = tl.min(tl.where(bits >= 0, bits, _INF_BITS), axis=0).to(tl.int64)
+    return low, tl.max(bits, axis=0).to(tl.int64)
+
+
+@triton.jit
 def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
     """Bisection for both thresholds with scalar bounds: per step two comparisons per element
     and one two-operand sum (no 2-D tensor, no layout conversion, no small reductions).
@@ -109,13 +117,8 @@ def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
     so the loop stops after ~log2(range / gap at the K-th) steps instead of 31. Each step at
     least halves an interval of at most 2**31 patterns, so STEPS (31) steps always suffice; the
     loop is bounded by STEPS + 1 all the same (a wrong update cannot hang the GPU)."""
-    real = bits >= 0
-    low = tl.min(tl.where(real, bits, _INF_BITS), axis=0).to(tl.int64)
-    high = tl.max(bits, axis=0).to(tl.int64)
-    lo1 = low
-    hi1 = high
-    lo2 = low
-    hi2 = high
+    lo1, hi1 = _row_range(bits)
+    lo2, hi2 = _row_range(bits)
     step = tl.zeros([], tl.int32)
     while ((lo1 < hi1) | (lo2 < hi2)) & (step <= STEPS):
         step += 1
@@ -144,13 +147,8 @@ def _quarter2(bits, K1, K2, STEPS: tl.constexpr):
     bits each: a row has at most 32,768 elements), so a step is still one two-operand sum.
     Same invariant and early exit as _bisect2 (a threshold that counts exactly K ends that K's
     search). About half the steps of the bisection; bounded by STEPS + 1 all the same."""
-    real = bits >= 0
-    low = tl.min(tl.where(real, bits, _INF_BITS), axis=0).to(tl.int64)
-    high = tl.max(bits, axis=0).to(tl.int64)
-    lo1 = low
-    hi1 = high
-    lo2 = low
-    hi2 = high
+    lo1, hi1 = _row_range(bits)
+    lo2, hi2 = _row_range(bits)
     step = tl.zeros([], tl.int32)
     while ((lo1 < hi1) | (lo2 < hi2)) & (step <= STEPS):
         step += 1
