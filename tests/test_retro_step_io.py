@@ -61,8 +61,10 @@ def test_load_step_rejects_a_position_outside_the_zone(position):
 
 def test_load_step_needs_q_and_its_buffer_together():
     k, v, q, sk, sv = _buffers()
+    before_k, before_v = sk.clone(), sv.clone()
     with pytest.raises(ValueError, match="q and q_dst go together"):
         load_step(k, v, sk, sv, torch.zeros(1, dtype=torch.int64), 1, q, None)
+    assert torch.equal(sk, before_k) and torch.equal(sv, before_v)
 
 
 def test_step_io_kernels_match_references_interpreted():

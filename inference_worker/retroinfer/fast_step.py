@@ -27,6 +27,7 @@ from .misses import device_batch
 if TYPE_CHECKING:
     from .kernels.cluster_table import ClusterTable
     from .layer import RetroInferLayer
+    from .wave_buffer import WaveBuffer
 
 # Side-stream work is forked where its inputs are ready (estimation: after the selection;
 # cache hits: after the plan) but may be launched later, so that main-stream kernels launched
@@ -115,7 +116,7 @@ def fast_tripartite(
     if est_in_hits and table is None:  # no hits pass after all: the estimation on its own
         est_in_hits = False
         fork_estimation()
-    page_lo = plan.hit_pages() if plan.fused else None  # the hit pages (admission appends)
+    measured = widths is None  # eager: the page table is cut to the step's need
     if widths is None:
         pages = buffer._pages_of(plan.ret_sizes)
         miss_tokens = torch.where(plan.miss, plan.ret_sizes, 0).sum(1).max()
@@ -126,15 +127,14 @@ def fast_tripartite(
         listed_w = max(need[2], 1) if table is not None else widths[1]
         take, fill = take[:, :listed_w].contiguous(), fill[:, :listed_w].contiguous()
         count = count.clamp(max=listed_w)
-        page_lo = count.clone()
     cap = steady.keys.shape[2]
     st_k, st_v = steady.keys.view(r, cap, d), steady.values.view(r, cap, d)
     fetch_ids, counts, copy_in = plan.miss_ids, None, None
+    page_lo: torch.Tensor | None = None
     admitted: torch.cuda.Event | None = None
-    if table is None:
-        page_lo = None
-    else:  # admitted misses: source -> cache pages, attended there
-        assert page_lo is not None  # a table implies a fused plan
+    if table is not None:  # admitted misses: source -> cache pages, attended there
+        # the hit pages (admission appends its pages after them); eager: the cut table's
+        page_lo = count.clone() if measured else plan.hit_pages()
         hits = ExecView(st_k, st_v, pos, st_k[:, :0], st_v[:, :0], page_lo, buffer.keys,
                         buffer.values, take, fill, page_lo)  # fmt: skip
         planned = mark(side_est is not None)
@@ -167,7 +167,7 @@ def fast_tripartite(
         qg, view, sel.z, plan.overflowed(), sizes, vs, layer.scale, early=early
     )
     if table is not None:  # the LRU clock: beside the attention, off its chain
-        _advance_clock(layer, n_ret, admitted)
+        _advance_clock(layer, buffer, n_ret, admitted)
     if counts is None:
         counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
     width = cap + widths[0] + widths[1] * buffer.page_tokens
@@ -193,12 +193,14 @@ class _Launches:
             fn()
 
 
-def _advance_clock(layer: RetroInferLayer, n: int, after: torch.cuda.Event | None) -> None:
+def _advance_clock(
+    layer: RetroInferLayer, buffer: WaveBuffer, n: int, after: torch.cuda.Event | None
+) -> None:
     """The wave buffer's LRU clock for the next step, on side stream 0 forked after admission
     (the step's last reader of the clock), so that it runs beside the attention instead of
     after it. The current stream joins it at once: in stream order that is after the
     attention's launches, so it holds back only what follows the step."""
-    buffer, side = layer._buffer(layer.num_clusters), _side_stream(layer, 0)
+    side = _side_stream(layer, 0)
     if side is None or after is None:
         buffer.advance_clock(n)
         return
@@ -217,13 +219,13 @@ def _attend_hits(
     z: torch.Tensor,
     sizes: torch.Tensor,
     vs: torch.Tensor,
-    planned: torch.cuda.Event | None,  # recorded after the plan and the copy of its count
+    planned: torch.cuda.Event | None,  # recorded after the plan
     est: torch.Tensor | None = None,  # [R, n_est] estimation-zone ids to attend here too
 ) -> Partials:
     """Partials of the steady zone and the cache hits (and `est`'s estimation zone), on a
     second side stream, forked after the plan: they run while admission evicts and copies
     (never a hit page: the plan stamped the hits most recent) and appends its pages to the page
-    table after the hits' (which this copy of the count hides)."""
+    table after the hits' (which the plan's hit-page count, view.hit_pages, hides)."""
     est = view.take[:, :0] if est is None else est
     args = (qg, view, z, est, sizes, vs, layer.scale, HITS_TUNING)
     reads = (qg, view.take, view.fill, view.hit_pages, est)

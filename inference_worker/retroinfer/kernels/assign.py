@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .availability import interpreting, pick
+from .sizes import next_pow2
 
 MAX_GRID_ROWS = 65535  # rows are the second grid axis
 
@@ -162,7 +163,7 @@ def _assign_triton(
     assign_kernel[grid](
         x, starts, centroids, sh, lens, out, width, c, num_segments,
         HAS_SHIFT=shift is not None, HAS_LEN=lengths is not None, D=d,
-        BLOCK_D=max(16, _next_pow2(d)), BLOCK_N=block_n, BLOCK_C=block_c,
+        BLOCK_D=max(16, next_pow2(d)), BLOCK_N=block_n, BLOCK_C=block_c,
         EVEN_C=c % block_c == 0, PRECISION="ieee" if centroids.dtype == torch.float32 else None,
         INTERPRET=interp, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
@@ -193,7 +194,3 @@ def _check(
         raise ValueError(f"lengths must be [R * S] = [{rows}], got {list(lengths.shape)}")
     if shift is not None and tuple(shift.shape) != (r, d):
         raise ValueError(f"shift must be [R, D] = [{r}, {d}], got {list(shift.shape)}")
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()

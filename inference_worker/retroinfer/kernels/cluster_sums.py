@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .assign import MAX_GRID_ROWS, _next_pow2, padded_segments, row_layout
+from .assign import MAX_GRID_ROWS, padded_segments, row_layout
 from .availability import interpreting, pick
+from .sizes import next_pow2
 
 
 def cluster_sums(
@@ -90,7 +91,7 @@ def _cluster_sums_triton(
         x, starts, order.contiguous(), offsets.contiguous(), sh, prev, out,
         rows if rows is not None else x, n, c, num_segments,
         HAS_SHIFT=shift is not None, NORMALIZE=normalize_prev is not None,
-        WRITE_SORTED=gather, D=d, BLOCK_D=max(16, _next_pow2(d)), BLOCK=8 if interp else block,
+        WRITE_SORTED=gather, D=d, BLOCK_D=max(16, next_pow2(d)), BLOCK=8 if interp else block,
         INTERPRET=interp, num_warps=num_warps,
     )  # fmt: skip
     return out, rows

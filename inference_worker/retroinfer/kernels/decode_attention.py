@@ -19,6 +19,7 @@ from ..attention import merge, partial_attention
 from .availability import pick
 from .estimate import EST_CHUNK, estimate_partials_reference
 from .partials import Partials, PartialTensors, combine_partials
+from .sizes import cdiv
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +154,10 @@ def exact_partials(
     cap, m_width = view.steady_k.shape[1], view.miss_k.shape[1]
     p1, pt = view.cache_k.shape[1], view.cache_k.shape[2]
     w, c = view.take.shape[1], z.shape[-1]
-    s_st, s_mi = _cdiv(cap, t.chunk), _cdiv(m_width, t.chunk)
-    s_hi = t.page_splits or _cdiv(w, t.chunk // pt)
+    s_st, s_mi = cdiv(cap, t.chunk), cdiv(m_width, t.chunk)
+    s_hi = t.page_splits or cdiv(w, t.chunk // pt)
     n_est = estimated.shape[1]
-    s = max(s_st + s_mi + s_hi + _cdiv(n_est, t.est_chunk), 1)
+    s = max(s_st + s_mi + s_hi + cdiv(n_est, t.est_chunk), 1)
     stages = {} if t.num_stages is None else {"num_stages": t.num_stages}
     dev = q.device
     pm = torch.empty(r, s, g, dtype=torch.float32, device=dev)
@@ -301,7 +302,3 @@ def materialise(
     values = torch.cat([view.steady_v, view.miss_v, hit_v.view(r, w * pt, d)], dim=1)
     keep = mask.unsqueeze(-1)
     return torch.where(keep, keys, 0), torch.where(keep, values, 0), mask
-
-
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b

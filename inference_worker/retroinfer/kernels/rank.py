@@ -17,6 +17,7 @@ import torch
 
 from ..attention import rank_clusters
 from .availability import pick
+from .sizes import next_pow2
 
 MAX_SELECT_BLOCK = 32768  # clusters per row the register-resident selection handles
 # warps of the selection program (None: by row width, 8 up to 8,192 clusters, else 16; H100,
@@ -59,7 +60,7 @@ def rank_select(
     c = centroids.shape[1]
     if n_ret < 1 or n_ret + n_est > c:
         raise ValueError(f"need 1 <= n_ret and n_ret + n_est <= C, got {n_ret}, {n_est}, C={c}")
-    fits = _next_pow2(c) <= MAX_SELECT_BLOCK and _is_pow2(q.shape[-1])
+    fits = next_pow2(c) <= MAX_SELECT_BLOCK and _is_pow2(q.shape[-1])
     if not (fits and pick(use_triton, q)):
         return rank_select_reference(q, centroids, sizes, scale, n_ret, n_est)
     return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est, sort)
@@ -112,10 +113,10 @@ def _rank_select_triton(
     ret_score = torch.empty(r, n_ret, dtype=torch.float32, device=dev)
     estimated = torch.empty(r, c, dtype=torch.int8, device=dev)
     est_ids = torch.empty(r, n_est, dtype=torch.int64, device=dev)
-    block = _next_pow2(c)
+    block = next_pow2(c)
     select_kernel[(r,)](
         z, part_m, part_l, ret, ret_score, estimated, est_ids, c, nb, n_ret, n_ret + n_est,
-        G=g, BLOCK=block, BLOCK_NB=_next_pow2(nb), ARITY=SELECT_ARITY,
+        G=g, BLOCK=block, BLOCK_NB=next_pow2(nb), ARITY=SELECT_ARITY,
         STEPS=_search_steps(SELECT_ARITY),
         num_warps=SELECT_WARPS or (8 if block <= 8192 else 16),
     )  # fmt: skip
@@ -132,10 +133,6 @@ def sort_retrieved(ret: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
 def _search_steps(arity: int) -> int:
     """Steps of an arity-ary search over the 2**31 non-negative float32 bit patterns."""
     return math.ceil(31 / math.log2(arity))
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
 
 
 def _is_pow2(n: int) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .availability import pick
+from .sizes import cdiv, next_pow2
 
 UNLOAD_BLOCK = 2048  # output elements per unload program
 # False: the torch references even on CUDA (a profiler variant: six small kernels, as before)
@@ -22,7 +23,10 @@ USE_KERNELS = True
 
 
 def _use(use_triton: bool | None, t: torch.Tensor) -> bool:
-    return pick(use_triton if use_triton is not None or USE_KERNELS else False, t)
+    """pick(), with USE_KERNELS = False turning the default (None) into the reference."""
+    if use_triton is None and not USE_KERNELS:
+        return False
+    return pick(use_triton, t)
 
 
 def load_step(
@@ -80,9 +84,9 @@ def unload_step(
     out_copy = torch.empty(out.shape, dtype=dtype, device=out.device)
     counts_copy = torch.empty_like(counts)
     n, nc = out.numel(), counts.numel()
-    unload_kernel[(_cdiv(n, UNLOAD_BLOCK),)](
+    unload_kernel[(cdiv(n, UNLOAD_BLOCK),)](
         out, out_copy, counts.contiguous(), counts_copy, n, nc,
-        BLOCK=UNLOAD_BLOCK, CB=_next_pow2(nc), num_warps=4,
+        BLOCK=UNLOAD_BLOCK, CB=next_pow2(nc), num_warps=4,
     )  # fmt: skip
     return out_copy, counts_copy
 
@@ -127,14 +131,6 @@ def _launch_token(
         k_new.contiguous(), v_new.contiguous(), steady_k, steady_v, pos,
         position if position is not None else 0, cap, q_src,
         q_dst if q_dst is not None else steady_k,
-        SET_POS=position is not None, HAS_Q=q is not None, G=group, GP=_next_pow2(group),
-        D=d, DP=_next_pow2(d), num_warps=1,
+        SET_POS=position is not None, HAS_Q=q is not None, G=group, GP=next_pow2(group),
+        D=d, DP=next_pow2(d), num_warps=1,
     )  # fmt: skip
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
