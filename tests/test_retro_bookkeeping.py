@@ -2,7 +2,8 @@
 direct admission (source -> cache pages before the attention) and the fused fetch index math vs
 their torch references on fresh random steps: identical outputs and state (owner, fill, stamps,
 clock, counters, page rows); the layer's fast step in every mode vs the pure-torch step. Interpreted
-on CPU (TRITON_INTERPRET=1, subprocess) and compiled on CUDA (skipped without a GPU)."""
+on CPU (TRITON_INTERPRET=1, subprocess) and compiled on CUDA (skipped without a GPU). The step
+split into row micro-batches vs unsplit: identical outputs, statistics and buffer state."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from inference_worker.retroinfer.kernels.book_cases import (
     check_direct,
     check_fetch_runs,
     check_layer_paths,
+    check_micro_batches,
 )
 from inference_worker.retroinfer.kernels.bookkeeping import MAX_BLOCK_P, fusable, plan_step
 from tests.interpret import run_check
@@ -84,3 +86,31 @@ def test_fused_fetch_runs_match_reference_gpu():
 @cuda
 def test_direct_admission_matches_reference_gpu():
     check_direct("cuda", seed=10, rows=16, segments=3, steps=8)
+
+
+@cuda
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("parts", [2, 3])  # 3: uneven row ranges (32 rows)
+def test_micro_batched_step_matches_unsplit_gpu(parts, graph):
+    check_micro_batches(
+        "cuda", torch.bfloat16, seed=12, shape=(4, 32, 8, 128, 20000, 5), parts=parts, graph=graph
+    )
+
+
+@cuda
+def test_micro_batched_step_without_staggering_matches_unsplit_gpu(monkeypatch):
+    from inference_worker.retroinfer import fast_step
+
+    monkeypatch.setattr(fast_step, "MICRO_STAGGER", False)
+    check_micro_batches(
+        "cuda", torch.float32, seed=13, shape=(4, 32, 8, 128, 20000, 4), parts=2, graph=True
+    )
+
+
+@cuda
+def test_layer_paths_with_admission_beside_the_attention_gpu(monkeypatch):
+    from inference_worker.retroinfer import fast_step
+
+    monkeypatch.setattr(fast_step, "ADMIT_BESIDE", True)
+    check_layer_paths("cuda", torch.bfloat16, seed=9, shape=(2, 32, 8, 128, 20000, 6))
+    check_layer_paths("cuda", torch.float32, seed=10, shape=(2, 32, 8, 128, 20000, 6))

@@ -77,3 +77,23 @@ def test_direct_admission_only_up_to_the_cluster_limit(monkeypatch):
     assert fast_step._direct_table(layer) is not None
     layer.direct_admission = False
     assert fast_step._direct_table(layer) is None
+
+
+def test_cluster_table_row_range_reads_the_parent_rows():
+    """A row range of the cluster table (one micro-batch of the fast step) locates exactly what
+    the whole table locates for those rows; bad ranges are rejected."""
+    from inference_worker.retroinfer.kernels.book_cases import _random_table
+
+    table = _random_table("cpu", seed=3, rows=5, segments=2, head_dim=4)
+    b, h, c = table.size.shape  # rows are (b, h) flattened: 5 x 1 here
+    ids = torch.randint(-1, c, (b, h, 6), generator=torch.Generator().manual_seed(4))
+    offs, runs = table.runs_reference(ids, 100)  # runs [4, rows * 6]: src k, src v, dst, rows
+    part = table.row_range(1, 4)
+    assert part.size.shape == (1, 3, c) and part.base_k is table.base_k
+    got_offs, got_runs = part.runs_reference(ids.view(1, 5, 6)[:, 1:4], 100)
+    assert torch.equal(got_offs, offs.view(1, 5, 7)[:, 1:4])
+    want = runs.view(4, 5, 6)[:, 1:4].reshape(4, -1)
+    assert torch.equal(got_runs[[0, 1, 3]], want[[0, 1, 3]])  # source offsets (k, v), rows
+    assert bool((got_runs[0] != runs[0, :18]).any())  # not simply the first rows
+    with pytest.raises(ValueError, match="0 <= lo < hi <= 5, got 2, 9"):
+        table.row_range(2, 9)

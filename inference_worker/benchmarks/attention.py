@@ -20,7 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer import (
+    InProcessClusterSource,
+    RetroInferConfig,
+    RetroInferLayer,
+    fast_step,
+)
 from inference_worker.retroinfer.config import CENTROID_FORMATS
 from inference_worker.retroinfer.kernels import kernels_available
 
@@ -43,6 +48,8 @@ def main() -> None:
     contexts = args.contexts or ([2048, 4096] if args.quick else [32768, 131072, 524288])
     batches = args.batches or ([1, 2] if args.quick else [1, 4, 16])
     steps = args.steps or (3 if args.quick else 20)
+    if args.micro_batches is not None:
+        fast_step.MICRO_BATCHES = args.micro_batches
     rows: list[dict[str, object]] = []
     result = {
         "device": _device_name(device),
@@ -56,6 +63,7 @@ def main() -> None:
             "correlated": "q_t = rho*q_(t-1) + sqrt(1-rho^2)*noise, rho calibrated so the hit "
             f"ratio is close to {args.target_hit} (the real SmolLM2 model measured 0.78)",
         },
+        "micro_batches": fast_step.MICRO_BATCHES,
         "torch": torch.__version__,
         "rows": rows,
     }
@@ -84,6 +92,10 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--centroids", choices=sorted(CENTROID_FORMATS), default="model",
         help="RetroInferConfig.centroid_format (fp8_e4m3: opt-in narrow centroid scan)",
+    )  # fmt: skip
+    p.add_argument(
+        "--micro-batches", type=int, default=None,
+        help="fast_step.MICRO_BATCHES (row micro-batches per step; default: the module's)",
     )  # fmt: skip
     p.add_argument("--streams", nargs="*", choices=STREAMS, default=list(STREAMS))
     p.add_argument("--target-hit", type=float, default=0.78, help="correlated: hit ratio goal")

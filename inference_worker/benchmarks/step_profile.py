@@ -61,9 +61,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.micro_batches is not None:
+        setattr(fast_step_mod, "MICRO_BATCHES", args.micro_batches)  # noqa: B010
     result: dict[str, object] = {
         "device": _device_name(device),
         "torch": torch.__version__,
+        "micro_batches": getattr(fast_step_mod, "MICRO_BATCHES"),  # noqa: B009
         "context": args.context,
         "batch": args.batch,
         "steps": args.steps,
@@ -91,6 +94,10 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--rho", type=float, default=0.944, help="correlated stream (0.944: hit ~0.79 at 128K x 16)"
     )
+    p.add_argument(
+        "--micro-batches", type=int, default=None,
+        help="fast_step.MICRO_BATCHES of the baseline (default: the module's)",
+    )  # fmt: skip
     p.add_argument("--out", default=None)
     p.add_argument("--trace", default=None, help="folder for a Chrome trace per query stream")
     p.add_argument(
@@ -190,7 +197,8 @@ def _profile_stream(
     host = run.host_us(args.steps)
     log.info("%s host µs per decode(): %s", stream.kind, host)
     kernels = run.kernels(trace=trace)
-    timeline = step_timeline(trace) if trace is not None else []
+    per_step = len(fast_step_mod.micro_batches(args.batch * KV_HEADS))
+    timeline = step_timeline(trace, per_step=per_step) if trace is not None else []
     parts = _guarded(_decode_parts, run, args.steps)
     log.info("%s decode kernel parts (µs): %s", stream.kind, parts)
     select_parts = _guarded(_select_parts, run, args.steps)
@@ -223,17 +231,20 @@ def _profile_stream(
     }
 
 
-def step_timeline(trace: Path, first: str = "logits_kernel") -> list[list[object]]:
+def step_timeline(
+    trace: Path, first: str = "logits_kernel", per_step: int = 1
+) -> list[list[object]]:
     """The GPU work of the last complete step in a Chrome trace: [stream, start µs (from the
     step's first `first` kernel), duration µs, name] per kernel or copy, in start order, and
-    last the next step's start ("next step", duration 0)."""
+    last the next step's start ("next step", duration 0). per_step: `first` kernels a step
+    launches (one per micro-batch)."""
     events = json.loads(trace.read_text())["traceEvents"]
     gpu = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
     gpu.sort(key=lambda e: e["ts"])
     starts = [i for i, e in enumerate(gpu) if e["name"] == first]
-    if len(starts) < 2:
+    if len(starts) < per_step + 1:
         return []
-    step = gpu[starts[-2] : starts[-1]]
+    step = gpu[starts[-1 - per_step] : starts[-1]]
     t0 = step[0]["ts"]
     rows = [
         [e.get("args", {}).get("stream"), round(e["ts"] - t0, 1), round(e["dur"], 1),
@@ -404,6 +415,20 @@ def _set(module: object, name: str, value: object) -> Apply:
     return apply
 
 
+def _micro(k: int) -> Apply:
+    return _set(fast_step_mod, "MICRO_BATCHES", k)
+
+
+def _both(first: Apply, second: Apply) -> Apply:
+    """Two settings at once."""
+
+    def apply(layer: RetroInferLayer) -> Callable[[], None]:
+        undo_first, undo_second = first(layer), second(layer)
+        return lambda: (undo_second(), undo_first())[-1]
+
+    return apply
+
+
 def _attr(name: str, value: object) -> Apply:
     """A RetroInferLayer attribute set for the variant."""
 
@@ -429,6 +454,10 @@ def _shape(**kwargs: int) -> object:
 
 
 def _variants() -> list[Variant]:
+    unstaggered = _set(fast_step_mod, "MICRO_STAGGER", False)
+    fp8 = _meta("centroids", torch.float8_e4m3fn)
+    equal = _set(fast_step_mod, "MICRO_PRIORITY", False)
+    on_chain = _set(fast_step_mod, "ADMIT_BESIDE", False)
     tunings = {f"decode {k}": v for k, v in attn_mod.TUNING_VARIANTS.items()}
     out: list[Variant] = [(k, _set(attn_mod, "TUNING", v)) for k, v in tunings.items()]
     out += [
@@ -458,7 +487,16 @@ def _variants() -> list[Variant]:
         ("hits pass 4 page splits", _set(fast_step_mod, "HITS_TUNING", _shape(page_splits=4))),
         ("hits launched at plan", _set(fast_step_mod, "SIDE_LAUNCH", "hits at plan")),
         ("value sums fp32", _meta("value_sums", torch.float32)),
-        ("centroids fp8 e4m3", _meta("centroids", torch.float8_e4m3fn)),
+        ("centroids fp8 e4m3", fp8),
+        ("admission on the chain", on_chain),
+        ("admission on the chain, fp8 centroids", _both(on_chain, fp8)),
+        ("1 micro-batch", _micro(1)),
+        ("2 micro-batches", _micro(2)),
+        ("3 micro-batches", _micro(3)),
+        ("4 micro-batches", _micro(4)),
+        ("2 micro-batches, not staggered", _both(_micro(2), unstaggered)),
+        ("2 micro-batches, fp8 centroids", _both(_micro(2), fp8)),
+        ("2 micro-batches, equal priority", _both(_micro(2), equal)),
     ]
     return out
 

@@ -11,15 +11,23 @@ pinned host sources a copy kernel admits, and misses left over are fetched packe
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
 import torch
 
 from .kernels import decode_attention, rank_select
-from .kernels.bookkeeping import admit_direct, admit_step, plan_step
-from .kernels.decode_attention import DecodeTuning, ExecView, current_tuning, exact_partials
+from .kernels.bookkeeping import StepPlan, admit_direct, admit_step, fusable, plan_step
+from .kernels.decode_attention import (
+    CopyIn,
+    DecodeTuning,
+    ExecView,
+    current_tuning,
+    exact_partials,
+)
 from .kernels.estimate import estimate_async
 from .kernels.partials import Partials, mark, on_side
 from .misses import device_batch
@@ -59,6 +67,87 @@ EST_WITH_HITS = False
 DIRECT_MAX_CLUSTERS = 16384
 
 
+# Variant (profiler; tested): direct admission from a device-memory source off the step's
+# chain. The plan lists every miss in place (attended where it lies in the source, like a miss
+# the cache cannot admit) and admission plus a copy kernel run on side stream 2 beside the
+# attention. Slower on the H100 at 128K x 16: 0.348 vs 0.327 ms correlated, 0.491 vs 0.422
+# random (results/attention_cuda_v25_128k16.json vs _v22): the listing costs the plan ~9 us,
+# the copy kernel re-reads every admitted miss while the attention runs (49 us correlated,
+# 119 us random) and delays the combine. Default: admission on the chain, the decode kernel
+# filling the admitted pages as it attends them (copy_in), each miss read once.
+ADMIT_BESIDE = False
+# Variant (tested; off): rows split into this many micro-batches, each a chain of kernels on
+# its own stream, started when the previous one's centroid scan ends, so that the latency-bound
+# selection, plan and admission (one program per row) of one micro-batch overlap the
+# bandwidth-bound scan and attention of the next. Used where every miss is attended from a
+# device-memory source (direct admission, fused copy) at fixed widths (captured steps), with
+# at least MICRO_MIN_ROWS rows apiece. Slower on the H100 at 128K x 16 (2 micro-batches: 0.343-
+# 0.365 vs 0.325-0.327 ms correlated, 0.405-0.408 vs 0.380 random; 3 and 4 slower still;
+# results/step_profile_cuda_v23.json, _v24.json): sharing the SMs with the other micro-batch's
+# bandwidth-bound kernels slows the latency-bound ones 1.5-2.7x (selection 43 -> 65-117 us in
+# the _v24 timeline), and each micro-batch pays the decode's and combine's fixed costs.
+MICRO_BATCHES = 1
+MICRO_MIN_ROWS = 32
+MICRO_STAGGER = True  # False: all micro-batches start at once (profiler variant)
+# Micro-batch i's chain on a stream of priority rank i (0: the device's greatest priority), so
+# that an earlier micro-batch's latency-bound kernels are dispatched before a later one's scan
+# blocks; False: default-priority streams (profiler variant).
+MICRO_PRIORITY = True
+
+
+@dataclass(slots=True)
+class _Rows:
+    """A step's per-row inputs, for all the layer's rows or a contiguous range of them."""
+
+    lo: int  # first row (of the layer's B * Hkv)
+    qg: torch.Tensor  # [R, G, D]
+    centroids: torch.Tensor  # [R, C, D]
+    sizes: torch.Tensor  # [R, C] int64
+    value_sums: torch.Tensor  # [R, C, D]
+    steady_k: torch.Tensor  # [R, CAP, D]
+    steady_v: torch.Tensor  # [R, CAP, D]
+    buffer: WaveBuffer
+    table: ClusterTable | None  # the source's cluster table (direct admission), else None
+
+    @classmethod
+    def of_layer(cls, layer: RetroInferLayer, q: torch.Tensor) -> _Rows:
+        steady = layer.steady
+        assert steady is not None
+        c, r, d = layer.num_clusters, layer.rows, layer.head_dim
+        cap = steady.keys.shape[2]
+        meta = layer.meta
+        return cls(
+            0, q.reshape(r, layer.group, d), meta.centroids.reshape(r, c, d),
+            meta.sizes.reshape(r, c), meta.value_sums.reshape(r, c, d),
+            steady.keys.view(r, cap, d), steady.values.view(r, cap, d), layer._buffer(c),
+            _direct_table(layer),
+        )  # fmt: skip
+
+    @property
+    def count(self) -> int:
+        return self.qg.shape[0]
+
+    def part(self, lo: int, hi: int) -> _Rows:
+        """Rows [lo, hi) of these rows."""
+        table = self.table.row_range(lo, hi) if self.table is not None else None
+        return _Rows(
+            self.lo + lo, self.qg[lo:hi], self.centroids[lo:hi], self.sizes[lo:hi],
+            self.value_sums[lo:hi], self.steady_k[lo:hi], self.steady_v[lo:hi],
+            self.buffer.row_range(lo, hi), table,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Done:
+    """What one chain of a step left: its output, counts and when admission was done."""
+
+    out: torch.Tensor  # [R, G, D] fp32
+    counts: torch.Tensor  # [7] int64
+    width: int  # execution-buffer tokens (capacity)
+    direct: bool  # admitted before the attention (the caller advances the LRU clock)
+    admitted: torch.cuda.Event | None  # direct, with side streams: after admission
+
+
 def fast_tripartite(
     layer: RetroInferLayer,
     q: torch.Tensor,
@@ -73,18 +162,112 @@ def fast_tripartite(
     assert steady is not None
     if k_new is not None and v_new is not None:  # else decode()'s load_step wrote it
         steady.append_at(k_new, v_new, pos)  # in order: one small kernel before the ranking
-    cfg, c, r, d = layer.config, layer.num_clusters, layer.rows, layer.head_dim
-    qg = q.reshape(r, layer.group, d)  # [R, G, D]
+    rows = _Rows.of_layer(layer, q)
+    parts = micro_batches(rows.count, widths is not None and _fused_direct(layer, rows))
+    if len(parts) > 1:
+        assert widths is not None
+        return _staggered(layer, [rows.part(lo, hi) for lo, hi in parts], pos, widths)
+    done = _chain(layer, rows, pos, widths, 0)
+    if done.direct:  # the LRU clock, beside the attention
+        _advance_clock(layer, rows.buffer, [done.admitted])
+    return done.out, done.counts, torch.empty(done.width, device="meta")
+
+
+def micro_batches(rows: int, split: bool = True) -> list[tuple[int, int]]:
+    """The row ranges of a step's micro-batches (one range: not split). split False: the step
+    cannot be split (see _fused_direct, fixed widths)."""
+    k = min(MICRO_BATCHES, rows // MICRO_MIN_ROWS)
+    if k < 2 or not split:
+        return [(0, rows)]
+    bounds = [rows * i // k for i in range(k + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def _fused_direct(layer: RetroInferLayer, rows: _Rows) -> bool:
+    """Whether the step admits straight from a source in the layer's memory with the fused
+    kernels (nothing is fetched for the whole layer at once)."""
+    n_ret = layer.config.retrieval_clusters(layer.num_clusters)
+    table, buffer = rows.table, rows.buffer
+    return (
+        table is not None
+        and layer.fused_bookkeeping
+        and layer.fused_copy
+        and table.base_k.device == buffer.keys.device
+        and fusable(buffer, n_ret)
+    )
+
+
+def _staggered(
+    layer: RetroInferLayer, parts: list[_Rows], pos: torch.Tensor, widths: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chain of kernels per micro-batch (on its own stream; without side streams, one
+    after the other), the counts summed into one tensor, the outputs joined."""
+    totals = torch.zeros(7, dtype=torch.int64, device=layer.device)
+    if _side_stream(layer, 0, 0) is None:
+        done = [_chain(layer, rows, pos, widths, i, totals) for i, rows in enumerate(parts)]
+    else:
+        done = _on_streams(layer, parts, pos, widths, totals)
+    assert all(d.direct for d in done), "micro-batches admit directly (fused plan, admission)"
+    _advance_clock(layer, parts[0].buffer, [d.admitted for d in done])
+    out = torch.cat([d.out for d in done])  # [R, G, D]
+    return out, totals, torch.empty(done[0].width, device="meta")
+
+
+def _on_streams(
+    layer: RetroInferLayer,
+    parts: list[_Rows],
+    pos: torch.Tensor,
+    widths: tuple[int, int],
+    totals: torch.Tensor,
+) -> list[_Done]:
+    """Micro-batch i on stream i (MICRO_PRIORITY: of priority rank i), forked when
+    micro-batch i - 1's centroid scan is done (MICRO_STAGGER) or at once; the current stream
+    joins them all."""
+    main = torch.cuda.current_stream()
+    start = _event()
+    fork: list[torch.cuda.Event] = [start]
+    done: list[_Done] = []
+    ends: list[torch.cuda.Event] = []
+    for i, rows in enumerate(parts):
+        stream = _stream_of(layer.device, ("micro", i), _priority(i) if MICRO_PRIORITY else 0)
+        stream.wait_event(fork[-1] if MICRO_STAGGER else start)
+        with torch.cuda.stream(stream):
+            scanned = (lambda: fork.append(_event())) if MICRO_STAGGER else None
+            done.append(_chain(layer, rows, pos, widths, i, totals, scanned))
+            ends.append(_event())
+        if not torch.cuda.is_current_stream_capturing():
+            done[-1].out.record_stream(main)  # made on `stream`, read on main
+    for end in ends:
+        main.wait_event(end)
+    return done
+
+
+def _priority(rank: int) -> int:
+    """The stream priority `rank` steps below the device's greatest (lower is higher)."""
+    least, greatest = torch._C._CudaStreamBase.priority_range()  # type: ignore[call-arg]
+    return min(greatest + rank, least)
+
+
+def _chain(
+    layer: RetroInferLayer,
+    rows: _Rows,
+    pos: torch.Tensor,
+    widths: tuple[int, int] | None,
+    chain: int,  # which micro-batch (its side streams)
+    totals: torch.Tensor | None = None,  # [7] shared counts (micro-batches)
+    after_scan: Callable[[], None] | None = None,
+) -> _Done:
+    """The step's kernels for `rows` on the current stream (and its side streams)."""
+    cfg, c = layer.config, layer.num_clusters
+    r, qg, sizes, vs, buffer = rows.count, rows.qg, rows.sizes, rows.value_sums, rows.buffer
     n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
-    sizes = layer.meta.sizes.reshape(r, c)
     sel = rank_select(
-        qg, layer.meta.centroids.reshape(r, c, d), sizes, layer.scale, n_ret, n_est, sort=False
+        qg, rows.centroids, sizes, layer.scale, n_ret, n_est, sort=False, after_scan=after_scan
     )  # retrieved unsorted (plan_step ranks it by retrieved_score)
-    vs = layer.meta.value_sums.reshape(r, c, d)
     tuning = current_tuning()
     early: list[Partials] = []
 
-    side_est = _side_stream(layer, 0)
+    side_est = _side_stream(layer, 0, chain)
     selected = mark(side_est is not None)
     est_at, hits_at = SIDE_LAUNCHES[SIDE_LAUNCH]
     side = _Launches()
@@ -95,8 +278,7 @@ def fast_tripartite(
             tuning.prefetch, selected,
         ))  # fmt: skip
 
-    buffer = layer._buffer(c)
-    table = _direct_table(layer)
+    table = rows.table
     est_in_hits = EST_WITH_HITS and table is not None
     if not est_in_hits:
         side.at(est_at, fork_estimation)
@@ -109,7 +291,11 @@ def fast_tripartite(
     if fuse:  # the page table lists every miss page too (eager: cut to the step's need)
         plan_width = cap_tokens // cfg.page_tokens + n_ret
     use = None if layer.fused_bookkeeping else False
-    plan = plan_step(buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score)
+    in_place = table if fuse and ADMIT_BESIDE else None
+    plan = plan_step(
+        buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score, totals,
+        in_place,
+    )  # fmt: skip
     side.reached("plan")
     take, fill, count = plan.take, plan.fill, plan.count
     table = table if plan.fused else None
@@ -127,14 +313,15 @@ def fast_tripartite(
         listed_w = max(need[2], 1) if table is not None else widths[1]
         take, fill = take[:, :listed_w].contiguous(), fill[:, :listed_w].contiguous()
         count = count.clamp(max=listed_w)
-    cap = steady.keys.shape[2]
-    st_k, st_v = steady.keys.view(r, cap, d), steady.values.view(r, cap, d)
+    st_k, st_v = rows.steady_k, rows.steady_v
+    cap = st_k.shape[1]
     fetch_ids, counts, copy_in = plan.miss_ids, None, None
     page_lo: torch.Tensor | None = None
     admitted: torch.cuda.Event | None = None
+    beside = table is not None and plan.miss_off_k is not None
     if table is not None:  # admitted misses: source -> cache pages, attended there
         # the hit pages (admission appends its pages after them); eager: the cut table's
-        page_lo = count.clone() if measured else plan.hit_pages()
+        page_lo = count.clone() if measured and not beside else plan.hit_pages()
         hits = ExecView(st_k, st_v, pos, st_k[:, :0], st_v[:, :0], page_lo, buffer.keys,
                         buffer.values, take, fill, page_lo)  # fmt: skip
         planned = mark(side_est is not None)
@@ -142,19 +329,25 @@ def fast_tripartite(
         est = sel.estimated_ids if est_in_hits else None
 
         def attend_hits(view: ExecView = hits, ev: torch.cuda.Event | None = planned) -> None:
-            early.append(_attend_hits(layer, qg, view, sel.z, sizes, vs, ev, est))
+            early.append(_attend_hits(layer, chain, qg, view, sel.z, sizes, vs, ev, est))
 
         side.at(hits_at, attend_hits)
-        fetch_ids, counts, runs = admit_direct(
-            buffer, plan, table, take, fill, count, not fuse, tick=False
-        )
-        copy_in = runs if fuse else None
-        admitted = mark(side_est is not None)  # the clock's last reader of the step is done
+        if beside:  # every miss attended in place; admission copies beside the attention
+            assert plan.miss_off_k is not None and plan.miss_off_v is not None
+            copy_in = CopyIn(table.base_k, table.base_v, plan.miss_off_k, plan.miss_off_v)
+            counts, admitted = _admit_beside(layer, chain, plan, table, buffer, planned)
+        else:
+            fetch_ids, counts, runs = admit_direct(
+                buffer, plan, table, take, fill, count, not fuse, tick=False
+            )
+            copy_in = runs if fuse else None
+            admitted = mark(side_est is not None)  # the clock's last reader is done
         st_k, st_v = st_k[:, :0], st_v[:, :0]  # the steady zone went with the hits
     side.reached("admission")
     if copy_in is not None:  # every miss is in the page table: nothing to fetch
         miss_k, miss_v, miss_len = st_k, st_v, count  # width 0: not attended
-    else:
+    else:  # the source fetches for every row of the layer
+        assert r == layer.rows, "packed misses are fetched for the whole layer"
         pending = layer.misses.start(fetch_ids, widths[0])  # a thread for host-blocking sources
         miss_k, miss_v, miss_off = device_batch(pending.result(), r, n_ret, layer.device)
         miss_len = miss_off[:, -1]
@@ -166,12 +359,44 @@ def fast_tripartite(
     out, _ = decode_attention(
         qg, view, sel.z, plan.overflowed(), sizes, vs, layer.scale, early=early
     )
-    if table is not None:  # the LRU clock: beside the attention, off its chain
-        _advance_clock(layer, buffer, n_ret, admitted)
     if counts is None:
         counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
     width = cap + widths[0] + widths[1] * buffer.page_tokens
-    return out, counts, torch.empty(width, device="meta")
+    return _Done(out, counts, width, table is not None, admitted)
+
+
+def _admit_beside(
+    layer: RetroInferLayer,
+    chain: int,
+    plan: StepPlan,  # planned with every miss listed in place
+    table: ClusterTable,
+    buffer: WaveBuffer,
+    planned: torch.cuda.Event | None,  # recorded after the plan
+) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Admission with its copy kernel on side stream 2, forked after the plan: it evicts and
+    fills pages no attention of the step reads (the plan stamped the hits most recent; misses
+    are attended from the source) and leaves the page table alone. Returns (counts [7], an
+    event after it; None: it ran in order here)."""
+    side = _side_stream(layer, 2, chain)
+    args = (buffer, plan, table, plan.take, plan.fill, plan.count)
+    if side is None or planned is None:
+        return admit_direct(*args, copy=True, tick=False, table_writes=False)[1], None
+    side.wait_event(planned)
+    with torch.cuda.stream(side):
+        counts = admit_direct(*args, copy=True, tick=False, table_writes=False)[1]
+        done = _event()
+    if not torch.cuda.is_current_stream_capturing():  # eager: the allocator's stream rules
+        for t in (plan.miss_ids, plan.miss_rank, plan.miss_sizes, plan.take, plan.fill):
+            if t is not None:
+                t.record_stream(side)  # made on main, read on side
+    return counts, done
+
+
+def _event() -> torch.cuda.Event:
+    """An event recorded on the current stream now."""
+    event = torch.cuda.Event()
+    event.record()
+    return event
 
 
 class _Launches:
@@ -194,17 +419,20 @@ class _Launches:
 
 
 def _advance_clock(
-    layer: RetroInferLayer, buffer: WaveBuffer, n: int, after: torch.cuda.Event | None
+    layer: RetroInferLayer, buffer: WaveBuffer, after: list[torch.cuda.Event | None]
 ) -> None:
-    """The wave buffer's LRU clock for the next step, on side stream 0 forked after admission
-    (the step's last reader of the clock), so that it runs beside the attention instead of
-    after it. The current stream joins it at once: in stream order that is after the
-    attention's launches, so it holds back only what follows the step."""
-    side = _side_stream(layer, 0)
-    if side is None or after is None:
+    """The wave buffer's LRU clock for the next step (n_ret + 1 on), on side stream 0 forked
+    after every admission of the step (the clock's last readers), so that it runs beside the
+    attention instead of after it. The current stream joins it at once: in stream order that
+    is after the attention's launches, so it holds back only what follows the step."""
+    n = layer.config.retrieval_clusters(layer.num_clusters)
+    side = _side_stream(layer, 0, 0)
+    events = [e for e in after if e is not None]
+    if side is None or not events:
         buffer.advance_clock(n)
         return
-    side.wait_event(after)
+    for event in events:
+        side.wait_event(event)
     with torch.cuda.stream(side):
         buffer.advance_clock(n)
         done = torch.cuda.Event()
@@ -214,6 +442,7 @@ def _advance_clock(
 
 def _attend_hits(
     layer: RetroInferLayer,
+    chain: int,  # which micro-batch (its side stream)
     qg: torch.Tensor,  # [R, G, D]
     view: ExecView,  # the steady zone and the hit pages (hit_pages: a copy of the plan's count)
     z: torch.Tensor,
@@ -229,20 +458,23 @@ def _attend_hits(
     est = view.take[:, :0] if est is None else est
     args = (qg, view, z, est, sizes, vs, layer.scale, HITS_TUNING)
     reads = (qg, view.take, view.fill, view.hit_pages, est)
-    return on_side(_side_stream(layer, 1), exact_partials, *args, reads=reads, after=planned)
+    return on_side(_side_stream(layer, 1, chain), exact_partials, *args, reads=reads, after=planned)
 
 
-def _side_stream(layer: RetroInferLayer, which: int) -> torch.cuda.Stream | None:
-    """Side stream `which` (0: estimation zone, 1: cache hits); None: in order on the current
-    stream (overlap off, or not CUDA)."""
+def _side_stream(layer: RetroInferLayer, which: int, chain: int) -> torch.cuda.Stream | None:
+    """Side stream `which` (0: estimation zone, 1: cache hits) of micro-batch `chain`; None:
+    in order on the current stream (overlap off, or not CUDA)."""
     if not layer.overlap_streams or layer.device.type != "cuda":
         return None
-    return _stream_of(layer.device, which)
+    return _stream_of(layer.device, which if chain == 0 else (chain, which))
 
 
 @cache
-def _stream_of(device: torch.device, which: int) -> torch.cuda.Stream:
-    return torch.cuda.Stream(device)  # per device, shared by the layers (run in turn)
+def _stream_of(
+    device: torch.device, key: int | tuple[object, ...], priority: int = 0
+) -> torch.cuda.Stream:
+    # per device and key, shared by the layers (run in turn)
+    return torch.cuda.Stream(device, priority=priority)
 
 
 def _direct_table(layer: RetroInferLayer) -> ClusterTable | None:

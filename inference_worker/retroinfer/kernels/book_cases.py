@@ -10,8 +10,9 @@ CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
@@ -123,7 +124,7 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
     step: same outputs (fp32 1e-4, bf16 2e-2) and identical statistics over a few steps (bf16:
     the fast modes with each other only; the pure-torch step ranks in bf16).
     shape = (batch, q heads, kv heads, head dim, context, steps)."""
-    from .. import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+    from .. import InProcessClusterSource, RetroInferConfig, RetroInferLayer, fast_step
 
     batch, hq, hkv, d, length, steps = shape
     gen = torch.Generator().manual_seed(seed)
@@ -146,7 +147,10 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
         layer.direct_admission = mode == "direct"
         if mode == "direct":
             assert source.cluster_table(0, ids) is not None, "no direct admission here"
-        runs.append([layer.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv]) for s in qs])
+        with _counting(fast_step, "_admit_beside") as beside:
+            runs.append([layer.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv]) for s in qs])
+        want = steps if mode == "direct" and fast_step.ADMIT_BESIDE else 0
+        assert len(beside) == want, f"{mode}: admission beside the attention {len(beside)} times"
     fp32 = dtype == torch.float32
     tol = 1e-4 if fp32 else 2e-2  # bf16: outputs rounded to bf16
     pairs = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3)) if fp32 else ((1, 2), (1, 3))
@@ -159,6 +163,75 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
 
             torch.testing.assert_close(o1.float(), o2.float(), atol=tol, rtol=10 * tol, msg=msg)
             assert s1.as_dict() == s2.as_dict(), (where, s1.as_dict(), s2.as_dict())
+
+
+@contextlib.contextmanager
+def _counting(module: object, name: str) -> Iterator[list[int]]:
+    """Count calls of module.name inside the block (the list's length)."""
+    real, calls = getattr(module, name), []
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    setattr(module, name, spy)
+    try:
+        yield calls
+    finally:
+        setattr(module, name, real)
+
+
+def check_micro_batches(
+    device: str, dtype: torch.dtype, seed: int, shape: tuple[int, ...], parts: int, graph: bool
+) -> None:
+    """A layer's fast step split into `parts` row micro-batches (fast_step.MICRO_BATCHES) vs
+    the same step unsplit, both at fixed widths with direct admission: the same outputs (one
+    row's arithmetic does not depend on the split), identical statistics and an identical
+    wave buffer after every step. graph: the split step is CUDA-graph captured (its streams
+    forked and joined inside the capture). shape as for check_layer_paths."""
+    from .. import InProcessClusterSource, RetroInferConfig, RetroInferLayer, fast_step
+
+    batch, hq, hkv, d, length, steps = shape
+    gen = torch.Generator().manual_seed(seed)
+    kv = torch.randn(2, batch, hkv, length, d, generator=gen).to(device, dtype)
+    qs = [torch.randn(3, batch, hq, d, generator=gen).to(device, dtype) for _ in range(steps)]
+    ids = [f"s{b}" for b in range(batch)]
+    built = InProcessClusterSource()
+    template = RetroInferLayer(
+        RetroInferConfig(cache_ratio=0.05), 0, hq, hkv, d, built, ids, dtype=dtype,
+        device=device, on_segment=partial(built.put, ids), use_cuda_graph=False,
+    )  # fmt: skip
+    template.use_kernels = False  # the index build in torch (interpreted k-means is slow)
+    template.prefill(kv[0], kv[1])
+    template.use_kernels = template.static_shapes = template.direct_admission = True
+    template.fused_bookkeeping = True
+    assert built.cluster_table(0, ids) is not None, "no direct admission here"
+    split, whole = copy.deepcopy((template, built))[0], copy.deepcopy((template, built))[0]
+    split.use_cuda_graph = graph
+    saved = fast_step.MICRO_BATCHES, fast_step.MICRO_MIN_ROWS, fast_step._staggered
+    splits: list[int] = []
+
+    def spy(layer, parts, *args):  # type: ignore[no-untyped-def]
+        splits.append(len(parts))
+        return saved[2](layer, parts, *args)
+
+    fast_step._staggered = spy
+    try:
+        for step, s in enumerate(qs):
+            fast_step.MICRO_BATCHES, fast_step.MICRO_MIN_ROWS = parts, 1
+            o2, s2 = split.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv])
+            fast_step.MICRO_BATCHES = 1
+            o1, s1 = whole.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv])
+            where = f"micro-batches {parts}, graph {graph}, step {step}"
+            torch.testing.assert_close(o2.float(), o1.float(), atol=1e-5, rtol=1e-5, msg=where)
+            assert s1.as_dict() == s2.as_dict(), (where, s1.as_dict(), s2.as_dict())
+            assert whole.buffer is not None and split.buffer is not None
+            _same_state(step, whole.buffer, split.buffer)
+    finally:
+        fast_step.MICRO_BATCHES, fast_step.MICRO_MIN_ROWS, fast_step._staggered = saved
+    assert splits and set(splits) == {parts}, f"steps split into {splits}, not {parts}"
+    if graph:
+        assert split._graph is not None, "the split step was never captured"
 
 
 def check_fetch_runs(device: str, seed: int, segments: int = 2, n: int = 20) -> None:
@@ -198,14 +271,18 @@ def check_direct(device: str, seed: int, rows: int = 4, segments: int = 1, steps
     (packed fetch, admission after): same state and counts; the page table lists the hit and
     admitted pages; the leftover list is the misses not admitted. A third buffer admits without
     the copy kernel and attends its appended pages through a `copy_in` view (the decode kernel
-    fills them): same state, and the same attention as over the copied pages."""
+    fills them): same state, and the same attention as over the copied pages. A fourth buffer
+    plans with every miss listed in place (`in_place`) and admits with the copy kernel and
+    without touching the page table (`table_writes=False`): same state and counts, the hit
+    pages as planned without listing, then one scratch-page slot per miss page with its
+    source offsets."""
     from .bookkeeping import admit_direct
 
     table = _random_table(device, seed, rows, segments, head_dim=16)
     b, h, clusters = table.size.shape
     r, n, pt = b * h, 10, 4
     sizes = table.size.reshape(r, clusters)
-    bufs = [WaveBuffer(r, 16, pt, 16, torch.float32, torch.device(device)) for _ in range(3)]
+    bufs = [WaveBuffer(r, 16, pt, 16, torch.float32, torch.device(device)) for _ in range(4)]
     for buf in bufs:
         buf.grow(clusters)
     gen = torch.Generator().manual_seed(seed)
@@ -236,8 +313,45 @@ def check_direct(device: str, seed: int, rows: int = 4, segments: int = 1, steps
         _same(f"direct step {step} rest ids (copy_in)", rest, rest_in_place)
         _check_copy_in(step, bufs, table, (got, fused), lo, copy_in, rest, gen)
         _same_state(step, bufs[0], bufs[2])  # the attention filled the admitted pages
+        beside = plan_step(bufs[3], ret, sizes, 10**6, width, True, in_place=table)
+        _check_in_place(step, beside, ref, table, sizes, lo, fused.take)
+        listed = (beside.take.clone(), beside.fill.clone(), beside.count.clone())
+        _, counts, _ = admit_direct(bufs[3], beside, table, *listed, table_writes=False)
+        _same(f"beside step {step} counts", want, counts)
+        _same_state(step, bufs[0], bufs[3])  # the copy kernel filled the admitted pages
+        for name, before, after in zip(
+            ("take", "fill", "count"), listed, (beside.take, beside.fill, beside.count), strict=True
+        ):
+            _same(f"beside step {step} {name} left alone", before, after)
         seen += int((rest >= 0).sum())
     assert seen > 0, "no miss was left over: the in-place path went untested"
+
+
+def _check_in_place(step, plan, ref, table, sizes, hits, hit_take) -> None:  # type: ignore[no-untyped-def]
+    """The in-place listing: the hit pages first (as `hit_take` lists them), then per miss
+    (rank order) one slot per page: the scratch page, the page's rows, its source offsets."""
+    r, scratch = plan.take.shape[0], plan.take.new_tensor(16)  # 16 pages: scratch index 16
+    pt, d = 4, table.head_dim
+    _same(f"in place step {step} hit count", hits, plan.hit_pages())
+    tab_k, tab_v = table.tab_k.reshape(r, -1), table.tab_v.reshape(r, -1)
+    for i in range(r):
+        k0, k1 = int(hits[i]), int(plan.count[i])
+        _same(f"in place step {step} row {i} hit pages", hit_take[i, :k0], plan.take[i, :k0])
+        fills, offs_k, offs_v = [], [], []
+        for m in ref.miss_ids[i].tolist():
+            if m < 0:
+                continue
+            size = int(sizes[i, m])
+            for p in range(-(-size // pt)):
+                fills.append(min(size - p * pt, pt))
+                offs_k.append(int(tab_k[i, m]) + p * pt * d)
+                offs_v.append(int(tab_v[i, m]) + p * pt * d)
+        where = f"in place step {step} row {i}"
+        assert k1 - k0 == len(fills), (where, k0, k1, len(fills))
+        assert bool((plan.take[i, k0:k1] == scratch).all()), where
+        assert plan.fill[i, k0:k1].tolist() == fills, where
+        assert plan.miss_off_k[i, : k1 - k0].tolist() == offs_k, where
+        assert plan.miss_off_v[i, : k1 - k0].tolist() == offs_v, where
 
 
 def _check_listed(step, ref, bufs, take, fill, count, rest) -> None:  # type: ignore[no-untyped-def]
@@ -303,15 +417,16 @@ def _random_table(device: str, seed: int, rows: int, segments: int, head_dim: in
     return ClusterTable(segs, torch.device(device))
 
 
-def _with_estimation_in_hits_pass(check: Callable[[], None]) -> None:
-    """Run `check` with fast_step.EST_WITH_HITS on (the profiler's variant)."""
+def _with_step_setting(name: str, check: Callable[[], None]) -> None:
+    """Run `check` with the fast step's variant `name` switched on (a profiler variant)."""
     from .. import fast_step
 
-    old, fast_step.EST_WITH_HITS = fast_step.EST_WITH_HITS, True
+    old = getattr(fast_step, name)
+    setattr(fast_step, name, True)
     try:
         check()
     finally:
-        fast_step.EST_WITH_HITS = old
+        setattr(fast_step, name, old)
 
 
 def run_interpreted() -> None:
@@ -327,9 +442,16 @@ def run_interpreted() -> None:
     seen = check_bookkeeping(3, 60, 2, 10, 30, "cpu", seed=4)
     assert seen["evicted"] > 0, seen
     check_layer_paths("cpu", torch.float32, seed=4, shape=(1, 8, 2, 16, 3000, 4))
-    _with_estimation_in_hits_pass(
-        lambda: check_layer_paths("cpu", torch.float32, seed=8, shape=(1, 8, 2, 16, 3000, 3))
+    _with_step_setting(
+        "EST_WITH_HITS",
+        lambda: check_layer_paths("cpu", torch.float32, seed=8, shape=(1, 8, 2, 16, 3000, 3)),
     )
+    _with_step_setting(  # misses listed in place, admission beside the attention
+        "ADMIT_BESIDE",
+        lambda: check_layer_paths("cpu", torch.float32, seed=9, shape=(1, 8, 2, 16, 1500, 3)),
+    )
+    check_micro_batches("cpu", torch.float32, seed=11, shape=(2, 8, 2, 16, 1500, 2), parts=3,
+                        graph=False)  # fmt: skip
     check_fetch_runs("cpu", seed=5, segments=1)
     check_direct("cpu", seed=6)
     print("ok")

@@ -55,6 +55,10 @@ class StepPlan:
     overflow_ids: torch.Tensor | None = None  # [R, n] fused: where(overflow, ret, -1)
     hit_count: torch.Tensor | None = None  # [R] fused: `count` as planned (admission extends
     # `count` in place; this copy keeps the hit pages' length)
+    # fused with misses listed in place: [R, W] source element offsets of the miss slots
+    # (table entries hit_count + s, the scratch page), keys and values
+    miss_off_k: torch.Tensor | None = None
+    miss_off_v: torch.Tensor | None = None
 
     def hit_pages(self) -> torch.Tensor:
         """[R] int64 the hit pages at the front of `take`, whatever admission appended since."""
@@ -80,7 +84,14 @@ def plan_step(
     width: int,  # hit pages in the page table
     use_triton: bool | None = None,
     score: torch.Tensor | None = None,  # [R, n] fp32: `ret` is unsorted, rank it by this
+    totals: torch.Tensor | None = None,  # [7] int64 counts to add to (shared by micro-batches)
+    in_place: ClusterTable | None = None,  # list every miss's pages in place (fused only)
 ) -> StepPlan:
+    """The step's plan (see StepPlan). in_place: the fused plan also appends every miss's
+    pages to the page table, as the scratch page with their source runs through this cluster
+    table (`miss_off_k` / `miss_off_v`), so that the step attends them where they lie while
+    admission (`admit_direct(..., table_writes=False)`) copies them into the cache beside it;
+    `count` then covers the hit pages and the miss slots. W must hold them all."""
     if not (pick(use_triton, ret) and fusable(buffer, ret.shape[1])):
         if score is not None:
             ret = sort_retrieved(ret, score)
@@ -98,21 +109,30 @@ def plan_step(
     fill = torch.empty(r, width, dtype=i64, device=dev)
     count = torch.empty(r, dtype=i64, device=dev)
     hit_count = torch.empty(r, dtype=i64, device=dev)
-    totals = torch.zeros(7, dtype=i64, device=dev)  # entries 2-4 added by admission
+    if totals is None:  # entries 2-4 added by admission
+        totals = torch.zeros(7, dtype=i64, device=dev)
+    p1, block_n, block_s = buffer.pages + 1, _pow2(n), _pow2(width)
+    # wide enough for admission too (any mode): one allocation, whose pointer a captured
+    # step keeps
+    scratch = buffer.scratch(_pow2(p1) + max(block_s, _pow2(p1)) + block_n)
+    offs = torch.empty(2, r, width if in_place else 1, dtype=i64, device=dev)
+    tab = (in_place.tab_k, in_place.tab_v, in_place.tab_k.shape[2]) if in_place else (ret, ret, 1)
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
         out["sizes"], flags[0], flags[1], flags[2], flags[3], out["ovf"],
         out["ids"], out["rank"], out["msz"], take, fill, count, hit_count,
-        buffer.hits, buffer.misses, totals,
-        n, buffer.num_clusters, buffer.pages + 1, width, cap_tokens,
-        SORT=score is not None, BLOCK_N=_pow2(n), BLOCK_P=_pow2(buffer.pages + 1),
-        num_warps=BOOK_WARPS,
+        buffer.hits, buffer.misses, totals, tab[0], tab[1], offs[0], offs[1], scratch,
+        n, buffer.num_clusters, p1, width, cap_tokens, tab[2], scratch.shape[1],
+        SORT=score is not None, BLOCK_N=block_n, BLOCK_P=_pow2(p1),
+        LIST_MISSES=in_place is not None, PT=buffer.page_tokens, D=buffer.keys.shape[-1],
+        BLOCK_S=block_s if in_place else 1, num_warps=BOOK_WARPS,
     )  # fmt: skip
     b = flags.view(torch.bool)
     return StepPlan(
         ranked, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
         out["rank"], out["msz"], totals, out["ovf"], hit_count,
+        offs[0] if in_place else None, offs[1] if in_place else None,
     )  # fmt: skip
 
 
@@ -158,6 +178,7 @@ def admit_direct(
     count: torch.Tensor,  # [R]
     copy: bool = True,
     tick: bool = True,
+    table_writes: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, CopyIn]:
     """Admission before the attention, straight from the source: admitted misses move once
     (source -> their cache pages) and are attended there. Same buffer state and counts as
@@ -169,9 +190,12 @@ def admit_direct(
     appended too, as the scratch page with their source runs: attended in place, no fetch.
     The page table must then have room for every miss page (W >= hit pages + miss pages).
     tick False: the LRU clock is left for the caller to advance (by n + 1, once nothing of
-    this step reads it any more)."""
+    this step reads it any more). table_writes False (with copy): the page table is left
+    alone, for a plan that listed every miss in place (plan_step's `in_place`), which the
+    step attends while this admission runs beside it."""
+    direct = (table, take, fill, count)
     rest, counts, runs = _admit_fused(
-        buffer, plan, table.base_k, table.base_v, None, (table, take, fill, count), copy, tick
+        buffer, plan, table.base_k, table.base_v, None, direct, copy, tick, table_writes
     )
     r = take.shape[0]
     copy_in = CopyIn(table.base_k, table.base_v, runs[0].view(r, -1), runs[1].view(r, -1))
@@ -187,6 +211,7 @@ def _admit_fused(
     direct: tuple[ClusterTable, torch.Tensor, torch.Tensor, torch.Tensor] | None,
     copy: bool = True,
     tick: bool = True,
+    table_writes: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rest ids, counts, runs [4, R * SW]: src k, src v, dst, rows offsets per run slot; SW
     is P1, or the page table's width for a direct admission without copy)."""
@@ -218,7 +243,7 @@ def _admit_fused(
         tab_k, tab_v, take, fill, count, rest,
         n, buffer.num_clusters, p1, m_width, scratch.shape[1], c_tab, width, sw,
         PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, BLOCK_S=block_s,
-        DIRECT=direct is not None, LEFT=left, num_warps=BOOK_WARPS,
+        DIRECT=direct is not None, LEFT=left, TABLE=table_writes, num_warps=BOOK_WARPS,
     )  # fmt: skip
     if tick:
         buffer.advance_clock(n)

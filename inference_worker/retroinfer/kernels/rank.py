@@ -11,6 +11,7 @@ order, then sorted by score) and the estimation-zone mask. No [R, C] top-k sort.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,16 +55,22 @@ def rank_select(
     n_est: int,
     use_triton: bool | None = None,
     sort: bool = True,
+    after_scan: Callable[[], None] | None = None,
 ) -> RankSelection:
     """Top n_ret clusters by group score (best first) and the mask of the next n_est.
-    sort=False may leave `retrieved` unsorted with `retrieved_score` set (see RankSelection)."""
+    sort=False may leave `retrieved` unsorted with `retrieved_score` set (see RankSelection).
+    after_scan: called once the centroid scan is launched, before the selection (a fork
+    point for work that should follow the scan, e.g. the next micro-batch's scan)."""
     c = centroids.shape[1]
     if n_ret < 1 or n_ret + n_est > c:
         raise ValueError(f"need 1 <= n_ret and n_ret + n_est <= C, got {n_ret}, {n_est}, C={c}")
     fits = next_pow2(c) <= MAX_SELECT_BLOCK and _is_pow2(q.shape[-1])
     if not (fits and pick(use_triton, q)):
-        return rank_select_reference(q, centroids, sizes, scale, n_ret, n_est)
-    return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est, sort)
+        picked = rank_select_reference(q, centroids, sizes, scale, n_ret, n_est)
+        if after_scan is not None:
+            after_scan()
+        return picked
+    return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est, sort, after_scan)
 
 
 def rank_select_reference(
@@ -92,6 +99,7 @@ def _rank_select_triton(
     n_ret: int,
     n_est: int,
     sort: bool = True,
+    after_scan: Callable[[], None] | None = None,
 ) -> RankSelection:
     from ._rank_triton import logits_kernel, select_kernel
 
@@ -109,6 +117,8 @@ def _rank_select_triton(
         q, centroids.contiguous(), sizes.contiguous(), z, part_m, part_l, c, nb, scale,
         G=g, GP=16, D=d, BLOCK_C=block_c, num_warps=LOGITS_WARPS,
     )  # fmt: skip
+    if after_scan is not None:
+        after_scan()
     ret = torch.empty(r, n_ret, dtype=torch.int64, device=dev)
     ret_score = torch.empty(r, n_ret, dtype=torch.float32, device=dev)
     estimated = torch.empty(r, c, dtype=torch.int8, device=dev)

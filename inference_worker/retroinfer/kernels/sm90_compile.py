@@ -142,6 +142,9 @@ def _bookkeeping(dtype: torch.dtype) -> None:
     admit_direct(buf, plan, table, plan.take, plan.fill, plan.count)
     plan = plan_step(buf, ret % table.size.shape[2], table.size.reshape(r, -1), 400, 33, True)
     admit_direct(buf, plan, table, plan.take, plan.fill, plan.count, copy=False)
+    ids = ret % table.size.shape[2]  # misses listed in place, admission beside the attention
+    plan = plan_step(buf, ids, table.size.reshape(r, -1), 400, 33, True, in_place=table)
+    admit_direct(buf, plan, table, plan.take, plan.fill, plan.count, table_writes=False)
     table.fetch(ret.view(r, 1, n) % table.size.shape[2], 64, use_triton=True)
 
 
