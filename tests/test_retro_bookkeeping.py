@@ -59,11 +59,14 @@ def test_layer_fused_bookkeeping_matches_torch_paths_gpu(dtype, seed):
 
 
 @cuda
-@pytest.mark.parametrize("order", ["at fork", "hits at plan"])
+@pytest.mark.parametrize(
+    "order", ["at fork", "hits at plan", "estimation after admission", "both after admission"]
+)
 def test_layer_paths_under_the_other_side_launch_orders_gpu(monkeypatch, order):
     from inference_worker.retroinfer import fast_step
 
-    assert set(fast_step.SIDE_LAUNCHES) == {"at fork", "hits at plan", "after next"}
+    others = {"at fork", "hits at plan", "estimation after admission", "both after admission"}
+    assert set(fast_step.SIDE_LAUNCHES) == others | {"after next"}
     assert fast_step.SIDE_LAUNCH == "after next"  # the default: the test above
     monkeypatch.setattr(fast_step, "SIDE_LAUNCH", order)
     check_layer_paths("cuda", torch.bfloat16, seed=9, shape=(2, 32, 8, 128, 20000, 6))

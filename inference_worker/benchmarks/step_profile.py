@@ -486,6 +486,11 @@ def _variants() -> list[Variant]:
         ("hits pass 3 page splits", _set(fast_step_mod, "HITS_TUNING", _shape(page_splits=3))),
         ("hits pass 4 page splits", _set(fast_step_mod, "HITS_TUNING", _shape(page_splits=4))),
         ("hits launched at plan", _set(fast_step_mod, "SIDE_LAUNCH", "hits at plan")),
+        (
+            "side: estimation after admission",
+            _set(fast_step_mod, "SIDE_LAUNCH", "estimation after admission"),
+        ),
+        ("side: both after admission", _set(fast_step_mod, "SIDE_LAUNCH", "both after admission")),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", fp8),
         ("admission on the chain", on_chain),

@@ -41,11 +41,15 @@ if TYPE_CHECKING:
 # cache hits: after the plan) but may be launched later, so that main-stream kernels launched
 # before it are dispatched before its many programs fill the GPU. Launch points (estimation,
 # cache hits) per mode; "after next" is the default, the others profiler variants (slower on
-# the H100: docs/retro_kernels.md, fifth and sixth passes).
+# the H100: docs/retro_kernels.md, fifth and sixth passes). A point ending in "*" forks from
+# the launch point itself: the side work waits for everything before it on the main stream
+# (so that the plan and admission, latency bound, run without it beside them).
 SIDE_LAUNCHES = {
     "at fork": ("select", "plan"),
     "hits at plan": ("plan", "plan"),
     "after next": ("plan", "admission"),  # after the plan kernel; after admission
+    "estimation after admission": ("admission*", "admission"),
+    "both after admission": ("admission*", "admission*"),
 }
 SIDE_LAUNCH = "after next"
 # Launch shape of the side pass over the steady zone and the cache hits: each row's hit pages
@@ -268,8 +272,9 @@ def _chain(
     early: list[Partials] = []
 
     side_est = _side_stream(layer, 0, chain)
-    selected = mark(side_est is not None)
     est_at, hits_at = SIDE_LAUNCHES[SIDE_LAUNCH]
+    selected = mark(side_est is not None and not est_at.endswith("*"))  # None: fork at launch
+    est_at = est_at.rstrip("*")
     side = _Launches()
 
     def fork_estimation() -> None:  # the estimation zone, on side stream 0
@@ -324,7 +329,8 @@ def _chain(
         page_lo = count.clone() if measured and not beside else plan.hit_pages()
         hits = ExecView(st_k, st_v, pos, st_k[:, :0], st_v[:, :0], page_lo, buffer.keys,
                         buffer.values, take, fill, page_lo)  # fmt: skip
-        planned = mark(side_est is not None)
+        planned = mark(side_est is not None and not hits_at.endswith("*"))
+        hits_at = hits_at.rstrip("*")
 
         est = sel.estimated_ids if est_in_hits else None
 
