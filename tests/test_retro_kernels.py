@@ -246,3 +246,10 @@ def test_copy_in_without_page_lo_is_refused_before_any_write(path):
     with pytest.raises(ValueError, match="copy_in needs page_lo"):
         fn(*args, case["scale"])
     assert torch.equal(view.cache_k, before)  # nothing written
+
+
+@cuda
+def test_combine_ignores_unwritten_accumulators_of_empty_splits_gpu():
+    from inference_worker.retroinfer.kernels.cases import check_combine_empty_splits
+
+    check_combine_empty_splits("cuda", seed=7)

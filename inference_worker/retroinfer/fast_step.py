@@ -103,7 +103,6 @@ MICRO_PRIORITY = True
 class _Rows:
     """A step's per-row inputs, for all the layer's rows or a contiguous range of them."""
 
-    lo: int  # first row (of the layer's B * Hkv)
     qg: torch.Tensor  # [R, G, D]
     centroids: torch.Tensor  # [R, C, D]
     sizes: torch.Tensor  # [R, C] int64
@@ -121,7 +120,7 @@ class _Rows:
         cap = steady.keys.shape[2]
         meta = layer.meta
         return cls(
-            0, q.reshape(r, layer.group, d), meta.centroids.reshape(r, c, d),
+            q.reshape(r, layer.group, d), meta.centroids.reshape(r, c, d),
             meta.sizes.reshape(r, c), meta.value_sums.reshape(r, c, d),
             steady.keys.view(r, cap, d), steady.values.view(r, cap, d), layer._buffer(c),
             _direct_table(layer),
@@ -135,7 +134,7 @@ class _Rows:
         """Rows [lo, hi) of these rows."""
         table = self.table.row_range(lo, hi) if self.table is not None else None
         return _Rows(
-            self.lo + lo, self.qg[lo:hi], self.centroids[lo:hi], self.sizes[lo:hi],
+            self.qg[lo:hi], self.centroids[lo:hi], self.sizes[lo:hi],
             self.value_sums[lo:hi], self.steady_k[lo:hi], self.steady_v[lo:hi],
             self.buffer.row_range(lo, hi), table,
         )  # fmt: skip

@@ -335,6 +335,33 @@ def _check_early(case: Case, want: tuple[torch.Tensor, ...], device: str, atol: 
     torch.testing.assert_close(merged, want[0], atol=atol, rtol=rtol)
 
 
+def check_combine_empty_splits(device: str, seed: int) -> None:
+    """The combine kernel vs combine_partials on three sets of random partials where some
+    splits of some heads are empty (m = -inf) and their acc holds NaN, as unwritten memory may
+    (SKIP_EMPTY): the empty splits add nothing; a head with no mass at all gives o = 0."""
+    from .decode_attention import combine
+    from .partials import Partials
+
+    gen = torch.Generator().manual_seed(seed)
+    r, g, d = 3, 4, 16
+    sets, clean = [], []
+    for s in (5, 20, 2):  # 20: more than one BS-block of splits
+        m = torch.randn(r, s, g, generator=gen) * 3
+        empty = torch.rand(r, s, g, generator=gen) < 0.3
+        empty[0, :, 1] = True  # row 0, head 1: no mass in any set
+        m[empty] = float("-inf")
+        l = torch.rand(r, s, g, generator=gen) + 0.1
+        acc = torch.randn(r, s, g, d, generator=gen)
+        clean.append((m, torch.where(empty, 0.0, l), torch.where(empty[..., None], 0.0, acc)))
+        acc = torch.where(empty[..., None], float("nan"), acc)
+        sets.append(Partials(m.to(device), l.to(device), acc.to(device)))
+    out, lse = combine(sets)
+    want_o, want_lse = combine_partials(*(torch.cat(t, dim=1) for t in zip(*clean, strict=True)))
+    torch.testing.assert_close(out.cpu(), want_o, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.cpu(), want_lse, atol=1e-5, rtol=1e-5)
+    assert bool((out[0, 1] == 0).all()) and lse[0, 1] == float("-inf")
+
+
 def run_interpreted() -> None:
     """Small cases for TRITON_INTERPRET=1 on CPU (the interpreter is slow)."""
     patch_interpreter_index()
@@ -342,6 +369,7 @@ def run_interpreted() -> None:
     check_select_ties("cpu", seed=2)
     check_select_bounds("cpu", seed=5)
     check_attention("cpu", seed=4)
+    check_combine_empty_splits("cpu", seed=6)
     case = rank_case(4, 4, 1500, 64, torch.float32, "cpu", seed=3)
     a, b = rank_select(**case, use_triton=True), rank_select_reference(**case)
     assert torch.equal(a.retrieved.sort(1).values, b.retrieved.sort(1).values)
