@@ -124,22 +124,12 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
     step: same outputs (fp32 1e-4, bf16 2e-2) and identical statistics over a few steps (bf16:
     the fast modes with each other only; the pure-torch step ranks in bf16).
     shape = (batch, q heads, kv heads, head dim, context, steps)."""
-    from .. import InProcessClusterSource, RetroInferConfig, RetroInferLayer, fast_step
+    from .. import fast_step
 
-    batch, hq, hkv, d, length, steps = shape
-    gen = torch.Generator().manual_seed(seed)
-    kv = torch.randn(2, batch, hkv, length, d, generator=gen).to(device, dtype)
-    qs = [torch.randn(3, batch, hq, d, generator=gen).to(device, dtype) for _ in range(steps)]
-    ids = [f"s{b}" for b in range(batch)]
-    built = InProcessClusterSource()
-    template = RetroInferLayer(
-        RetroInferConfig(cache_ratio=0.05), 0, hq, hkv, d, built, ids, dtype=dtype,
-        device=device, on_segment=partial(built.put, ids), use_cuda_graph=False,
-    )  # fmt: skip
-    template.use_kernels = False
     # one index build, copied for every mode: k-means on CUDA sums with float atomics
     # (scatter_add_), so separate builds may assign a few tokens differently
-    template.prefill(kv[0], kv[1])
+    template, built, qs, ids = _layer_case(device, dtype, seed, shape)
+    hkv, steps = shape[2], shape[5]
     runs = []
     for mode in ("torch", "unfused", "fused", "direct"):
         layer, source = copy.deepcopy((template, built))
@@ -165,13 +155,34 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
             assert s1.as_dict() == s2.as_dict(), (where, s1.as_dict(), s2.as_dict())
 
 
+def _layer_case(device: str, dtype: torch.dtype, seed: int, shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """A layer prefilled with random K/V by the torch index build (kernels off; interpreted
+    k-means is slow), its source, the steps' random [3, B, Hq, D] q/k/v and the sequence
+    ids. shape = (batch, q heads, kv heads, head dim, context, steps)."""
+    from .. import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+
+    batch, hq, hkv, d, length, steps = shape
+    gen = torch.Generator().manual_seed(seed)
+    kv = torch.randn(2, batch, hkv, length, d, generator=gen).to(device, dtype)
+    qs = [torch.randn(3, batch, hq, d, generator=gen).to(device, dtype) for _ in range(steps)]
+    ids = [f"s{b}" for b in range(batch)]
+    built = InProcessClusterSource()
+    template = RetroInferLayer(
+        RetroInferConfig(cache_ratio=0.05), 0, hq, hkv, d, built, ids, dtype=dtype,
+        device=device, on_segment=partial(built.put, ids), use_cuda_graph=False,
+    )  # fmt: skip
+    template.use_kernels = False
+    template.prefill(kv[0], kv[1])
+    return template, built, qs, ids
+
+
 @contextlib.contextmanager
-def _counting(module: object, name: str) -> Iterator[list[int]]:
-    """Count calls of module.name inside the block (the list's length)."""
+def _counting(module: object, name: str) -> Iterator[list[tuple[object, ...]]]:
+    """Record the positional arguments of every call of module.name inside the block."""
     real, calls = getattr(module, name), []
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(1)
+        calls.append(args)
         return real(*args, **kwargs)
 
     setattr(module, name, spy)
@@ -189,46 +200,31 @@ def check_micro_batches(
     row's arithmetic does not depend on the split), identical statistics and an identical
     wave buffer after every step. graph: the split step is CUDA-graph captured (its streams
     forked and joined inside the capture). shape as for check_layer_paths."""
-    from .. import InProcessClusterSource, RetroInferConfig, RetroInferLayer, fast_step
+    from .. import fast_step
 
-    batch, hq, hkv, d, length, steps = shape
-    gen = torch.Generator().manual_seed(seed)
-    kv = torch.randn(2, batch, hkv, length, d, generator=gen).to(device, dtype)
-    qs = [torch.randn(3, batch, hq, d, generator=gen).to(device, dtype) for _ in range(steps)]
-    ids = [f"s{b}" for b in range(batch)]
-    built = InProcessClusterSource()
-    template = RetroInferLayer(
-        RetroInferConfig(cache_ratio=0.05), 0, hq, hkv, d, built, ids, dtype=dtype,
-        device=device, on_segment=partial(built.put, ids), use_cuda_graph=False,
-    )  # fmt: skip
-    template.use_kernels = False  # the index build in torch (interpreted k-means is slow)
-    template.prefill(kv[0], kv[1])
+    template, built, qs, ids = _layer_case(device, dtype, seed, shape)
+    hkv = shape[2]
     template.use_kernels = template.static_shapes = template.direct_admission = True
     template.fused_bookkeeping = True
     assert built.cluster_table(0, ids) is not None, "no direct admission here"
     split, whole = copy.deepcopy((template, built))[0], copy.deepcopy((template, built))[0]
     split.use_cuda_graph = graph
-    saved = fast_step.MICRO_BATCHES, fast_step.MICRO_MIN_ROWS, fast_step._staggered
-    splits: list[int] = []
-
-    def spy(layer, parts, *args):  # type: ignore[no-untyped-def]
-        splits.append(len(parts))
-        return saved[2](layer, parts, *args)
-
-    fast_step._staggered = spy
+    saved = fast_step.MICRO_BATCHES, fast_step.MICRO_MIN_ROWS
     try:
-        for step, s in enumerate(qs):
-            fast_step.MICRO_BATCHES, fast_step.MICRO_MIN_ROWS = parts, 1
-            o2, s2 = split.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv])
-            fast_step.MICRO_BATCHES = 1
-            o1, s1 = whole.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv])
-            where = f"micro-batches {parts}, graph {graph}, step {step}"
-            torch.testing.assert_close(o2.float(), o1.float(), atol=1e-5, rtol=1e-5, msg=where)
-            assert s1.as_dict() == s2.as_dict(), (where, s1.as_dict(), s2.as_dict())
-            assert whole.buffer is not None and split.buffer is not None
-            _same_state(step, whole.buffer, split.buffer)
+        with _counting(fast_step, "_staggered") as calls:
+            for step, s in enumerate(qs):
+                fast_step.MICRO_BATCHES, fast_step.MICRO_MIN_ROWS = parts, 1
+                o2, s2 = split.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv])
+                fast_step.MICRO_BATCHES = 1
+                o1, s1 = whole.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv])
+                where = f"micro-batches {parts}, graph {graph}, step {step}"
+                torch.testing.assert_close(o2.float(), o1.float(), atol=1e-5, rtol=1e-5, msg=where)
+                assert s1.as_dict() == s2.as_dict(), (where, s1.as_dict(), s2.as_dict())
+                assert whole.buffer is not None and split.buffer is not None
+                _same_state(step, whole.buffer, split.buffer)
     finally:
-        fast_step.MICRO_BATCHES, fast_step.MICRO_MIN_ROWS, fast_step._staggered = saved
+        fast_step.MICRO_BATCHES, fast_step.MICRO_MIN_ROWS = saved
+    splits = [len(args[1]) for args in calls]  # type: ignore[arg-type]
     assert splits and set(splits) == {parts}, f"steps split into {splits}, not {parts}"
     if graph:
         assert split._graph is not None, "the split step was never captured"
