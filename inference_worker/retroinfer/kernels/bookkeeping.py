@@ -115,7 +115,8 @@ def plan_step(
     # wide enough for admission too (any mode): one allocation, whose pointer a captured
     # step keeps
     scratch = buffer.scratch(_pow2(p1) + max(block_s, _pow2(p1)) + block_n)
-    offs = torch.empty(2, r, width if in_place else 1, dtype=i64, device=dev)
+    # in place: the miss slots' source offsets (keys, values); else unused (any pointer)
+    offs = torch.empty(2, r, width, dtype=i64, device=dev) if in_place else (take, take)
     tab = (in_place.tab_k, in_place.tab_v, in_place.tab_k.shape[2]) if in_place else (ret, ret, 1)
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
@@ -132,7 +133,7 @@ def plan_step(
     return StepPlan(
         ranked, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
         out["rank"], out["msz"], totals, out["ovf"], hit_count,
-        offs[0] if in_place else None, offs[1] if in_place else None,
+        *((offs[0], offs[1]) if in_place else (None, None)),
     )  # fmt: skip
 
 
