@@ -458,6 +458,9 @@ def _variants() -> list[Variant]:
     fp8 = _meta("centroids", torch.float8_e4m3fn)
     equal = _set(fast_step_mod, "MICRO_PRIORITY", False)
     on_chain = _set(fast_step_mod, "ADMIT_BESIDE", False)
+    one_kernel = _set(fast_step_mod, "PLAN_ADMIT", True)
+    est_hits = _set(fast_step_mod, "EST_WITH_HITS", True)
+    hits_at_plan = _set(fast_step_mod, "SIDE_LAUNCH", "hits at plan")
     tunings = {f"decode {k}": v for k, v in attn_mod.TUNING_VARIANTS.items()}
     out: list[Variant] = [(k, _set(attn_mod, "TUNING", v)) for k, v in tunings.items()]
     out += [
@@ -477,7 +480,7 @@ def _variants() -> list[Variant]:
         ("bookkeeping 2 warps", _set(book_mod, "BOOK_WARPS", 2)),
         ("select 32 warps", _set(rank_mod, "SELECT_WARPS", 32)),
         ("no side streams", _attr("overlap_streams", False)),
-        ("estimation in the hits pass", _set(fast_step_mod, "EST_WITH_HITS", True)),
+        ("estimation in the hits pass", est_hits),
         ("admission copy kernel + fetch", _attr("fused_copy", False)),
         ("side launch at fork", _set(fast_step_mod, "SIDE_LAUNCH", "at fork")),
         ("hits pass chunk 1024", _set(fast_step_mod, "HITS_TUNING", attn_mod.DecodeTuning())),
@@ -485,7 +488,7 @@ def _variants() -> list[Variant]:
         ("hits pass 1 page split", _set(fast_step_mod, "HITS_TUNING", _shape(page_splits=1))),
         ("hits pass 3 page splits", _set(fast_step_mod, "HITS_TUNING", _shape(page_splits=3))),
         ("hits pass 4 page splits", _set(fast_step_mod, "HITS_TUNING", _shape(page_splits=4))),
-        ("hits launched at plan", _set(fast_step_mod, "SIDE_LAUNCH", "hits at plan")),
+        ("hits launched at plan", hits_at_plan),
         (
             "side: estimation after admission",
             _set(fast_step_mod, "SIDE_LAUNCH", "estimation after admission"),
@@ -493,6 +496,12 @@ def _variants() -> list[Variant]:
         ("side: both after admission", _set(fast_step_mod, "SIDE_LAUNCH", "both after admission")),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", fp8),
+        ("plan+admission one kernel", one_kernel),
+        ("estimation in the hits pass, hits at plan", _both(est_hits, hits_at_plan)),
+        ("estimation in the hits pass, plan+admission one kernel", _both(est_hits, one_kernel)),
+        ("estimation chunk 256", _set(est_mod, "EST_CHUNK", 256)),
+        ("estimation chunk 1024", _set(est_mod, "EST_CHUNK", 1024)),
+        ("estimation chunk 2048", _set(est_mod, "EST_CHUNK", 2048)),
         ("admission on the chain", on_chain),
         ("admission on the chain, fp8 centroids", _both(on_chain, fp8)),
         ("1 micro-batch", _micro(1)),

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from .kernels import decode_attention, rank_select
-from .kernels.bookkeeping import StepPlan, admit_direct, admit_step, fusable, plan_step
+from .kernels.availability import pick
+from .kernels.bookkeeping import (
+    StepPlan,
+    admit_direct,
+    admit_step,
+    fusable,
+    plan_admit,
+    plan_step,
+)
 from .kernels.decode_attention import (
     CopyIn,
     DecodeTuning,
@@ -91,6 +99,13 @@ ADMIT_BESIDE = False
 # bandwidth-bound kernels slows the latency-bound ones 1.5-2.7x (selection 43 -> 65-117 us in
 # the _v24 timeline), and each micro-batch pays the decode's and combine's fixed costs.
 MICRO_BATCHES = 1
+# Variant (profiler; tested): the plan and the direct admission in one kernel (`plan_admit`:
+# one program per row runs both) where the step attends every miss through the page table
+# (device-memory source, fused copy) at fixed widths (captured steps; eager steps cut their
+# page table between the two). Slower on the H100 at 128K x 16: the fused kernel took 65-66 us
+# against 28 + 31 us, and the hits pass, which ends the step, then starts after it (227 us into
+# the step instead of ~198, where it overlapped admission): results/step_profile_cuda_v30.json.
+PLAN_ADMIT = False
 MICRO_MIN_ROWS = 32
 MICRO_STAGGER = True  # False: all micro-batches start at once (profiler variant)
 # Micro-batch i's chain on a stream of priority rank i (0: the device's greatest priority), so
@@ -296,10 +311,23 @@ def _chain(
         plan_width = cap_tokens // cfg.page_tokens + n_ret
     use = None if layer.fused_bookkeeping else False
     in_place = table if fuse and ADMIT_BESIDE else None
-    plan = plan_step(
-        buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score, totals,
-        in_place,
+    one_kernel = (
+        PLAN_ADMIT and fuse and not ADMIT_BESIDE and widths is not None
+        and layer.fused_bookkeeping and pick(None, qg) and fusable(buffer, n_ret)
     )  # fmt: skip
+    admitted_early: tuple[torch.Tensor, torch.Tensor, CopyIn] | None = None
+    if one_kernel:
+        assert table is not None
+        plan, left_ids, step_counts, runs_in = plan_admit(
+            buffer, sel.retrieved, sizes, cap_tokens, plan_width, table, sel.retrieved_score,
+            totals,
+        )  # fmt: skip
+        admitted_early = (left_ids, step_counts, runs_in)
+    else:
+        plan = plan_step(
+            buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score,
+            totals, in_place,
+        )  # fmt: skip
     side.reached("plan")
     take, fill, count = plan.take, plan.fill, plan.count
     table = table if plan.fused else None
@@ -342,7 +370,7 @@ def _chain(
             copy_in = CopyIn(table.base_k, table.base_v, plan.miss_off_k, plan.miss_off_v)
             counts, admitted = _admit_beside(layer, chain, plan, table, buffer, planned)
         else:
-            fetch_ids, counts, runs = admit_direct(
+            fetch_ids, counts, runs = admitted_early or admit_direct(
                 buffer, plan, table, take, fill, count, not fuse, tick=False
             )
             copy_in = runs if fuse else None

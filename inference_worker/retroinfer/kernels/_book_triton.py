@@ -19,16 +19,21 @@ def plan_kernel(
     out_sizes, out_overflow, out_valid, out_hit, out_miss, out_overflow_ids,
     miss_ids, miss_rank, miss_sizes, take, take_fill, count, hit_count,
     hits_ctr, misses_ctr, totals, tab_k, tab_v, off_k, off_v, scratch,
+    evict_ctr, run_src, run_src_v, run_dst, run_rows, rest_ids,
     n, C, P1, W, cap_tokens, CT, S,
     SORT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
     LIST_MISSES: tl.constexpr, PT: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+    ADMIT: tl.constexpr = False,
 ):  # fmt: skip
     """(SORT: rank `ret` by `score` into `ranked` first.) Lookup, overflow, hit touch (LRU
     stamps), compacted misses and the hit-page table (its length in `count`, which admission
     extends, and in `hit_count`, which it leaves alone). LIST_MISSES: every miss's pages are
     appended to the page table too, as the scratch page (P1 - 1) with their source runs in
     off_k / off_v (element offsets through the cluster table tab_k / tab_v; slot s of the row
-    is table entry hit_count + s): attended where they lie, whatever admission decides."""
+    is table entry hit_count + s): attended where they lie, whatever admission decides.
+    ADMIT: then the direct admission of admit_kernel (DIRECT, LEFT, TABLE; run slots as wide
+    as the page table, W) in the same program: one launch and no reload from DRAM of what the
+    plan just read or wrote."""
     r = tl.program_id(0).to(tl.int64)
     stamp_row = stamp + r * (C + 1)
     base = tl.load(clock)
@@ -103,6 +108,14 @@ def plan_kernel(
             scratch + r * S, n_sel, P1, W, CT, PT, D, BLOCK_N, BLOCK_S,
         )  # fmt: skip
     tl.store(count + r, tl.minimum(n_sel + n_slots, W).to(tl.int64))
+    if ADMIT:
+        tl.debug_barrier()  # the misses, touched stamps, page table and count are stored
+        _admit_row(
+            r, miss_ids, miss_rank, miss_sizes, miss_ids, stamp, owner, fillp, clock, scratch,
+            evict_ctr, totals, run_src, run_src_v, run_dst, run_rows, tab_k, tab_v, take,
+            take_fill, count, rest_ids, n, C, P1, 1, S, CT, W, W, PT, D, BLOCK_N, BLOCK_P,
+            BLOCK_S, True, True, True,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -166,7 +179,24 @@ def admit_kernel(
     runs (slots after the admitted ones, 0 rows to copy): attended in place, never cached.
     TABLE False (with DIRECT): the page table is left alone (the plan listed every miss in
     place and the step attends them there while admission copies)."""
-    r = tl.program_id(0).to(tl.int64)
+    _admit_row(
+        tl.program_id(0).to(tl.int64), miss_ids, miss_rank, miss_sizes, miss_off, stamp, owner,
+        fillp, clock, scratch, evict_ctr, totals, run_src, run_src_v, run_dst, run_rows, tab_k,
+        tab_v, take, take_fill, count, rest_ids, n, C, P1, M, S, CT, W, SW, PT, D, BLOCK_N,
+        BLOCK_P, BLOCK_S, DIRECT, LEFT, TABLE,
+    )  # fmt: skip
+
+
+@triton.jit
+def _admit_row(
+    r, miss_ids, miss_rank, miss_sizes, miss_off, stamp, owner, fillp, clock, scratch,
+    evict_ctr, totals, run_src, run_src_v, run_dst, run_rows,
+    tab_k, tab_v, take, take_fill, count, rest_ids,
+    n, C, P1, M, S, CT, W, SW,
+    PT: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, LEFT: tl.constexpr, TABLE: tl.constexpr,
+):  # fmt: skip
+    """admit_kernel's work for row r (int64)."""
     stamp_row = stamp + r * (C + 1)
     own_row = owner + r * P1
     base = tl.load(clock)

@@ -96,6 +96,48 @@ def plan_step(
         if score is not None:
             ret = sort_retrieved(ret, score)
         return plan_step_reference(buffer, ret, sizes, cap_tokens, width)
+    return _plan_fused(buffer, ret, sizes, cap_tokens, width, score, totals, in_place)[0]
+
+
+def plan_admit(
+    buffer: WaveBuffer,
+    ret: torch.Tensor,  # [R, n] int64 retrieved ids (best first, or unsorted with `score`)
+    sizes: torch.Tensor,  # [R, C] int64 tokens per cluster
+    cap_tokens: int,
+    width: int,  # page-table width: room for the hit pages and every miss page
+    table: ClusterTable,  # where the source's clusters lie (the layer's device memory)
+    score: torch.Tensor | None = None,  # [R, n] fp32: `ret` is unsorted, rank it by this
+    totals: torch.Tensor | None = None,  # [7] int64 counts to add to
+) -> tuple[StepPlan, torch.Tensor, torch.Tensor, CopyIn]:
+    """plan_step then admit_direct(copy=False, tick=False) in one kernel (one program per row
+    runs both): the same (plan, rest ids, counts, copy_in) and buffer state. The admission's
+    table writes extend plan.take / fill / count; the LRU clock is left to the caller.
+    Triton only (fusable rows)."""
+    if not fusable(buffer, ret.shape[1]):
+        raise ValueError(f"plan_admit needs fusable rows, got n={ret.shape[1]}, "
+                         f"pages={buffer.pages}")  # fmt: skip
+    plan, runs, rest = _plan_fused(
+        buffer, ret, sizes, cap_tokens, width, score, totals, None, table
+    )
+    assert runs is not None and rest is not None and plan.totals is not None
+    r = ret.shape[0]
+    copy_in = CopyIn(table.base_k, table.base_v, runs[0].view(r, -1), runs[1].view(r, -1))
+    return plan, rest, plan.totals, copy_in
+
+
+def _plan_fused(
+    buffer: WaveBuffer,
+    ret: torch.Tensor,
+    sizes: torch.Tensor,
+    cap_tokens: int,
+    width: int,
+    score: torch.Tensor | None,
+    totals: torch.Tensor | None,
+    in_place: ClusterTable | None,
+    admit: ClusterTable | None = None,
+) -> tuple[StepPlan, torch.Tensor | None, torch.Tensor | None]:
+    """The plan kernel's launch (admit: with the direct admission in place; returns its runs
+    [4, R * W] and rest ids [R, n] too)."""
     from ._book_triton import plan_kernel
 
     r, n = ret.shape
@@ -117,24 +159,31 @@ def plan_step(
     scratch = buffer.scratch(_pow2(p1) + max(block_s, _pow2(p1)) + block_n)
     # in place: the miss slots' source offsets (keys, values); else unused (any pointer)
     offs = torch.empty(2, r, width, dtype=i64, device=dev) if in_place else (take, take)
-    tab = (in_place.tab_k, in_place.tab_v, in_place.tab_k.shape[2]) if in_place else (ret, ret, 1)
+    where = in_place if in_place is not None else admit
+    tab = (where.tab_k, where.tab_v, where.tab_k.shape[2]) if where is not None else (ret, ret, 1)
+    # admit: the runs [4, R * W] (src k, src v, dst, rows); else unused (any pointer)
+    runs = torch.empty(4, r * width, dtype=i64, device=dev) if admit else take.view(1, -1).expand(4, -1)
+    rest = torch.empty(r, n, dtype=i64, device=dev) if admit else None
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
         out["sizes"], flags[0], flags[1], flags[2], flags[3], out["ovf"],
         out["ids"], out["rank"], out["msz"], take, fill, count, hit_count,
         buffer.hits, buffer.misses, totals, tab[0], tab[1], offs[0], offs[1], scratch,
+        buffer.evictions, runs[0], runs[1], runs[2], runs[3], take if rest is None else rest,
         n, buffer.num_clusters, p1, width, cap_tokens, tab[2], scratch.shape[1],
         SORT=score is not None, BLOCK_N=block_n, BLOCK_P=_pow2(p1),
         LIST_MISSES=in_place is not None, PT=buffer.page_tokens, D=buffer.keys.shape[-1],
-        BLOCK_S=block_s if in_place else 1, num_warps=BOOK_WARPS,
+        BLOCK_S=block_s if in_place or admit else 1, ADMIT=admit is not None,
+        num_warps=BOOK_WARPS,
     )  # fmt: skip
     b = flags.view(torch.bool)
-    return StepPlan(
+    plan = StepPlan(
         ranked, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
         out["rank"], out["msz"], totals, out["ovf"], hit_count,
         *((offs[0], offs[1]) if in_place else (None, None)),
     )  # fmt: skip
+    return plan, (runs if admit else None), rest
 
 
 def plan_step_reference(

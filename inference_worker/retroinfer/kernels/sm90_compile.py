@@ -124,7 +124,7 @@ def _copy(dtype: torch.dtype) -> None:
 def _bookkeeping(dtype: torch.dtype) -> None:
     from ..wave_buffer import WaveBuffer
     from .book_cases import _random_table
-    from .bookkeeping import admit_direct, admit_step, plan_step
+    from .bookkeeping import admit_direct, admit_step, plan_admit, plan_step
 
     r, n, pt, d, clusters = 4, 10, 8, 128, 60
     sizes = torch.randint(1, 16, (r, clusters))
@@ -145,6 +145,7 @@ def _bookkeeping(dtype: torch.dtype) -> None:
     ids = ret % table.size.shape[2]  # misses listed in place, admission beside the attention
     plan = plan_step(buf, ids, table.size.reshape(r, -1), 400, 33, True, in_place=table)
     admit_direct(buf, plan, table, plan.take, plan.fill, plan.count, table_writes=False)
+    plan_admit(buf, ids, table.size.reshape(r, -1), 400, 33, table, torch.rand(r, n))  # one kernel
     table.fetch(ret.view(r, 1, n) % table.size.shape[2], 64, use_triton=True)
 
 
