@@ -162,7 +162,8 @@ def _plan_fused(
     where = in_place if in_place is not None else admit
     tab = (where.tab_k, where.tab_v, where.tab_k.shape[2]) if where is not None else (ret, ret, 1)
     # admit: the runs [4, R * W] (src k, src v, dst, rows); else unused (any pointer)
-    runs = torch.empty(4, r * width, dtype=i64, device=dev) if admit else take.view(1, -1).expand(4, -1)
+    unused = take.view(1, -1).expand(4, -1)
+    runs = torch.empty(4, r * width, dtype=i64, device=dev) if admit else unused
     rest = torch.empty(r, n, dtype=i64, device=dev) if admit else None
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
