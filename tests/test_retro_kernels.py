@@ -24,6 +24,7 @@ from inference_worker.retroinfer.kernels.cases import (
     attention_case,
     check_attention,
     check_copy,
+    check_rank_int8,
     check_select_ties,
     compare_all,
     estimate_case,
@@ -153,6 +154,8 @@ def test_copy_select_attention_kernels_match_references_interpreted():
 
 @cuda
 def test_copy_select_attention_kernels_match_references_gpu():
+    check_rank_int8("cuda", torch.bfloat16, seed=25, c=8192)
+    check_rank_int8("cuda", torch.float32, seed=26)
     check_copy("cuda", torch.bfloat16, seed=21)
     check_select_ties("cuda", seed=22)
     check_attention("cuda", seed=23, kv_dtype=torch.bfloat16)  # bf16 value sums too

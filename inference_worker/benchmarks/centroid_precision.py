@@ -30,7 +30,12 @@ from .attention import RESULTS, _device_name
 from .real_qkv import capture_qkv
 
 log = logging.getLogger(__name__)
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn}
+PRECISIONS = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp8_e4m3": torch.float8_e4m3fn,
+    "int8_scaled": torch.int8,  # per-centroid scale: amax / 127 (centroid_format "int8")
+}
 
 
 def main() -> None:
@@ -82,13 +87,21 @@ def _run_layer(
     )
     layer.record_selection = True
     layer.prefill(k[None, :, :prompt], v[None, :, :prompt])
-    layer.meta.centroids = layer.meta.centroids.to(dtype).float()  # stored narrow, math in fp32
+    layer.meta.centroids = _rounded(layer.meta.centroids, dtype)  # stored narrow, math in fp32
     out = []
     for t in range(prompt, prompt + steps):
         o, stats = layer.decode(q[None, :, t], k[None, :, t], v[None, :, t])
         assert stats.selection is not None
         out.append((o[0], stats.selection))
     return out
+
+
+def _rounded(centroids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 centroids as stored in `dtype` (int8: symmetric, one scale per centroid)."""
+    if dtype != torch.int8:
+        return centroids.to(dtype).float()
+    scale = centroids.abs().amax(-1, keepdim=True).clamp(min=1e-30) / 127
+    return (centroids / scale).round().clamp(-127, 127) * scale
 
 
 class _Totals:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer.config import CENTROID_FORMATS
 
 from .attention import (
     HEAD_DIM,
@@ -67,6 +68,7 @@ def main() -> None:
         "device": _device_name(device),
         "torch": torch.__version__,
         "micro_batches": getattr(fast_step_mod, "MICRO_BATCHES"),  # noqa: B009
+        "centroid_format": args.centroids,
         "context": args.context,
         "batch": args.batch,
         "steps": args.steps,
@@ -98,6 +100,10 @@ def _parse() -> argparse.Namespace:
         "--micro-batches", type=int, default=None,
         help="fast_step.MICRO_BATCHES of the baseline (default: the module's)",
     )  # fmt: skip
+    p.add_argument(
+        "--centroids", choices=sorted(CENTROID_FORMATS), default="model",
+        help="RetroInferConfig.centroid_format of the baseline",
+    )  # fmt: skip
     p.add_argument("--out", default=None)
     p.add_argument("--trace", default=None, help="folder for a Chrome trace per query stream")
     p.add_argument(
@@ -111,12 +117,16 @@ class _Runner:
     """A prefilled layer fed by a query stream (random new K/V every step). The stream runs on
     across phases: every step takes the stream's next query, whatever its caller's index."""
 
-    def __init__(self, length: int, batch: int, stream: QueryStream, dtype: torch.dtype) -> None:
+    def __init__(
+        self, length: int, batch: int, stream: QueryStream, dtype: torch.dtype,
+        centroids: str = "model",
+    ) -> None:  # fmt: skip
         dev = stream.device
         ids = [f"seq{b}" for b in range(batch)]
         source = InProcessClusterSource()
         self.layer = RetroInferLayer(
-            RetroInferConfig(), 0, Q_HEADS, KV_HEADS, HEAD_DIM, source, ids, dtype=dtype,
+            RetroInferConfig(centroid_format=centroids), 0, Q_HEADS, KV_HEADS, HEAD_DIM, source,
+            ids, dtype=dtype,
             device=dev, on_segment=lambda s: source.put(ids, s),
         )  # fmt: skip
         k = torch.randn(batch, KV_HEADS, length, HEAD_DIM, device=dev, dtype=dtype)
@@ -188,7 +198,7 @@ class _Runner:
 def _profile_stream(
     args: argparse.Namespace, stream: QueryStream, device: torch.device, dtype: torch.dtype
 ) -> dict[str, object]:
-    run = _Runner(args.context, args.batch, stream, dtype)
+    run = _Runner(args.context, args.batch, stream, dtype, args.centroids)
     run.timed(args.steps)  # warm-up: capture, cache settles
     base = run.timed(args.steps)
     trace = Path(args.trace) / f"trace_{stream.kind}.json" if args.trace else None
@@ -314,20 +324,21 @@ def _select_parts(run: _Runner, steps: int) -> dict[str, float]:
     return out
 
 
-def _logits_only(q, centroids, sizes, scale, **_: object) -> None:  # type: ignore[no-untyped-def]
+def _logits_only(q, centroids, sizes, scale, **kw: object) -> None:  # type: ignore[no-untyped-def]
     """The centroid-scan kernel exactly as rank_select launches it."""
     from inference_worker.retroinfer.kernels._rank_triton import logits_kernel
 
     r, g, d = q.shape
     c = centroids.shape[1]
     nb = -(-c // rank_mod.LOGITS_BLOCK_C)
-    narrow = centroids.element_size() == 1
-    q = q.to(torch.bfloat16 if narrow else centroids.dtype).contiguous()
+    q = q.to(rank_mod.scan_dtype(q, centroids)).contiguous()
+    cs = kw.get("centroid_scale")
     z = torch.empty(r, g, c, dtype=torch.float32, device=q.device)
     pm = torch.empty(r, g, nb, dtype=torch.float32, device=q.device)
     logits_kernel[(r, nb)](
-        q, centroids.contiguous(), sizes.contiguous(), z, pm, torch.empty_like(pm), c, nb, scale,
-        G=g, GP=16, D=d, BLOCK_C=rank_mod.LOGITS_BLOCK_C, num_warps=rank_mod.LOGITS_WARPS,
+        q, centroids.contiguous(), sizes.contiguous(), sizes if cs is None else cs, z, pm,
+        torch.empty_like(pm), c, nb, scale, G=g, GP=16, D=d, BLOCK_C=rank_mod.LOGITS_BLOCK_C,
+        SCALED=cs is not None, num_warps=rank_mod.LOGITS_WARPS,
     )  # fmt: skip
 
 
@@ -449,6 +460,20 @@ def _meta(field: str, dtype: torch.dtype) -> Apply:
     return apply
 
 
+def _int8_centroids(layer: RetroInferLayer) -> Callable[[], None]:
+    """The layer's centroids as int8 with per-centroid scales (centroid_format "int8")."""
+    from inference_worker.retroinfer.index import quantize_centroids
+
+    meta = layer.meta
+    old = meta.centroids, meta.centroid_scale
+    meta.centroids, meta.centroid_scale = quantize_centroids(meta.centroids)
+
+    def undo() -> None:
+        meta.centroids, meta.centroid_scale = old
+
+    return undo
+
+
 def _shape(**kwargs: int) -> object:
     return attn_mod.DecodeTuning(**kwargs)
 
@@ -496,6 +521,7 @@ def _variants() -> list[Variant]:
         ("side: both after admission", _set(fast_step_mod, "SIDE_LAUNCH", "both after admission")),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", fp8),
+        ("centroids int8", _int8_centroids),
         ("plan+admission one kernel", one_kernel),
         ("estimation in the hits pass, hits at plan", _both(est_hits, hits_at_plan)),
         ("estimation in the hits pass, plan+admission one kernel", _both(est_hits, one_kernel)),

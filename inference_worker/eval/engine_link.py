@@ -48,7 +48,7 @@ def retro_config(
     (min_retrieval_clusters=0), so the budget is the paper's pure fraction and the sweep is
     not flat at short contexts where the floor would decide n_ret. `defer_misses`: the opt-in
     stall-free mode (a missed cluster is estimated in its step and exact from the next).
-    `centroid_format`: "fp8_e4m3" for the opt-in fp8 centroid scan."""
+    `centroid_format`: "fp8_e4m3" or "int8" for an opt-in narrow centroid scan."""
     config = dataclasses.replace(
         default_retro_config(), defer_misses=defer_misses, centroid_format=centroid_format
     )

@@ -16,12 +16,16 @@ def rank_clusters(
     centroids: torch.Tensor,  # [R, C, D]
     sizes: torch.Tensor,  # [R, C] int64
     scale: float,
+    centroid_scale: torch.Tensor | None = None,  # [R, C] fp32: int8 centroids' scales
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroid logits z [R, G, C] fp32 (-inf for empty clusters) and the group score [R, C]:
-    the sum over the G query heads of softmax_j(z)."""
-    if centroids.element_size() == 1:  # fp8 storage: the product in the query dtype
+    the sum over the G query heads of softmax_j(z). int8 centroids (centroid_scale given):
+    z = (q . c_int8) * scale * centroid_scale."""
+    if centroids.element_size() == 1:  # fp8 / int8 storage: the product in the query dtype
         centroids = centroids.to(q.dtype)
     z = matmul_scores(q.to(centroids.dtype), centroids) * scale
+    if centroid_scale is not None:
+        z = z * centroid_scale.unsqueeze(1)
     z = z.masked_fill((sizes == 0).unsqueeze(1), float("-inf"))
     return z, torch.softmax(z, dim=-1).nan_to_num(0.0).sum(dim=1)
 

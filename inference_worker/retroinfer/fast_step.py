@@ -126,6 +126,7 @@ class _Rows:
     steady_v: torch.Tensor  # [R, CAP, D]
     buffer: WaveBuffer
     table: ClusterTable | None  # the source's cluster table (direct admission), else None
+    centroid_scale: torch.Tensor | None = None  # [R, C] fp32: int8 centroids' scales
 
     @classmethod
     def of_layer(cls, layer: RetroInferLayer, q: torch.Tensor) -> _Rows:
@@ -134,11 +135,12 @@ class _Rows:
         c, r, d = layer.num_clusters, layer.rows, layer.head_dim
         cap = steady.keys.shape[2]
         meta = layer.meta
+        cs = meta.centroid_scale.reshape(r, c) if meta.centroid_scale is not None else None
         return cls(
             q.reshape(r, layer.group, d), meta.centroids.reshape(r, c, d),
             meta.sizes.reshape(r, c), meta.value_sums.reshape(r, c, d),
             steady.keys.view(r, cap, d), steady.values.view(r, cap, d), layer._buffer(c),
-            _direct_table(layer),
+            _direct_table(layer), cs,
         )  # fmt: skip
 
     @property
@@ -152,6 +154,7 @@ class _Rows:
             self.qg[lo:hi], self.centroids[lo:hi], self.sizes[lo:hi],
             self.value_sums[lo:hi], self.steady_k[lo:hi], self.steady_v[lo:hi],
             self.buffer.row_range(lo, hi), table,
+            self.centroid_scale[lo:hi] if self.centroid_scale is not None else None,
         )  # fmt: skip
 
 
@@ -280,8 +283,9 @@ def _chain(
     r, qg, sizes, vs, buffer = rows.count, rows.qg, rows.sizes, rows.value_sums, rows.buffer
     n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
     sel = rank_select(
-        qg, rows.centroids, sizes, layer.scale, n_ret, n_est, sort=False, after_scan=after_scan
-    )  # retrieved unsorted (plan_step ranks it by retrieved_score)
+        qg, rows.centroids, sizes, layer.scale, n_ret, n_est, sort=False, after_scan=after_scan,
+        centroid_scale=rows.centroid_scale,
+    )  # retrieved unsorted (plan_step ranks it by retrieved_score)  # fmt: skip
     tuning = current_tuning()
     early: list[Partials] = []
 

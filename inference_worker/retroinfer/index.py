@@ -103,6 +103,10 @@ class ClusterMetadata:
         self.centroids = torch.zeros(
             batch, kv_heads, 0, head_dim, dtype=self.centroid_dtype, device=device
         )
+        # int8 centroids: [B, H, C] fp32, centroid j is centroids[..., j, :] * scale[..., j]
+        self.centroid_scale: torch.Tensor | None = None
+        if self.centroid_dtype == torch.int8:
+            self.centroid_scale = torch.zeros(batch, kv_heads, 0, device=device)
         self.value_sums = torch.zeros(batch, kv_heads, 0, head_dim, dtype=dtype, device=device)
         self.sizes = torch.zeros(batch, kv_heads, 0, dtype=torch.int64, device=device)
 
@@ -113,6 +117,25 @@ class ClusterMetadata:
     def append(self, segment: IndexSegment) -> None:
         """Add a segment's clusters (ids continue after the existing ones)."""
         assert segment.first_cluster == self.num_clusters
-        self.centroids = torch.cat([self.centroids, segment.centroids.to(self.centroid_dtype)], 2)
+        if self.centroid_scale is not None:
+            cent, scale = quantize_centroids(segment.centroids)
+            self.centroid_scale = torch.cat([self.centroid_scale, scale], 2)
+        elif self.centroid_dtype.is_floating_point and self.centroid_dtype.itemsize == 1:
+            # fp8: clamp to the finite range first (torch 2.11's cast gives NaN beyond it)
+            top = torch.finfo(self.centroid_dtype).max
+            cent = segment.centroids.clamp(-top, top).to(self.centroid_dtype)
+        else:
+            cent = segment.centroids.to(self.centroid_dtype)
+        self.centroids = torch.cat([self.centroids, cent], 2)
         self.value_sums = torch.cat([self.value_sums, segment.value_sums.to(self.scan_dtype)], 2)
         self.sizes = torch.cat([self.sizes, segment.sizes], 2)
+
+
+def quantize_centroids(centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per centroid: centroids [..., C, D] ->
+    (int8 [..., C, D], scale [..., C] fp32) with centroid ~= int8 * scale, scale = amax / 127
+    (an all-zero centroid, e.g. an empty cluster's, gets scale 0 and stays 0)."""
+    c = centroids.float()
+    scale = c.abs().amax(-1) / 127  # [..., C]
+    safe = torch.where(scale > 0, scale, 1.0).unsqueeze(-1)
+    return (c / safe).round().clamp(-127, 127).to(torch.int8), scale

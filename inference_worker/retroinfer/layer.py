@@ -280,7 +280,9 @@ class RetroInferLayer:
         qg = q.reshape(r, self.group, d)  # [R, G, D]
         n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
         sizes = self.meta.sizes.reshape(r, c)
-        z, score = rank_clusters(qg, self.meta.centroids.reshape(r, c, d), sizes, self.scale)
+        cs = self.meta.centroid_scale
+        cs = cs.reshape(r, c) if cs is not None else None
+        z, score = rank_clusters(qg, self.meta.centroids.reshape(r, c, d), sizes, self.scale, cs)
         top = torch.topk(score, n_ret + n_est, dim=-1, sorted=True).indices  # [R, k]
         top_sizes = sizes.gather(1, top)
         ret, ret_sizes = top[:, :n_ret], top_sizes[:, :n_ret]

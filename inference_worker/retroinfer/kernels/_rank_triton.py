@@ -10,11 +10,13 @@ _INF_BITS = tl.constexpr(0x7F800000)  # bits of +inf: every non-negative finite 
 
 @triton.jit
 def logits_kernel(
-    q_ptr, c_ptr, sizes_ptr, z_ptr, pm_ptr, pl_ptr, C, NB, scale,
+    q_ptr, c_ptr, sizes_ptr, cs_ptr, z_ptr, pm_ptr, pl_ptr, C, NB, scale,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr,
+    SCALED: tl.constexpr = False,
 ):  # fmt: skip
     """z[r, g, c] = q[r, g] . centroid[r, c] * scale (-inf if empty) and, per block, the max
-    and sum of exp(z - max) of each query head (one tensor-core product per block)."""
+    and sum of exp(z - max) of each query head (one tensor-core product per block). SCALED:
+    int8 centroids, z is then multiplied by the centroid's scale cs[r, c]."""
     r = tl.program_id(0)
     blk = tl.program_id(1)
     offs_c = blk * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -26,11 +28,14 @@ def logits_kernel(
     valid = in_c & (size > 0)
     cent = tl.load(
         c_ptr + (row + offs_c)[:, None] * D + offs_d[None, :], mask=valid[:, None], other=0.0
-    ).to(q_ptr.dtype.element_ty)  # [BLOCK_C, D]; empty clusters are not read; fp8 widened
+    ).to(q_ptr.dtype.element_ty)  # [BLOCK_C, D]; empty clusters are not read; fp8 / int8 widened
     q = tl.load(
         q_ptr + (r * G + offs_g[:, None]) * D + offs_d[None, :], mask=offs_g[:, None] < G, other=0.0
     )  # [GP, D]
     z = tl.dot(q, tl.trans(cent), input_precision="ieee") * scale  # [GP, BLOCK_C]
+    if SCALED:
+        cs = tl.load(cs_ptr + row + offs_c, mask=valid, other=0.0)  # [BLOCK_C] fp32
+        z = z * cs[None, :]
     z = tl.where(valid[None, :], z, float("-inf"))
     in_g = offs_g < G
     tl.store(

@@ -56,21 +56,31 @@ def rank_select(
     use_triton: bool | None = None,
     sort: bool = True,
     after_scan: Callable[[], None] | None = None,
+    centroid_scale: torch.Tensor | None = None,  # [R, C] fp32: int8 centroids' scales
 ) -> RankSelection:
     """Top n_ret clusters by group score (best first) and the mask of the next n_est.
     sort=False may leave `retrieved` unsorted with `retrieved_score` set (see RankSelection).
     after_scan: called once the centroid scan is launched, before the selection (a fork
-    point for work that should follow the scan, e.g. the next micro-batch's scan)."""
+    point for work that should follow the scan, e.g. the next micro-batch's scan).
+    centroid_scale: the centroids are int8, centroid j of row r is centroids[r, j] * scale[r, j]
+    (see index.quantize_centroids)."""
     c = centroids.shape[1]
     if n_ret < 1 or n_ret + n_est > c:
         raise ValueError(f"need 1 <= n_ret and n_ret + n_est <= C, got {n_ret}, {n_est}, C={c}")
+    if (centroid_scale is not None) != (centroids.dtype == torch.int8):
+        raise ValueError(
+            f"centroid_scale is needed exactly for int8 centroids, got centroids "
+            f"{centroids.dtype} with centroid_scale {'set' if centroid_scale is not None else None}"
+        )
     fits = next_pow2(c) <= MAX_SELECT_BLOCK and _is_pow2(q.shape[-1])
     if not (fits and pick(use_triton, q)):
-        picked = rank_select_reference(q, centroids, sizes, scale, n_ret, n_est)
+        picked = rank_select_reference(q, centroids, sizes, scale, n_ret, n_est, centroid_scale)
         if after_scan is not None:
             after_scan()
         return picked
-    return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est, sort, after_scan)
+    return _rank_select_triton(
+        q, centroids, sizes, scale, n_ret, n_est, sort, after_scan, centroid_scale
+    )
 
 
 def rank_select_reference(
@@ -80,9 +90,10 @@ def rank_select_reference(
     scale: float,
     n_ret: int,
     n_est: int,
+    centroid_scale: torch.Tensor | None = None,
 ) -> RankSelection:
     """torch reference: softmax group scores, one sorted top-k."""
-    z, score = rank_clusters(q, centroids, sizes, scale)  # z [R, G, C], score [R, C]
+    z, score = rank_clusters(q, centroids, sizes, scale, centroid_scale)  # [R, G, C], [R, C]
     top = torch.topk(score, n_ret + n_est, dim=-1, sorted=True).indices  # [R, k]
     estimated = torch.zeros_like(score, dtype=torch.bool)
     estimated.scatter_(1, top[:, n_ret:], True)
@@ -100,6 +111,7 @@ def _rank_select_triton(
     n_est: int,
     sort: bool = True,
     after_scan: Callable[[], None] | None = None,
+    centroid_scale: torch.Tensor | None = None,
 ) -> RankSelection:
     from ._rank_triton import logits_kernel, select_kernel
 
@@ -108,14 +120,15 @@ def _rank_select_triton(
     block_c = LOGITS_BLOCK_C
     nb = (c + block_c - 1) // block_c
     dev = q.device
-    narrow = centroids.element_size() == 1  # fp8 centroids: widened to bf16 in the kernel
-    q = q.to(torch.bfloat16 if narrow else centroids.dtype).contiguous()
+    q = q.to(scan_dtype(q, centroids)).contiguous()
+    scaled = centroid_scale is not None
+    cs = centroid_scale.contiguous() if centroid_scale is not None else sizes
     z = torch.empty(r, g, c, dtype=torch.float32, device=dev)
     part_m = torch.empty(r, g, nb, dtype=torch.float32, device=dev)
     part_l = torch.empty(r, g, nb, dtype=torch.float32, device=dev)
     logits_kernel[(r, nb)](
-        q, centroids.contiguous(), sizes.contiguous(), z, part_m, part_l, c, nb, scale,
-        G=g, GP=16, D=d, BLOCK_C=block_c, num_warps=LOGITS_WARPS,
+        q, centroids.contiguous(), sizes.contiguous(), cs, z, part_m, part_l, c, nb, scale,
+        G=g, GP=16, D=d, BLOCK_C=block_c, SCALED=scaled, num_warps=LOGITS_WARPS,
     )  # fmt: skip
     if after_scan is not None:
         after_scan()
@@ -133,6 +146,14 @@ def _rank_select_triton(
     if not sort:
         return RankSelection(z, ret, estimated.view(torch.bool), est_ids, ret_score)
     return RankSelection(z, sort_retrieved(ret, ret_score), estimated.view(torch.bool), est_ids)
+
+
+def scan_dtype(q: torch.Tensor, centroids: torch.Tensor) -> torch.dtype:
+    """The dtype of the scan's product: the centroids' (model dtype), bf16 for fp8 centroids
+    (widened in the kernel), the query's for int8 centroids (exact in any float dtype)."""
+    if centroids.dtype == torch.int8:
+        return q.dtype
+    return torch.bfloat16 if centroids.element_size() == 1 else centroids.dtype
 
 
 def sort_retrieved(ret: torch.Tensor, score: torch.Tensor) -> torch.Tensor:

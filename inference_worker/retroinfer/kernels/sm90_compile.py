@@ -67,6 +67,7 @@ def compile_only(arch: int = 90) -> Iterator[Compiled]:
 
 
 def _rank(dtype: torch.dtype) -> None:
+    from ..index import quantize_centroids
     from . import rank
     from .cases import rank_case
 
@@ -74,6 +75,9 @@ def _rank(dtype: torch.dtype) -> None:
         case = rank_case(4, 4, c, 128, dtype, "cpu", seed=0)
         case["centroids"] = case["centroids"].to(cent_dtype)
         rank.rank_select(**case, use_triton=True, sort=False)
+    case = rank_case(4, 4, 8192, 128, dtype, "cpu", seed=0)  # int8 centroids with scales
+    case["centroids"], case["centroid_scale"] = quantize_centroids(case["centroids"])
+    rank.rank_select(**case, use_triton=True, sort=False)
     for knob, value in (("SELECT_ARITY", 4), ("SELECT_ARITY", 8), ("SELECT_ARITY", 256)):
         default = getattr(rank, knob)
         setattr(rank, knob, value)
