@@ -134,5 +134,5 @@ def test_rank_select_refuses_a_scale_without_int8_centroids_and_the_reverse():
     with pytest.raises(ValueError, match="centroid_scale is needed exactly for int8"):
         rank_select(**case, centroid_scale=torch.ones(2, 64))
     case["centroids"] = quantize_centroids(case["centroids"])[0]
-    with pytest.raises(ValueError, match="int8 centroids, got centroids torch.int8"):
+    with pytest.raises(ValueError, match=r"int8 centroids, got centroids torch\.int8"):
         rank_select(**case)

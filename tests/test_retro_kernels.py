@@ -25,6 +25,7 @@ from inference_worker.retroinfer.kernels.cases import (
     check_attention,
     check_copy,
     check_rank_int8,
+    check_select_full_row,
     check_select_ties,
     compare_all,
     estimate_case,
@@ -154,6 +155,7 @@ def test_copy_select_attention_kernels_match_references_interpreted():
 
 @cuda
 def test_copy_select_attention_kernels_match_references_gpu():
+    check_select_full_row("cuda")
     check_rank_int8("cuda", torch.bfloat16, seed=25, c=8192)
     check_rank_int8("cuda", torch.float32, seed=26)
     check_copy("cuda", torch.bfloat16, seed=21)

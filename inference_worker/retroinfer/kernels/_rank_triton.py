@@ -82,21 +82,38 @@ def select_kernel(
         lo1, lo2 = _radix(bits, K1, K2)
     else:
         lo1, lo2 = _search(bits, K1, K2, ARITY, STEPS)
+    # both thresholds' counts travel packed in one int32, 16 bits apiece (a row has at most
+    # 32,768 elements): one reduction or scan serves the two
     eq1 = bits == lo1
     eq2 = bits == lo2
-    need1 = K1 - tl.sum((bits > lo1).to(tl.int32), axis=0)
-    need2 = K2 - tl.sum((bits > lo2).to(tl.int32), axis=0)
-    rank1 = tl.cumsum(eq1.to(tl.int32), axis=0) - eq1.to(tl.int32)
-    rank2 = tl.cumsum(eq2.to(tl.int32), axis=0) - eq2.to(tl.int32)
-    sel1 = (bits > lo1) | (eq1 & (rank1 < need1))
-    sel2 = (bits > lo2) | (eq2 & (rank2 < need2))
-    slot = tl.cumsum(sel1.to(tl.int32), axis=0) - 1
+    above = tl.sum(_pack2(bits > lo1, bits > lo2), axis=0)
+    need1 = K1 - (above & 0xFFFF)
+    need2 = K2 - _high(above)
+    eqs = _pack2(eq1, eq2)
+    ranks = tl.cumsum(eqs, axis=0) - eqs  # ties before each element, per threshold
+    sel1 = (bits > lo1) | (eq1 & ((ranks & 0xFFFF) < need1))
+    sel2 = (bits > lo2) | (eq2 & (_high(ranks) < need2))
+    est = sel2 & ~sel1
+    slots = tl.cumsum(_pack2(sel1, est), axis=0)
+    slot = (slots & 0xFFFF) - 1
+    slot2 = _high(slots) - 1
     tl.store(ret_ptr + r.to(tl.int64) * K1 + slot, offs.to(tl.int64), mask=sel1)
     tl.store(rets_ptr + r.to(tl.int64) * K1 + slot, score, mask=sel1)
-    est = sel2 & ~sel1
     tl.store(est_ptr + r.to(tl.int64) * C + offs, est.to(tl.int8), mask=inside)
-    slot2 = tl.cumsum(est.to(tl.int32), axis=0) - 1
     tl.store(est_ids_ptr + r.to(tl.int64) * (K2 - K1) + slot2, offs.to(tl.int64), mask=est)
+
+
+@triton.jit
+def _pack2(low, high):
+    """Two boolean tensors as one int32: low in bits 0-15, high in bits 16-31."""
+    return low.to(tl.int32) + (high.to(tl.int32) << 16)
+
+
+@triton.jit
+def _high(packed):
+    """The high 16-bit field of _pack2 sums (up to 65,535: a sum of 32,768 sets the sign bit,
+    which the mask drops)."""
+    return (packed >> 16) & 0xFFFF
 
 
 @triton.jit
@@ -115,7 +132,8 @@ def _row_range(bits):
 @triton.jit
 def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
     """Bisection for both thresholds with scalar bounds: per step two comparisons per element
-    and one two-operand sum (no 2-D tensor, no layout conversion, no small reductions).
+    and one sum of the two counts packed in an int32 (no 2-D tensor, no layout conversion, no
+    small reductions).
     Invariant per K: count(bits >= lo) >= K and count(bits > hi) < K. The bounds start at the
     row's smallest and largest pattern, and a K is done as soon as a threshold counts exactly
     K (then lo = that threshold selects the same K elements as the K-th largest pattern does),
@@ -129,11 +147,9 @@ def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
         step += 1
         t1 = lo1 + (hi1 - lo1 + 1) // 2  # in (lo, hi] while lo < hi
         t2 = lo2 + (hi2 - lo2 + 1) // 2
-        c1, c2 = tl.reduce(
-            ((bits >= t1.to(tl.int32)).to(tl.int32), (bits >= t2.to(tl.int32)).to(tl.int32)),
-            0,
-            _add2,
-        )
+        both = tl.sum(_pack2(bits >= t1.to(tl.int32), bits >= t2.to(tl.int32)), axis=0)
+        c1 = both & 0xFFFF
+        c2 = _high(both)
         run1 = lo1 < hi1
         run2 = lo2 < hi2
         ok1 = c1 >= K1

@@ -362,6 +362,22 @@ def check_combine_empty_splits(device: str, seed: int) -> None:
     assert bool((out[0, 1] == 0).all()) and lse[0, 1] == float("-inf")
 
 
+def check_select_full_row(device: str, c: int = 32768) -> None:
+    """The widest row (MAX_SELECT_BLOCK clusters) with every score equal: the selection's packed
+    16-bit counts reach 32,768 and must not wrap. Ties go by index: the first n_ret clusters
+    are retrieved, the next n_est estimated."""
+    case = rank_case(2, 4, c, 64, torch.float32, device, seed=0)
+    case["centroids"] = torch.zeros_like(case["centroids"])
+    case["sizes"] = torch.ones_like(case["sizes"])
+    n_ret, n_est = case["n_ret"], case["n_est"]
+    got = rank_select(**case, use_triton=True)
+    ids = torch.arange(c, device=device)
+    assert bool((got.retrieved.sort(1).values == ids[:n_ret]).all()), got.retrieved
+    want = (ids >= n_ret) & (ids < n_ret + n_est)
+    assert bool((got.estimated == want).all())
+    assert bool((got.estimated_ids == ids[n_ret : n_ret + n_est]).all())
+
+
 def check_rank_int8(
     device: str, dtype: torch.dtype, seed: int, c: int = 1500, rows: int = 8
 ) -> None:
@@ -392,6 +408,7 @@ def run_interpreted() -> None:
     check_attention("cpu", seed=4)
     check_combine_empty_splits("cpu", seed=6)
     check_rank_int8("cpu", torch.float32, seed=7, c=600, rows=2)
+    check_select_full_row("cpu", c=4096)
     case = rank_case(4, 4, 1500, 64, torch.float32, "cpu", seed=3)
     a, b = rank_select(**case, use_triton=True), rank_select_reference(**case)
     assert torch.equal(a.retrieved.sort(1).values, b.retrieved.sort(1).values)
