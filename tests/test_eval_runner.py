@@ -21,6 +21,7 @@ from inference_worker.eval.cli import build_parser, config_from_args
 from inference_worker.eval.config import EvalConfig, parse_store, quick_config
 from inference_worker.eval.prompt import Sample
 from inference_worker.eval.runner import SuiteRunner, load_records, run_specs
+from inference_worker.retroinfer import RetroInferConfig
 
 
 def _sample(i: int) -> Sample:
@@ -211,12 +212,14 @@ def test_centroids_flag_reaches_every_retroinfer_config() -> None:
     parser = cli.build_parser()
     args = parser.parse_args(["--quick", "--centroids", "fp8_e4m3"])
     assert cli.config_from_args(args).centroid_format == "fp8_e4m3"
-    assert cli.config_from_args(parser.parse_args(["--quick"])).centroid_format == "model"
+    default = RetroInferConfig().centroid_format
+    assert cli.config_from_args(parser.parse_args(["--quick"])).centroid_format == default
+    assert EvalConfig().centroid_format == default
     for budget in (None, 0.01):
         cfg = engine_link.retro_config(budget, centroid_format="fp8_e4m3")
         assert cfg.centroid_format == "fp8_e4m3"
-    assert engine_link.retro_config(0.01).centroid_format == "model"
+    assert engine_link.retro_config(0.01).centroid_format == default
     lines = report._mode_lines({"config": {"centroid_format": "fp8_e4m3"}})
-    assert lines == ["- RetroInfer centroids: fp8_e4m3 (opt-in narrow scan)"]
+    assert lines == ["- RetroInfer centroids: fp8_e4m3"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--centroids", "fp4"])

@@ -14,6 +14,7 @@ from inference_worker.retroinfer.kernels.cases import rank_case
 from tests.retro_fixtures import make_layer, run_decode
 
 FP8 = {"centroid_format": "fp8_e4m3"}
+MODEL = {"centroid_format": "model"}  # the model dtype (the paper's storage)
 
 
 @pytest.mark.parametrize("value", ["fp8", "bf16", "", None])
@@ -39,7 +40,7 @@ def test_fp8_centroids_stay_close_to_model_dtype_centroids():
     keys = keys + 0.3 * torch.randn(keys.shape, generator=gen)
     values = torch.randn(1, 4, 6000, 64, generator=gen)
     outs = []
-    for extra in ({}, FP8):
+    for extra in (MODEL, FP8):
         layer, _ = make_layer(RetroInferConfig(**extra), 16, 4, 64, 1)
         outs.append(run_decode(layer, keys, values, 4, torch.Generator().manual_seed(8)))
     for (base, ref, _), (fp8, _, _) in zip(*outs, strict=True):
@@ -65,8 +66,9 @@ def test_out_of_range_centroids_saturate_instead_of_nan():
 INT8 = {"centroid_format": "int8"}
 
 
-def test_int8_centroids_are_stored_with_one_scale_each():
-    layer, _ = make_layer(RetroInferConfig(**INT8), 8, 2, 32, 1)
+def test_int8_centroids_are_the_default_stored_with_one_scale_each():
+    assert RetroInferConfig().centroid_format == "int8"
+    layer, _ = make_layer(RetroInferConfig(), 8, 2, 32, 1)
     gen = torch.Generator().manual_seed(0)
     layer.prefill(torch.randn(1, 2, 3000, 32, generator=gen), torch.randn(1, 2, 3000, 32))
     meta = layer.meta
@@ -107,7 +109,7 @@ def test_int8_centroids_rank_like_model_dtype_centroids():
     keys = keys + 0.3 * torch.randn(keys.shape, generator=gen)
     values = torch.randn(1, 4, 6000, 64, generator=gen)
     outs, layers = [], []
-    for extra in ({}, INT8):
+    for extra in (MODEL, INT8):
         layer, _ = make_layer(RetroInferConfig(**extra), 16, 4, 64, 1)
         layers.append(layer)
         outs.append(run_decode(layer, keys, values, 4, torch.Generator().manual_seed(8)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from inference_worker.benchmarks.step_profile import step_timeline
+from inference_worker.benchmarks.step_profile import gpu_busy_us, step_timeline
 
 
 def _event(name: str, ts: float, dur: float, stream: int, cat: str = "kernel") -> dict:
@@ -38,6 +38,20 @@ def test_timeline_is_the_last_complete_step(tmp_path: Path) -> None:
     ]
     trace.write_text(json.dumps({"traceEvents": events[:2]}))
     assert step_timeline(trace) == []  # no complete step
+
+
+def test_gpu_busy_time_counts_overlapping_streams_once(tmp_path: Path) -> None:
+    events = [
+        _event("logits_kernel", 100.0, 10.0, 7),  # 100-110
+        _event("estimate_kernel", 105.0, 10.0, 9),  # 105-115: 5 more
+        _event("select_kernel", 107.0, 2.0, 7),  # inside: nothing more
+        _event("Memcpy DtoD", 130.0, 4.0, 7, cat="gpu_memcpy"),  # after a host gap: 4
+        {"name": "aten::copy_", "ts": 115.0, "dur": 15.0, "cat": "cpu_op"},  # not GPU work
+    ]
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps({"traceEvents": events}))
+    assert gpu_busy_us(trace, 1) == 19.0
+    assert gpu_busy_us(trace, 2) == 9.5
 
 
 def test_cpu_smoke_run_writes_json_and_traces(tmp_path: Path) -> None:

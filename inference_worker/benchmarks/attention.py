@@ -56,8 +56,7 @@ def main() -> None:
         "dtype": str(dtype),
         "steps": steps,
         "geometry": {"q_heads": Q_HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM},
-        "config": "RetroInferConfig() defaults"
-        + ("" if args.centroids == "model" else f", centroid_format={args.centroids!r}"),
+        "config": f"RetroInferConfig() defaults, centroid_format={args.centroids!r}",
         "query_streams": {
             "random": "fresh N(0,1) queries every step: the worst case for the cache",
             "correlated": "q_t = rho*q_(t-1) + sqrt(1-rho^2)*noise, rho calibrated so the hit "
@@ -90,8 +89,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--out", default=None, help="JSON output path")
     p.add_argument("--profile", action="store_true", help="print a kernel profile per setting")
     p.add_argument(
-        "--centroids", choices=sorted(CENTROID_FORMATS), default="model",
-        help="RetroInferConfig.centroid_format (fp8_e4m3: opt-in narrow centroid scan)",
+        "--centroids", choices=sorted(CENTROID_FORMATS),
+        default=RetroInferConfig().centroid_format,
+        help="RetroInferConfig.centroid_format (default: the config's; model: the model dtype)",
     )  # fmt: skip
     p.add_argument(
         "--micro-batches", type=int, default=None,

@@ -82,9 +82,10 @@ def _run_layer(
     prompt = k.shape[1] - steps
     ids = ["s0"]
     source = InProcessClusterSource()
-    layer = RetroInferLayer(
-        RetroInferConfig(), li, hq, hkv, d, source, ids, on_segment=lambda s: source.put(ids, s)
-    )
+    layer = RetroInferLayer(  # fp32 centroids, rounded below to emulate each storage
+        RetroInferConfig(centroid_format="model"), li, hq, hkv, d, source, ids,
+        on_segment=lambda s: source.put(ids, s),
+    )  # fmt: skip
     layer.record_selection = True
     layer.prefill(k[None, :, :prompt], v[None, :, :prompt])
     layer.meta.centroids = _rounded(layer.meta.centroids, dtype)  # stored narrow, math in fp32

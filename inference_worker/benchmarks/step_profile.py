@@ -9,7 +9,10 @@ benchmark times them), the GPU kernels of a step by name (torch profiler over gr
 then the same layer re-captured under variants, each timed on fresh queries:
 - launch shapes of the decode, copy and selection kernels (same results up to rounding);
 - storage formats: value sums in fp32 (the default keeps them in the model dtype), centroids in
-  fp8 (e4m3). fp8 changes the numbers the ranking sees: here it is a timing experiment only.
+  fp8 (e4m3) or int8 with per-centroid scales (timing experiments here: the ranking's accuracy
+  is measured by `centroid_precision`); --centroids picks the baseline's format.
+Every timed row also gets its GPU-busy µs per step (the union of its kernels' intervals in a
+short profiler trace): the step's GPU cost where a slow host bounds the wall-clock time.
 The baseline is timed again at the end (the steady zone grows by one token per step).
 Writes JSON (default results/step_profile_<device>.json) and prints a table.
 """
@@ -22,6 +25,7 @@ import importlib
 import itertools
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,8 +105,9 @@ def _parse() -> argparse.Namespace:
         help="fast_step.MICRO_BATCHES of the baseline (default: the module's)",
     )  # fmt: skip
     p.add_argument(
-        "--centroids", choices=sorted(CENTROID_FORMATS), default="model",
-        help="RetroInferConfig.centroid_format of the baseline",
+        "--centroids", choices=sorted(CENTROID_FORMATS),
+        default=RetroInferConfig().centroid_format,
+        help="RetroInferConfig.centroid_format of the baseline (default: the config's)",
     )  # fmt: skip
     p.add_argument("--out", default=None)
     p.add_argument("--trace", default=None, help="folder for a Chrome trace per query stream")
@@ -119,13 +124,14 @@ class _Runner:
 
     def __init__(
         self, length: int, batch: int, stream: QueryStream, dtype: torch.dtype,
-        centroids: str = "model",
+        centroids: str | None = None,
     ) -> None:  # fmt: skip
         dev = stream.device
         ids = [f"seq{b}" for b in range(batch)]
         source = InProcessClusterSource()
         self.layer = RetroInferLayer(
-            RetroInferConfig(centroid_format=centroids), 0, Q_HEADS, KV_HEADS, HEAD_DIM, source,
+            RetroInferConfig(centroid_format=centroids or RetroInferConfig().centroid_format), 0,
+            Q_HEADS, KV_HEADS, HEAD_DIM, source,
             ids, dtype=dtype,
             device=dev, on_segment=lambda s: source.put(ids, s),
         )  # fmt: skip
@@ -195,12 +201,40 @@ class _Runner:
         return {k: round(v, 1) for k, v in ordered.items()}
 
 
+def gpu_busy_us(trace: Path, steps: int) -> float:
+    """GPU-busy µs per step in a Chrome trace of `steps` steps: the union of every kernel's and
+    copy's interval (overlapping streams count once), host gaps excluded. A step's GPU cost
+    where the host, not the GPU, bounds the wall-clock time."""
+    events = json.loads(trace.read_text())["traceEvents"]
+    spans = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+    )
+    busy, end = 0.0, float("-inf")
+    for start, stop in spans:
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return round(busy / steps, 1)
+
+
+def _with_busy(run: _Runner, timed: dict[str, float], steps: int = 6) -> dict[str, float]:
+    """`timed` plus the GPU-busy µs per step of `steps` more steps (CUDA only)."""
+    if run.stream.device.type != "cuda":
+        return timed
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        run.kernels(steps, trace=trace)
+        return timed | {"gpu_busy_us": gpu_busy_us(trace, steps)}
+
+
 def _profile_stream(
     args: argparse.Namespace, stream: QueryStream, device: torch.device, dtype: torch.dtype
 ) -> dict[str, object]:
     run = _Runner(args.context, args.batch, stream, dtype, args.centroids)
     run.timed(args.steps)  # warm-up: capture, cache settles
-    base = run.timed(args.steps)
+    base = _with_busy(run, run.timed(args.steps))
     trace = Path(args.trace) / f"trace_{stream.kind}.json" if args.trace else None
     if trace is not None:
         trace.parent.mkdir(parents=True, exist_ok=True)
@@ -220,14 +254,14 @@ def _profile_stream(
         undo = apply(run.layer)
         run.layer._graph = None
         try:
-            rows[name] = run.timed(args.steps)
+            rows[name] = _with_busy(run, run.timed(args.steps))
         except Exception as err:  # a variant the kernels cannot compile: report, go on
             log.warning("variant %s failed: %s", name, err)
             rows[name] = {"error": str(err)[:300]}  # type: ignore[dict-item]
         undo()
         run.layer._graph = None
         log.info("%s %s: %s", stream.kind, name, rows[name])
-    rows["baseline (again, end)"] = run.timed(args.steps)
+    rows["baseline (again, end)"] = _with_busy(run, run.timed(args.steps))
     return {
         "rho": stream.rho,
         "clusters": run.layer.num_clusters,
@@ -466,7 +500,41 @@ def _int8_centroids(layer: RetroInferLayer) -> Callable[[], None]:
 
     meta = layer.meta
     old = meta.centroids, meta.centroid_scale
-    meta.centroids, meta.centroid_scale = quantize_centroids(meta.centroids)
+    meta.centroids, meta.centroid_scale = quantize_centroids(_dequantized(layer))
+
+    def undo() -> None:
+        meta.centroids, meta.centroid_scale = old
+
+    return undo
+
+
+def _dequantized(layer: RetroInferLayer) -> torch.Tensor:
+    meta = layer.meta
+    if meta.centroid_scale is None:
+        return meta.centroids
+    return meta.centroids.float() * meta.centroid_scale.unsqueeze(-1)
+
+
+def _fp8_centroids(layer: RetroInferLayer) -> Callable[[], None]:
+    """The layer's centroids in fp8 e4m3 (centroid_format "fp8_e4m3")."""
+    meta = layer.meta
+    old = meta.centroids, meta.centroid_scale
+    top = torch.finfo(torch.float8_e4m3fn).max
+    meta.centroids = _dequantized(layer).clamp(-top, top).to(torch.float8_e4m3fn)
+    meta.centroid_scale = None
+
+    def undo() -> None:
+        meta.centroids, meta.centroid_scale = old
+
+    return undo
+
+
+def _model_centroids(layer: RetroInferLayer) -> Callable[[], None]:
+    """The layer's centroids in the model dtype (centroid_format "model", the paper's)."""
+    meta = layer.meta
+    old = meta.centroids, meta.centroid_scale
+    meta.centroids = _dequantized(layer).to(meta.value_sums.dtype)
+    meta.centroid_scale = None
 
     def undo() -> None:
         meta.centroids, meta.centroid_scale = old
@@ -480,7 +548,7 @@ def _shape(**kwargs: int) -> object:
 
 def _variants() -> list[Variant]:
     unstaggered = _set(fast_step_mod, "MICRO_STAGGER", False)
-    fp8 = _meta("centroids", torch.float8_e4m3fn)
+    fp8 = _fp8_centroids
     equal = _set(fast_step_mod, "MICRO_PRIORITY", False)
     on_chain = _set(fast_step_mod, "ADMIT_BESIDE", False)
     one_kernel = _set(fast_step_mod, "PLAN_ADMIT", True)
@@ -522,6 +590,7 @@ def _variants() -> list[Variant]:
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", fp8),
         ("centroids int8", _int8_centroids),
+        ("centroids in the model dtype", _model_centroids),
         ("plan+admission one kernel", one_kernel),
         ("estimation in the hits pass, hits at plan", _both(est_hits, hits_at_plan)),
         ("estimation in the hits pass, plan+admission one kernel", _both(est_hits, one_kernel)),
@@ -550,11 +619,13 @@ def _print(result: dict[str, object]) -> None:
         print(f"\n[{kind}] kernel µs per step (total {data['kernel_total_us']}):")
         for name, us in list(data["kernels_us_per_step"].items())[:14]:
             print(f"  {us:>8.1f}  {name}")
-        print(f"{'variant':>24} {'ms':>8} {'x SDPA':>7} {'hit':>6}")
+        print(f"{'variant':>24} {'ms':>8} {'x SDPA':>7} {'hit':>6} {'GPU-busy us':>11}")
         for name, row in data["variants"].items():
             if "ms" in row:
                 speed = float(result["sdpa_ms"]) / row["ms"]  # type: ignore[arg-type]
-                print(f"{name:>24} {row['ms']:>8.4f} {speed:>7.2f} {row['hit_ratio']:>6}")
+                busy = row.get("gpu_busy_us", "-")
+                print(f"{name:>24} {row['ms']:>8.4f} {speed:>7.2f} {row['hit_ratio']:>6} "
+                      f"{busy:>11}")  # fmt: skip
             else:
                 print(f"{name:>24}  error: {row['error'][:80]}")
 

@@ -20,7 +20,9 @@ from inference_worker.eval.prompt import Sample
 from inference_worker.eval.runner import SuiteRunner, load_records, run_specs
 from inference_worker.eval.tasks import TASKS, make_sample
 from inference_worker.eval.tokens import PieceEncoder, Tokenizer
-from inference_worker.retroinfer.config import CENTROID_FORMATS
+from inference_worker.retroinfer.config import CENTROID_FORMATS, RetroInferConfig
+
+DEFAULT_CENTROIDS = RetroInferConfig().centroid_format
 
 log = logging.getLogger("inference_worker.eval")
 
@@ -72,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--centroids",
         choices=sorted(CENTROID_FORMATS),
-        default="model",
-        help="RetroInfer's centroid_format (fp8_e4m3, int8: the opt-in narrow centroid scans)",
+        default=DEFAULT_CENTROIDS,
+        help=f"RetroInfer's centroid_format (default {DEFAULT_CENTROIDS}; model: the model dtype)",
     )
     p.add_argument(
         "--depths", type=lambda s: [parse_fraction(x) for x in _csv(s)], help="e.g. 0%%,50%%,100%%"

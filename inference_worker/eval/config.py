@@ -41,7 +41,7 @@ class EvalConfig:
     out: Path = RESULTS_DIR / "default"
     resume: bool = False  # keep records already in out/records.jsonl
     defer_misses: bool = False  # RetroInfer runs estimate missed clusters for one step
-    centroid_format: str = "model"  # RetroInferConfig.centroid_format of the RetroInfer runs
+    centroid_format: str = "int8"  # RetroInferConfig.centroid_format of the RetroInfer runs
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]

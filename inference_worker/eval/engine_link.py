@@ -41,17 +41,17 @@ def default_retrieval_budget() -> float:
 
 
 def retro_config(
-    budget: float | None, defer_misses: bool = False, centroid_format: str = "model"
+    budget: float | None, defer_misses: bool = False, centroid_format: str | None = None
 ) -> Any:
     """RetroInfer's default config (what users get, retrieval floor included) when `budget` is
     None; a sweep point otherwise: `retrieval_budget` replaced and the floor off
     (min_retrieval_clusters=0), so the budget is the paper's pure fraction and the sweep is
     not flat at short contexts where the floor would decide n_ret. `defer_misses`: the opt-in
     stall-free mode (a missed cluster is estimated in its step and exact from the next).
-    `centroid_format`: "fp8_e4m3" or "int8" for an opt-in narrow centroid scan."""
-    config = dataclasses.replace(
-        default_retro_config(), defer_misses=defer_misses, centroid_format=centroid_format
-    )
+    `centroid_format`: the centroid storage (None: the default config's)."""
+    config = dataclasses.replace(default_retro_config(), defer_misses=defer_misses)
+    if centroid_format is not None:
+        config = dataclasses.replace(config, centroid_format=centroid_format)
     if budget is None:
         return config
     return dataclasses.replace(config, retrieval_budget=budget, min_retrieval_clusters=0)

@@ -107,8 +107,8 @@ def _mode_lines(meta: dict[str, Any]) -> list[str]:
             "- RetroInfer mode: defer_misses=True (a missed cluster is estimated in its step, "
             "exact from the next)"
         )
-    if config.get("centroid_format", "model") != "model":
-        lines.append(f"- RetroInfer centroids: {config['centroid_format']} (opt-in narrow scan)")
+    if "centroid_format" in config:
+        lines.append(f"- RetroInfer centroids: {config['centroid_format']}")
     return lines
 
 

@@ -46,13 +46,15 @@ class RetroInferConfig:
     final_assign_chunk: int = (
         16384  # tokens per chunk of the final global assignment (memory bound)
     )
-    # storage of the centroids the ranking scans: "model" (the model dtype, as the paper),
-    # "fp8_e4m3" or "int8" (one fp32 scale per centroid): about half the bytes of bf16 for the
-    # scan, which is half of the ideal step's bytes. Measured on the default model's real keys
-    # against fp32 centroids (results/centroid_precision_cpu.json): retrieved clusters kept
-    # 0.9965 bf16, 0.991 int8, 0.949 fp8; output relative difference 4.5e-3 for both bf16 and
-    # int8, 1.2e-2 fp8 (docs/retro_kernels.md).
-    centroid_format: str = "model"
+    # Departure from the paper (storage only): the centroids the ranking scans are int8 with
+    # one fp32 scale per centroid, about half the bytes of the model dtype for the scan (half
+    # of the ideal step's bytes; H100, 128K x 16: 0.273 vs 0.305 ms per layer-step). Measured
+    # on the default model's real keys against fp32 centroids
+    # (benchmarks/results/centroid_precision_cpu.json): retrieved clusters kept 0.991 (bf16
+    # storage 0.9965, fp8 0.949), output relative difference 4.5e-3 (bf16 4.5e-3, fp8 1.2e-2);
+    # the RULER-style CPU eval's 72 generations are identical with int8, bf16 and fp8 centroids
+    # (eval/results/centroids_cpu_*). "model": the model dtype, as the paper; "fp8_e4m3".
+    centroid_format: str = "int8"
     defer_misses: bool = False  # opt-in: estimate missed clusters now, admit them next step
     # with defer_misses, the first decode steps after prefill still fetch exactly: the wave
     # buffer starts empty, so deferring there would estimate nearly every retrieved cluster
