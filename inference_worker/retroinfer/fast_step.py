@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .kernels import decode_attention, rank_select
+from .kernels import RankSelection, decode_attention, rank_select
 from .kernels.availability import pick
 from .kernels.bookkeeping import (
     StepPlan,
@@ -99,6 +99,12 @@ ADMIT_BESIDE = False
 # bandwidth-bound kernels slows the latency-bound ones 1.5-2.7x (selection 43 -> 65-117 us in
 # the _v24 timeline), and each micro-batch pays the decode's and combine's fixed costs.
 MICRO_BATCHES = 1
+MICRO_MIN_ROWS = 32
+MICRO_STAGGER = True  # False: all micro-batches start at once (profiler variant)
+# Micro-batch i's chain on a stream of priority rank i (0: the device's greatest priority), so
+# that an earlier micro-batch's latency-bound kernels are dispatched before a later one's scan
+# blocks; False: default-priority streams (profiler variant).
+MICRO_PRIORITY = True
 # Variant (profiler; tested): the plan and the direct admission in one kernel (`plan_admit`:
 # one program per row runs both) where the step attends every miss through the page table
 # (device-memory source, fused copy) at fixed widths (captured steps; eager steps cut their
@@ -106,12 +112,6 @@ MICRO_BATCHES = 1
 # against 28 + 31 us, and the hits pass, which ends the step, then starts after it (227 us into
 # the step instead of ~198, where it overlapped admission): results/step_profile_cuda_v30.json.
 PLAN_ADMIT = False
-MICRO_MIN_ROWS = 32
-MICRO_STAGGER = True  # False: all micro-batches start at once (profiler variant)
-# Micro-batch i's chain on a stream of priority rank i (0: the device's greatest priority), so
-# that an earlier micro-batch's latency-bound kernels are dispatched before a later one's scan
-# blocks; False: default-priority streams (profiler variant).
-MICRO_PRIORITY = True
 
 
 @dataclass(slots=True)
@@ -282,10 +282,11 @@ def _chain(
     cfg, c = layer.config, layer.num_clusters
     r, qg, sizes, vs, buffer = rows.count, rows.qg, rows.sizes, rows.value_sums, rows.buffer
     n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
+    # retrieved unsorted (plan_step ranks it by retrieved_score)
     sel = rank_select(
         qg, rows.centroids, sizes, layer.scale, n_ret, n_est, sort=False, after_scan=after_scan,
         centroid_scale=rows.centroid_scale,
-    )  # retrieved unsorted (plan_step ranks it by retrieved_score)  # fmt: skip
+    )  # fmt: skip
     tuning = current_tuning()
     early: list[Partials] = []
 
@@ -313,25 +314,11 @@ def _chain(
     plan_width = widths[1] if widths is not None else buffer.pages + 1
     if fuse:  # the page table lists every miss page too (eager: cut to the step's need)
         plan_width = cap_tokens // cfg.page_tokens + n_ret
-    use = None if layer.fused_bookkeeping else False
-    in_place = table if fuse and ADMIT_BESIDE else None
-    one_kernel = (
-        PLAN_ADMIT and fuse and not ADMIT_BESIDE and widths is not None
-        and layer.fused_bookkeeping and pick(None, qg) and fusable(buffer, n_ret)
+    one_kernel = fuse and PLAN_ADMIT and not ADMIT_BESIDE and widths is not None
+    plan, admitted_early = _plan(
+        layer, buffer, sel, sizes, (cap_tokens, plan_width), totals,
+        table if fuse and ADMIT_BESIDE else None, table if one_kernel else None,
     )  # fmt: skip
-    admitted_early: tuple[torch.Tensor, torch.Tensor, CopyIn] | None = None
-    if one_kernel:
-        assert table is not None
-        plan, left_ids, step_counts, runs_in = plan_admit(
-            buffer, sel.retrieved, sizes, cap_tokens, plan_width, table, sel.retrieved_score,
-            totals,
-        )  # fmt: skip
-        admitted_early = (left_ids, step_counts, runs_in)
-    else:
-        plan = plan_step(
-            buffer, sel.retrieved, sizes, cap_tokens, plan_width, use, sel.retrieved_score,
-            totals, in_place,
-        )  # fmt: skip
     side.reached("plan")
     take, fill, count = plan.take, plan.fill, plan.count
     table = table if plan.fused else None
@@ -400,6 +387,32 @@ def _chain(
         counts = admit_step(buffer, plan, miss_k, miss_v, miss_off)
     width = cap + widths[0] + widths[1] * buffer.page_tokens
     return _Done(out, counts, width, table is not None, admitted)
+
+
+def _plan(
+    layer: RetroInferLayer,
+    buffer: WaveBuffer,
+    sel: RankSelection,
+    sizes: torch.Tensor,  # [R, C]
+    cap_width: tuple[int, int],  # execution-buffer tokens, page-table width
+    totals: torch.Tensor | None,
+    in_place: ClusterTable | None,  # plan_step's in_place
+    admit: ClusterTable | None,  # plan and admit in one kernel (plan_admit) where it can
+) -> tuple[StepPlan, tuple[torch.Tensor, torch.Tensor, CopyIn] | None]:
+    """The step's plan, and with `admit` (if the fused kernels run here) its direct admission
+    too, as admit_direct(copy=False, tick=False) returns it."""
+    cap, width = cap_width
+    fused = layer.fused_bookkeeping and fusable(buffer, sel.retrieved.shape[1])
+    if admit is not None and fused and pick(None, sel.retrieved):
+        plan, rest, counts, copy_in = plan_admit(
+            buffer, sel.retrieved, sizes, cap, width, admit, sel.retrieved_score, totals
+        )
+        return plan, (rest, counts, copy_in)
+    use = None if layer.fused_bookkeeping else False
+    plan = plan_step(
+        buffer, sel.retrieved, sizes, cap, width, use, sel.retrieved_score, totals, in_place
+    )
+    return plan, None
 
 
 def _admit_beside(
