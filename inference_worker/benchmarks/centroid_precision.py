@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer.index import dequantize_centroids, store_centroids
 
 from .attention import RESULTS, _device_name
 from .real_qkv import capture_qkv
@@ -98,11 +99,8 @@ def _run_layer(
 
 
 def _rounded(centroids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """fp32 centroids as stored in `dtype` (int8: symmetric, one scale per centroid)."""
-    if dtype != torch.int8:
-        return centroids.to(dtype).float()
-    scale = centroids.abs().amax(-1, keepdim=True).clamp(min=1e-30) / 127
-    return (centroids / scale).round().clamp(-127, 127) * scale
+    """fp32 centroids as stored in `dtype` (int8: one scale per centroid), back in fp32."""
+    return dequantize_centroids(*store_centroids(centroids, dtype))
 
 
 class _Totals:

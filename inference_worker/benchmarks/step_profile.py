@@ -494,52 +494,23 @@ def _meta(field: str, dtype: torch.dtype) -> Apply:
     return apply
 
 
-def _int8_centroids(layer: RetroInferLayer) -> Callable[[], None]:
-    """The layer's centroids as int8 with per-centroid scales (centroid_format "int8")."""
-    from inference_worker.retroinfer.index import quantize_centroids
+def _centroids_as(dtype: torch.dtype | None) -> Apply:
+    """The layer's centroids re-stored in `dtype` (int8: with per-centroid scales; None: the
+    model dtype, the paper's)."""
+    from inference_worker.retroinfer.index import dequantize_centroids, store_centroids
 
-    meta = layer.meta
-    old = meta.centroids, meta.centroid_scale
-    meta.centroids, meta.centroid_scale = quantize_centroids(_dequantized(layer))
+    def apply(layer: RetroInferLayer) -> Callable[[], None]:
+        meta = layer.meta
+        old = meta.centroids, meta.centroid_scale
+        full = dequantize_centroids(meta.centroids, meta.centroid_scale)
+        meta.centroids, meta.centroid_scale = store_centroids(full, dtype or meta.scan_dtype)
 
-    def undo() -> None:
-        meta.centroids, meta.centroid_scale = old
+        def undo() -> None:
+            meta.centroids, meta.centroid_scale = old
 
-    return undo
+        return undo
 
-
-def _dequantized(layer: RetroInferLayer) -> torch.Tensor:
-    meta = layer.meta
-    if meta.centroid_scale is None:
-        return meta.centroids
-    return meta.centroids.float() * meta.centroid_scale.unsqueeze(-1)
-
-
-def _fp8_centroids(layer: RetroInferLayer) -> Callable[[], None]:
-    """The layer's centroids in fp8 e4m3 (centroid_format "fp8_e4m3")."""
-    meta = layer.meta
-    old = meta.centroids, meta.centroid_scale
-    top = torch.finfo(torch.float8_e4m3fn).max
-    meta.centroids = _dequantized(layer).clamp(-top, top).to(torch.float8_e4m3fn)
-    meta.centroid_scale = None
-
-    def undo() -> None:
-        meta.centroids, meta.centroid_scale = old
-
-    return undo
-
-
-def _model_centroids(layer: RetroInferLayer) -> Callable[[], None]:
-    """The layer's centroids in the model dtype (centroid_format "model", the paper's)."""
-    meta = layer.meta
-    old = meta.centroids, meta.centroid_scale
-    meta.centroids = _dequantized(layer).to(meta.value_sums.dtype)
-    meta.centroid_scale = None
-
-    def undo() -> None:
-        meta.centroids, meta.centroid_scale = old
-
-    return undo
+    return apply
 
 
 def _shape(**kwargs: int) -> object:
@@ -548,7 +519,7 @@ def _shape(**kwargs: int) -> object:
 
 def _variants() -> list[Variant]:
     unstaggered = _set(fast_step_mod, "MICRO_STAGGER", False)
-    fp8 = _fp8_centroids
+    fp8 = _centroids_as(torch.float8_e4m3fn)
     equal = _set(fast_step_mod, "MICRO_PRIORITY", False)
     on_chain = _set(fast_step_mod, "ADMIT_BESIDE", False)
     one_kernel = _set(fast_step_mod, "PLAN_ADMIT", True)
@@ -589,8 +560,8 @@ def _variants() -> list[Variant]:
         ("side: both after admission", _set(fast_step_mod, "SIDE_LAUNCH", "both after admission")),
         ("value sums fp32", _meta("value_sums", torch.float32)),
         ("centroids fp8 e4m3", fp8),
-        ("centroids int8", _int8_centroids),
-        ("centroids in the model dtype", _model_centroids),
+        ("centroids int8", _centroids_as(torch.int8)),
+        ("centroids in the model dtype", _centroids_as(None)),
         ("plan+admission one kernel", one_kernel),
         ("estimation in the hits pass, hits at plan", _both(est_hits, hits_at_plan)),
         ("estimation in the hits pass, plan+admission one kernel", _both(est_hits, one_kernel)),

@@ -117,18 +117,33 @@ class ClusterMetadata:
     def append(self, segment: IndexSegment) -> None:
         """Add a segment's clusters (ids continue after the existing ones)."""
         assert segment.first_cluster == self.num_clusters
+        cent, scale = store_centroids(segment.centroids, self.centroid_dtype)
         if self.centroid_scale is not None:
-            cent, scale = quantize_centroids(segment.centroids)
+            assert scale is not None
             self.centroid_scale = torch.cat([self.centroid_scale, scale], 2)
-        elif self.centroid_dtype.is_floating_point and self.centroid_dtype.itemsize == 1:
-            # fp8: clamp to the finite range first (torch 2.11's cast gives NaN beyond it)
-            top = torch.finfo(self.centroid_dtype).max
-            cent = segment.centroids.clamp(-top, top).to(self.centroid_dtype)
-        else:
-            cent = segment.centroids.to(self.centroid_dtype)
         self.centroids = torch.cat([self.centroids, cent], 2)
         self.value_sums = torch.cat([self.value_sums, segment.value_sums.to(self.scan_dtype)], 2)
         self.sizes = torch.cat([self.sizes, segment.sizes], 2)
+
+
+def store_centroids(
+    centroids: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Centroids [..., C, D] as stored in `dtype`: (stored, per-centroid scale [..., C] for
+    int8, else None). fp8 is clamped to its finite range first (torch 2.11's cast gives NaN
+    beyond it)."""
+    if dtype == torch.int8:
+        return quantize_centroids(centroids)
+    if dtype.is_floating_point and dtype.itemsize == 1:
+        top = torch.finfo(dtype).max
+        return centroids.clamp(-top, top).to(dtype), None
+    return centroids.to(dtype), None
+
+
+def dequantize_centroids(stored: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """store_centroids' inverse up to rounding: fp32 [..., C, D]."""
+    out = stored.float()
+    return out if scale is None else out * scale.unsqueeze(-1)
 
 
 def quantize_centroids(centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
