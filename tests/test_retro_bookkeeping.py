@@ -18,7 +18,12 @@ from inference_worker.retroinfer.kernels.book_cases import (
     check_layer_paths,
     check_micro_batches,
 )
-from inference_worker.retroinfer.kernels.bookkeeping import MAX_BLOCK_P, fusable, plan_step
+from inference_worker.retroinfer.kernels.bookkeeping import (
+    MAX_BLOCK_P,
+    fusable,
+    plan_admit,
+    plan_step,
+)
 from tests.interpret import run_check
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -39,6 +44,19 @@ def test_reference_plan_on_cpu_and_too_large_rows():
     assert plan.miss_ids.tolist() == [[0, 1, -1, -1, -1, -1]] * 2
     big = WaveBuffer(1, MAX_BLOCK_P, 4, 8, torch.float32, torch.device("cpu"))
     assert fusable(small, 6) and not fusable(big, 6)
+
+
+def test_plan_admit_refuses_rows_one_program_cannot_hold():
+    big = WaveBuffer(1, MAX_BLOCK_P, 4, 8, torch.float32, torch.device("cpu"))
+    big.grow(20)
+    before = [t.clone() for t in (big.owner, big.stamp, big.fill, big.clock)]
+    ret = torch.arange(6).view(1, 6)
+    with pytest.raises(
+        ValueError, match=f"plan_admit needs fusable rows, got n=6, pages={big.pages}"
+    ):
+        plan_admit(big, ret, torch.full((1, 20), 5), 12, 8, None)  # type: ignore[arg-type]
+    after = (big.owner, big.stamp, big.fill, big.clock)
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))  # untouched
 
 
 @cuda
