@@ -197,16 +197,30 @@ def check_copy(device: str, dtype: torch.dtype, seed: int) -> None:
 def check_select_ties(device: str, seed: int) -> None:
     """The selection rule with exact ties: clusters share one of 40 distinct centroids, so many
     scores are equal; the kernel must take, by score and then by index, the first n_ret clusters
-    (retrieved) and the next n_est (estimated), exactly."""
+    (retrieved) and the next n_est (estimated), exactly.
+
+    Ties are ties of the computed scores. Equal centroids give bit-equal logits only where the
+    dot product's rounding does not depend on the centroid's position; the Triton interpreter's
+    `tl.dot` is numpy's matmul, whose BLAS kernels (OpenBLAS on AMD EPYC, say) round columns at
+    different positions differently. So q and the centroids are multiples of 1/4 of bounded size
+    and the scale is a power of two: every product and partial sum is exact in fp32, and equal
+    centroids give equal logits in any summation order, on any device."""
     gen = torch.Generator(device=device).manual_seed(seed)
     r, g, c, d = 3, 4, 1500, 64
     case = rank_case(r, g, c, d, torch.float32, device, seed)
-    pool = torch.randn(r, 40, d, generator=gen, device=device)
+    case["q"] = _dyadic(case["q"], 8.0)
+    pool = _dyadic(torch.randn(r, 40, d, generator=gen, device=device), 4.0)
     pick_ = torch.randint(0, 40, (r, c), generator=gen, device=device)
     case["centroids"] = pool.gather(1, pick_.unsqueeze(-1).expand(r, c, d)).contiguous()
     case["sizes"] = torch.where(case["sizes"] > 0, 7, 0)  # equal sizes keep the ties exact
+    assert case["scale"] == 0.125  # d = 64: a power of two, exact
     for arity in (2, 4, 8, 256):  # bisection, packed 4-ary, 8-ary (2-D counts), radix
-        _check_ties(case, {"SELECT_ARITY": arity})
+        _check_ties(case, {"SELECT_ARITY": arity}, exact=True)
+
+
+def _dyadic(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """x rounded to a multiple of 1/4 in [-bound, bound] (few mantissa bits: exact products)."""
+    return (x * 4).round().clamp(-4 * bound, 4 * bound) / 4
 
 
 def check_select_bounds(device: str, seed: int) -> None:
@@ -238,7 +252,9 @@ def _check_arities(case: Case) -> None:
         _check_ties(case, {"SELECT_ARITY": arity})
 
 
-def _check_ties(case: Case, knobs: dict[str, int]) -> None:
+def _check_ties(case: Case, knobs: dict[str, int], exact: bool = False) -> None:
+    """exact: the case's logits are exact in fp32 (see check_select_ties); the kernel's must
+    then equal the reference's bit for bit, so that tied clusters are tied in both."""
     old = {k: getattr(rank_mod, k) for k in knobs}
     for k, v in knobs.items():
         setattr(rank_mod, k, v)
@@ -249,6 +265,8 @@ def _check_ties(case: Case, knobs: dict[str, int]) -> None:
             setattr(rank_mod, k, v)
     r = case["q"].shape[0]
     score = rank_select_reference(**case).z  # [R, G, C]
+    if exact:
+        assert torch.equal(got.z, score), "exact inputs must give the reference's exact logits"
     probs = torch.softmax(score, dim=-1).nan_to_num(0).sum(1)  # [R, C] group scores
     order = torch.sort(probs, dim=1, descending=True, stable=True).indices
     n_ret, n_est = case["n_ret"], case["n_est"]
