@@ -28,7 +28,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy kvstore_server client inference_worker wavekv_proto
+	$(VENV)/bin/mypy kvstore_server client inference_worker wavekv_proto benchmarks
 
 test: install proto-check lint typecheck
 	$(PY) -m pytest -q tests
@@ -37,7 +37,7 @@ demo: install
 	$(PY) -m inference_worker.demo
 
 bench-store: install
-	$(PY) -m kvstore_server.benchmarks.store
+	$(PY) -m benchmarks.store
 
 eval: install
 	$(PY) -m inference_worker.eval $(EVAL_ARGS)

@@ -28,25 +28,25 @@ run() {  # run NAME TIMEOUT CMD...
 for s in "${stages[@]}"; do
   case $s in
     tests) run tests 420 python3 -m pytest -q -p no:cacheprovider -k "not interpreted" \
-      --durations=12 ${TESTS:-tests/test_retro_kernels.py tests/test_retro_cuda.py \
-      tests/test_retro_bookkeeping.py tests/test_retro_step_io.py tests/test_retro_source.py \
-      tests/test_model_retro_graph.py tests/test_store_shm_gather.py \
-      tests/test_store_shm_packed.py tests/test_client_resolve_kernel.py \
-      tests/test_client_resolver.py tests/test_model_cuda_graph.py} ;;
-    kernels) run kernels 150 python3 -m inference_worker.benchmarks.retro_kernels \
+      --durations=12 ${TESTS:-tests/inference_worker/retroinfer/kernels/test_kernels.py tests/inference_worker/retroinfer/test_layer_cuda.py \
+      tests/inference_worker/retroinfer/kernels/test_bookkeeping.py tests/inference_worker/retroinfer/kernels/test_step_io.py tests/inference_worker/retroinfer/test_source.py \
+      tests/inference_worker/model/test_retro_graph.py tests/client/test_gather_kernel.py \
+      tests/client/test_packed_descriptors.py tests/client/test_resolve_kernel.py \
+      tests/client/test_resolver.py tests/inference_worker/model/test_cuda_graph.py} ;;
+    kernels) run kernels 150 python3 -m benchmarks.retro_kernels \
       --out "$OUT/retro_kernels_cuda.json" ;;
-    attention) run attention 540 python3 -m inference_worker.benchmarks.attention \
+    attention) run attention 540 python3 -m benchmarks.attention \
       --out "$OUT/attention_cuda.json" ${ATTN_ARGS:-} ;;
-    profile) run profile 400 python3 -m inference_worker.benchmarks.step_profile \
+    profile) run profile 400 python3 -m benchmarks.step_profile \
       --out "$OUT/step_profile_cuda.json" ${PROFILE_ARGS:-} ;;
-    build) run build 150 python3 -m inference_worker.benchmarks.index_build \
+    build) run build 150 python3 -m benchmarks.index_build \
       --out "$OUT/index_build_cuda.json" ;;
-    miss) run miss 200 python3 -m kvstore_server.benchmarks.miss_path \
+    miss) run miss 200 python3 -m benchmarks.miss_path \
       --contexts 32768 131072 --batches 1 16 --reps 5 --out "$OUT/miss_path_cuda.json" ;;
-    store_decode) run store_decode 240 python3 -m inference_worker.benchmarks.store_decode \
+    store_decode) run store_decode 240 python3 -m benchmarks.store_decode \
       --device cuda ${STORE_DECODE_ARGS:---model random-llama8b --prompt 16384 --new 32 --batches 1 4} \
       --out "$OUT/store_decode_cuda.json" ;;
-    e2e) run e2e 540 python3 -m inference_worker.benchmarks.decode_e2e \
+    e2e) run e2e 540 python3 -m benchmarks.decode_e2e \
       --out "$OUT/decode_e2e_cuda.json" ${E2E_ARGS:-} ;;
     *) echo "unknown stage $s" ;;
   esac

@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--store", help="HOST:PORT of a running KV store (default: in-process)")
     p.add_argument(
-        "--out", type=Path, help="output folder (default: inference_worker/eval/results/<preset>)"
+        "--out",
+        type=Path,
+        help="output folder (default: ./eval-results/<preset>)",
     )
     p.add_argument(
         "--resume", action="store_true", help="keep finished records in OUT/records.jsonl"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from inference_worker.eval.tasks import DEFAULT_DEPTHS, TASKS
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path("eval-results")  # relative to the working directory, outside the package
 DEFAULT_LENGTHS = (1024, 2048, 4096, 7680)  # 1K to 7.5K: the default model's 8K window
 DEFAULT_BUDGETS = (0.005, 0.01, 0.018, 0.04, 0.1)  # retrieval budgets swept (fraction of clusters)
 QUICK_TASKS = ("passkey", "niah_single_number", "niah_multivalue", "qa")

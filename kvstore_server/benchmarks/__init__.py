@@ -1,1 +1,0 @@
-"""Benchmarks (`python -m kvstore_server.benchmarks.<name>`); never collected by pytest."""

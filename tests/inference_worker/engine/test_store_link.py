@@ -1,0 +1,60 @@
+"""The engine's GrpcStoreLink: shared-memory mode packs exactly what the streaming mode packs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from client import KVStoreClient, SequenceGeometry, SharedMemoryUnavailable
+from inference_worker.engine.store_link import GrpcStoreLink
+from kvstore_server.embedded import EmbeddedStore
+from kvstore_server.settings import ServerSettings
+from tests.store_fixtures import make_segment
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_link_shared_memory_matches_streaming(dtype: str, namespace: str) -> None:
+    rng = np.random.default_rng(11)
+    settings = ServerSettings(port=0, log_format="text", log_level="WARNING")
+    geometry = SequenceGeometry(2, 3, 32, dtype)
+    ids = ["a", "b"]
+    with EmbeddedStore(settings) as server:
+        shm = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "require")
+        stream = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "off")
+        try:
+            assert shm.uses_shared_memory and not stream.uses_shared_memory
+            shm.open(ids, geometry)
+            stream.open(ids, geometry)
+            for sid in ids:
+                shm.client.put_segments(
+                    sid,
+                    [make_segment(rng, 1, h, 30, 32, dtype, max_size=6) for h in range(3)],
+                )
+            cluster_ids = torch.from_numpy(rng.integers(0, 30, (2, 3, 5)))  # [B, Hkv, n]
+            cluster_ids[0, 1] = -1  # a row with nothing to fetch
+            cluster_ids[1, 2, 3:] = -1  # padding
+            a = shm.fetch(1, ids, cluster_ids, 40)
+            b = stream.fetch(1, ids, cluster_ids, 40)
+            assert a.keys.shape == b.keys.shape == (2, 3, 40, 32)
+            assert torch.equal(a.keys.view(torch.uint8), b.keys.view(torch.uint8))
+            assert torch.equal(a.values.view(torch.uint8), b.values.view(torch.uint8))
+            assert torch.equal(a.offsets, b.offsets)
+            assert shm.counters.fetched_bytes == stream.counters.fetched_bytes > 0
+        finally:
+            shm.close()
+            stream.close()
+
+
+def test_link_require_fails_without_shared_memory(namespace: str) -> None:
+    settings = ServerSettings(port=0, log_format="text", log_level="WARNING", shared_memory="off")
+    with EmbeddedStore(settings) as server:
+        client = KVStoreClient(server.target, namespace=namespace)
+        try:
+            with pytest.raises(SharedMemoryUnavailable):
+                GrpcStoreLink(client, "require")
+            assert not GrpcStoreLink(client, "auto").uses_shared_memory
+            with pytest.raises(ValueError, match="same_host='maybe'"):
+                GrpcStoreLink(client, "maybe")
+        finally:
+            client.close()
