@@ -30,7 +30,7 @@ class InferenceWorkerImpl:
         from inference_worker.engine.store_link import connect_store
 
         self.worker_options = options
-        self.engine = GenerationEngine.load(model_path=options.model_path, device=options.device)
+        self.engine = GenerationEngine.load(options.model_path, options.device)
         self.store = (
             connect_store(options.store_address, namespace=options.namespace, token=options.token)
             if options.store_address
@@ -42,19 +42,19 @@ class InferenceWorkerImpl:
 
     def generate(self, records: list[dict[str, Any]], run: dict[str, Any]) -> list[dict[str, Any]]:
         """Generate for `records` (JSONL input dicts); `run` holds attention and budgets."""
-        from inference_worker.engine import GenerationRequest
+        from inference_worker.engine import EngineConfig, GenerationRequest
         from inference_worker.retroinfer import RetroInferConfig
 
         requests = [
             GenerationRequest.from_dict(r, default_max_new_tokens=run["max_new_tokens"])
             for r in records
         ]
-        retro = (
-            RetroInferConfig(**run.get("retro", {})) if run["attention"] == "retroinfer" else None
+        config = EngineConfig(
+            attention=run["attention"],
+            retro=RetroInferConfig(**run.get("retro", {})),
+            max_batch_size=max(len(requests), 1),
         )
-        results = self.engine.generate(
-            requests, attention=run["attention"], retro_config=retro, store=self.store
-        )
+        results = self.engine.with_config(config, self.store).generate(requests)
         return [r.to_dict() for r in results]
 
     def close(self) -> None:
