@@ -24,7 +24,12 @@ from pathlib import Path
 
 import torch
 
-from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer import (
+    InProcessClusterSource,
+    RetroInferConfig,
+    RetroInferLayer,
+    StepOptions,
+)
 from inference_worker.retroinfer.index import dequantize_centroids, store_centroids
 
 from .attention import RESULTS, _device_name
@@ -85,9 +90,8 @@ def _run_layer(
     source = InProcessClusterSource()
     layer = RetroInferLayer(  # fp32 centroids, rounded below to emulate each storage
         RetroInferConfig(centroid_format="model"), li, hq, hkv, d, source, ids,
-        on_segment=lambda s: source.put(ids, s),
+        on_segment=lambda s: source.put(ids, s), options=StepOptions(record_selection=True),
     )  # fmt: skip
-    layer.record_selection = True
     layer.prefill(k[None, :, :prompt], v[None, :, :prompt])
     layer.meta.centroids = _rounded(layer.meta.centroids, dtype)  # stored narrow, math in fp32
     out = []

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer import (
+    InProcessClusterSource,
+    RetroInferConfig,
+    RetroInferLayer,
+    StepOptions,
+)
 
 
 def full_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -18,13 +23,20 @@ def full_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) ->
 
 
 def make_layer(
-    config: RetroInferConfig, hq: int, hkv: int, d: int, batch: int, layer: int = 0
+    config: RetroInferConfig,
+    hq: int,
+    hkv: int,
+    d: int,
+    batch: int,
+    layer: int = 0,
+    options: StepOptions | None = None,
 ) -> tuple[RetroInferLayer, InProcessClusterSource]:
     ids = [f"s{b}" for b in range(batch)]
     source = InProcessClusterSource()
     rl = RetroInferLayer(
-        config, layer, hq, hkv, d, source, ids, on_segment=lambda seg: source.put(ids, seg)
-    )
+        config, layer, hq, hkv, d, source, ids, on_segment=lambda seg: source.put(ids, seg),
+        options=options,
+    )  # fmt: skip
     return rl, source
 
 

@@ -9,12 +9,12 @@ Both are `ClusterSource`s, so a RetroInferLayer reads its misses from either.
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,7 +32,13 @@ from client import (
     SharedMemoryUnavailable,
     StaleDescriptorError,
 )
-from inference_worker.retroinfer import FetchedBatch, IndexSegment, InProcessClusterSource
+from inference_worker.retroinfer import (
+    ClusterSource,
+    FetchedBatch,
+    IndexSegment,
+    InProcessClusterSource,
+)
+from inference_worker.retroinfer.kernels.cluster_table import ClusterTable
 
 log = logging.getLogger(__name__)
 
@@ -78,33 +84,28 @@ class LinkCounters:
         }
 
 
-class StoreLink(Protocol):
-    """What the engine needs from a store. Sequence ids are the store's ids (strings)."""
+class StoreLink(ClusterSource):
+    """What the engine needs from a store (sequence ids are the store's ids, strings): a
+    ClusterSource for the layers' misses, plus the sequences' life cycle."""
 
     counters: LinkCounters
 
+    @abc.abstractmethod
     def open(self, sequence_ids: Sequence[str], geometry: SequenceGeometry) -> None: ...
 
+    @abc.abstractmethod
     def upload(self, sequence_ids: Sequence[str], segment: IndexSegment) -> None:
         """Queue a segment of B sequences (row b belongs to sequence_ids[b])."""
-        ...
 
+    @abc.abstractmethod
     def flush(self) -> None:
         """Wait until every queued upload is stored; raise the first upload error."""
-        ...
 
-    def fetch(
-        self,
-        layer: int,
-        sequence_ids: Sequence[Hashable],
-        cluster_ids: torch.Tensor,
-        max_tokens: int,
-    ) -> FetchedBatch: ...
-
+    @abc.abstractmethod
     def release(self, sequence_ids: Sequence[str]) -> None:
         """Delete the sequences; never raises (it runs on failure paths)."""
-        ...
 
+    @abc.abstractmethod
     def close(self) -> None: ...
 
 
@@ -122,8 +123,9 @@ def _segment_bytes(segment: IndexSegment) -> int:
     )
 
 
-class InProcessStoreLink:
-    """Keeps segments in this process (on the model's device) via InProcessClusterSource."""
+class InProcessStoreLink(StoreLink):
+    """Keeps segments in this process (on the model's device) via InProcessClusterSource,
+    whose capabilities it declares (device-visible cluster tables, graph-safe fetches)."""
 
     def __init__(self) -> None:
         self.source = InProcessClusterSource()
@@ -156,6 +158,12 @@ class InProcessStoreLink:
         )
         return batch
 
+    def cluster_table(self, layer: int, sequence_ids: Sequence[Hashable]) -> ClusterTable | None:
+        return self.source.cluster_table(layer, sequence_ids)
+
+    def graph_safe(self) -> bool:
+        return self.source.graph_safe()
+
     def release(self, sequence_ids: Sequence[str]) -> None:
         self.source.drop(sequence_ids)
 
@@ -163,7 +171,7 @@ class InProcessStoreLink:
         return None
 
 
-class GrpcStoreLink:
+class GrpcStoreLink(StoreLink):
     """The real store through the SDK. Uploads run on a background thread (overlapping the
     next layer's prefill compute). Fetches are one RPC per call: with the store on this host
     (`same_host` "auto" finds out, "require" insists, "off" never tries) a FetchDescriptors

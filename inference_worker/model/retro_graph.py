@@ -1,12 +1,12 @@
-"""RetroInfer decode steps of the whole model replayed from one CUDA graph (opt-in).
+"""RetroInfer decode steps of the whole model replayed from one CUDA graph (the engine's
+decode step on CUDA).
 
-The eager RetroInfer path runs the model eagerly and replays only each layer's attention step
-from its own graph; the launches of the dense layers then dominate a step. Here the whole
-`model(tokens, meta, backend, last_only=True)` call is captured with `FixedStepBackend`, whose
-per-layer call is the layer's host-sync-free step (fixed execution-buffer widths, the steady
-position read from a device tensor written before each replay). Host-side state (steady-zone
-lengths, index updates, statistics) advances outside the graph after each replay; the graph is
-re-captured when shapes change (new clusters, a grown steady zone).
+The whole `model(tokens, meta, backend, last_only=True)` call is captured with
+`FixedStepBackend`, whose per-layer call is the layer's host-sync-free device step
+(`RetroInferLayer.step`: fixed execution-buffer widths, the steady position read from a device
+tensor written before each replay). Host-side state (steady-zone lengths, index updates,
+statistics) advances outside the graph after each replay (`finish_step`); the graph is
+re-captured when a layer's graph key changes (new clusters, a grown steady zone).
 """
 
 from __future__ import annotations
@@ -20,19 +20,15 @@ from torch import Tensor
 from inference_worker.model.attention import AttentionMetadata
 from inference_worker.model.llama import CausalLM
 from inference_worker.retroinfer import RetroInferLayer, StepStats
-from inference_worker.retroinfer.stats import COUNT_NAMES
 
 log = logging.getLogger(__name__)
 
 
 class FixedStepBackend:
-    """Attention backend over RetroInfer layers that runs each layer's fixed-width step.
-
-    Usable eagerly (CPU or CUDA) and under CUDA-graph capture. Per step: `prepare()` before
-    the forward (grows full steady zones, writes the device positions), the forward, then
-    `finish(counts)` (advances host state, index updates, returns each layer's StepStats).
-    Equals `RetroInferLayer.decode` with `static_shapes=True` layer by layer.
-    """
+    """Attention backend over RetroInfer layers that runs each layer's device step
+    (`RetroInferLayer.step`): usable eagerly and under CUDA-graph capture. Per step:
+    `prepare()` before the forward (each layer's host side, the positions written), the
+    forward, then `finish(counts)` (each layer's host side after the step)."""
 
     def __init__(self, layers: Sequence[RetroInferLayer]) -> None:
         if not layers:
@@ -47,55 +43,38 @@ class FixedStepBackend:
         self.undo_buffers = False  # warm-up run: restore each wave buffer after its step
 
     def supported(self) -> bool:
-        """Every layer indexed (the dense no-index step has per-step shapes), misses exact."""
-        return all(
-            layer.steady is not None
-            and layer.num_clusters > 0
-            and not layer.config.defer_misses
-            and not layer.record_selection
-            for layer in self.layers
-        )
+        """Every layer can capture its step (indexed, Triton on CUDA, a capturable source)."""
+        return all(layer.capturable() for layer in self.layers)
 
     def prepare(self) -> None:
-        """Before a forward: grow full steady zones, build wave buffers, write positions."""
+        """Before a forward: each layer's begin_step, the steady positions written."""
         lengths = []
         for layer in self.layers:
+            layer.begin_step()
             steady = layer.steady
             assert steady is not None
-            if steady.length >= steady.keys.shape[2]:
-                steady._resize(steady.length + 1)
-                layer._graph = None
-            layer._buffer(layer.num_clusters)
             lengths.append(steady.length)
         host = torch.tensor(lengths, dtype=torch.int64)[:, None].expand(-1, 2)  # [L, 2]
         self.pos.copy_(host, non_blocking=self.pos.is_cuda)
         self.counts, self.exec_tokens = [], []
 
     def shape_key(self) -> tuple[tuple[int, ...], ...]:
-        """What a captured graph depends on: cluster counts and the buffers it addresses."""
-        out = []
-        for layer in self.layers:
-            steady, buffer = layer.steady, layer.buffer
-            assert steady is not None and buffer is not None
-            scratch = buffer._scratch.data_ptr() if buffer._scratch is not None else 0
-            ptrs = (steady.keys.data_ptr(), buffer.stamp.data_ptr(), scratch)
-            out.append((layer.num_clusters, *ptrs))
-        return tuple(out)
+        """What a captured graph depends on: every layer's graph key."""
+        return tuple(layer.graph_key() for layer in self.layers)
 
     def decode(
         self, layer: int, q: Tensor, k: Tensor, v: Tensor, meta: AttentionMetadata
     ) -> Tensor:
         """q [B, Hq, 1, D], k/v [B, Hkv, 1, D] -> [B, Hq, 1, D]."""
         lay = self.layers[layer]
-        inputs = (q[:, :, 0].to(lay.dtype), k[:, :, 0].to(lay.dtype), v[:, :, 0].to(lay.dtype))
-        buffer = lay._buffer(lay.num_clusters)
-        saved = buffer.snapshot() if self.undo_buffers else None
-        step = lay._tripartite(*inputs, self.pos[layer, :1], widths=lay._fixed_widths())
-        out, counts, marker = step[:3]  # out [R, G, D] fp32, counts [7]
+        dt = lay.dtype
+        qg = q[:, :, 0].to(dt).reshape(lay.rows, lay.group, lay.head_dim)
+        saved = lay.snapshot() if self.undo_buffers else None
+        out, counts, width = lay.step(qg, self.pos[layer, :1], k[:, :, 0].to(dt), v[:, :, 0].to(dt))
         if saved is not None:
-            buffer.restore(saved)
+            lay.restore(saved)
         self.counts.append(counts)
-        self.exec_tokens.append(int(marker.shape[0]))
+        self.exec_tokens.append(width)
         return out.reshape(q.shape[0], q.shape[1], -1).to(q.dtype).unsqueeze(2)
 
     def prefill(
@@ -104,16 +83,9 @@ class FixedStepBackend:
         raise RuntimeError("FixedStepBackend only decodes: prefill the RetroInfer layers first")
 
     def finish(self, counts: Tensor, exec_tokens: Sequence[int]) -> list[StepStats]:
-        """After a forward: counts [L, 7] (kept by the caller) -> each layer's StepStats;
-        advances steady lengths and runs index updates (as decode() does after its step)."""
-        stats = []
-        for i, layer in enumerate(self.layers):
-            s = layer.step_stats()
-            s.exec_tokens = exec_tokens[i]
-            s.counts = dict(zip(COUNT_NAMES, counts[i].unbind(), strict=True))
-            layer.finish_step(s)
-            stats.append(s)
-        return stats
+        """After a forward: counts [L, 7] (kept by the caller) -> each layer's StepStats
+        (steady lengths advance, index updates run, as decode() does after its step)."""
+        return [layer.finish_step(counts[i], exec_tokens[i]) for i, layer in enumerate(self.layers)]
 
 
 class _DecodeBackend:
@@ -140,11 +112,11 @@ class GraphedRetroDecoder:
     """RetroInfer decode steps of `model` replayed from one CUDA graph (CUDA only).
 
     step(tokens, start_pos) == model(tokens [B, 1], AttentionMetadata.decode(start_pos),
-    <backend calling each layer's decode()>, last_only=True) with the layers' fixed-width steps
-    (`static_shapes=True`): logits [B, V] (a static buffer, overwritten by the next step) and
-    each layer's StepStats. Steps that cannot be captured (a layer without an index, deferred
-    misses, recorded selections, a source that is not capturable, a failed capture) run eagerly
-    through each layer's decode().
+    <backend calling each layer's decode()>, last_only=True): logits [B, V] (a static buffer,
+    overwritten by the next step) and each layer's StepStats. Steps that cannot be captured
+    (see RetroInferLayer.capturable: a layer without an index, the torch reference step,
+    recorded selections, a source whose misses need a host-side fetch; or a failed capture)
+    run eagerly through each layer's decode().
     """
 
     def __init__(self, model: CausalLM, layers: Sequence[RetroInferLayer]) -> None:
@@ -160,7 +132,7 @@ class GraphedRetroDecoder:
         self.batch_size = self.layers[0].batch
         self.backend = FixedStepBackend(self.layers)
         self.eager = _DecodeBackend(self.layers)
-        self.use_graph = all(getattr(x.source, "capturable", False) for x in self.layers)
+        self.use_graph = True  # until a capture fails
         self.tokens = torch.zeros(self.batch_size, 1, dtype=torch.int64, device=model.device)
         self.meta = AttentionMetadata.decode([0] * self.batch_size, model.device)
         self.graph: torch.cuda.CUDAGraph | None = None

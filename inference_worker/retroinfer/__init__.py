@@ -1,7 +1,8 @@
 """RetroInfer core: wave index, tripartite decode attention and wave buffer (pure torch)."""
 
 from .attention import estimate, merge, partial_attention, rank_clusters
-from .config import RetroInferConfig
+from .config import RetroInferConfig, StepOptions
+from .graph import LayerGraph
 from .index import ClusterMetadata, IndexSegment, build_segment
 from .kmeans import segmented_kmeans
 from .layer import RetroInferLayer
@@ -16,8 +17,10 @@ __all__ = [
     "FetchedBatch",
     "InProcessClusterSource",
     "IndexSegment",
+    "LayerGraph",
     "RetroInferConfig",
     "RetroInferLayer",
+    "StepOptions",
     "StepStats",
     "WaveBuffer",
     "build_segment",

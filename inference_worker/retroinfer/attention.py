@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .kmeans import matmul_scores
+from .kmeans_common import matmul_scores
 
 
 def rank_clusters(

@@ -16,7 +16,7 @@ CENTROID_FORMATS: dict[str, torch.dtype | None] = {
 }
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RetroInferConfig:
     """Knobs of the wave index, tripartite attention and wave buffer.
 
@@ -147,6 +147,18 @@ class RetroInferConfig:
         """Execution-buffer size (retrieved part) in clusters: max(min, factor * n_ret)."""
         n_ret = self.retrieval_clusters(num_clusters)
         return max(self.exec_buffer_min_clusters, math.ceil(self.exec_buffer_factor * n_ret))
+
+
+@dataclass(frozen=True, slots=True)
+class StepOptions:
+    """How a RetroInferLayer runs its decode step (the method's options: RetroInferConfig)."""
+
+    # the Triton step (fast_step.py): None = where the kernels run (CUDA with triton, or the
+    # CPU interpreter under TRITON_INTERPRET=1), else the torch reference (reference.py);
+    # False = always the reference (tests compare the two)
+    kernels: bool | None = None
+    # StepStats.selection holds each step's clusters (retrieved / ranked / estimated ids)
+    record_selection: bool = False
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:

@@ -1,50 +1,61 @@
-"""CUDA-graph capture of one decode step (static shapes, no host synchronisation inside)."""
+"""One layer's decode step replayed from a CUDA graph (the per-layer benchmark and profiler; the
+engine captures a whole model's step: inference_worker.model.retro_graph)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-StepFn = Callable[..., tuple[torch.Tensor, ...]]
-State = list[torch.Tensor]
+from .kernels.step_io import load_step, unload_step
+from .layer import RetroInferLayer
+from .stats import StepStats
 
 
-class StepGraph:
-    """Captures `fn(*inputs)` once and replays it; inputs are copied into static buffers,
-    except the `shared` ones, which the graph reads in place: the caller owns them and updates
-    them before each replay.
+class LayerGraph:
+    """`decode(q, k_new, v_new)` == layer.decode(...) with the step replayed from a graph,
+    captured at the first call and again whenever the layer's graph key changes (an index
+    update, a grown steady zone)."""
 
-    `snapshot`/`restore` undo the state changes of the warm-up run that precedes the capture,
-    so capturing has no visible effect besides the kernels' lazy initialisation.
-    """
+    def __init__(self, layer: RetroInferLayer) -> None:
+        if not layer.capturable():
+            raise ValueError(f"layer {layer.layer} cannot capture its step (see capturable())")
+        self.layer = layer
+        self.q = torch.zeros_like(layer._q)  # [B, Hq, D] read in place by the graph
+        self.pos = torch.zeros(1, dtype=torch.int64, device=layer.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.key: tuple[int, ...] | None = None
+        self.captures = 0
+        self._out: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._exec_tokens = 0
 
-    def __init__(
-        self,
-        fn: StepFn,
-        inputs: tuple[torch.Tensor, ...],
-        snapshot: Callable[[], State],
-        restore: Callable[[State], None],
-        shared: tuple[int, ...] = (),
-    ) -> None:
-        self.shared = frozenset(shared)
-        self.inputs = tuple(x if i in self.shared else x.clone() for i, x in enumerate(inputs))
-        saved = snapshot()
+    def decode(
+        self, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor
+    ) -> tuple[torch.Tensor, StepStats]:
+        layer = self.layer
+        layer.begin_step()
+        steady = layer.steady
+        assert steady is not None
+        load_step(k_new, v_new, steady.keys, steady.values, self.pos, steady.length, q, self.q)
+        if layer.graph_key() != self.key:
+            self._capture()
+        assert self.graph is not None and self._out is not None
+        self.graph.replay()
+        out, counts = unload_step(*self._out, q.dtype)
+        return out.view(q.shape), layer.finish_step(counts, self._exec_tokens)
+
+    def _capture(self) -> None:
+        """A warm-up run (its wave-buffer changes undone), then the capture."""
+        layer = self.layer
+        qg = self.q.view(layer.rows, layer.group, layer.head_dim)
+        saved = layer.snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            fn(*self.inputs)
+            layer.step(qg, self.pos)
         torch.cuda.current_stream().wait_stream(side)
-        restore(saved)
+        layer.restore(saved)
+        self.key = layer.graph_key()  # after the warm-up (it may allocate scratch)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.outputs = fn(*self.inputs)
-
-    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # plain copies: one multi-tensor copy kernel measured 15 us on the H100, three
-        # device-to-device copies ~1.3 us each (step_profile_cuda_v14.json trace)
-        for i, (static, x) in enumerate(zip(self.inputs, inputs, strict=True)):
-            if i not in self.shared or x is not static:  # a shared input passed anew: copied
-                static.copy_(x)
-        self.graph.replay()
-        return self.outputs
+            out, counts, self._exec_tokens = layer.step(qg, self.pos)
+        self._out = (out, counts)
+        self.captures += 1

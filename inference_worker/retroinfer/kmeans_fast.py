@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .kernels.assign import assign_labels, sort_clusters
 from .kernels.cluster_sums import cluster_sums
-from .kmeans import Clustering, segment_bounds
+from .kmeans_common import Clustering, segment_bounds
 
 
 def cluster_keys_fast(

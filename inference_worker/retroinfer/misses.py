@@ -3,7 +3,7 @@
 `MissFetcher.start` issues the layer's one batched `ClusterSource.fetch` as soon as the ranking
 has decided the misses. For a source that blocks the host (the KV-store link: an RPC plus a
 gather) the call runs on a worker thread, so the estimation zone (and the hit lookup) are computed
-meanwhile; `Pending.result()` joins it before the exact attention needs the misses. A capturable
+meanwhile; `Pending.result()` joins it before the exact attention needs the misses. A graph-safe
 (pure device) source is called inline: its work is already asynchronous on the device.
 
 Deferred mode (`RetroInferConfig.defer_misses`): the step does not wait at all. Missed clusters
@@ -61,7 +61,7 @@ class MissFetcher:
     ) -> None:
         self.source, self.layer, self.sequence_ids = source, layer, list(sequence_ids)
         self.batch, self.kv_heads = batch, kv_heads
-        self.overlap = not getattr(source, "capturable", False)
+        self.overlap = not source.graph_safe()  # a host-blocking fetch runs on a thread
         self.deferred: Deferred | None = None
 
     def start(self, miss_ids: torch.Tensor, width: int) -> Pending:

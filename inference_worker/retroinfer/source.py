@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
@@ -23,14 +23,17 @@ class FetchedBatch:
     offsets: torch.Tensor  # [B, Hkv, n + 1] int64 token offset of each requested cluster
 
 
-class ClusterSource(Protocol):
-    """Cluster K/V by global cluster id, one batched call per layer.
+class ClusterSource(abc.ABC):
+    """Where missed clusters come from: cluster K/V by global cluster id, one batched call per
+    layer, plus the capabilities a source declares (each with a default: none).
 
-    `cluster_ids` [B, Hkv, n] int64 holds, for sequence `sequence_ids[b]` and KV head h, the
-    clusters wanted (-1 = padding, zero tokens). The caller guarantees that every row's clusters
-    hold at most `max_tokens` tokens; the result is packed to exactly `max_tokens` columns.
+    `fetch`: `cluster_ids` [B, Hkv, n] int64 holds, for sequence `sequence_ids[b]` and KV head
+    h, the clusters wanted (-1 = padding, zero tokens). The caller guarantees that every row's
+    clusters hold at most `max_tokens` tokens; the result is packed to exactly `max_tokens`
+    columns.
     """
 
+    @abc.abstractmethod
     def fetch(
         self,
         layer: int,
@@ -39,16 +42,26 @@ class ClusterSource(Protocol):
         max_tokens: int,
     ) -> FetchedBatch: ...
 
+    def cluster_table(self, layer: int, sequence_ids: Sequence[Hashable]) -> ClusterTable | None:
+        """Where every cluster of these sequences lies in memory the device reads (its own, or
+        pinned host memory): the step then admits misses straight from the source (no fetch).
+        None: no such table; misses are fetched."""
+        del layer, sequence_ids
+        return None
 
-class InProcessClusterSource:
+    def graph_safe(self) -> bool:
+        """Whether `fetch` is pure device work (no host synchronisation), so that a step that
+        fetches can be captured in a CUDA graph."""
+        return False
+
+
+class InProcessClusterSource(ClusterSource):
     """Keeps uploaded segments in memory (device or host) and gathers clusters with index math.
 
     Sequences uploaded together by one `put` (one batched prefill) are fetched together in one
     vectorised gather; any other combination is served sequence by sequence. `fetch` never
     synchronises with the device, so a RetroInferLayer may capture it in a CUDA graph.
     """
-
-    capturable = True  # fetch is pure device work (no host sync): CUDA-graph safe
 
     def __init__(self) -> None:
         # (layer, sequence ids of the batch) -> that batch's segments in id order
@@ -112,9 +125,12 @@ class InProcessClusterSource:
             offsets=torch.cat([p.offsets for p in parts]),
         )
 
+    def graph_safe(self) -> bool:
+        return True
+
     def cluster_table(self, layer: int, sequence_ids: Sequence[Hashable]) -> ClusterTable | None:
-        """Where every cluster of a batch uploaded together lies, for kernels that read the
-        clusters in place (the fast step's direct admission); None when there is none."""
+        """The table of a batch uploaded together whose segments are on CUDA or in pinned host
+        memory (kernels read them in place); None otherwise."""
         key = (layer, tuple(sequence_ids))
         return self._table(key) if key in self._groups else None
 

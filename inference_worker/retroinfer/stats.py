@@ -62,7 +62,7 @@ class StepStats:
     dense: bool = True  # no index yet: the whole context was attended exactly
     counts: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [] int64 tensor
     new_segment: IndexSegment | None = None  # index update produced this step (upload it)
-    # only when RetroInferLayer.record_selection: "retrieved" [B, Hkv, n_ret] global cluster ids
+    # only with StepOptions(record_selection=True): "retrieved" [B, Hkv, n_ret] global cluster ids
     # attended exactly, "estimated" [B, Hkv, n_ret + n_est] ids with "estimated_mask" saying which
     # of them were estimated (overflowed retrieval clusters included)
     selection: dict[str, torch.Tensor] | None = None

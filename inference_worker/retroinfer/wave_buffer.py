@@ -70,20 +70,6 @@ class WaveBuffer:
             )
         return self._scratch
 
-    def row_range(self, lo: int, hi: int) -> WaveBuffer:
-        """Rows [lo, hi) as a WaveBuffer sharing this one's memory and LRU clock (a micro-batch
-        of a step: the fused kernels index rows from the tensors' first row). Valid until the
-        next `grow`, which replaces the stamps."""
-        if not 0 <= lo < hi <= self.rows:
-            raise ValueError(f"row range must satisfy 0 <= lo < hi <= {self.rows}, got {lo}, {hi}")
-        view = _RowRange.__new__(_RowRange)
-        view.rows, view.pages, view.page_tokens = hi - lo, self.pages, self.page_tokens
-        for name in ("keys", "values", "owner", "fill", "stamp", "hits", "misses", "evictions"):
-            setattr(view, name, getattr(self, name)[lo:hi])
-        view.clock, view._scratch = self.clock, None
-        view.parent, view.lo = self, lo
-        return view
-
     def advance_clock(self, n: int) -> None:
         """The LRU clock after a step of n retrieved clusters (stamps base .. base + n used)."""
         self.clock += n + 1
@@ -277,16 +263,3 @@ def _take_pages(pool: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
     r, p1 = pool.shape[:2]
     flat = (take + (torch.arange(r, device=take.device) * p1).view(r, 1)).view(-1)
     return pool.view(r * p1, *pool.shape[2:]).index_select(0, flat).view(r, -1, *pool.shape[2:])
-
-
-class _RowRange(WaveBuffer):
-    """Rows [lo, hi) of a parent WaveBuffer (see `WaveBuffer.row_range`)."""
-
-    parent: WaveBuffer
-    lo: int
-
-    def grow(self, num_clusters: int) -> None:
-        raise RuntimeError("grow the whole wave buffer, then take its row ranges again")
-
-    def scratch(self, width: int) -> torch.Tensor:
-        return self.parent.scratch(width)[self.lo : self.lo + self.rows]

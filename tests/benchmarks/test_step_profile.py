@@ -58,16 +58,17 @@ def test_cpu_smoke_run_writes_json_and_traces(tmp_path: Path) -> None:
     out = tmp_path / "profile.json"
     cmd = [
         sys.executable, "-m", "benchmarks.step_profile", "--device", "cpu",
-        "--context", "4096", "--batch", "1", "--steps", "2", "--variants", "none",
+        "--context", "4096", "--batch", "1", "--steps", "2", "--places", "device",
         "--trace", str(tmp_path), "--out", str(out),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     result = json.loads(out.read_text())
     assert set(result["streams"]) == {"random", "correlated"}
-    for kind, stream in result["streams"].items():
-        assert (tmp_path / f"trace_{kind}.json").is_file()
-        assert stream["timeline_us"] == []  # CPU: no GPU kernels in the trace
-        assert set(stream["variants"]) == {"baseline", "baseline (again, end)"}
+    for kind, places in result["streams"].items():
+        assert set(places) == {"device"}
+        assert (tmp_path / f"trace_{kind}_device.json").is_file()
+        assert places["device"]["timeline_us"] == []  # CPU: no GPU kernels in the trace
+        assert places["device"]["ms"] > 0 and 0 <= places["device"]["hit_ratio"] <= 1
 
 
 def test_runner_takes_the_next_query_every_step_across_phases() -> None:
@@ -83,13 +84,13 @@ def test_runner_takes_the_next_query_every_step_across_phases() -> None:
     )
     run = _Runner(4096, 1, stream, torch.float32)
     seen: list[torch.Tensor] = []
-    decode = run.layer.decode
+    decode = run.decode
 
     def recording(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):  # type: ignore[no-untyped-def]
         seen.append(q.clone())
         return decode(q, k, v)
 
-    run.layer.decode = recording  # type: ignore[method-assign]
+    run.decode = recording
     first = run.queries
     run.timed(2)  # 2 warm-up + 2 timed steps
     run.timed(2)

@@ -18,22 +18,13 @@ def plan_kernel(
     ret, score, ranked, sizes, stamp, owner, fillp, clock,
     out_sizes, out_overflow, out_valid, out_hit, out_miss, out_overflow_ids,
     miss_ids, miss_rank, miss_sizes, take, take_fill, count, hit_count,
-    hits_ctr, misses_ctr, totals, tab_k, tab_v, off_k, off_v, scratch,
-    evict_ctr, run_src, run_src_v, run_dst, run_rows, rest_ids,
-    n, C, P1, W, cap_tokens, CT, S,
+    hits_ctr, misses_ctr, totals,
+    n, C, P1, W, cap_tokens,
     SORT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
-    LIST_MISSES: tl.constexpr, PT: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
-    ADMIT: tl.constexpr = False,
 ):  # fmt: skip
     """(SORT: rank `ret` by `score` into `ranked` first.) Lookup, overflow, hit touch (LRU
     stamps), compacted misses and the hit-page table (its length in `count`, which admission
-    extends, and in `hit_count`, which it leaves alone). LIST_MISSES: every miss's pages are
-    appended to the page table too, as the scratch page (P1 - 1) with their source runs in
-    off_k / off_v (element offsets through the cluster table tab_k / tab_v; slot s of the row
-    is table entry hit_count + s): attended where they lie, whatever admission decides.
-    ADMIT: then the direct admission of admit_kernel (DIRECT, LEFT, TABLE; run slots as wide
-    as the page table, W) in the same program: one launch and no reload from DRAM of what the
-    plan just read or wrote."""
+    extends, and in `hit_count`, which it leaves alone)."""
     r = tl.program_id(0).to(tl.int64)
     stamp_row = stamp + r * (C + 1)
     base = tl.load(clock)
@@ -100,64 +91,7 @@ def plan_kernel(
         tl.store(take + r * W + w0 + p, tl.zeros([BLOCK_P], tl.int64), mask=w0 + p < W)
         tl.store(take_fill + r * W + w0 + p, tl.zeros([BLOCK_P], tl.int64), mask=w0 + p < W)
     tl.store(hit_count + r, tl.minimum(n_sel, W).to(tl.int64))
-    n_slots = 0
-    if LIST_MISSES:
-        tl.debug_barrier()  # the compacted misses and the hit pages' entries are stored
-        n_slots = _list_misses(
-            r, n, miss_ids, miss_sizes, tab_k, tab_v, take, take_fill, off_k, off_v,
-            scratch + r * S, n_sel, P1, W, CT, PT, D, BLOCK_N, BLOCK_S,
-        )  # fmt: skip
-    tl.store(count + r, tl.minimum(n_sel + n_slots, W).to(tl.int64))
-    if ADMIT:
-        tl.debug_barrier()  # the misses, touched stamps, page table and count are stored
-        _admit_row(
-            r, miss_ids, miss_rank, miss_sizes, miss_ids, stamp, owner, fillp, clock, scratch,
-            evict_ctr, totals, run_src, run_src_v, run_dst, run_rows, tab_k, tab_v, take,
-            take_fill, count, rest_ids, n, C, P1, 1, S, CT, W, W, PT, D, BLOCK_N, BLOCK_P,
-            BLOCK_S, True, True, True,
-        )  # fmt: skip
-
-
-@triton.jit
-def _list_misses(
-    r, n, miss_ids, miss_sizes, tab_k, tab_v, take, take_fill, off_k, off_v, scr, first,
-    P1, W, CT, PT: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-):  # fmt: skip
-    """Row r's misses (compacted, rank order) as page slots: table entries first + s hold the
-    scratch page and the slot's valid rows, off_k / off_v[r, s] its source offsets. Returns
-    the number of slots."""
-    j = tl.arange(0, BLOCK_N)
-    in_n = j < n
-    mid = tl.load(miss_ids + r * n + j, mask=in_n, other=-1)
-    msz = tl.load(miss_sizes + r * n + j, mask=in_n, other=0)
-    mp = tl.where(mid >= 0, (msz + PT - 1) // PT, 0)
-    cum = tl.cumsum(mp, 0)
-    n_slots = tl.sum(mp, 0)
-    s = tl.arange(0, BLOCK_S)
-    ok = s < n_slots
-    tl.store(scr + s, tl.zeros([BLOCK_S], tl.int64), mask=ok)
-    first_slot = cum - mp
-    tl.store(scr + BLOCK_S + j, first_slot, mask=in_n)
-    tl.debug_barrier()
-    tl.store(scr + first_slot, tl.full([BLOCK_N], 1, tl.int64),
-             mask=(mid >= 0) & (first_slot < BLOCK_S))  # fmt: skip
-    tl.debug_barrier()
-    which = tl.maximum(tl.cumsum(tl.load(scr + s, mask=ok, other=0), 0) - 1, 0)
-    start = tl.load(scr + BLOCK_S + which, mask=ok, other=0)
-    w_size = tl.load(miss_sizes + r * n + which, mask=ok, other=0)
-    w_id = tl.load(miss_ids + r * n + which, mask=ok, other=0)
-    page_in = s - start
-    pf = tl.minimum(tl.maximum(w_size - page_in * PT, 0), PT)
-    at = first + s
-    listed = ok & (at < W)
-    tl.store(take + r * W + at, tl.full([BLOCK_S], 0, tl.int64) + (P1 - 1), mask=listed)
-    tl.store(take_fill + r * W + at, pf, mask=listed)
-    w_tk = tl.load(tab_k + r * CT + w_id, mask=ok, other=0)
-    w_tv = tl.load(tab_v + r * CT + w_id, mask=ok, other=0)
-    tl.store(off_k + r * W + s, w_tk + page_in * PT * D, mask=s < W)
-    tl.store(off_v + r * W + s, w_tv + page_in * PT * D, mask=s < W)
-    return n_slots
+    tl.store(count + r, tl.minimum(n_sel, W).to(tl.int64))
 
 
 @triton.jit
@@ -168,7 +102,6 @@ def admit_kernel(
     n, C, P1, M, S, CT, W, SW,
     PT: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, LEFT: tl.constexpr,
-    TABLE: tl.constexpr = True,
 ):  # fmt: skip
     """Evict whole least-recent clusters, place admitted misses (rank order, while they fit)
     into free pages, stamp them; writes one copy run per placed page (SW run slots per row).
@@ -176,14 +109,12 @@ def admit_kernel(
     of each cluster), the placed pages are appended to the hit-page table and the misses left
     over (not admitted) are listed in `rest_ids` for the packed fetch. LEFT (with DIRECT): the
     left-over misses' pages are appended too, as the scratch page (P1 - 1) with their source
-    runs (slots after the admitted ones, 0 rows to copy): attended in place, never cached.
-    TABLE False (with DIRECT): the page table is left alone (the plan listed every miss in
-    place and the step attends them there while admission copies)."""
+    runs (slots after the admitted ones, 0 rows to copy): attended in place, never cached."""
     _admit_row(
         tl.program_id(0).to(tl.int64), miss_ids, miss_rank, miss_sizes, miss_off, stamp, owner,
         fillp, clock, scratch, evict_ctr, totals, run_src, run_src_v, run_dst, run_rows, tab_k,
         tab_v, take, take_fill, count, rest_ids, n, C, P1, M, S, CT, W, SW, PT, D, BLOCK_N,
-        BLOCK_P, BLOCK_S, DIRECT, LEFT, TABLE,
+        BLOCK_P, BLOCK_S, DIRECT, LEFT,
     )  # fmt: skip
 
 
@@ -194,7 +125,7 @@ def _admit_row(
     tab_k, tab_v, take, take_fill, count, rest_ids,
     n, C, P1, M, S, CT, W, SW,
     PT: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, LEFT: tl.constexpr, TABLE: tl.constexpr,
+    BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, LEFT: tl.constexpr,
 ):  # fmt: skip
     """admit_kernel's work for row r (int64)."""
     stamp_row = stamp + r * (C + 1)
@@ -202,7 +133,7 @@ def _admit_row(
     base = tl.load(clock)
     evicted_before = tl.load(evict_ctr + r)
     c0 = 0
-    if DIRECT and TABLE:
+    if DIRECT:
         c0 = tl.load(count + r)  # hit pages already in the page table
     j = tl.arange(0, BLOCK_N)
     in_n = j < n
@@ -221,27 +152,7 @@ def _admit_row(
     fits = is_m & (cum <= n_free + tl.sum(evictable.to(tl.int64), 0))
     adm_pages = tl.sum(tl.where(fits, mp, 0), 0)
     need = tl.maximum(adm_pages - n_free, 0)
-    # smallest stamp T with at least `need` evictable pages stamped <= T (stamps are unique per
-    # cluster, so this evicts least-recent clusters until enough pages are free). Bisection
-    # between the evictable stamps' extremes (count(<= lo) < need <= count(<= hi)); a stamp
-    # that counts exactly `need` ends it early (a smaller T would select the same pages).
-    lo = tl.min(tl.where(evictable, own_st, base), 0) - 1
-    hi = tl.max(tl.where(evictable, own_st, -1), 0)
-    while (need > 0) & (hi - lo > 1):
-        m = lo + (hi - lo) // 2
-        got = tl.sum((evictable & (own_st <= m)).to(tl.int64), 0)
-        enough = got >= need
-        hi = tl.where(enough, m, hi)
-        lo = tl.where(got == need, m - 1, tl.where(enough, lo, m))
-    gone = evictable & (own_st <= hi) & (need > 0)
-    # count evicted clusters: one page per cluster wins a scatter of its page index
-    tl.store(stamp_row + own, -(p.to(tl.int64) + 2), mask=gone)
-    tl.debug_barrier()
-    winner = tl.load(stamp_row + own, mask=gone, other=0) == -(p.to(tl.int64) + 2)
-    evicted = tl.sum((gone & winner).to(tl.int64), 0)
-    tl.debug_barrier()
-    tl.store(stamp_row + own, tl.full([BLOCK_P], -1, tl.int64), mask=gone)
-    tl.store(own_row + p, tl.full([BLOCK_P], -1, tl.int64), mask=gone)
+    gone, evicted = _evict(stamp_row, own_row, p, own, own_st, evictable, need, base, BLOCK_P)
     # free list (page order) and cluster starts, in slot space, through the scratch row
     free = in_p & ((own == -1) | gone)
     fi = free.to(tl.int32)
@@ -278,11 +189,10 @@ def _admit_row(
         w_tv = tl.load(tab_v + r * CT + w_id, mask=ok, other=0)
         tl.store(run_src + r * SW + s, w_tk + page_in * PT * D, mask=in_s)
         tl.store(run_src_v + r * SW + s, w_tv + page_in * PT * D, mask=in_s)
-        if TABLE:
-            at = c0 + s
-            tl.store(take + r * W + at, page, mask=ok & (at < W))
-            tl.store(take_fill + r * W + at, pf, mask=ok & (at < W))
-            tl.store(count + r, tl.minimum(c0 + n_slots, W))
+        at = c0 + s
+        tl.store(take + r * W + at, page, mask=ok & (at < W))
+        tl.store(take_fill + r * W + at, pf, mask=ok & (at < W))
+        tl.store(count + r, tl.minimum(c0 + n_slots, W))
     else:
         src = (r * M + w_off + page_in * PT) * D
         tl.store(run_src + r * SW + s, src, mask=in_s)
@@ -299,3 +209,31 @@ def _admit_row(
     tl.atomic_add(totals + 2, n_adm)
     tl.atomic_add(totals + 3, tl.sum(is_m.to(tl.int64), 0) - n_adm)
     tl.atomic_add(totals + 4, evicted)
+
+
+@triton.jit
+def _evict(stamp_row, own_row, p, own, own_st, evictable, need, base, BLOCK_P: tl.constexpr):
+    """Free whole least-recent clusters until `need` pages are free: (gone [BLOCK_P] pages
+    freed, evicted clusters). The smallest stamp T with at least `need` evictable pages
+    stamped <= T (stamps are unique per cluster, so this evicts least-recent clusters until
+    enough pages are free), by bisection between the evictable stamps' extremes
+    (count(<= lo) < need <= count(<= hi)); a stamp that counts exactly `need` ends it early
+    (a smaller T would select the same pages)."""
+    lo = tl.min(tl.where(evictable, own_st, base), 0) - 1
+    hi = tl.max(tl.where(evictable, own_st, -1), 0)
+    while (need > 0) & (hi - lo > 1):
+        m = lo + (hi - lo) // 2
+        got = tl.sum((evictable & (own_st <= m)).to(tl.int64), 0)
+        enough = got >= need
+        hi = tl.where(enough, m, hi)
+        lo = tl.where(got == need, m - 1, tl.where(enough, lo, m))
+    gone = evictable & (own_st <= hi) & (need > 0)
+    # count evicted clusters: one page per cluster wins a scatter of its page index
+    tl.store(stamp_row + own, -(p.to(tl.int64) + 2), mask=gone)
+    tl.debug_barrier()
+    winner = tl.load(stamp_row + own, mask=gone, other=0) == -(p.to(tl.int64) + 2)
+    evicted = tl.sum((gone & winner).to(tl.int64), 0)
+    tl.debug_barrier()
+    tl.store(stamp_row + own, tl.full([BLOCK_P], -1, tl.int64), mask=gone)
+    tl.store(own_row + p, tl.full([BLOCK_P], -1, tl.int64), mask=gone)
+    return gone, evicted

@@ -52,8 +52,7 @@ def logits_kernel(
 @triton.jit
 def select_kernel(
     z_ptr, pm_ptr, pl_ptr, ret_ptr, rets_ptr, est_ptr, est_ids_ptr, C, NB, K1, K2,
-    G: tl.constexpr, BLOCK: tl.constexpr, BLOCK_NB: tl.constexpr, ARITY: tl.constexpr,
-    STEPS: tl.constexpr,
+    G: tl.constexpr, BLOCK: tl.constexpr, BLOCK_NB: tl.constexpr, STEPS: tl.constexpr,
 ):  # fmt: skip
     """One row: group score, top-K1 ids (index order, with scores), the mask and the ids (index
     order) of ranks K1..K2-1. Ties at a threshold are taken in index order."""
@@ -73,15 +72,7 @@ def select_kernel(
     bits = score.to(tl.int32, bitcast=True)
     bits = tl.minimum(tl.maximum(bits, 0), _INF_BITS)  # NaN / -0.0 cannot break the counts
     bits = tl.where(inside, bits, -1)  # padding never counts
-    # the largest T with count(bits >= T) >= K, for K1 and K2 at once
-    if ARITY == 2:
-        lo1, lo2 = _bisect2(bits, K1, K2, STEPS)
-    elif ARITY == 4:
-        lo1, lo2 = _quarter2(bits, K1, K2, STEPS)
-    elif ARITY == 256:
-        lo1, lo2 = _radix(bits, K1, K2)
-    else:
-        lo1, lo2 = _search(bits, K1, K2, ARITY, STEPS)
+    lo1, lo2 = _bisect2(bits, K1, K2, STEPS)  # the largest T: count(bits >= T) >= K, per K
     # both thresholds' counts travel packed in one int32, 16 bits apiece (a row has at most
     # 32,768 elements): one reduction or scan serves the two
     eq1 = bits == lo1
@@ -114,11 +105,6 @@ def _high(packed):
     """The high 16-bit field of _pack2 sums (up to 65,535: a sum of 32,768 sets the sign bit,
     which the mask drops)."""
     return (packed >> 16) & 0xFFFF
-
-
-@triton.jit
-def _add2(a0, b0, a1, b1):
-    return a0 + a1, b0 + b1
 
 
 @triton.jit
@@ -159,117 +145,3 @@ def _bisect2(bits, K1, K2, STEPS: tl.constexpr):
         lo2 = tl.where(run2 & ok2, t2, lo2)
         hi2 = tl.where(run2, tl.where(c2 == K2, t2, tl.where(ok2, hi2, t2 - 1)), hi2)
     return lo1.to(tl.int32), lo2.to(tl.int32)
-
-
-@triton.jit
-def _quarter2(bits, K1, K2, STEPS: tl.constexpr):
-    """4-ary search for both thresholds at the cost of a bisection step: per step each K's
-    interval is cut at three thresholds, and the three counts travel packed in one int64 (16
-    bits each: a row has at most 32,768 elements), so a step is still one two-operand sum.
-    Same invariant and early exit as _bisect2 (a threshold that counts exactly K ends that K's
-    search). About half the steps of the bisection; bounded by STEPS + 1 all the same."""
-    lo1, hi1 = _row_range(bits)
-    lo2, hi2 = _row_range(bits)
-    step = tl.zeros([], tl.int32)
-    while ((lo1 < hi1) | (lo2 < hi2)) & (step <= STEPS):
-        step += 1
-        a1, b1, c1 = _cuts(lo1, hi1)
-        a2, b2, c2 = _cuts(lo2, hi2)
-        p1, p2 = tl.reduce((_count3(bits, a1, b1, c1), _count3(bits, a2, b2, c2)), 0, _add2)
-        lo1, hi1 = _narrow(lo1, hi1, K1, p1, a1, b1, c1)
-        lo2, hi2 = _narrow(lo2, hi2, K2, p2, a2, b2, c2)
-    return lo1.to(tl.int32), lo2.to(tl.int32)
-
-
-@triton.jit
-def _cuts(lo, hi):
-    """Three thresholds a <= b <= c in (lo, hi] (lo < hi) at about its quarters."""
-    q = hi - lo
-    return lo + (q + 3) // 4, lo + (2 * q + 3) // 4, lo + (3 * q + 3) // 4
-
-
-@triton.jit
-def _count3(bits, a, b, c):
-    """Per element, its counts at the thresholds a, b, c packed into 16-bit fields."""
-    ca = (bits >= a.to(tl.int32)).to(tl.int64)
-    cb = (bits >= b.to(tl.int32)).to(tl.int64)
-    cc = (bits >= c.to(tl.int32)).to(tl.int64)
-    return ca + (cb << 16) + (cc << 32)
-
-
-@triton.jit
-def _narrow(lo, hi, K, packed, a, b, c):
-    """The interval after counting at a <= b <= c (counts non-increasing): lo moves to the
-    largest threshold counting >= K, hi to one below the smallest counting < K; a threshold
-    that counts exactly K becomes both bounds."""
-    ca = packed & 0xFFFF
-    cb = (packed >> 16) & 0xFFFF
-    cc = (packed >> 32) & 0xFFFF
-    new_lo = tl.where(cc >= K, c, tl.where(cb >= K, b, tl.where(ca >= K, a, lo)))
-    at_lo = tl.where(cc >= K, cc, tl.where(cb >= K, cb, tl.where(ca >= K, ca, -1)))
-    new_hi = tl.where(ca < K, a - 1, tl.where(cb < K, b - 1, tl.where(cc < K, c - 1, hi)))
-    new_hi = tl.where(at_lo == K, new_lo, new_hi)
-    run = lo < hi
-    return tl.where(run, new_lo, lo), tl.where(run, new_hi, hi)
-
-
-@triton.jit
-def _radix(bits, K1, K2):
-    """Radix select, a byte per pass from the top (4 passes): a histogram of the next byte of
-    the elements that share the bytes found so far gives the K-th largest element's byte.
-    The result is the K-th largest bit pattern itself (the largest T with count(bits >= T)
-    >= K). bits < 0: padding, never counted."""
-    bins = tl.arange(0, 256)
-    t1 = tl.zeros([], tl.int32)
-    t2 = tl.zeros([], tl.int32)
-    need1 = K1 + t1  # K-th largest among the elements that share the prefix
-    need2 = K2 + t2
-    real = bits >= 0
-    for p in tl.static_range(4):
-        shift = 24 - 8 * p
-        digit = (bits >> shift) & 0xFF
-        m1 = real
-        m2 = real
-        if p > 0:
-            m1 = real & ((bits >> (shift + 8)) == (t1 >> (shift + 8)))
-            m2 = real & ((bits >> (shift + 8)) == (t2 >> (shift + 8)))
-        d1, need1 = _top_digit(tl.histogram(digit, 256, mask=m1), need1, bins)
-        d2, need2 = _top_digit(tl.histogram(digit, 256, mask=m2), need2, bins)
-        t1 = t1 | (d1 << shift)
-        t2 = t2 | (d2 << shift)
-    return t1, t2
-
-
-@triton.jit
-def _top_digit(hist, need, bins):
-    """The largest digit d with count(digit >= d) >= need, and need less the count above d."""
-    ge = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # [256] elements with digit >= d
-    d = tl.max(tl.where(ge >= need, bins, 0), 0)
-    above = tl.sum(tl.where(bins > d, hist, 0), 0)
-    return d, need - above
-
-
-@triton.jit
-def _search(bits, K1, K2, ARITY: tl.constexpr, STEPS: tl.constexpr):
-    """An ARITY-ary search on the bit patterns; each step counts ARITY thresholds per K in one
-    reduction over a [BLOCK, 2 * ARITY] comparison."""
-    col = tl.arange(0, 2 * ARITY)
-    second = col >= ARITY  # columns of K2
-    j = (col % ARITY).to(tl.int64)
-    need = tl.where(second, K2, K1)
-    lo = tl.zeros([2 * ARITY], tl.int64)  # per column: its K's interval, [lo, hi]
-    hi = tl.full([2 * ARITY], _INF_BITS, tl.int64)
-    for _ in range(STEPS):
-        t = lo + ((hi - lo + 1) * j + ARITY - 1) // ARITY  # [2A] thresholds; j = 0 gives lo
-        count = tl.sum((bits[:, None] >= t.to(tl.int32)[None, :]).to(tl.int32), axis=0)
-        ok = count >= need
-        lo_new1 = tl.max(tl.where(ok & ~second, t, -1), axis=0)
-        lo_new2 = tl.max(tl.where(ok & second, t, -1), axis=0)
-        cut = tl.where(ok, hi, t - 1)  # the first threshold that fails bounds the interval
-        hi_new1 = tl.min(tl.where(second, _INF_BITS, cut), axis=0)
-        hi_new2 = tl.min(tl.where(second, cut, _INF_BITS), axis=0)
-        lo = tl.where(second, lo_new2, lo_new1)
-        hi = tl.where(second, hi_new2, hi_new1)
-    lo1 = tl.max(tl.where(second, -1, lo), axis=0).to(tl.int32)
-    lo2 = tl.max(tl.where(second, lo, -1), axis=0).to(tl.int32)
-    return lo1, lo2

@@ -55,10 +55,6 @@ class StepPlan:
     overflow_ids: torch.Tensor | None = None  # [R, n] fused: where(overflow, ret, -1)
     hit_count: torch.Tensor | None = None  # [R] fused: `count` as planned (admission extends
     # `count` in place; this copy keeps the hit pages' length)
-    # fused with misses listed in place: [R, W] source element offsets of the miss slots
-    # (table entries hit_count + s, the scratch page), keys and values
-    miss_off_k: torch.Tensor | None = None
-    miss_off_v: torch.Tensor | None = None
 
     def hit_pages(self) -> torch.Tensor:
         """[R] int64 the hit pages at the front of `take`, whatever admission appended since."""
@@ -84,45 +80,14 @@ def plan_step(
     width: int,  # hit pages in the page table
     use_triton: bool | None = None,
     score: torch.Tensor | None = None,  # [R, n] fp32: `ret` is unsorted, rank it by this
-    totals: torch.Tensor | None = None,  # [7] int64 counts to add to (shared by micro-batches)
-    in_place: ClusterTable | None = None,  # list every miss's pages in place (fused only)
 ) -> StepPlan:
-    """The step's plan (see StepPlan). in_place: the fused plan also appends every miss's
-    pages to the page table, as the scratch page with their source runs through this cluster
-    table (`miss_off_k` / `miss_off_v`), so that the step attends them where they lie while
-    admission (`admit_direct(..., table_writes=False)`) copies them into the cache beside it;
-    `count` then covers the hit pages and the miss slots. W must hold them all."""
+    """The step's plan (see StepPlan): the fused kernel (Triton, rows one program can hold)
+    or the torch reference."""
     if not (pick(use_triton, ret) and fusable(buffer, ret.shape[1])):
         if score is not None:
             ret = sort_retrieved(ret, score)
         return plan_step_reference(buffer, ret, sizes, cap_tokens, width)
-    return _plan_fused(buffer, ret, sizes, cap_tokens, width, score, totals, in_place)[0]
-
-
-def plan_admit(
-    buffer: WaveBuffer,
-    ret: torch.Tensor,  # [R, n] int64 retrieved ids (best first, or unsorted with `score`)
-    sizes: torch.Tensor,  # [R, C] int64 tokens per cluster
-    cap_tokens: int,
-    width: int,  # page-table width: room for the hit pages and every miss page
-    table: ClusterTable,  # where the source's clusters lie (the layer's device memory)
-    score: torch.Tensor | None = None,  # [R, n] fp32: `ret` is unsorted, rank it by this
-    totals: torch.Tensor | None = None,  # [7] int64 counts to add to
-) -> tuple[StepPlan, torch.Tensor, torch.Tensor, CopyIn]:
-    """plan_step then admit_direct(copy=False, tick=False) in one kernel (one program per row
-    runs both): the same (plan, rest ids, counts, copy_in) and buffer state. The admission's
-    table writes extend plan.take / fill / count; the LRU clock is left to the caller.
-    Triton only (fusable rows)."""
-    if not fusable(buffer, ret.shape[1]):
-        raise ValueError(f"plan_admit needs fusable rows, got n={ret.shape[1]}, "
-                         f"pages={buffer.pages}")  # fmt: skip
-    plan, runs, rest = _plan_fused(
-        buffer, ret, sizes, cap_tokens, width, score, totals, None, table
-    )
-    assert runs is not None and rest is not None and plan.totals is not None
-    r = ret.shape[0]
-    copy_in = CopyIn(table.base_k, table.base_v, runs[0].view(r, -1), runs[1].view(r, -1))
-    return plan, rest, plan.totals, copy_in
+    return _plan_fused(buffer, ret, sizes, cap_tokens, width, score)
 
 
 def _plan_fused(
@@ -132,12 +97,8 @@ def _plan_fused(
     cap_tokens: int,
     width: int,
     score: torch.Tensor | None,
-    totals: torch.Tensor | None,
-    in_place: ClusterTable | None,
-    admit: ClusterTable | None = None,
-) -> tuple[StepPlan, torch.Tensor | None, torch.Tensor | None]:
-    """The plan kernel's launch (admit: with the direct admission in place; returns its runs
-    [4, R * W] and rest ids [R, n] too)."""
+) -> StepPlan:
+    """The plan kernel's launch."""
     from ._book_triton import plan_kernel
 
     r, n = ret.shape
@@ -151,40 +112,22 @@ def _plan_fused(
     fill = torch.empty(r, width, dtype=i64, device=dev)
     count = torch.empty(r, dtype=i64, device=dev)
     hit_count = torch.empty(r, dtype=i64, device=dev)
-    if totals is None:  # entries 2-4 added by admission
-        totals = torch.zeros(7, dtype=i64, device=dev)
-    p1, block_n, block_s = buffer.pages + 1, _pow2(n), _pow2(width)
-    # wide enough for admission too (any mode): one allocation, whose pointer a captured
-    # step keeps
-    scratch = buffer.scratch(_pow2(p1) + max(block_s, _pow2(p1)) + block_n)
-    # in place: the miss slots' source offsets (keys, values); else unused (any pointer)
-    offs = torch.empty(2, r, width, dtype=i64, device=dev) if in_place else (take, take)
-    where = in_place if in_place is not None else admit
-    tab = (where.tab_k, where.tab_v, where.tab_k.shape[2]) if where is not None else (ret, ret, 1)
-    # admit: the runs [4, R * W] (src k, src v, dst, rows); else unused (any pointer)
-    unused = take.view(1, -1).expand(4, -1)
-    runs = torch.empty(4, r * width, dtype=i64, device=dev) if admit else unused
-    rest = torch.empty(r, n, dtype=i64, device=dev) if admit else None
+    totals = torch.zeros(7, dtype=i64, device=dev)  # entries 2-4 added by admission
     plan_kernel[(r,)](
         ret, ret if score is None else score.contiguous(), ranked, sizes.contiguous(),
         buffer.stamp, buffer.owner, buffer.fill, buffer.clock,
         out["sizes"], flags[0], flags[1], flags[2], flags[3], out["ovf"],
         out["ids"], out["rank"], out["msz"], take, fill, count, hit_count,
-        buffer.hits, buffer.misses, totals, tab[0], tab[1], offs[0], offs[1], scratch,
-        buffer.evictions, runs[0], runs[1], runs[2], runs[3], take if rest is None else rest,
-        n, buffer.num_clusters, p1, width, cap_tokens, tab[2], scratch.shape[1],
-        SORT=score is not None, BLOCK_N=block_n, BLOCK_P=_pow2(p1),
-        LIST_MISSES=in_place is not None, PT=buffer.page_tokens, D=buffer.keys.shape[-1],
-        BLOCK_S=block_s if in_place or admit else 1, ADMIT=admit is not None,
+        buffer.hits, buffer.misses, totals,
+        n, buffer.num_clusters, buffer.pages + 1, width, cap_tokens,
+        SORT=score is not None, BLOCK_N=_pow2(n), BLOCK_P=_pow2(buffer.pages + 1),
         num_warps=BOOK_WARPS,
     )  # fmt: skip
     b = flags.view(torch.bool)
-    plan = StepPlan(
+    return StepPlan(
         ranked, out["sizes"], b[0], b[1], b[2], b[3], out["ids"], take, fill, count, True,
         out["rank"], out["msz"], totals, out["ovf"], hit_count,
-        *((offs[0], offs[1]) if in_place else (None, None)),
     )  # fmt: skip
-    return plan, (runs if admit else None), rest
 
 
 def plan_step_reference(
@@ -229,7 +172,6 @@ def admit_direct(
     count: torch.Tensor,  # [R]
     copy: bool = True,
     tick: bool = True,
-    table_writes: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, CopyIn]:
     """Admission before the attention, straight from the source: admitted misses move once
     (source -> their cache pages) and are attended there. Same buffer state and counts as
@@ -241,12 +183,10 @@ def admit_direct(
     appended too, as the scratch page with their source runs: attended in place, no fetch.
     The page table must then have room for every miss page (W >= hit pages + miss pages).
     tick False: the LRU clock is left for the caller to advance (by n + 1, once nothing of
-    this step reads it any more). table_writes False (with copy): the page table is left
-    alone, for a plan that listed every miss in place (plan_step's `in_place`), which the
-    step attends while this admission runs beside it."""
+    this step reads it any more)."""
     direct = (table, take, fill, count)
     rest, counts, runs = _admit_fused(
-        buffer, plan, table.base_k, table.base_v, None, direct, copy, tick, table_writes
+        buffer, plan, table.base_k, table.base_v, None, direct, copy, tick
     )
     r = take.shape[0]
     copy_in = CopyIn(table.base_k, table.base_v, runs[0].view(r, -1), runs[1].view(r, -1))
@@ -262,7 +202,6 @@ def _admit_fused(
     direct: tuple[ClusterTable, torch.Tensor, torch.Tensor, torch.Tensor] | None,
     copy: bool = True,
     tick: bool = True,
-    table_writes: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rest ids, counts, runs [4, R * SW]: src k, src v, dst, rows offsets per run slot; SW
     is P1, or the page table's width for a direct admission without copy)."""
@@ -294,7 +233,7 @@ def _admit_fused(
         tab_k, tab_v, take, fill, count, rest,
         n, buffer.num_clusters, p1, m_width, scratch.shape[1], c_tab, width, sw,
         PT=pt, D=d, BLOCK_N=block_n, BLOCK_P=block_p, BLOCK_S=block_s,
-        DIRECT=direct is not None, LEFT=left, TABLE=table_writes, num_warps=BOOK_WARPS,
+        DIRECT=direct is not None, LEFT=left, num_warps=BOOK_WARPS,
     )  # fmt: skip
     if tick:
         buffer.advance_clock(n)

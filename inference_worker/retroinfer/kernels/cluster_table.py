@@ -7,8 +7,6 @@ all segments are copied by one launch.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from .availability import pick
@@ -40,17 +38,6 @@ class ClusterTable:
         self.tab_v = torch.cat(tab_v, dim=2)
         self.size = torch.cat(size, dim=2)
         self.segments = segments  # keep the memory alive
-
-    def row_range(self, lo: int, hi: int) -> ClusterTable:
-        """Rows [lo, hi) of the flattened (sequence, kv_head) rows, as a table of one sequence
-        of hi - lo heads over the same memory (offsets still count from `base_k`)."""
-        b, h, c = self.size.shape
-        if not 0 <= lo < hi <= b * h:
-            raise ValueError(f"row range must satisfy 0 <= lo < hi <= {b * h}, got {lo}, {hi}")
-        view = copy.copy(self)
-        for name in ("tab_k", "tab_v", "size"):
-            setattr(view, name, getattr(self, name).reshape(1, b * h, c)[:, lo:hi])
-        return view
 
     def fetch(
         self, cluster_ids: torch.Tensor, max_tokens: int, use_triton: bool | None = None

@@ -25,10 +25,7 @@ from .sizes import cdiv
 @dataclass(frozen=True, slots=True)
 class DecodeTuning:
     """Launch shape of the decode kernel (any values give the same result up to rounding).
-    Defaults: the best of the H100 sweeps at 128K x 16 (results/step_profile_cuda*.json);
-    prefetch measured 126 vs 140 us per step (correlated queries, step_profile_cuda_v2.json);
-    with the estimation zone on its own kernel, 1024-token splits 72 vs 76 us and 16-cluster
-    estimation tiles 48 vs 68 us (step_profile_cuda_v3.json)."""
+    The defaults are the fastest measured on the H100 at 128K x 16 (docs/retro_kernels.md)."""
 
     chunk: int = 1024  # tokens per exact split (a multiple of block_n and of the page size)
     block_n: int = 64  # tokens per tile
@@ -43,32 +40,6 @@ class DecodeTuning:
 
 
 TUNING = DecodeTuning()
-# launch shapes the step profiler times (benchmarks/step_profile.py) and the sm_90 compile
-# check builds (kernels/sm90_compile.py)
-TUNING_VARIANTS = {
-    "no prefetch": DecodeTuning(prefetch=False),
-    "chunk 512": DecodeTuning(chunk=512),
-    "chunk 256": DecodeTuning(chunk=256),
-    "chunk 2048": DecodeTuning(chunk=2048),
-    "block 32": DecodeTuning(block_n=32),
-    "8 warps": DecodeTuning(num_warps=8),
-    "1 stage": DecodeTuning(num_stages=1),
-    "2 stages": DecodeTuning(num_stages=2),
-    "chunk 256, 2 stages": DecodeTuning(chunk=256, num_stages=2),
-    "chunk 512, 2 stages": DecodeTuning(chunk=512, num_stages=2),
-    "chunk 512, 2 warps": DecodeTuning(chunk=512, num_warps=2),
-    "2 page splits": DecodeTuning(page_splits=2),
-    "4 page splits": DecodeTuning(page_splits=4),
-    "4 stages": DecodeTuning(num_stages=4),
-    "est block 32": DecodeTuning(est_block=32),
-    "est block 64": DecodeTuning(est_block=64),
-    "chunk 512, est block 32": DecodeTuning(chunk=512, est_block=32),
-}
-
-
-def current_tuning() -> DecodeTuning:
-    """The module's TUNING as it is now (the step profiler swaps it)."""
-    return TUNING
 
 
 @dataclass(slots=True)

@@ -1,17 +1,15 @@
 """Centroid scoring with the GQA group sum of softmax probabilities, and top-k zone selection.
 
-Two Triton kernels: `_logits_kernel` scans the centroids once (grid rows x cluster blocks) and
-writes the logits z plus per-block softmax partials; `_select_kernel` (one program per row,
+Two Triton kernels: `logits_kernel` scans the centroids once (grid rows x cluster blocks) and
+writes the logits z plus per-block softmax partials; `select_kernel` (one program per row,
 scores held in registers) forms score_j = sum_g softmax_j(z_g), finds the n_ret-th and
-(n_ret + n_est)-th largest scores by a SELECT_ARITY-ary search on their bit patterns (both
-thresholds per step; 256: a radix select by histograms), and writes the retrieval ids (index
-order, then sorted by score) and the estimation-zone mask. No [R, C] top-k sort.
+(n_ret + n_est)-th largest scores by a bisection on their bit patterns (both thresholds per
+step), and writes the retrieval ids (index order, then sorted by score) and the estimation-zone
+mask. No [R, C] top-k sort.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,14 +19,7 @@ from .availability import pick
 from .sizes import next_pow2
 
 MAX_SELECT_BLOCK = 32768  # clusters per row the register-resident selection handles
-# warps of the selection program (None: by row width, 8 up to 8,192 clusters, else 16; H100,
-# 128K x 16, logits + selection 139-141 us with 8 warps vs 144-147 with 16,
-# results/step_profile_cuda_v17.json)
-SELECT_WARPS: int | None = None
-# thresholds counted per search step (2: bisection, 31 steps; 4: 16 steps; 256: radix select,
-# a 256-bin histogram per byte, 4 passes). H100, 128K x 16, logits + selection alone: 165 us
-# with bisection, 173 us 4-ary (step_profile_cuda_v3.json)
-SELECT_ARITY = 2
+SEARCH_STEPS = 31  # bisection steps that always suffice over the non-negative float32 patterns
 LOGITS_BLOCK_C = 128  # clusters per centroid-scan program
 LOGITS_WARPS = 4
 
@@ -55,13 +46,10 @@ def rank_select(
     n_est: int,
     use_triton: bool | None = None,
     sort: bool = True,
-    after_scan: Callable[[], None] | None = None,
     centroid_scale: torch.Tensor | None = None,  # [R, C] fp32: int8 centroids' scales
 ) -> RankSelection:
     """Top n_ret clusters by group score (best first) and the mask of the next n_est.
     sort=False may leave `retrieved` unsorted with `retrieved_score` set (see RankSelection).
-    after_scan: called once the centroid scan is launched, before the selection (a fork
-    point for work that should follow the scan, e.g. the next micro-batch's scan).
     centroid_scale: the centroids are int8, centroid j of row r is centroids[r, j] * scale[r, j]
     (see index.quantize_centroids)."""
     c = centroids.shape[1]
@@ -74,13 +62,8 @@ def rank_select(
         )
     fits = next_pow2(c) <= MAX_SELECT_BLOCK and _is_pow2(q.shape[-1])
     if not (fits and pick(use_triton, q)):
-        picked = rank_select_reference(q, centroids, sizes, scale, n_ret, n_est, centroid_scale)
-        if after_scan is not None:
-            after_scan()
-        return picked
-    return _rank_select_triton(
-        q, centroids, sizes, scale, n_ret, n_est, sort, after_scan, centroid_scale
-    )
+        return rank_select_reference(q, centroids, sizes, scale, n_ret, n_est, centroid_scale)
+    return _rank_select_triton(q, centroids, sizes, scale, n_ret, n_est, sort, centroid_scale)
 
 
 def rank_select_reference(
@@ -110,7 +93,6 @@ def _rank_select_triton(
     n_ret: int,
     n_est: int,
     sort: bool = True,
-    after_scan: Callable[[], None] | None = None,
     centroid_scale: torch.Tensor | None = None,
 ) -> RankSelection:
     from ._rank_triton import logits_kernel, select_kernel
@@ -130,8 +112,6 @@ def _rank_select_triton(
         q, centroids.contiguous(), sizes.contiguous(), cs, z, part_m, part_l, c, nb, scale,
         G=g, GP=16, D=d, BLOCK_C=block_c, SCALED=scaled, num_warps=LOGITS_WARPS,
     )  # fmt: skip
-    if after_scan is not None:
-        after_scan()
     ret = torch.empty(r, n_ret, dtype=torch.int64, device=dev)
     ret_score = torch.empty(r, n_ret, dtype=torch.float32, device=dev)
     estimated = torch.empty(r, c, dtype=torch.int8, device=dev)
@@ -139,9 +119,8 @@ def _rank_select_triton(
     block = next_pow2(c)
     select_kernel[(r,)](
         z, part_m, part_l, ret, ret_score, estimated, est_ids, c, nb, n_ret, n_ret + n_est,
-        G=g, BLOCK=block, BLOCK_NB=next_pow2(nb), ARITY=SELECT_ARITY,
-        STEPS=_search_steps(SELECT_ARITY),
-        num_warps=SELECT_WARPS or (8 if block <= 8192 else 16),
+        G=g, BLOCK=block, BLOCK_NB=next_pow2(nb), STEPS=SEARCH_STEPS,
+        num_warps=8 if block <= 8192 else 16,
     )  # fmt: skip
     if not sort:
         return RankSelection(z, ret, estimated.view(torch.bool), est_ids, ret_score)
@@ -159,11 +138,6 @@ def scan_dtype(q: torch.Tensor, centroids: torch.Tensor) -> torch.dtype:
 def sort_retrieved(ret: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     """ret [R, n] ordered by score [R, n] descending, ties in position order."""
     return ret.gather(1, torch.sort(score, dim=1, descending=True, stable=True).indices)
-
-
-def _search_steps(arity: int) -> int:
-    """Steps of an arity-ary search over the 2**31 non-negative float32 bit patterns."""
-    return math.ceil(31 / math.log2(arity))
 
 
 def _is_pow2(n: int) -> bool:

@@ -1,8 +1,6 @@
 """A decode step's inputs into the layer's buffers and its outputs out of them, one kernel each.
 
-Between two CUDA-graph replays of a layer step the host used to launch eight small kernels
-(position fill, three input copies, two steady-zone writes, the output cast, the counts copy):
-~30 us of a 0.34 ms step on the H100 at 128K x 16 (results/step_profile_cuda_v17.json). Here:
+Between two CUDA-graph replays of a layer step (eight small torch kernels otherwise):
 `load_step` writes the new token's K/V into the steady zone at its position, the query into the
 graph's static query buffer and the position into its device tensor; `unload_step` copies the
 output (cast to the caller's dtype) and the step counts out of the graph's buffers, which the
@@ -18,15 +16,6 @@ from .availability import pick
 from .sizes import cdiv, next_pow2
 
 UNLOAD_BLOCK = 2048  # output elements per unload program
-# False: the torch references even on CUDA (a profiler variant: six small kernels, as before)
-USE_KERNELS = True
-
-
-def _use(use_triton: bool | None, t: torch.Tensor) -> bool:
-    """pick(), with USE_KERNELS = False turning the default (None) into the reference."""
-    if use_triton is None and not USE_KERNELS:
-        return False
-    return pick(use_triton, t)
 
 
 def load_step(
@@ -47,7 +36,7 @@ def load_step(
         raise ValueError(f"position must be in [0, {cap}), got {position}")
     if (q is None) != (q_dst is None):
         raise ValueError("q and q_dst go together")
-    if not _use(use_triton, steady_k):
+    if not pick(use_triton, steady_k):
         load_step_reference(k_new, v_new, steady_k, steady_v, pos, position, q, q_dst)
         return
     _launch_token(k_new, v_new, steady_k, steady_v, pos, position, q, q_dst)
@@ -62,7 +51,7 @@ def write_token(
     use_triton: bool | None = None,
 ) -> None:
     """steady[:, :, pos] = new token (capturable: the position is read on the device)."""
-    if not _use(use_triton, steady_k):
+    if not pick(use_triton, steady_k):
         steady_k.index_copy_(2, pos, k_new.unsqueeze(2).to(steady_k.dtype))
         steady_v.index_copy_(2, pos, v_new.unsqueeze(2).to(steady_v.dtype))
         return
@@ -76,7 +65,7 @@ def unload_step(
     use_triton: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh copies (out in `dtype`, counts) that later replays leave alone."""
-    if not _use(use_triton, out):
+    if not pick(use_triton, out):
         return out.to(dtype, copy=True), counts.clone()
     from ._step_io_triton import unload_kernel
 

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from inference_worker.model import AttentionMetadata, FullAttentionBackend
-from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer import (
+    InProcessClusterSource,
+    RetroInferConfig,
+    RetroInferLayer,
+    StepOptions,
+)
 from tests.retro_fixtures import make_layer
 
 
@@ -46,8 +51,7 @@ def test_layer_sizes_follow_the_helper(floor):
     """Step statistics, the selected clusters, the cache and the graph widths all use n_ret."""
     cfg = RetroInferConfig(min_retrieval_clusters=floor)
     gen = torch.Generator().manual_seed(floor)
-    layer, _ = make_layer(cfg, 6, 2, 16, 1)
-    layer.record_selection = True
+    layer, _ = make_layer(cfg, 6, 2, 16, 1, options=StepOptions(record_selection=True))
     layer.prefill(
         torch.randn(1, 2, 2100, 16, generator=gen), torch.randn(1, 2, 2100, 16, generator=gen)
     )
@@ -68,8 +72,7 @@ def test_layer_sizes_follow_the_helper(floor):
     assert layer.buffer.pages == math.ceil(
         cfg.cache_clusters(c) * cfg.cluster_size / cfg.page_tokens
     )
-    tokens, _ = layer._fixed_widths()
-    assert tokens == cfg.exec_buffer_clusters(c) * cfg.cluster_size
+    assert layer.state.exec_tokens() == cfg.exec_buffer_clusters(c) * cfg.cluster_size
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

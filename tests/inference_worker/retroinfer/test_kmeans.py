@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from inference_worker.retroinfer import RetroInferConfig, build_segment, segmented_kmeans
-from inference_worker.retroinfer.kmeans import segment_bounds
+from inference_worker.retroinfer.kmeans_common import segment_bounds
 
 
 def _reference_kmeans(keys, n_seg, per_seg, iterations):

@@ -1,17 +1,23 @@
-"""CUDA-only checks (skipped without a GPU): the CUDA-graph decode path vs the eager path."""
+"""CUDA-only checks (skipped without a GPU): a layer step replayed from a CUDA graph (LayerGraph)
+vs the eager step."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer import (
+    InProcessClusterSource,
+    LayerGraph,
+    RetroInferConfig,
+    RetroInferLayer,
+)
 from tests.retro_fixtures import full_attention
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def _layer(config, dtype, graph, hq=32, hkv=8, d=128, batch=2):
+def _layer(config, dtype, hq=32, hkv=8, d=128, batch=2):
     ids = [f"s{b}" for b in range(batch)]
     source = InProcessClusterSource()
     return RetroInferLayer(
@@ -25,7 +31,6 @@ def _layer(config, dtype, graph, hq=32, hkv=8, d=128, batch=2):
         dtype=dtype,
         device="cuda",
         on_segment=lambda s: source.put(ids, s),
-        use_cuda_graph=graph,
     )
 
 
@@ -47,9 +52,10 @@ def test_graph_path_matches_eager_path_bf16():
     kv, steps = _inputs(torch.bfloat16, 20000, 12)
     runs = []
     for graph in (False, True):
-        layer = _layer(RetroInferConfig(cache_ratio=0.03), torch.bfloat16, graph)
+        layer = _layer(RetroInferConfig(cache_ratio=0.03), torch.bfloat16)
         layer.prefill(kv[0], kv[1])
-        runs.append([layer.decode(q, n[0], n[1]) for q, n in steps])
+        run = LayerGraph(layer).decode if graph else layer.decode
+        runs.append([run(q, n[0], n[1]) for q, n in steps])
     for (o1, s1), (o2, s2) in zip(*runs, strict=True):
         torch.testing.assert_close(o1.float(), o2.float(), atol=2e-2, rtol=2e-2)
         d1, d2 = s1.as_dict(), s2.as_dict()
@@ -63,21 +69,21 @@ def test_graph_path_full_retrieval_is_full_attention_fp32():
     layer = _layer(
         RetroInferConfig(retrieval_budget=1.0, estimation_budget=0.0),
         torch.float32,
-        True,
         hq=9,
         hkv=3,
         d=64,
         batch=1,
     )
     layer.prefill(kv[0], kv[1])
+    graph = LayerGraph(layer)
     keys, values = kv[0], kv[1]
     kept = []
     for q, new in steps:
-        out, _ = layer.decode(q, new[0], new[1])
+        out, _ = graph.decode(q, new[0], new[1])
         keys = torch.cat([keys, new[0].unsqueeze(2)], dim=2)
         values = torch.cat([values, new[1].unsqueeze(2)], dim=2)
         kept.append((out, full_attention(q, keys, values)))
         torch.testing.assert_close(out.double(), kept[-1][1], atol=1e-4, rtol=1e-3)
-    assert layer._graph is not None
+    assert graph.captures == 1
     for out, want in kept:  # outputs kept across replays are not the graph's reused buffer
         torch.testing.assert_close(out.double(), want, atol=1e-4, rtol=1e-3)

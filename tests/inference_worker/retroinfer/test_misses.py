@@ -20,9 +20,10 @@ FULL = {"retrieval_budget": 1.0, "estimation_budget": 0.0}
 
 
 class BlockingSource(InProcessClusterSource):
-    """A host-blocking source (like the KV-store link): not capturable, records its thread."""
+    """A host-blocking source (like the KV-store link): not graph-safe, records its thread."""
 
-    capturable = False
+    def graph_safe(self) -> bool:
+        return False
 
     def __init__(self) -> None:
         super().__init__()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from benchmarks.real_qkv import capture_qkv
-from inference_worker.retroinfer import RetroInferConfig
+from inference_worker.retroinfer import RetroInferConfig, StepOptions
 from tests.retro_fixtures import make_layer
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,8 @@ def measure(qkv, config: RetroInferConfig) -> dict[str, torch.Tensor]:
     out = {n: torch.zeros(len(qkv), qkv[0][0].shape[0], STEPS, dtype=torch.float64) for n in names}
     for li, (q, k, v) in enumerate(qkv):
         hq, hkv, d = q.shape[0], k.shape[0], q.shape[-1]
-        layer, _ = make_layer(config, hq, hkv, d, 1, layer=li)
-        layer.record_selection = True
+        options = StepOptions(record_selection=True)
+        layer, _ = make_layer(config, hq, hkv, d, 1, layer=li, options=options)
         (segment,) = layer.prefill(k[None, :, :prompt], v[None, :, :prompt])
         for s in range(STEPS):
             t = prompt + s

@@ -58,42 +58,17 @@ def test_put_rejects_wrong_numbering_and_unknown_sequences():
         source.fetch(1, ["a", "zz"], torch.zeros(2, 3, 1, dtype=torch.int64), 8)
 
 
-def test_direct_admission_only_up_to_the_cluster_limit(monkeypatch):
-    """Above DIRECT_MAX_CLUSTERS clusters per row the fast step takes the packed fetch (its
-    misses admitted after the attention); at or below it, the source's cluster table."""
-    from inference_worker.retroinfer import RetroInferConfig, fast_step
-    from tests.retro_fixtures import make_layer
+def test_sources_declare_their_capabilities():
+    """A source without a table or a device-only fetch says so through the protocol's
+    defaults; the in-process source declares both."""
+    from inference_worker.retroinfer import ClusterSource, FetchedBatch
 
-    layer, _ = make_layer(RetroInferConfig(), 8, 2, 16, batch=1)
-    gen = torch.Generator().manual_seed(0)
-    layer.prefill(*torch.randn(2, 1, 2, 3000, 16, generator=gen))
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the CPU table exists for the interpreter
-    c = layer.num_clusters
-    assert 0 < c <= fast_step.DIRECT_MAX_CLUSTERS
-    assert fast_step._direct_table(layer) is not None
-    monkeypatch.setattr(fast_step, "DIRECT_MAX_CLUSTERS", c - 1)
-    assert fast_step._direct_table(layer) is None
-    monkeypatch.setattr(fast_step, "DIRECT_MAX_CLUSTERS", c)
-    assert fast_step._direct_table(layer) is not None
-    layer.direct_admission = False
-    assert fast_step._direct_table(layer) is None
+    class Minimal(ClusterSource):
+        def fetch(self, layer, sequence_ids, cluster_ids, max_tokens) -> FetchedBatch:  # type: ignore[no-untyped-def]
+            raise NotImplementedError
 
-
-def test_cluster_table_row_range_reads_the_parent_rows():
-    """A row range of the cluster table (one micro-batch of the fast step) locates exactly what
-    the whole table locates for those rows; bad ranges are rejected."""
-    from tests.inference_worker.retroinfer.kernels.book_cases import _random_table
-
-    table = _random_table("cpu", seed=3, rows=5, segments=2, head_dim=4)
-    b, h, c = table.size.shape  # rows are (b, h) flattened: 5 x 1 here
-    ids = torch.randint(-1, c, (b, h, 6), generator=torch.Generator().manual_seed(4))
-    offs, runs = table.runs_reference(ids, 100)  # runs [4, rows * 6]: src k, src v, dst, rows
-    part = table.row_range(1, 4)
-    assert part.size.shape == (1, 3, c) and part.base_k is table.base_k
-    got_offs, got_runs = part.runs_reference(ids.view(1, 5, 6)[:, 1:4], 100)
-    assert torch.equal(got_offs, offs.view(1, 5, 7)[:, 1:4])
-    want = runs.view(4, 5, 6)[:, 1:4].reshape(4, -1)
-    assert torch.equal(got_runs[[0, 1, 3]], want[[0, 1, 3]])  # source offsets (k, v), rows
-    assert bool((got_runs[0] != runs[0, :18]).any())  # not simply the first rows
-    with pytest.raises(ValueError, match="0 <= lo < hi <= 5, got 2, 9"):
-        table.row_range(2, 9)
+    assert Minimal().cluster_table(0, ["a"]) is None and not Minimal().graph_safe()
+    source = InProcessClusterSource()
+    assert source.graph_safe() and source.cluster_table(0, ["a"]) is None  # nothing uploaded
+    with pytest.raises(TypeError, match="abstract"):
+        ClusterSource()  # type: ignore[abstract]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
-import pytest
 import torch
 
 from inference_worker.retroinfer import WaveBuffer
@@ -151,23 +150,3 @@ def test_vectorised_lru_matches_reference_on_random_steps():
     assert buf.hits.tolist() == [ref.hits for ref in refs]
     assert buf.misses.tolist() == [ref.misses for ref in refs]
     assert sum(ref.hits for ref in refs) > 0
-
-
-def test_row_range_shares_memory_and_clock_and_rejects_bad_ranges():
-    buf = WaveBuffer(rows=5, pages=4, page_tokens=2, head_dim=3, dtype=torch.float32,
-                     device=torch.device("cpu"))  # fmt: skip
-    buf.grow(10)
-    view = buf.row_range(2, 4)
-    assert view.rows == 2 and view.num_clusters == 10
-    view.stamp[1, 3] = 7  # row 3 of the parent
-    view.keys[0].fill_(1.0)  # row 2
-    view.advance_clock(4)
-    assert int(buf.stamp[3, 3]) == 7 and bool((buf.keys[2] == 1).all())
-    assert float(buf.keys[[0, 1, 3, 4]].abs().sum()) == 0.0
-    assert int(buf.clock) == 5  # one clock for the whole buffer
-    assert view.scratch(6).data_ptr() == buf.scratch(6)[2].data_ptr()
-    for lo, hi in ((-1, 2), (3, 3), (4, 6)):
-        with pytest.raises(ValueError, match=f"0 <= lo < hi <= 5, got {lo}, {hi}"):
-            buf.row_range(lo, hi)
-    with pytest.raises(RuntimeError, match="grow the whole wave buffer"):
-        view.grow(20)

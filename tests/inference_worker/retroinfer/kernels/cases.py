@@ -13,7 +13,6 @@ import torch
 
 from inference_worker.retroinfer.attention import merge
 from inference_worker.retroinfer.config import RetroInferConfig
-from inference_worker.retroinfer.kernels import rank as rank_mod
 from inference_worker.retroinfer.kernels.availability import patch_interpreter_index
 from inference_worker.retroinfer.kernels.decode_attention import (
     CopyIn,
@@ -216,8 +215,7 @@ def check_select_ties(device: str, seed: int) -> None:
     case["centroids"] = pool.gather(1, pick_.unsqueeze(-1).expand(r, c, d)).contiguous()
     case["sizes"] = torch.where(case["sizes"] > 0, 7, 0)  # equal sizes keep the ties exact
     assert case["scale"] == 0.125  # d = 64: a power of two, exact
-    for arity in (2, 4, 8, 256):  # bisection, packed 4-ary, 8-ary (2-D counts), radix
-        _check_ties(case, {"SELECT_ARITY": arity}, exact=True)
+    _check_ties(case, exact=True)
 
 
 def _dyadic(x: torch.Tensor, bound: float) -> torch.Tensor:
@@ -229,13 +227,12 @@ def check_select_bounds(device: str, seed: int) -> None:
     """The bisection's early exit and its row-range start: a gap right after the n_ret-th score
     (the first threshold inside it counts exactly n_ret), zones ending at the last cluster
     (n_ret + n_est = C: the threshold is the row's smallest score), rows whose clusters are
-    mostly empty (many zero scores), and fresh random rows at several sizes; the bisection
-    and the packed 4-ary search alike."""
+    mostly empty (many zero scores), and fresh random rows at several sizes."""
     gen = torch.Generator(device=device).manual_seed(seed)
     for i, (c, n_ret, n_est) in enumerate(((700, 20, 100), (300, 7, 293))):
         case = rank_case(3, 4, c, 64, torch.float32, device, seed + i)
         case["n_ret"], case["n_est"] = n_ret, n_est
-        _check_arities(case)
+        _check_ties(case)
     case = rank_case(3, 4, 700, 64, torch.float32, device, seed + 5)
     top = torch.rand(3, 700, generator=gen, device=device).argsort(1)[:, :20]  # [R, 20]
     boost = torch.zeros(3, 700, 64, device=device).scatter_(
@@ -243,28 +240,16 @@ def check_select_bounds(device: str, seed: int) -> None:
     )
     case["centroids"] = case["centroids"] + boost * case["q"].float().mean(1, keepdim=True).sign()
     case["n_ret"], case["n_est"] = 20, 200
-    _check_arities(case)
+    _check_ties(case)
     case["sizes"] = torch.where(torch.rand(3, 700, generator=gen, device=device) < 0.6, 0, 5)
     case["sizes"][:, :300] = 5  # at least n_ret + n_est non-empty clusters
-    _check_arities(case)
+    _check_ties(case)
 
 
-def _check_arities(case: Case) -> None:
-    for arity in (2, 4):  # bisection, packed 4-ary search: same early exit and bounds
-        _check_ties(case, {"SELECT_ARITY": arity})
-
-
-def _check_ties(case: Case, knobs: dict[str, int], exact: bool = False) -> None:
+def _check_ties(case: Case, exact: bool = False) -> None:
     """exact: the case's logits are exact in fp32 (see check_select_ties); the kernel's must
     then equal the reference's bit for bit, so that tied clusters are tied in both."""
-    old = {k: getattr(rank_mod, k) for k in knobs}
-    for k, v in knobs.items():
-        setattr(rank_mod, k, v)
-    try:
-        got = rank_select(**case, use_triton=True)
-    finally:
-        for k, v in old.items():
-            setattr(rank_mod, k, v)
+    got = rank_select(**case, use_triton=True)
     r = case["q"].shape[0]
     score = rank_select_reference(**case).z  # [R, G, C]
     if exact:

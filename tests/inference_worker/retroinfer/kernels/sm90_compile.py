@@ -78,18 +78,11 @@ def _rank(dtype: torch.dtype) -> None:
     case = rank_case(4, 4, 8192, 128, dtype, "cpu", seed=0)  # int8 centroids with scales
     case["centroids"], case["centroid_scale"] = quantize_centroids(case["centroids"])
     rank.rank_select(**case, use_triton=True, sort=False)
-    for knob, value in (("SELECT_ARITY", 4), ("SELECT_ARITY", 8), ("SELECT_ARITY", 256)):
-        default = getattr(rank, knob)
-        setattr(rank, knob, value)
-        try:
-            rank.rank_select(**rank_case(4, 4, 8192, 128, dtype, "cpu", seed=0), use_triton=True)
-        finally:
-            setattr(rank, knob, default)
 
 
 def _decode(dtype: torch.dtype) -> None:
+    from inference_worker.retroinfer.fast_step import HITS_TUNING
     from inference_worker.retroinfer.kernels.decode_attention import (
-        TUNING_VARIANTS,
         DecodeTuning,
         decode_attention,
     )
@@ -98,11 +91,8 @@ def _decode(dtype: torch.dtype) -> None:
 
     case = attention_case(4, 4, 128, 512, 600, dtype, "cpu", seed=0)
     default = [DecodeTuning()]
-    # value sums in the K/V dtype (the GPU default) under every profiled launch shape
-    for value_dtype, tunings in (
-        (dtype, [*default, *TUNING_VARIANTS.values()]),
-        (torch.float32, default),
-    ):
+    # value sums in the K/V dtype (the GPU default) under the step's launch shapes
+    for value_dtype, tunings in ((dtype, [*default, HITS_TUNING]), (torch.float32, default)):
         case["value_sums"] = case["value_sums"].to(value_dtype)
         for tuning in tunings if dtype != torch.float32 else default:
             decode_attention(**case, use_triton=True, tuning=tuning)
@@ -118,24 +108,16 @@ def _copy(dtype: torch.dtype) -> None:
 
     case = copy_case(40, 128, dtype, "cpu", seed=0)
     dst_k = torch.empty(case.pop("dst_shape"), dtype=dtype)
-    for runs in (4, 8, 16):
-        gather.COPY_RUNS = runs
-        try:
-            gather.copy_runs(
-                case["src_k"], case["src_v"], dst_k, torch.empty_like(dst_k), case["src_off"],
-                case["src_off"], case["dst_off"], case["rows"], 128, use_triton=True,
-            )  # fmt: skip
-        finally:
-            gather.COPY_RUNS = 8
+    for block_rows in (8, 16):  # page-sized (admission) and cluster-sized (fetch) runs
+        gather.copy_runs(
+            case["src_k"], case["src_v"], dst_k, torch.empty_like(dst_k), case["src_off"],
+            case["src_off"], case["dst_off"], case["rows"], 128, use_triton=True,
+            block_rows=block_rows,
+        )  # fmt: skip
 
 
 def _bookkeeping(dtype: torch.dtype) -> None:
-    from inference_worker.retroinfer.kernels.bookkeeping import (
-        admit_direct,
-        admit_step,
-        plan_admit,
-        plan_step,
-    )
+    from inference_worker.retroinfer.kernels.bookkeeping import admit_direct, admit_step, plan_step
     from inference_worker.retroinfer.wave_buffer import WaveBuffer
     from tests.inference_worker.retroinfer.kernels.book_cases import _random_table
 
@@ -155,10 +137,6 @@ def _bookkeeping(dtype: torch.dtype) -> None:
     admit_direct(buf, plan, table, plan.take, plan.fill, plan.count)
     plan = plan_step(buf, ret % table.size.shape[2], table.size.reshape(r, -1), 400, 33, True)
     admit_direct(buf, plan, table, plan.take, plan.fill, plan.count, copy=False)
-    ids = ret % table.size.shape[2]  # misses listed in place, admission beside the attention
-    plan = plan_step(buf, ids, table.size.reshape(r, -1), 400, 33, True, in_place=table)
-    admit_direct(buf, plan, table, plan.take, plan.fill, plan.count, table_writes=False)
-    plan_admit(buf, ids, table.size.reshape(r, -1), 400, 33, table, torch.rand(r, n))  # one kernel
     table.fetch(ret.view(r, 1, n) % table.size.shape[2], 64, use_triton=True)
 
 

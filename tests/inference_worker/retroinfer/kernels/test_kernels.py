@@ -11,7 +11,12 @@ import math
 import pytest
 import torch
 
-from inference_worker.retroinfer import InProcessClusterSource, RetroInferConfig, RetroInferLayer
+from inference_worker.retroinfer import (
+    InProcessClusterSource,
+    RetroInferConfig,
+    RetroInferLayer,
+    StepOptions,
+)
 from inference_worker.retroinfer.kernels import (
     combine_partials,
     copy_runs_reference,
@@ -147,7 +152,7 @@ def test_copy_runs_reference_is_a_row_loop():
 
 
 def test_copy_select_attention_kernels_match_references_interpreted():
-    """Page-sized and cluster-sized copy runs; the radix selection with exact score ties; the
+    """Page-sized and cluster-sized copy runs; the selection with exact score ties; the
     decode kernel at two launch shapes."""
     pytest.importorskip("triton")
     run_check(["-m", "tests.inference_worker.retroinfer.kernels.cases"])
@@ -180,12 +185,11 @@ def test_kernels_match_references_gpu(dtype):
 def _layer(use_kernels, dtype, batch=2, source=None):
     ids = [f"s{b}" for b in range(batch)]
     source = source or InProcessClusterSource()
-    layer = RetroInferLayer(
+    return RetroInferLayer(
         RetroInferConfig(cache_ratio=0.05), 0, 32, 8, 128, source, ids, dtype=dtype,
-        device="cuda", on_segment=lambda s: source.put(ids, s), use_cuda_graph=False,
+        device="cuda", on_segment=lambda s: source.put(ids, s),
+        options=StepOptions(kernels=use_kernels),
     )  # fmt: skip
-    layer.use_kernels = use_kernels
-    return layer
 
 
 @cuda
