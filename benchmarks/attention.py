@@ -19,7 +19,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import torch
@@ -228,11 +228,11 @@ def _layer(
     ids = [f"seq{b}" for b in range(batch)]
     source = InProcessClusterSource()
 
-    def keep(segment: IndexSegment) -> None:
+    def keep(owners: list[Hashable], segment: IndexSegment) -> None:
         if where == "host":
             keys, values = segment.keys.cpu().pin_memory(), segment.values.cpu().pin_memory()
             segment = dataclasses.replace(segment, keys=keys, values=values)
-        source.put(ids, segment)
+        source.put(owners, segment)
 
     layer = RetroInferLayer(
         cfg, 0, Q_HEADS, KV_HEADS, HEAD_DIM, source, ids, dtype=dtype, device=device,

@@ -90,7 +90,7 @@ def _run_layer(
     source = InProcessClusterSource()
     layer = RetroInferLayer(  # fp32 centroids, rounded below to emulate each storage
         RetroInferConfig(centroid_format="model"), li, hq, hkv, d, source, ids,
-        on_segment=lambda s: source.put(ids, s), options=StepOptions(record_selection=True),
+        on_segment=source.put, options=StepOptions(record_selection=True),
     )  # fmt: skip
     layer.prefill(k[None, :, :prompt], v[None, :, :prompt])
     layer.meta.centroids = _rounded(layer.meta.centroids, dtype)  # stored narrow, math in fp32

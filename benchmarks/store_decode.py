@@ -23,60 +23,20 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from benchmarks.random_model import RANDOM_MODELS, random_engine
 from benchmarks.store import device_name as cpu_name
 from benchmarks.store import start
 from client import KVStoreClient
 from inference_worker.engine import EngineConfig, GenerationEngine, GenerationRequest, GrpcStoreLink
 from inference_worker.engine.store_link import InProcessStoreLink, StoreLink
-from inference_worker.model import CausalLM, ModelConfig, build_model
-from inference_worker.model.loading import LoadedModel
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
 
 log = logging.getLogger("benchmarks.store_decode")
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-RANDOM_MODELS = {
-    "random-smollm2": ModelConfig(
-        family="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
-        num_heads=9, num_kv_heads=3, head_dim=64, rope_theta=100000.0,
-        max_position_embeddings=8192, tie_word_embeddings=True,
-    ),
-    "random-llama8b": ModelConfig(
-        family="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-        num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=500000.0,
-        max_position_embeddings=131072,
-    ),
-}  # fmt: skip
-
-
-class _NoTextTokenizer:
-    """Random-weight models have no vocabulary: token ids in, no text out, no EOS."""
-
-    eos_token_ids: tuple[int, ...] = ()
-
-    def decode(self, ids: list[int]) -> str:
-        return ""
-
-
-def random_engine(name: str, device: torch.device) -> GenerationEngine:
-    config = RANDOM_MODELS[name]
-    with torch.device("meta"):
-        shell = CausalLM(config)
-    gen = torch.Generator(device=device).manual_seed(0)
-    state = {}
-    for key, p in shell.state_dict().items():
-        w = torch.empty(p.shape, dtype=torch.bfloat16, device=device)
-        state[key] = w.fill_(1.0) if "norm" in key else w.normal_(0.0, 0.02, generator=gen)
-    model = build_model(config, state, device)
-    tokenizer: Any = _NoTextTokenizer()
-    loaded = LoadedModel(model, tokenizer, config, Path(name), device, torch.bfloat16)
-    return GenerationEngine(loaded)
 
 
 @dataclass(slots=True)

@@ -34,7 +34,7 @@ def make_layer(
     ids = [f"s{b}" for b in range(batch)]
     source = InProcessClusterSource()
     rl = RetroInferLayer(
-        config, layer, hq, hkv, d, source, ids, on_segment=lambda seg: source.put(ids, seg),
+        config, layer, hq, hkv, d, source, ids, on_segment=source.put,
         options=options,
     )  # fmt: skip
     return rl, source

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from inference_worker.retroinfer import RetroInferConfig
+from inference_worker.retroinfer import RetroInferConfig, StepOptions
 
 Attention = Literal["retroinfer", "full"]
 ATTENTIONS: tuple[Attention, ...] = ("retroinfer", "full")
@@ -25,6 +25,9 @@ class EngineConfig:
     max_model_len: int | None = None
     # decode steps replayed from CUDA graphs where the device allows (no effect on CPU)
     cuda_graphs: bool = True
+    # how RetroInfer layers run their step (the defaults: the Triton step where it runs);
+    # record_selection for per-layer retrieval studies, kernels=False for the torch reference
+    step_options: StepOptions = field(default_factory=StepOptions)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:

@@ -19,7 +19,7 @@ import torch
 
 from inference_worker.engine.config import EngineConfig
 from inference_worker.engine.full_runner import FullAttentionRunner
-from inference_worker.engine.retro_runner import RetroCohortRunner
+from inference_worker.engine.retro_runner import RetroSlotRunner
 from inference_worker.engine.sampler import SamplingBatch, sample
 from inference_worker.engine.scheduler import Scheduler
 from inference_worker.engine.sequence import RequestOutput, Sequence, Status
@@ -45,15 +45,19 @@ class GenerationEngine:
         self.device = loaded.device
         self.config = config or EngineConfig()
         self.store = store if store is not None else InProcessStoreLink()
-        retro = self.config.attention == "retroinfer"
-        self.scheduler = Scheduler(self.config.max_batch_size, cohorts=retro)
-        self.runner: FullAttentionRunner | RetroCohortRunner = (
-            RetroCohortRunner(loaded, self.config.retro, self.store, self.config.cuda_graphs)
-            if retro
-            else FullAttentionRunner(loaded, self.config.max_batch_size, self.config.cuda_graphs)
-        )
+        cfg = self.config
+        self.scheduler = Scheduler(cfg.max_batch_size)
+        self.runner = self._runner(loaded, cfg)
         self._eos = frozenset(self.tokenizer.eos_token_ids)
         self._aborted: list[Sequence] = []  # waiting requests aborted since the last step
+
+    def _runner(
+        self, loaded: LoadedModel, cfg: EngineConfig
+    ) -> FullAttentionRunner | RetroSlotRunner:
+        if cfg.attention == "full":
+            return FullAttentionRunner(loaded, cfg.max_batch_size, cfg.cuda_graphs)
+        return RetroSlotRunner(loaded, cfg.retro, self.store, cfg.max_batch_size,
+                               cfg.cuda_graphs, cfg.step_options)  # fmt: skip
 
     @classmethod
     def load(
@@ -96,6 +100,7 @@ class GenerationEngine:
             )
         self.scheduler.add(Sequence.of(request, prompt))
 
+    @torch.inference_mode()
     def abort_request(self, request_id: str) -> bool:
         """Stop a request; its store sequence is released and the next step reports it
         finished with reason "abort". False if no unfinished request has that id."""
@@ -116,26 +121,41 @@ class GenerationEngine:
 
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
-        """Admit, prefill one chunk, decode one token per running request, retire the
-        finished. On an error every request holding a slot is released and failed (the
-        exception propagates); waiting requests stay queued."""
+        """Admit, prefill one chunk, decode one token per running request (a request whose
+        prompt completed in this step included), retire the finished. On an error every
+        request holding a slot is released and failed (the exception propagates); waiting
+        requests stay queued."""
         outputs = [self._finished_output(s) for s in self._aborted]
         self._aborted = []
+        new: dict[str, list[int]] = {}
         try:
-            schedule, admitted = self.scheduler.schedule()
-            if admitted:
-                self.runner.admit(admitted)
-            stepped = self._prefill(schedule.prefill) + self._decode(schedule.decode)
+            schedule = self.scheduler.schedule()
+            if schedule.admitted:
+                self.runner.admit(schedule.admitted)
+            self._note(self._prefill(schedule.prefill), new, outputs)
+            running = [s for s in self.scheduler.active() if s.status is Status.RUNNING]
+            self._note(self._decode(running), new, outputs)
         except Exception as error:
             self._fail_active(error)
             raise
+        done = {o.request_id for o in outputs}
+        for seq in self.scheduler.active():
+            if seq.id in new and seq.id not in done:
+                outputs.append(RequestOutput(seq.id, new[seq.id], False))
+        return outputs
+
+    def _note(
+        self,
+        stepped: list[tuple[Sequence, int]],
+        new: dict[str, list[int]],
+        outputs: list[RequestOutput],
+    ) -> None:
+        """Record each sequence's new token; retire the finished ones (reported at once)."""
         for seq, token in stepped:
+            new.setdefault(seq.id, []).append(token)
             if seq.status is Status.FINISHED:
                 self._retire(seq)
-                outputs.append(self._finished_output(seq, [token]))
-            else:
-                outputs.append(RequestOutput(seq.id, [token], False))
-        return outputs
+                outputs.append(self._finished_output(seq, new[seq.id]))
 
     def generate(self, requests: Seq[GenerationRequest]) -> list[GenerationResult]:
         """Complete every request (batched as the scheduler allows); results in request

@@ -1,118 +1,141 @@
-"""RetroInfer as the model's attention backend: dense chunked prefill, then wave-index decode.
+"""RetroInfer as the model's attention backend: B batch slots over every layer.
 
-Prefill runs full attention over a dense cache. After the last prefill chunk of a layer, that
-layer's wave index is built on the device and its cluster-major segment is queued for upload to
-the store (the upload proceeds on a background thread while the next layer computes). Decode
-calls the layer's RetroInferLayer, which reads missed clusters from the store link.
+A sequence is prefilled alone with full attention over a dense cache of its prompt (chunked).
+After its last prompt chunk reaches a layer, that layer's wave index is built on the device and
+the sequence takes its slot in the layer (`RetroInferLayer.admit`); the cluster-major segments
+go to the store link (an upload that proceeds on a background thread while the next layer
+computes). Decode steps run every slot of every layer; misses come from the store link.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 from torch import Tensor
 
 from inference_worker.engine.store_link import StoreLink
 from inference_worker.model import AttentionMetadata, FullAttentionBackend, ModelConfig
-from inference_worker.retroinfer import RetroInferConfig, RetroInferLayer, StepStats
-from inference_worker.retroinfer.stats import COUNT_NAMES
+from inference_worker.retroinfer import (
+    IndexSegment,
+    RetroInferConfig,
+    RetroInferLayer,
+    StepOptions,
+    StepStats,
+)
 
 
 class RetroInferBackend:
-    """Attention for B equal-length sequences (one batch group) over all layers."""
+    """Attention for up to `batch` sequences (slots; `grow` adds more) over all layers."""
 
     def __init__(
         self,
         model_config: ModelConfig,
         retro_config: RetroInferConfig,
         link: StoreLink,
-        sequence_ids: Sequence[str],
-        prompt_len: int,
+        batch: int,
         dtype: torch.dtype,
         device: torch.device,
+        options: StepOptions | None = None,
     ) -> None:
         c = model_config
-        self.link, self.sequence_ids, self.prompt_len = link, list(sequence_ids), prompt_len
-        self.layers = [
-            RetroInferLayer(
-                retro_config,
-                i,
-                c.num_heads,
-                c.num_kv_heads,
-                c.head_dim,
-                link,
-                self.sequence_ids,
-                dtype,
-                device,
-            )
-            for i in range(c.num_layers)
-        ]
-        self.dense: FullAttentionBackend | None = FullAttentionBackend.for_model(
-            c, len(self.sequence_ids), prompt_len, dtype, device
-        )
-        self.totals: dict[str, Tensor] = {}  # counter name -> [] int64 on the device
-        self.steps = 0
-        self.index_updates = 0
+        self.model_config, self.link = c, link
+        self.dtype, self.device = dtype, device
+        self.layers = [self._layer(retro_config, i, batch, options) for i in range(c.num_layers)]
+        self._dense: FullAttentionBackend | None = None  # the prompt being prefilled
+        self._target: tuple[int, str, int] | None = None  # its slot, store id, length
+        self.updates: dict[Hashable, int] = {}  # index updates per sequence (all layers)
         self.last_step: StepStats | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.layers[0].batch
+
+    def grow(self, batch: int) -> None:
+        for layer in self.layers:
+            layer.grow(batch)
+
+    def begin_prefill(self, slot: int, store_id: str, prompt_len: int) -> None:
+        """The next prefill calls are one sequence's prompt chunks, for slot `slot`."""
+        self._dense = FullAttentionBackend.for_model(
+            self.model_config, 1, prompt_len, self.dtype, self.device
+        )
+        self._target = (slot, store_id, prompt_len)
+        self.updates[store_id] = 0
 
     def prefill(
         self, layer: int, q: Tensor, k: Tensor, v: Tensor, meta: AttentionMetadata
     ) -> Tensor:
-        """q [B, Hq, T, D], k/v [B, Hkv, T, D] -> [B, Hq, T, D]; indexes the layer at the end."""
-        if self.dense is None:
-            raise RuntimeError("prefill after the prompt was indexed: one prompt per backend")
-        out = self.dense.prefill(layer, q, k, v, meta)
-        if meta.kv_len == self.prompt_len:
-            b, n = len(self.sequence_ids), self.prompt_len
-            keys = self.dense.k_cache[layer, :b, :, :n]  # [B, Hkv, L, D]
-            values = self.dense.v_cache[layer, :b, :, :n]
-            for segment in self.layers[layer].prefill(keys, values):
-                self.link.upload(self.sequence_ids, segment)
+        """q [1, Hq, T, D], k/v [1, Hkv, T, D] -> [1, Hq, T, D]; after the prompt's last chunk
+        the sequence takes its slot in this layer (its index built and uploaded)."""
+        if self._dense is None or self._target is None:
+            raise RuntimeError("prefill without begin_prefill(): one prompt at a time")
+        out = self._dense.prefill(layer, q, k, v, meta)
+        slot, store_id, n = self._target
+        if meta.kv_len == n:
+            keys = self._dense.k_cache[layer, :1, :, :n]  # [1, Hkv, L, D]
+            values = self._dense.v_cache[layer, :1, :, :n]
+            self.layers[layer].admit([slot], [store_id], keys, values)
             if layer == len(self.layers) - 1:
-                self.dense = None  # the prompt now lives in the index + steady zones
+                self._dense, self._target = None, None  # the prompt lives in the index now
         return out
 
     def decode(
         self, layer: int, q: Tensor, k: Tensor, v: Tensor, meta: AttentionMetadata
     ) -> Tensor:
-        """q [B, Hq, 1, D], k/v [B, Hkv, 1, D] -> [B, Hq, 1, D]."""
+        """q [B, Hq, 1, D], k/v [B, Hkv, 1, D] -> [B, Hq, 1, D] (every slot)."""
         out, stats = self.layers[layer].decode(q[:, :, 0], k[:, :, 0], v[:, :, 0])
-        self.record([stats], first_layer=layer == 0)
+        self.record([stats])
         return out.unsqueeze(2)
 
-    def record(self, stats: Sequence[StepStats], first_layer: bool = True) -> None:
+    def record(self, stats: Sequence[StepStats]) -> None:
         """Account layers' decode steps (a step replayed from a graph reports all layers at
-        once): upload index updates, sum the counters."""
+        once; their segments were uploaded by on_segment)."""
         for s in stats:
-            if s.new_segment is not None:
-                self.link.upload(self.sequence_ids, s.new_segment)
-                self.index_updates += 1
-            for name, value in s.counts.items():
-                self.totals[name] = self.totals.get(name, 0) + value
+            for owners, _ in s.new_segments:
+                for owner in owners:
+                    self.updates[owner] = self.updates.get(owner, 0) + 1
             self.last_step = s
-        if first_layer:
-            self.steps += 1
 
-    def summary(self) -> dict[str, object]:
-        """Counters over all decode steps and layers (synchronises with the device). The
-        same keys every time; `indexed` False with the reason when the prompt was too short
-        for an index (the request then ran as full attention until an index update)."""
-        totals = {name: int(self.totals.get(name, 0)) for name in COUNT_NAMES}
+    def release(self, slot: int) -> None:
+        for layer in self.layers:
+            layer.release(slot)
+
+    def summary(self, slot: int, store_id: str, prompt_len: int) -> dict[str, object]:
+        """One sequence's statistics over its decode steps and every layer (one sync per
+        layer). The same keys every time; `indexed` False with the reason when the prompt was
+        too short for an index (it then ran as full attention until an index update)."""
+        totals = {"hits": 0, "misses": 0, "evicted": 0}
+        for layer in self.layers:
+            for name, value in layer.counters(slot).items():
+                totals[name] += value
         hits, misses = totals["hits"], totals["misses"]
         last = self.last_step
         threshold = self.layers[0].config.index_threshold
-        indexed = self.prompt_len >= threshold
+        indexed = prompt_len >= threshold
+        reason = None if indexed else (
+            f"prompt of {prompt_len} tokens is below the index threshold of {threshold} tokens "
+            "(sink + window + update_tokens)"
+        )  # fmt: skip
         return {
             **totals,
             "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
-            "index_updates": self.index_updates,
+            "index_updates": self.updates.get(store_id, 0),
             "indexed": indexed,
-            "not_indexed_reason": None
-            if indexed
-            else f"prompt of {self.prompt_len} tokens is below the index threshold of "
-            f"{threshold} tokens (sink + window + update_tokens)",
-            "num_clusters": self.layers[0].num_clusters,
+            "not_indexed_reason": reason,
+            "num_clusters": self.layers[0].meta.counts[slot],
             "retrieval_clusters": last.retrieval_clusters if last else 0,
             "estimation_clusters": last.estimation_clusters if last else 0,
         }
+
+    def _layer(
+        self, config: RetroInferConfig, i: int, batch: int, options: StepOptions | None
+    ) -> RetroInferLayer:
+        c = self.model_config
+        return RetroInferLayer(
+            config, i, c.num_heads, c.num_kv_heads, c.head_dim, self.link, [None] * batch,
+            self.dtype, self.device, on_segment=self._upload, options=options,
+        )  # fmt: skip
+
+    def _upload(self, owners: list[Hashable], segment: IndexSegment) -> None:
+        self.link.upload([str(o) for o in owners], segment)

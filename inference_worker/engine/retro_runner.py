@@ -1,9 +1,10 @@
-"""RetroInfer for the engine: one cohort of equal-length sequences at a time.
+"""RetroInfer for the engine: continuous batching over the layers' batch slots.
 
-The scheduler admits a cohort (requests of one prompt length) into an empty batch; its rows
-prefill together, are indexed and uploaded to the store, and decode together until every row
-is done (a finished row keeps feeding its last token, ignored). On CUDA with a capturable
-store link the decode step is replayed from one CUDA graph (model and attention).
+A request takes a free slot (the scheduler's), its prompt is prefilled alone in chunks (full
+attention over a dense cache of the prompt) and indexed into its slot, layer by layer; every
+decode step runs all slots (a free slot feeds a dummy token, its output ignored). The slots
+grow (doubling, up to max_batch_size) when every one is taken. On CUDA the decode step is
+replayed from one CUDA graph (model and attention) where every layer can capture its step.
 """
 
 from __future__ import annotations
@@ -19,94 +20,98 @@ from inference_worker.engine.sequence import Sequence
 from inference_worker.engine.store_link import TORCH_TO_STORE_DTYPE, LinkCounters, StoreLink
 from inference_worker.model import AttentionMetadata, LoadedModel
 from inference_worker.model.retro_graph import GraphedRetroDecoder
-from inference_worker.retroinfer import RetroInferConfig
+from inference_worker.retroinfer import RetroInferConfig, StepOptions
 
 log = logging.getLogger(__name__)
 
 
-class RetroCohortRunner:
-    """Owns the current cohort's RetroInferBackend and its sequences in the store."""
+class RetroSlotRunner:
+    """Owns the RetroInfer backend (its layers' slots) and the sequences in the store."""
 
     def __init__(
-        self, loaded: LoadedModel, retro: RetroInferConfig, link: StoreLink, graphs: bool
+        self,
+        loaded: LoadedModel,
+        retro: RetroInferConfig,
+        link: StoreLink,
+        max_batch_size: int,
+        graphs: bool,
+        options: StepOptions | None = None,
     ) -> None:
-        self.loaded, self.model, self.retro, self.link = loaded, loaded.model, retro, link
+        self.loaded, self.model, self.link = loaded, loaded.model, link
+        self.max_batch_size = max_batch_size
         self.graphs = graphs and loaded.device.type == "cuda"
-        self.rows: list[Sequence] = []  # the cohort, row b = slot b
-        self.done: set[int] = set()  # rows finished (released at the cohort's end)
-        self.backend: RetroInferBackend | None = None
+        self.backend = RetroInferBackend(loaded.config, retro, link, 1, loaded.dtype, loaded.device)
         self.decoder: GraphedRetroDecoder | None = None
-        self._before = LinkCounters()
+        self.held: dict[int, Sequence] = {}  # slot -> its sequence
+        self._before: dict[str, LinkCounters] = {}  # store id -> link counters at admission
 
     def admit(self, seqs: list[Sequence]) -> None:
-        """A new cohort (the scheduler admits only into an empty batch)."""
-        assert self.backend is None and all(s.slot == i for i, s in enumerate(seqs))
-        ids = [s.store_id for s in seqs]
-        self._before = self.link.counters.snapshot()
-        self.link.open(ids, self._geometry())
-        c = self.loaded.config
-        self.backend = RetroInferBackend(
-            c, self.retro, self.link, ids, len(seqs[0].prompt), self.loaded.dtype,
-            self.loaded.device,
-        )  # fmt: skip
-        self.rows, self.done, self.decoder = list(seqs), set(), None
+        """Sequences that took slots: room for them, their sequences opened in the store."""
+        need = max(s.slot for s in seqs if s.slot is not None) + 1
+        if need > self.backend.batch:
+            self.backend.grow(min(max(need, 2 * self.backend.batch), self.max_batch_size))
+            self.decoder = None
+        for seq in seqs:
+            self._before[seq.store_id] = self.link.counters.snapshot()
+            self.link.open([seq.store_id], self._geometry())
 
     def prefill(self, seqs: list[Sequence], chunk: int) -> Tensor:
-        """The whole cohort (aborted rows too) advances by one chunk; logits [n, V] of
-        `seqs`."""
-        assert self.backend is not None
-        rows = self.rows
-        start = rows[0].prefilled
-        n = min(chunk, len(rows[0].prompt) - start)
-        tokens = torch.tensor([s.prompt[start : start + n] for s in rows], device=self._dev)
-        meta = AttentionMetadata.prefill([start] * len(rows), [n] * len(rows), self._dev)
-        logits = self.model(tokens, meta, self.backend, last_only=True)  # [B, V]
-        for seq in rows:
-            seq.prefilled += n
-        if rows[0].prefilled == len(rows[0].prompt):
-            self.link.flush()  # every segment stored before the first decode step fetches
-        return logits[[s.slot for s in seqs]]  # type: ignore[index]
+        """Advance each sequence's prompt by up to `chunk` tokens (one sequence at a time);
+        logits [n, V] after each one's last prefilled token."""
+        out = []
+        for seq in seqs:
+            assert seq.slot is not None
+            start = seq.prefilled
+            if start == 0:
+                self.backend.begin_prefill(seq.slot, seq.store_id, len(seq.prompt))
+            tokens = seq.prompt[start : start + chunk]
+            meta = AttentionMetadata.prefill([start], [len(tokens)], self._dev)
+            ids = torch.tensor([tokens], device=self._dev)  # [1, T]
+            out.append(self.model(ids, meta, self.backend, last_only=True))  # [1, V]
+            seq.prefilled += len(tokens)
+            if seq.prefilled == len(seq.prompt):
+                self.held[seq.slot] = seq
+                self.link.flush()  # every segment stored before its first decode step
+        return torch.cat(out)
 
     def decode(self, seqs: list[Sequence]) -> Tensor:
-        """One step for every row of the cohort; logits [n, V] of `seqs` (rows by slot)."""
-        assert self.backend is not None
-        last = [r.out[-1] if r.out else r.prompt[-1] for r in self.rows]
-        pos = self._position()
-        tokens = torch.tensor(last, device=self._dev)  # [B]
+        """One step for every slot; logits [n, V] of `seqs` (their slots' rows)."""
+        b = self.backend.batch
+        tokens = torch.zeros(b, dtype=torch.int64)
+        starts = [0] * b
+        for slot, seq in self.held.items():
+            tokens[slot], starts[slot] = seq.out[-1], seq.position
+        tokens = tokens.to(self._dev)
         if self._use_graph():
             assert self.decoder is not None
-            logits, stats = self.decoder.step(tokens, [pos] * len(self.rows))
+            logits, stats = self.decoder.step(tokens, starts)
             self.backend.record(stats)
         else:
-            meta = AttentionMetadata.decode([pos] * len(self.rows), self._dev)
-            logits = self.model(tokens.view(-1, 1), meta, self.backend, last_only=True)
+            meta = AttentionMetadata.decode(starts, self._dev)
+            logits = self.model(tokens.view(b, 1), meta, self.backend, last_only=True)
         return logits[[s.slot for s in seqs]]  # type: ignore[index]
 
     def release(self, seq: Sequence) -> None:
-        """seq is done; at the cohort's end its sequences leave the store."""
-        assert seq.slot is not None
-        self.done.add(seq.slot)  # row index = slot
-        if len(self.done) == len(self.rows):
-            self.link.release([s.store_id for s in self.rows])
-            self.backend, self.decoder, self.rows = None, None, []
+        """The sequence leaves its slot and the store (also when it was still prefilling)."""
+        if seq.slot is not None:
+            self.held.pop(seq.slot, None)
+            self.backend.release(seq.slot)
+        self.link.release([seq.store_id])
+        self._before.pop(seq.store_id, None)
 
     def stats(self, seq: Sequence) -> dict[str, object]:
-        """The cohort's RetroInfer counters so far (synchronises with the device)."""
-        del seq
-        if self.backend is None:
+        """The sequence's RetroInfer counters and its store traffic while it ran (the link's
+        counters are the engine's: concurrent requests share them)."""
+        if seq.slot is None or seq.store_id not in self._before:
             return {}
         return {
-            "batch_size": len(self.rows),
-            **self.backend.summary(),
-            **self.link.counters.since(self._before),
+            "batch_size": len(self.held),
+            **self.backend.summary(seq.slot, seq.store_id, len(seq.prompt)),
+            **self.link.counters.since(self._before[seq.store_id]),
         }
 
-    def _position(self) -> int:
-        """The cohort's decode position: rows share it (finished ones feed their last token)."""
-        return max(r.position for i, r in enumerate(self.rows) if i not in self.done)
-
     def _use_graph(self) -> bool:
-        if not self.graphs or self.backend is None:
+        if not self.graphs:
             return False
         if self.decoder is None:
             self.decoder = GraphedRetroDecoder(self.model, self.backend.layers)

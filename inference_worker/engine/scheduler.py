@@ -16,21 +16,18 @@ from inference_worker.engine.sequence import Sequence, Status
 
 @dataclass(slots=True)
 class Schedule:
-    """One step's work."""
+    """One step's work before its decode (which takes every running request)."""
 
-    prefill: list[Sequence] = field(default_factory=list)  # advanced by one chunk together
-    decode: list[Sequence] = field(default_factory=list)  # one token each, in slot order
+    prefill: list[Sequence] = field(default_factory=list)  # advanced by one chunk
+    admitted: list[Sequence] = field(default_factory=list)  # took slots in this step
 
 
 class Scheduler:
-    """Waiting queue and batch slots. `cohorts`: admit only into an empty batch, a group of
-    equal prompt length that prefills and decodes together (for attention backends whose
-    batch rows must share one length)."""
+    """Waiting queue and batch slots (the lowest free slot first)."""
 
-    def __init__(self, max_batch_size: int, cohorts: bool = False) -> None:
+    def __init__(self, max_batch_size: int) -> None:
         self.slots: list[Sequence | None] = [None] * max_batch_size
         self.waiting: deque[Sequence] = deque()
-        self.cohorts = cohorts
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -57,31 +54,14 @@ class Scheduler:
         self.slots[seq.slot] = None
         seq.slot = None
 
-    def schedule(self) -> tuple[Schedule, list[Sequence]]:
-        """This step's work, and the sequences admitted into slots by this call."""
-        admitted = self._admit_cohort() if self.cohorts else self._admit()
-        active = self.active()
-        prefilling = [s for s in active if s.status is Status.PREFILLING]
-        if not self.cohorts and prefilling:
-            prefilling = [min(prefilling, key=lambda s: s.arrival)]
-        running = [s for s in active if s.status is Status.RUNNING]
-        return Schedule(prefilling, running), admitted
-
-    def _admit(self) -> list[Sequence]:
+    def schedule(self) -> Schedule:
+        """Admit waiting requests into free slots; the oldest admitted prompt's next chunk."""
         admitted = []
         while self.waiting and None in self.slots:
             admitted.append(self._place(self.waiting.popleft(), self.slots.index(None)))
-        return admitted
-
-    def _admit_cohort(self) -> list[Sequence]:
-        """Into an empty batch: the oldest waiting request and the next ones of its length."""
-        if not self.waiting or any(s is not None for s in self.slots):
-            return []
-        length = len(self.waiting[0].prompt)
-        group = [s for s in self.waiting if len(s.prompt) == length][: len(self.slots)]
-        for seq in group:
-            self.waiting.remove(seq)
-        return [self._place(seq, i) for i, seq in enumerate(group)]
+        prefilling = [s for s in self.active() if s.status is Status.PREFILLING]
+        first = [min(prefilling, key=lambda s: s.arrival)] if prefilling else []
+        return Schedule(first, admitted)
 
     def _place(self, seq: Sequence, slot: int) -> Sequence:
         seq.slot, seq.status = slot, Status.PREFILLING

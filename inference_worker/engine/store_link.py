@@ -10,6 +10,7 @@ Both are `ClusterSource`s, so a RetroInferLayer reads its misses from either.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import threading
 from collections.abc import Hashable, Sequence
@@ -38,7 +39,7 @@ from inference_worker.retroinfer import (
     IndexSegment,
     InProcessClusterSource,
 )
-from inference_worker.retroinfer.kernels.cluster_table import ClusterTable
+from inference_worker.retroinfer.kernels.cluster_table import ClusterRows
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +125,26 @@ def _segment_bytes(segment: IndexSegment) -> int:
 
 
 class InProcessStoreLink(StoreLink):
-    """Keeps segments in this process (on the model's device) via InProcessClusterSource,
-    whose capabilities it declares (device-visible cluster tables, graph-safe fetches)."""
+    """Keeps segments in this process via InProcessClusterSource, whose capabilities it
+    declares (device-visible cluster rows, graph-safe fetches): on the model's device, or with
+    `host_memory` the K/V in pinned host memory (where a same-host store keeps them; the GPU
+    reads misses over PCIe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host_memory: bool = False) -> None:
         self.source = InProcessClusterSource()
         self.counters = LinkCounters()
+        self.host_memory = host_memory
 
     def open(self, sequence_ids: Sequence[str], geometry: SequenceGeometry) -> None:
         del sequence_ids, geometry  # nothing to allocate
 
     def upload(self, sequence_ids: Sequence[str], segment: IndexSegment) -> None:
+        if self.host_memory and segment.keys.is_cuda:
+            segment = dataclasses.replace(
+                segment,
+                keys=segment.keys.cpu().pin_memory(),
+                values=segment.values.cpu().pin_memory(),
+            )
         self.source.put(sequence_ids, segment)
         self.counters.put_rpcs += 1
         self.counters.uploaded_bytes += _segment_bytes(segment)
@@ -158,8 +168,11 @@ class InProcessStoreLink(StoreLink):
         )
         return batch
 
-    def cluster_table(self, layer: int, sequence_ids: Sequence[Hashable]) -> ClusterTable | None:
-        return self.source.cluster_table(layer, sequence_ids)
+    def cluster_base(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.source.cluster_base()
+
+    def cluster_rows(self, layer: int, sequence_id: Hashable) -> ClusterRows | None:
+        return self.source.cluster_rows(layer, sequence_id)
 
     def graph_safe(self) -> bool:
         return self.source.graph_safe()

@@ -27,17 +27,13 @@ log = logging.getLogger(__name__)
 class FixedStepBackend:
     """Attention backend over RetroInfer layers that runs each layer's device step
     (`RetroInferLayer.step`): usable eagerly and under CUDA-graph capture. Per step:
-    `prepare()` before the forward (each layer's host side, the positions written), the
-    forward, then `finish(counts)` (each layer's host side after the step)."""
+    `prepare()` before the forward (each layer's host side), the forward, then
+    `finish(counts)` (each layer's host side after the step)."""
 
     def __init__(self, layers: Sequence[RetroInferLayer]) -> None:
         if not layers:
             raise ValueError("FixedStepBackend needs at least one RetroInferLayer, got 0")
         self.layers = list(layers)
-        device = self.layers[0].device
-        # pos [L, 2]: column 0 is layer i's steady position of the new token; rows of 16 bytes
-        # keep every layer's [1] view as aligned as a fresh tensor (one Triton specialisation)
-        self.pos = torch.zeros(len(self.layers), 2, dtype=torch.int64, device=device)
         self.counts: list[Tensor] = []  # per layer [7] int64, this forward's
         self.exec_tokens: list[int] = []  # per layer, execution-buffer width of this forward
         self.undo_buffers = False  # warm-up run: restore each wave buffer after its step
@@ -47,15 +43,9 @@ class FixedStepBackend:
         return all(layer.capturable() for layer in self.layers)
 
     def prepare(self) -> None:
-        """Before a forward: each layer's begin_step, the steady positions written."""
-        lengths = []
+        """Before a forward: each layer's begin_step (the positions live on the device)."""
         for layer in self.layers:
             layer.begin_step()
-            steady = layer.steady
-            assert steady is not None
-            lengths.append(steady.length)
-        host = torch.tensor(lengths, dtype=torch.int64)[:, None].expand(-1, 2)  # [L, 2]
-        self.pos.copy_(host, non_blocking=self.pos.is_cuda)
         self.counts, self.exec_tokens = [], []
 
     def shape_key(self) -> tuple[tuple[int, ...], ...]:
@@ -70,7 +60,7 @@ class FixedStepBackend:
         dt = lay.dtype
         qg = q[:, :, 0].to(dt).reshape(lay.rows, lay.group, lay.head_dim)
         saved = lay.snapshot() if self.undo_buffers else None
-        out, counts, width = lay.step(qg, self.pos[layer, :1], k[:, :, 0].to(dt), v[:, :, 0].to(dt))
+        out, counts, width = lay.step(qg, k[:, :, 0].to(dt), v[:, :, 0].to(dt))
         if saved is not None:
             lay.restore(saved)
         self.counts.append(counts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -159,6 +160,9 @@ class StepOptions:
     kernels: bool | None = None
     # StepStats.selection holds each step's clusters (retrieved / ranked / estimated ids)
     record_selection: bool = False
+    # benchmarks: replaces the step's query, q [R, G, D] -> q (called with the layer index,
+    # inside a captured step too): synthetic query streams with a chosen locality
+    query_transform: Callable[[int, torch.Tensor], torch.Tensor] | None = None
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:

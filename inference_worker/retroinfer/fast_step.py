@@ -62,9 +62,11 @@ class StepResult:
 def fast_step(
     state: LayerState, q: torch.Tensor, pos: torch.Tensor, table: ClusterTable | None
 ) -> StepResult:
-    """One step over every row. q [R, G, D]; pos [1] int64: the steady position of the new
-    token, already written there; `table` the source's cluster table (None: packed fetch)."""
+    """One step over every row. q [R, G, D]; pos [R] int64: each row's steady position of the
+    new token, already written there; `table` the source's cluster table (None: packed
+    fetch)."""
     cfg, c, buffer = state.config, state.num_clusters, state.buffer
+    assert buffer is not None, "begin_step builds the wave buffer"
     r, d = state.rows, state.head_dim
     sizes, vs = state.meta.sizes.reshape(r, c), state.meta.value_sums.reshape(r, c, d)
     n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
@@ -108,6 +110,7 @@ def _direct(
     """Admission before the attention, straight from the source (see the module's step 4).
     Returns (out, counts, an event recorded after admission: None without side streams)."""
     buffer = state.buffer
+    assert buffer is not None
     st_k, st_v = state.steady_rows()
     planned = mark(side is not None)
     page_lo = plan.hit_pages()  # admission appends its pages after the hits'
@@ -147,6 +150,7 @@ def _packed(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Misses fetched packed, attended there, admitted after the attention."""
     buffer = state.buffer
+    assert buffer is not None
     st_k, st_v = state.steady_rows()
     miss_k, miss_v, off = _fetch(state, plan.miss_ids, state.exec_tokens(), table)
     view = ExecView(
@@ -179,12 +183,14 @@ def _advance_clock(
     """The wave buffer's LRU clock for the next step, on a side stream forked after admission
     (its last reader) so that it runs beside the attention; the current stream joins it (in
     stream order after the attention's launches: it holds back only what follows the step)."""
+    buffer = state.buffer
+    assert buffer is not None
     if side is None or admitted is None:
-        state.buffer.advance_clock(n_ret)
+        buffer.advance_clock(n_ret)
         return
     side.wait_event(admitted)
     with torch.cuda.stream(side):
-        state.buffer.advance_clock(n_ret)
+        buffer.advance_clock(n_ret)
         done = torch.cuda.Event()
         done.record(side)
     torch.cuda.current_stream().wait_event(done)

@@ -20,7 +20,6 @@ class LayerGraph:
             raise ValueError(f"layer {layer.layer} cannot capture its step (see capturable())")
         self.layer = layer
         self.q = torch.zeros_like(layer._q)  # [B, Hq, D] read in place by the graph
-        self.pos = torch.zeros(1, dtype=torch.int64, device=layer.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key: tuple[int, ...] | None = None
         self.captures = 0
@@ -33,8 +32,7 @@ class LayerGraph:
         layer = self.layer
         layer.begin_step()
         steady = layer.steady
-        assert steady is not None
-        load_step(k_new, v_new, steady.keys, steady.values, self.pos, steady.length, q, self.q)
+        load_step(k_new, v_new, steady.keys, steady.values, layer.positions, q, self.q)
         if layer.graph_key() != self.key:
             self._capture()
         assert self.graph is not None and self._out is not None
@@ -50,12 +48,12 @@ class LayerGraph:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            layer.step(qg, self.pos)
+            layer.step(qg)
         torch.cuda.current_stream().wait_stream(side)
         layer.restore(saved)
         self.key = layer.graph_key()  # after the warm-up (it may allocate scratch)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            out, counts, self._exec_tokens = layer.step(qg, self.pos)
+            out, counts, self._exec_tokens = layer.step(qg)
         self._out = (out, counts)
         self.captures += 1

@@ -87,7 +87,9 @@ def build_segment(
 
 
 class ClusterMetadata:
-    """Device-resident metadata of all clusters of one layer, concatenated over segments."""
+    """Device-resident metadata of all clusters of one layer for B slots. Row b holds its
+    sequence's clusters 0 .. counts[b] - 1 (its segments concatenated); the width C is the
+    largest count, shorter rows are padded with empty clusters (size 0)."""
 
     def __init__(
         self,
@@ -100,6 +102,7 @@ class ClusterMetadata:
     ) -> None:
         self.scan_dtype = dtype  # value sums (and by default centroids) in the model dtype
         self.centroid_dtype = centroid_dtype or dtype
+        self.counts = [0] * batch  # clusters of each slot's sequence
         self.centroids = torch.zeros(
             batch, kv_heads, 0, head_dim, dtype=self.centroid_dtype, device=device
         )
@@ -112,18 +115,64 @@ class ClusterMetadata:
 
     @property
     def num_clusters(self) -> int:
+        """The width C (the largest slot's cluster count)."""
         return int(self.sizes.shape[-1])
 
-    def append(self, segment: IndexSegment) -> None:
-        """Add a segment's clusters (ids continue after the existing ones)."""
-        assert segment.first_cluster == self.num_clusters
+    def append(self, slots: list[int], segment: IndexSegment) -> None:
+        """Add a segment of len(slots) sequences (row i belongs to slot slots[i]); its ids
+        continue each slot's clusters (every listed slot holds segment.first_cluster)."""
+        if any(self.counts[s] != segment.first_cluster for s in slots):
+            raise ValueError(
+                f"segment.first_cluster={segment.first_cluster} but slots {slots} hold "
+                f"{[self.counts[s] for s in slots]} clusters"
+            )
+        end = segment.first_cluster + segment.num_clusters
+        if end > self.num_clusters:
+            self._widen(end)
         cent, scale = store_centroids(segment.centroids, self.centroid_dtype)
+        at = slice(segment.first_cluster, end)
+        idx = torch.tensor(slots, device=self.sizes.device)
+        self.centroids[idx, :, at] = cent
         if self.centroid_scale is not None:
             assert scale is not None
-            self.centroid_scale = torch.cat([self.centroid_scale, scale], 2)
-        self.centroids = torch.cat([self.centroids, cent], 2)
-        self.value_sums = torch.cat([self.value_sums, segment.value_sums.to(self.scan_dtype)], 2)
-        self.sizes = torch.cat([self.sizes, segment.sizes], 2)
+            self.centroid_scale[idx, :, at] = scale
+        self.value_sums[idx, :, at] = segment.value_sums.to(self.scan_dtype)
+        self.sizes[idx, :, at] = segment.sizes
+        for s in slots:
+            self.counts[s] = end
+
+    def grow(self, batch: int) -> None:
+        """`batch` slots (the new ones hold no cluster)."""
+        extra = batch - len(self.counts)
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            zeros = torch.zeros(extra, *t.shape[1:], dtype=t.dtype, device=t.device)
+            return torch.cat([t, zeros])
+
+        self.centroids, self.value_sums = pad(self.centroids), pad(self.value_sums)
+        self.sizes = pad(self.sizes)
+        if self.centroid_scale is not None:
+            self.centroid_scale = pad(self.centroid_scale)
+        self.counts.extend([0] * extra)
+
+    def clear(self, slot: int) -> None:
+        """The slot holds no cluster (its columns become empty clusters)."""
+        self.sizes[slot] = 0
+        self.counts[slot] = 0
+
+    def _widen(self, width: int) -> None:
+        """Every row padded with empty clusters to `width` columns."""
+        extra = width - self.num_clusters
+
+        def pad(t: torch.Tensor, feature: bool) -> torch.Tensor:
+            shape = (*t.shape[:2], extra, *t.shape[3:]) if feature else (*t.shape[:2], extra)
+            return torch.cat([t, torch.zeros(shape, dtype=t.dtype, device=t.device)], 2)
+
+        self.centroids = pad(self.centroids, True)
+        self.value_sums = pad(self.value_sums, True)
+        self.sizes = pad(self.sizes, False)
+        if self.centroid_scale is not None:
+            self.centroid_scale = pad(self.centroid_scale, False)
 
 
 def store_centroids(

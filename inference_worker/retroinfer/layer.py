@@ -1,13 +1,17 @@
-"""RetroInferLayer: the per-layer stateful object an engine drives (prefill, then decode steps).
+"""RetroInferLayer: the per-layer stateful object an engine drives (sequences in, decode steps).
 
-A decode step has three parts, public so that a whole model's step can be captured in one CUDA
-graph (`inference_worker.model.retro_graph`):
-- `begin_step()` (host): room in the steady zone, the wave buffer built;
-- `step(q, pos, k_new, v_new)` (device): the new token written at the steady position `pos`,
-  then the Triton step (`fast_step.py`) or the torch reference (`reference.py`); no host
-  synchronisation on the Triton path, so it can be captured;
-- `finish_step(counts, ...)` (host): the steady zone grows by the new token and every
-  update_tokens tokens an index update clusters the oldest recent tokens.
+A layer holds B batch slots; each is free or holds one sequence of its own length. `admit`
+prefills sequences into free slots (their wave index built, its segments returned to upload),
+`release` frees a slot, and a decode step runs every slot at once (a free slot's output is
+unspecified). A step has three parts, public so that a whole model's step can be captured in
+one CUDA graph (`inference_worker.model.retro_graph`):
+- `begin_step()` (host): room in the steady zone, the wave buffer and the source's cluster
+  table up to date;
+- `step(q, k_new, v_new)` (device): each slot's new token written at its steady position,
+  then the Triton step (`fast_step.py`) or the torch reference (`reference.py`), then the
+  positions advanced; no host synchronisation on the Triton path, so it can be captured;
+- `finish_step(counts, ...)` (host): each held slot's steady zone grows by its token and every
+  update_tokens tokens an index update clusters the slot's oldest recent tokens.
 `decode()` runs the three eagerly.
 """
 
@@ -37,15 +41,16 @@ from .wave_buffer import WaveBuffer
 log = logging.getLogger(__name__)
 
 Selection = dict[str, torch.Tensor]
+OnSegment = Callable[[list[Hashable], IndexSegment], None]
 
 
 class RetroInferLayer:
-    """RetroInfer attention state of one layer for B equal-length sequences.
+    """RetroInfer attention state of one layer for B batch slots.
 
-    prefill(keys, values) builds the wave index and returns the cluster-major segments to
-    upload; decode(q, k_new, v_new) returns the attention output and per-step statistics. Every
-    segment (prefill or index update) is also passed to `on_segment` if given; it must be
-    fetchable from `source` before the next decode call of this layer.
+    `sequence_ids[b]` is slot b's sequence (None: free). prefill(keys, values) admits every
+    slot at once (all held, equal lengths); admit() takes any free slots. Every segment
+    (prefill or index update) is also passed to `on_segment(sequence ids of its rows,
+    segment)` if given; it must be readable from `source` before the layer's next step.
     """
 
     def __init__(
@@ -56,17 +61,19 @@ class RetroInferLayer:
         num_kv_heads: int,
         head_dim: int,
         source: ClusterSource,
-        sequence_ids: Sequence[Hashable],
+        sequence_ids: Sequence[Hashable | None],
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         scale: float | None = None,
-        on_segment: Callable[[IndexSegment], None] | None = None,
+        on_segment: OnSegment | None = None,
         options: StepOptions | None = None,
     ) -> None:
         if num_q_heads % num_kv_heads:
             raise ValueError(
                 f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})"
             )
+        if not sequence_ids:
+            raise ValueError("sequence_ids must list at least one batch slot, got 0")
         dev = torch.device(device)
         self.options = options or StepOptions()
         self.kernels = pick(self.options.kernels, torch.empty(0, device=dev))
@@ -76,19 +83,20 @@ class RetroInferLayer:
                 "StepOptions(kernels=False) (the Triton step admits misses in their own step)"
             )
         self.config, self.layer, self.source = config, layer, source
-        self.sequence_ids = list(sequence_ids)
         self.state = LayerState(
-            config, layer, num_q_heads, num_kv_heads, head_dim, source, self.sequence_ids,
+            config, layer, num_q_heads, num_kv_heads, head_dim, source, sequence_ids,
             dtype, dev, scale if scale is not None else 1.0 / math.sqrt(head_dim),
         )  # fmt: skip
         self._sdpa_scale = scale  # None: SDPA's own 1/sqrt(D), as full attention passes it
         self.on_segment = on_segment
-        self._pos = torch.zeros(1, dtype=torch.int64, device=dev)  # the new token's position
-        self._q = torch.zeros(
-            len(self.sequence_ids), num_q_heads, head_dim, dtype=dtype, device=dev
-        )
+        q_shape = (self.batch, num_q_heads, head_dim)
+        self._q = torch.zeros(q_shape, dtype=dtype, device=dev)  # the step's query
 
     # --- read-only views of the state -------------------------------------------------------
+    @property
+    def sequence_ids(self) -> list[Hashable | None]:
+        return list(self.state.sequence_ids)
+
     @property
     def batch(self) -> int:
         return self.state.batch
@@ -123,6 +131,7 @@ class RetroInferLayer:
 
     @property
     def num_clusters(self) -> int:
+        """The index's width (the largest slot's cluster count)."""
         return self.state.num_clusters
 
     @property
@@ -130,43 +139,78 @@ class RetroInferLayer:
         return self.state.meta
 
     @property
-    def steady(self) -> SteadyZone | None:
+    def steady(self) -> SteadyZone:
         return self.state.steady
 
     @property
     def buffer(self) -> WaveBuffer | None:
         """The wave buffer once built (at the first indexed step)."""
-        return self.state._buffer
+        return self.state.buffer
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """[R] int64 device positions: where each row's next token goes in its steady zone."""
+        return self.state.pos
 
     @property
     def decode_steps(self) -> int:
         return self.state.decode_steps
 
-    # --- prefill ----------------------------------------------------------------------------
+    # --- sequences in and out ---------------------------------------------------------------
     def prefill(self, keys: torch.Tensor, values: torch.Tensor) -> list[IndexSegment]:
-        """keys/values [B, Hkv, L, D] post-RoPE prompt K/V. Builds the index when
+        """keys/values [B, Hkv, L, D] post-RoPE K/V of every slot's prompt (all held, none
+        admitted yet). See admit()."""
+        st = self.state
+        if any(st.steady.lengths):
+            raise RuntimeError(f"prefill() already called for layer {self.layer}")
+        if any(s is None for s in st.sequence_ids):
+            raise RuntimeError(f"prefill() needs every slot held (layer {self.layer}): use admit()")
+        return self._fill(list(range(self.batch)), keys, values)
+
+    def admit(
+        self,
+        slots: Sequence[int],
+        sequence_ids: Sequence[Hashable],
+        keys: torch.Tensor,  # [n, Hkv, L, D] post-RoPE prompt K/V, one row per slot
+        values: torch.Tensor,
+    ) -> list[IndexSegment]:
+        """Sequences of one prompt length L into free slots. Builds their wave index when
         L >= sink + window + update_tokens; returns the segments to upload (0 or 1)."""
         st = self.state
-        if st.steady is not None:
-            raise RuntimeError(f"prefill() already called for layer {self.layer}")
-        self._check_kv("keys", keys, None)
-        self._check_kv("values", values, keys.shape[2])
-        cfg, length = self.config, keys.shape[2]
-        sink = min(cfg.sink_tokens, length)
-        cap = cfg.sink_tokens + cfg.window_tokens + cfg.update_tokens
-        st.steady = SteadyZone(sink, cap, st.batch, st.kv_heads, st.head_dim, st.dtype, st.device)
-        st.steady.extend(keys[:, :, :sink], values[:, :, :sink])
-        if length < cfg.index_threshold:
-            st.steady.extend(keys[:, :, sink:], values[:, :, sink:])
-            st.next_position = sink
-            return []
-        end = length - cfg.window_tokens
-        n_seg = cfg.num_segments(length)
-        per_seg = cfg.num_clusters(end - sink, n_seg) // n_seg
-        segment = self._cluster(keys[:, :, sink:end], values[:, :, sink:end], sink, n_seg, per_seg)
-        st.steady.extend(keys[:, :, end:], values[:, :, end:])
-        st.next_position = end
-        return [segment]
+        if len(slots) != len(sequence_ids) or len(set(slots)) != len(slots):
+            raise ValueError(f"need distinct slots, one per sequence: {slots}, {sequence_ids}")
+        for slot in slots:
+            if not 0 <= slot < self.batch or st.sequence_ids[slot] is not None:
+                raise ValueError(f"slot {slot} is not a free slot of [0, {self.batch})")
+        for slot, seq in zip(slots, sequence_ids, strict=True):
+            st.sequence_ids[slot] = seq
+        return self._fill(list(slots), keys, values)
+
+    def grow(self, batch: int) -> None:
+        """`batch` batch slots (more than now; the new ones free). The wave buffer is rebuilt
+        empty at the next step."""
+        self.state.grow(batch)
+        q = self._q
+        self._q = torch.zeros(batch, *q.shape[1:], dtype=q.dtype, device=q.device)
+
+    def counters(self, slot: int) -> dict[str, int]:
+        """Cache hits, misses and evictions of the slot's sequence so far (one sync)."""
+        return dict(zip(("hits", "misses", "evicted"), self.state.counters(slot), strict=True))
+
+    def release(self, slot: int) -> None:
+        """Slot `slot` is free (its index, steady zone and cache rows forgotten)."""
+        st = self.state
+        st.sequence_ids[slot] = None
+        st.steady.clear(slot)
+        st.meta.clear(slot)
+        st.next_position[slot] = 0
+        st.table_clusters[slot] = 0
+        if st.table is not None:
+            st.table.clear(slot)
+        if st.buffer is not None:
+            rows = st.slot_rows(slot)
+            st.buffer.reset_rows(rows.start, rows.stop)
+        st.sync_slot(slot)
 
     # --- decode -----------------------------------------------------------------------------
     def decode(
@@ -174,44 +218,51 @@ class RetroInferLayer:
     ) -> tuple[torch.Tensor, StepStats]:
         """One eager decode step. q [B, Hq, D]; k_new, v_new [B, Hkv, D] (post-RoPE).
         Returns (output [B, Hq, D] in q's dtype, stats)."""
-        steady = self._steady()
         self._check_step(q, k_new, v_new)
         self.begin_step()
-        # one kernel: the new token into the steady zone at its position, the position into
-        # its device tensor, q into the step's query buffer
-        load_step(k_new, v_new, steady.keys, steady.values, self._pos, steady.length, q, self._q)
+        st = self.state
+        # one kernel: each row's new token into its steady zone, q into the step's buffer
+        load_step(k_new, v_new, st.steady.keys, st.steady.values, st.pos, q, self._q)
         if self.num_clusters == 0:
-            out = self._dense(self._q, self._pos)
-            stats = self.finish_step(None, steady.length + 1)
-            return out.reshape(q.shape).to(q.dtype, copy=True), stats
+            out = self._dense(self._q)
+            st.pos.add_(st.active)
+            widest = max(st.steady.lengths) + 1
+            return out.reshape(q.shape).to(q.dtype, copy=True), self.finish_step(None, widest)
         qg = self._q.view(self.rows, self.group, self.head_dim)
-        out, counts, exec_tokens, selection = self._run(qg, self._pos)
+        out, counts, exec_tokens, selection = self._run(qg)
         out, counts = unload_step(out, counts, q.dtype)
         stats = self.finish_step(counts, exec_tokens, selection)
         return out.view(q.shape), stats
 
     def begin_step(self) -> None:
         """Host side, before a step (and before capturing or replaying one): room in the
-        steady zone for the new token and, once indexed, the wave buffer."""
-        steady = self._steady()
-        if steady.length >= steady.keys.shape[2]:
-            steady._resize(steady.length + 1)
+        steady zone for the new tokens; once indexed, the wave buffer and the cluster table."""
+        st = self.state
+        empty = [b for b in st.occupied() if st.steady.lengths[b] == 0]
+        if empty:
+            raise RuntimeError(
+                f"layer {self.layer}: decode before prefill: slots {empty} hold sequences "
+                f"{[st.sequence_ids[b] for b in empty]} with no prompt"
+            )
+        if max(st.steady.lengths) + 1 > st.steady.capacity:
+            st.steady.resize(max(st.steady.lengths) + 1)
         if self.num_clusters:
-            self.state.buffer  # noqa: B018 - built here, outside any capture
+            st.ensure_buffer()
+            if self.kernels:
+                st.ensure_table()
 
     def step(
         self,
         q: torch.Tensor,  # [R, G, D] in the layer's dtype
-        pos: torch.Tensor,  # [1] int64: the new token's steady position
-        k_new: torch.Tensor | None = None,  # [B, Hkv, D]: written at pos first (else already)
+        k_new: torch.Tensor | None = None,  # [B, Hkv, D]: written at the positions first
         v_new: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The device work of an indexed step: (out [R, G, D] fp32, counts [7] int64, the
         execution buffer's tokens per row). Capturable where `capturable()` says so."""
+        st = self.state
         if k_new is not None and v_new is not None:
-            steady = self._steady()
-            write_token(k_new, v_new, steady.keys, steady.values, pos)
-        out, counts, exec_tokens, _ = self._run(q, pos)
+            write_token(k_new, v_new, st.steady.keys, st.steady.values, st.pos)
+        out, counts, exec_tokens, _ = self._run(q)
         return out, counts, exec_tokens
 
     def capturable(self) -> bool:
@@ -222,8 +273,7 @@ class RetroInferLayer:
             return False
         if self.options.record_selection:
             return False
-        table = self.source.cluster_table(self.layer, self.sequence_ids)
-        return table is not None or self.source.graph_safe()
+        return self.state.ensure_table() is not None or self.source.graph_safe()
 
     def finish_step(
         self,
@@ -231,16 +281,19 @@ class RetroInferLayer:
         exec_tokens: int,
         selection: Selection | None = None,
     ) -> StepStats:
-        """Host side, after a step: its statistics; the steady zone grows by the new token and
-        every update_tokens tokens an index update runs (its segment in stats.new_segment)."""
+        """Host side, after a step: its statistics; each held slot's steady zone grows by its
+        new token and every update_tokens tokens an index update runs (the segments in
+        stats.new_segments)."""
+        st = self.state
         stats = self.step_stats()
         stats.exec_tokens = exec_tokens
         if counts is not None:
             stats.counts = dict(zip(COUNT_NAMES, counts.unbind(), strict=True))
         stats.selection = selection
-        self._steady().length += 1
-        self.state.decode_steps += 1
-        stats.new_segment = self._maybe_update()
+        for slot in st.occupied():
+            st.steady.lengths[slot] += 1
+        st.decode_steps += 1
+        stats.new_segments = self._maybe_update()
         return stats
 
     def step_stats(self) -> StepStats:
@@ -250,34 +303,41 @@ class RetroInferLayer:
             num_clusters=c,
             retrieval_clusters=self.config.retrieval_clusters(c),
             estimation_clusters=self.config.estimation_clusters(c),
-            steady_tokens=self._steady().length + 1,
+            steady_tokens=max(self.state.steady.lengths) + 1,
             dense=c == 0,
         )
 
     def graph_key(self) -> tuple[int, ...]:
-        """What a captured step depends on: the index size and the buffers it addresses."""
-        steady, buffer = self._steady(), self.state.buffer
+        """What a captured step depends on: the index's width and the buffers it addresses."""
+        st = self.state
+        buffer = st.buffer
+        assert buffer is not None, "begin_step builds the wave buffer"
         scratch = buffer._scratch.data_ptr() if buffer._scratch is not None else 0
-        table = self.source.cluster_table(self.layer, self.sequence_ids)
-        tab = table.tab_k.data_ptr() if table is not None else 0
-        return (self.num_clusters, steady.keys.data_ptr(), buffer.stamp.data_ptr(), scratch, tab)
+        tab = st.table.tab_k.data_ptr() if st.table is not None else 0
+        meta = st.meta.sizes.data_ptr()
+        return (self.num_clusters, st.steady.keys.data_ptr(), buffer.stamp.data_ptr(),
+                buffer.keys.data_ptr(), scratch, tab, meta)  # fmt: skip
 
     def snapshot(self) -> list[torch.Tensor]:
-        """Copies of the wave buffer's state (to undo a warm-up run before a capture)."""
-        return self.state.buffer.snapshot()
+        """Copies of what a step changes (to undo a warm-up run before a capture)."""
+        assert self.state.buffer is not None
+        return [*self.state.buffer.snapshot(), self.state.pos.clone()]
 
     def restore(self, saved: list[torch.Tensor]) -> None:
-        self.state.buffer.restore(saved)
+        assert self.state.buffer is not None
+        self.state.buffer.restore(saved[:-1])
+        self.state.pos.copy_(saved[-1])
 
     # --- internals --------------------------------------------------------------------------
-    def _run(
-        self, q: torch.Tensor, pos: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, int, Selection | None]:
-        """The step on the Triton kernels or the reference: (out, counts, exec tokens,
-        selection if recorded)."""
+    def _run(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, Selection | None]:
+        """The step on the Triton kernels or the reference, then the positions advance:
+        (out, counts, exec tokens, selection if recorded)."""
         st = self.state
+        if self.options.query_transform is not None:
+            q = self.options.query_transform(self.layer, q)
         if not self.kernels:
-            ref = reference_step(st, q, pos)
+            ref = reference_step(st, q, st.pos)
+            st.pos.add_(st.active)
             shape = (self.batch, self.kv_heads, -1)
             selection = {
                 "retrieved": ref.retrieved.view(shape),
@@ -286,9 +346,9 @@ class RetroInferLayer:
             }
             record = self.options.record_selection
             return ref.out, ref.counts, ref.exec_tokens, selection if record else None
-        table = self.source.cluster_table(self.layer, self.sequence_ids)
-        res = fast_step(st, q, pos, table)
-        exec_tokens = st.steady_rows()[0].shape[1] + st.exec_tokens()
+        res = fast_step(st, q, st.pos, st.table if st.table_ok else None)
+        st.pos.add_(st.active)
+        exec_tokens = st.steady.capacity + st.exec_tokens()
         exec_tokens += st.hit_page_width() * self.config.page_tokens
         if not self.options.record_selection:
             return res.out, res.counts, exec_tokens, None
@@ -307,56 +367,90 @@ class RetroInferLayer:
             "estimated_mask": torch.cat([plan.overflow, est_ok], dim=1).view(shape),
         }
 
-    def _dense(self, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _dense(self, q: torch.Tensor) -> torch.Tensor:
         """No index yet: the steady zone holds every token in order (the new one written at
-        pos). Computed exactly as the model's FullAttentionBackend decodes (SDPA, GQA, boolean
-        mask, the layer's dtype), so outputs are bit-identical to full attention's.
-        Returns [B, Hq, 1, D]."""
-        steady = self._steady()
-        n = steady.length + 1  # tokens so far, the new one included
+        its position). Computed exactly as the model's FullAttentionBackend decodes (SDPA,
+        GQA, boolean mask, the layer's dtype), so outputs are bit-identical to full
+        attention's. Returns [B, Hq, 1, D]."""
+        steady = self.state.steady
+        n = max(steady.lengths) + 1  # tokens of the longest slot, the new one included
         keys, values = steady.keys[:, :, :n], steady.values[:, :, :n]  # [B, Hkv, n, D]
-        mask = torch.ones(self.batch, 1, 1, n, dtype=torch.bool, device=self.device)
+        lengths = torch.tensor(steady.lengths, device=self.device)  # [B]
+        mask = torch.arange(n, device=self.device) <= lengths[:, None]  # [B, n]
         return F.scaled_dot_product_attention(
-            q.unsqueeze(2), keys, values, attn_mask=mask, scale=self._sdpa_scale, enable_gqa=True
-        )
+            q.unsqueeze(2), keys, values, attn_mask=mask[:, None, None], scale=self._sdpa_scale,
+            enable_gqa=True,
+        )  # fmt: skip
 
-    def _maybe_update(self) -> IndexSegment | None:
-        """Cluster the oldest update_tokens recent tokens once the window is full."""
+    def _fill(
+        self, slots: list[int], keys: torch.Tensor, values: torch.Tensor
+    ) -> list[IndexSegment]:
+        """Slots' steady zones and index from their prompt K/V [n, Hkv, L, D]."""
+        self._check_kv("keys", keys, len(slots), None)
+        self._check_kv("values", values, len(slots), keys.shape[2])
+        cfg, st, length = self.config, self.state, keys.shape[2]
+        sink = min(cfg.sink_tokens, length)
+        indexed = length >= cfg.index_threshold
+        end = length - cfg.window_tokens if indexed else sink
+        for i, slot in enumerate(slots):
+            keep = (keys[i, :, :sink], keys[i, :, end:]), (values[i, :, :sink], values[i, :, end:])
+            st.steady.fill(slot, sink, torch.cat(keep[0], 1), torch.cat(keep[1], 1))
+            st.next_position[slot] = end
+            st.forget(slot)
+            st.meta.clear(slot)
+            if st.buffer is not None:
+                rows = st.slot_rows(slot)
+                st.buffer.reset_rows(rows.start, rows.stop)
+            st.table_clusters[slot] = 0
+            st.sync_slot(slot)
+        if not indexed:
+            return []
+        n_seg = cfg.num_segments(length)
+        per_seg = cfg.num_clusters(end - sink, n_seg) // n_seg
+        return [self._cluster(slots, keys[:, :, sink:end], values[:, :, sink:end], sink, n_seg,
+                              per_seg)]  # fmt: skip
+
+    def _maybe_update(self) -> list[tuple[list[Hashable], IndexSegment]]:
+        """Index updates: each held slot whose recent window is full clusters its oldest
+        update_tokens recent tokens; slots at the same point update in one batched call."""
         cfg, st = self.config, self.state
-        steady = self._steady()
-        if steady.recent < cfg.window_tokens + cfg.update_tokens:
-            return None
-        keys, values = steady.pop_oldest_recent(cfg.update_tokens)
-        segment = self._cluster(keys, values, st.next_position, 1, cfg.update_clusters)
-        st.next_position += cfg.update_tokens
-        log.debug("layer %d: index update, %d clusters", self.layer, self.num_clusters)
-        return segment
+        due = [s for s in st.occupied()
+               if st.steady.recent(s) >= cfg.window_tokens + cfg.update_tokens]  # fmt: skip
+        groups: dict[tuple[int, int], list[int]] = {}
+        for slot in due:
+            groups.setdefault((st.meta.counts[slot], st.next_position[slot]), []).append(slot)
+        out = []
+        for (_, first), slots in groups.items():
+            popped = [st.steady.pop_oldest_recent(s, cfg.update_tokens) for s in slots]
+            keys = torch.stack([k for k, _ in popped])  # [n, Hkv, U, D]
+            values = torch.stack([v for _, v in popped])
+            segment = self._cluster(slots, keys, values, first, 1, cfg.update_clusters)
+            for slot in slots:
+                st.next_position[slot] += cfg.update_tokens
+                st.sync_slot(slot)
+            out.append(([st.sequence_ids[s] for s in slots], segment))
+            log.debug("layer %d: index update of slots %s", self.layer, slots)
+        return out  # type: ignore[return-value]
 
     def _cluster(
-        self, keys: torch.Tensor, values: torch.Tensor, first_position: int, n_seg: int,
-        per_seg: int,
+        self, slots: list[int], keys: torch.Tensor, values: torch.Tensor, first_position: int,
+        n_seg: int, per_seg: int,
     ) -> IndexSegment:  # fmt: skip
         cfg, st = self.config, self.state
         segment = build_segment(
-            keys, values, first_position, self.layer, self.num_clusters, n_seg, per_seg,
+            keys, values, first_position, self.layer, st.meta.counts[slots[0]], n_seg, per_seg,
             cfg.kmeans_iterations, cfg.final_assign_chunk,
             use_triton=None if self.kernels and kernels_available(self.device) else False,
         )  # fmt: skip
-        st.meta.append(segment)
-        if st._buffer is not None:
-            st._buffer.grow(self.num_clusters)
+        st.meta.append(slots, segment)
+        if st.buffer is not None:
+            st.buffer.grow(self.num_clusters)
         if self.on_segment is not None:
-            self.on_segment(segment)
+            self.on_segment([st.sequence_ids[s] for s in slots], segment)  # type: ignore[misc]
         return segment
 
-    def _steady(self) -> SteadyZone:
-        if self.state.steady is None:
-            raise RuntimeError(f"layer {self.layer}: decode before prefill()")
-        return self.state.steady
-
-    def _check_kv(self, name: str, t: torch.Tensor, length: int | None) -> None:
-        want = (self.batch, self.kv_heads, length if length is not None else t.shape[2],
-                self.head_dim)  # fmt: skip
+    def _check_kv(self, name: str, t: torch.Tensor, n: int, length: int | None) -> None:
+        want = (n, self.kv_heads, length if length is not None else t.shape[2], self.head_dim)
         if t.dim() != 4 or tuple(t.shape) != want:
             raise ValueError(
                 f"{name} must have shape [B, Hkv, L, D] = {list(want)}, got {list(t.shape)}"

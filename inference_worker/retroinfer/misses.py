@@ -55,11 +55,12 @@ class MissFetcher:
         self,
         source: ClusterSource,
         layer: int,
-        sequence_ids: Sequence[Hashable],
+        sequence_ids: Sequence[Hashable | None],
         batch: int,
         kv_heads: int,
     ) -> None:
-        self.source, self.layer, self.sequence_ids = source, layer, list(sequence_ids)
+        # the layer's own list (not a copy): slots change as sequences come and go
+        self.source, self.layer, self.sequence_ids = source, layer, sequence_ids
         self.batch, self.kv_heads = batch, kv_heads
         self.overlap = not source.graph_safe()  # a host-blocking fetch runs on a thread
         self.deferred: Deferred | None = None

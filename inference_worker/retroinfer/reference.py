@@ -29,8 +29,8 @@ class ReferenceResult:
 
 
 def reference_step(state: LayerState, q: torch.Tensor, pos: torch.Tensor) -> ReferenceResult:
-    """One step over every row. q [R, G, D]; pos [1] int64: the new token's steady position
-    (already written there)."""
+    """One step over every row. q [R, G, D]; pos [R] int64: each row's new token's steady
+    position (already written there)."""
     cfg, c, r, d = state.config, state.num_clusters, state.rows, state.head_dim
     defer = cfg.defer_misses and state.decode_steps >= cfg.defer_warmup_steps
     n_ret, n_est = cfg.retrieval_clusters(c), cfg.estimation_clusters(c)
@@ -44,6 +44,7 @@ def reference_step(state: LayerState, q: torch.Tensor, pos: torch.Tensor) -> Ref
     overflow = (ret_sizes > 0) & (ret_sizes.cumsum(1) > state.exec_tokens())  # estimated
     ret_valid = (ret_sizes > 0) & ~overflow
     buffer = state.buffer
+    assert buffer is not None, "begin_step builds the wave buffer"
     _admit_deferred(state, buffer)
     hit = buffer.lookup(ret, ret_valid)
     miss = ret_valid & ~hit
@@ -87,7 +88,7 @@ def _admit_deferred(state: LayerState, buffer: WaveBuffer) -> None:
 def _exact(
     state: LayerState,
     q: torch.Tensor,  # [R, G, D]
-    pos: torch.Tensor,  # [1]
+    pos: torch.Tensor,  # [R]
     miss_k: torch.Tensor,  # [R, M, D]
     miss_v: torch.Tensor,
     miss_off: torch.Tensor,  # [R, n + 1]
@@ -99,7 +100,7 @@ def _exact(
     r, d, pt = state.rows, state.head_dim, state.config.page_tokens
     st_k, st_v = state.steady_rows()
     cap = st_k.shape[1]
-    st_mask = (torch.arange(cap, device=state.device) <= pos).expand(r, cap)
+    st_mask = torch.arange(cap, device=state.device) <= pos.unsqueeze(1)  # [R, CAP]
     miss_mask = torch.arange(miss_k.shape[1], device=state.device) < miss_off[:, -1:]
     hit_mask = (torch.arange(pt, device=state.device) < hit_fill.unsqueeze(-1)).reshape(r, -1)
     keys = torch.cat([st_k, miss_k, hit_k.reshape(r, -1, d)], dim=1)  # [R, T, D]

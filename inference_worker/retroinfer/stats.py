@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -48,20 +49,21 @@ def step_counts(
 
 @dataclass(slots=True)
 class StepStats:
-    """Counts summed over the step's (sequence, kv_head) rows.
+    """Counts summed over the step's (slot, kv_head) rows (free slots count nothing).
 
     Tensor-valued counts stay on the device until `as_dict()` is called, so reading them is the
     caller's choice of synchronisation point.
     """
 
-    num_clusters: int = 0  # clusters per (sequence, kv_head) in the index
-    retrieval_clusters: int = 0  # n_ret
+    num_clusters: int = 0  # the index's width: the largest slot's clusters per kv_head
+    retrieval_clusters: int = 0  # n_ret (of the width)
     estimation_clusters: int = 0  # n_est
-    steady_tokens: int = 0  # steady-zone length (same for every row)
+    steady_tokens: int = 0  # the longest steady zone (the new token included)
     exec_tokens: int = 0  # execution-buffer width attended exactly (steady + misses + hit pages)
     dense: bool = True  # no index yet: the whole context was attended exactly
     counts: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [] int64 tensor
-    new_segment: IndexSegment | None = None  # index update produced this step (upload it)
+    # index updates of this step (upload them): (sequence ids of the segment's rows, segment)
+    new_segments: list[tuple[list[Hashable], IndexSegment]] = field(default_factory=list)
     # only with StepOptions(record_selection=True): "retrieved" [B, Hkv, n_ret] global cluster ids
     # attended exactly, "estimated" [B, Hkv, n_ret + n_est] ids with "estimated_mask" saying which
     # of them were estimated (overflowed retrieval clusters included)
@@ -76,7 +78,7 @@ class StepStats:
             "steady_tokens": self.steady_tokens,
             "exec_tokens": self.exec_tokens,
             "dense": self.dense,
-            "index_update": self.new_segment is not None,
+            "index_update": bool(self.new_segments),
         }
         out.update({k: int(v.item()) for k, v in self.counts.items()})
         return out

@@ -70,6 +70,15 @@ class WaveBuffer:
             )
         return self._scratch
 
+    def reset_rows(self, lo: int, hi: int) -> None:
+        """Rows [lo, hi) cache nothing (a batch slot taken by a new sequence)."""
+        self.owner[lo:hi] = -1
+        self.owner[lo:hi, self.pages] = -2
+        self.fill[lo:hi] = 0
+        self.stamp[lo:hi] = -1
+        for counter in (self.hits, self.misses, self.evictions):
+            counter[lo:hi] = 0
+
     def advance_clock(self, n: int) -> None:
         """The LRU clock after a step of n retrieved clusters (stamps base .. base + n used)."""
         self.clock += n + 1

@@ -219,7 +219,7 @@ def decode_kernel(
     l = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, D], tl.float32)
     if sid < S_ST:
-        n = tl.load(pos_ptr) + 1
+        n = tl.load(pos_ptr + r) + 1  # the row's last steady token is at pos[r]
         start = sid * CHUNK
         end = tl.minimum(start + CHUNK, n)
         m, l, acc = _attend_rows(

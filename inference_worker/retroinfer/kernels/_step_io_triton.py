@@ -6,21 +6,15 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["position"])  # the step's position: no recompile per value
+@triton.jit
 def token_kernel(
-    k_src, v_src, k_dst, v_dst, pos_ptr, position, cap, q_src, q_dst,
-    SET_POS: tl.constexpr, HAS_Q: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-    D: tl.constexpr, DP: tl.constexpr,
+    k_src, v_src, k_dst, v_dst, pos_ptr, cap, q_src, q_dst,
+    HAS_Q: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
 ):  # fmt: skip
-    """One program per KV row r: the new token's K/V into steady[r, pos] and (HAS_Q) the G
-    query rows of r into q_dst. SET_POS: pos = position (program 0 stores it); else pos is
-    read from pos_ptr."""
+    """One program per KV row r: the new token's K/V into steady[r, pos[r]] and (HAS_Q) the G
+    query rows of r into q_dst."""
     r = tl.program_id(0).to(tl.int64)
-    if SET_POS:
-        p = tl.zeros([], dtype=tl.int64) + position  # an int argument of 1 is a constexpr
-        tl.store(pos_ptr, p, mask=r == 0)
-    else:
-        p = tl.load(pos_ptr).to(tl.int64)
+    p = tl.load(pos_ptr + r).to(tl.int64)
     offs = tl.arange(0, DP)
     in_d = offs < D
     at = (r * cap + p) * D + offs

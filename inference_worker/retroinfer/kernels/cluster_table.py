@@ -1,11 +1,15 @@
-"""Device table of where every cluster of a batch of segments lies, for one-kernel fetches.
+"""Device table of where every cluster of a batch of sequences lies, for one-kernel fetches and
+for the decode step's direct admission.
 
-Segments may live in device memory or in pinned host memory (read zero-copy over PCIe by the
-copy kernel). Offsets are element offsets from the first segment's keys/values, so clusters of
-all segments are copied by one launch.
+Clusters may live in device memory or in pinned host memory (read zero-copy over PCIe by the
+kernels). Offsets are element offsets from one base address per table (`base_k` / `base_v`),
+so clusters of any segment, of any sequence, are read by one launch.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -15,29 +19,89 @@ from .gather import copy_runs
 MAX_FETCH_BLOCK = 8192  # requested clusters per row one program handles
 
 
-class ClusterTable:
-    """Per (sequence, kv_head) row: element offset and size of every global cluster id."""
+@dataclass(slots=True)
+class ClusterRows:
+    """Where one sequence's clusters lie: per KV head, element offsets from a base address."""
 
-    def __init__(self, segments: list, device: torch.device) -> None:  # list[IndexSegment]
-        first = segments[0]
-        b, h = first.sizes.shape[:2]
-        d = first.keys.shape[-1]
-        self.base_k, self.base_v = first.keys, first.values
-        self.head_dim, self.device = d, device
-        elem = first.keys.element_size()
-        rows = torch.arange(b * h, device=device).view(b, h, 1)
+    tab_k: torch.Tensor  # [H, C] int64 element offset of each cluster's first key row
+    tab_v: torch.Tensor  # [H, C] int64 of its first value row
+    size: torch.Tensor  # [H, C] int64 tokens per cluster
+
+    @classmethod
+    def of_parts(
+        cls,
+        parts: list[tuple[Any, int]],  # [(IndexSegment, the sequence's row in it)]
+        base_k: torch.Tensor,
+        base_v: torch.Tensor,
+    ) -> ClusterRows:
+        """The rows of one sequence's segments (in cluster order), offsets from base_k/v."""
         tab_k, tab_v, size = [], [], []
-        for seg in segments:
-            offs = seg.offsets.to(device)  # [B, H, C_s + 1]
-            n = seg.keys.shape[2]
-            start = (rows * n + offs[..., :-1]) * d  # element offsets inside the segment
-            tab_k.append(start + (seg.keys.data_ptr() - self.base_k.data_ptr()) // elem)
-            tab_v.append(start + (seg.values.data_ptr() - self.base_v.data_ptr()) // elem)
-            size.append(offs[..., 1:] - offs[..., :-1])
-        self.tab_k = torch.cat(tab_k, dim=2)  # [B, H, C]
-        self.tab_v = torch.cat(tab_v, dim=2)
-        self.size = torch.cat(size, dim=2)
-        self.segments = segments  # keep the memory alive
+        for seg, row in parts:
+            h, n, d = seg.keys.shape[1:]
+            offs = seg.offsets[row].to(base_k.device if base_k.is_cuda else seg.offsets.device)
+            start = (torch.arange(h, device=offs.device).view(h, 1) * n + offs[:, :-1]) * d
+            tab_k.append(start + _delta(seg.keys[row], base_k))
+            tab_v.append(start + _delta(seg.values[row], base_v))
+            size.append(offs[:, 1:] - offs[:, :-1])
+        return cls(torch.cat(tab_k, dim=1), torch.cat(tab_v, dim=1), torch.cat(size, dim=1))
+
+
+class ClusterTable:
+    """Per (slot, kv_head) row: element offset and size of every cluster id of the slot's
+    sequence (a free slot's row: no cluster). Kept in place as slots change (a captured step
+    keeps reading the same tensors); widened when a slot holds more clusters than it has."""
+
+    def __init__(
+        self,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        base_k: torch.Tensor,
+        base_v: torch.Tensor,
+        device: torch.device,
+    ) -> None:
+        self.base_k, self.base_v = base_k, base_v
+        self.head_dim, self.device = head_dim, device
+        self.tab_k = torch.zeros(batch, heads, 0, dtype=torch.int64, device=device)  # [B, H, C]
+        self.tab_v = torch.zeros_like(self.tab_k)
+        self.size = torch.zeros_like(self.tab_k)
+
+    @classmethod
+    def of_rows(
+        cls,
+        rows: list[ClusterRows | None],  # per slot (None: free)
+        base_k: torch.Tensor,
+        base_v: torch.Tensor,
+        head_dim: int,
+        device: torch.device,
+    ) -> ClusterTable:
+        heads = next(r.size.shape[0] for r in rows if r is not None)
+        table = cls(len(rows), heads, head_dim, base_k, base_v, device)
+        for slot, row in enumerate(rows):
+            if row is not None:
+                table.set(slot, row)
+        return table
+
+    def set(self, slot: int, rows: ClusterRows) -> None:
+        """Slot `slot` holds these rows (the rest of its row: no cluster)."""
+        c = rows.size.shape[1]
+        if c > self.size.shape[2]:
+            self._widen(c)
+        for name in ("tab_k", "tab_v", "size"):
+            dst = getattr(self, name)
+            dst[slot, :, :c] = getattr(rows, name).to(self.device)
+            dst[slot, :, c:] = 0
+
+    def clear(self, slot: int) -> None:
+        self.size[slot] = 0
+
+    def _widen(self, width: int) -> None:
+        b, h, c = self.size.shape
+        for name in ("tab_k", "tab_v", "size"):
+            old = getattr(self, name)
+            new = torch.zeros(b, h, width, dtype=torch.int64, device=self.device)
+            new[:, :, :c] = old
+            setattr(self, name, new)
 
     def fetch(
         self, cluster_ids: torch.Tensor, max_tokens: int, use_triton: bool | None = None
@@ -96,3 +160,12 @@ class ClusterTable:
             BLOCK_N=max(1 << max(n - 1, 0).bit_length(), 2), num_warps=4,
         )  # fmt: skip
         return offsets, runs
+
+
+def _delta(t: torch.Tensor, base: torch.Tensor) -> int:
+    """t's address as an element offset from base's (the same element size)."""
+    elem = base.element_size()
+    diff = t.data_ptr() - base.data_ptr()
+    if diff % elem or t.element_size() != elem:
+        raise ValueError(f"cannot address a {t.dtype} tensor from a {base.dtype} base")
+    return diff // elem

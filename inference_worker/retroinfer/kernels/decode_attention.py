@@ -65,9 +65,9 @@ SourceRows = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 class ExecView:
     """Where the exactly attended tokens of a step lie (R = B * Hkv rows)."""
 
-    steady_k: torch.Tensor  # [R, CAP, D] steady zone; tokens 0..pos valid
+    steady_k: torch.Tensor  # [R, CAP, D] steady zone; row r's tokens 0..pos[r] valid
     steady_v: torch.Tensor  # [R, CAP, D]
-    pos: torch.Tensor  # [1] int64 index of the last valid steady token
+    pos: torch.Tensor  # [R] int64 index of each row's last valid steady token
     miss_k: torch.Tensor  # [R, M, D] packed misses; the first miss_len[r] rows valid
     miss_v: torch.Tensor  # [R, M, D]
     miss_len: torch.Tensor  # [R] int64 (any stride: e.g. the last column of the miss offsets)
@@ -137,7 +137,7 @@ def exact_partials(
     lo = view.page_lo if view.page_lo is not None else view.hit_pages
     cp = view.copy_in
     decode_kernel[(r, s)](
-        q.contiguous(), view.steady_k, view.steady_v, view.pos, cap,
+        q.contiguous(), view.steady_k, view.steady_v, view.pos.contiguous(), cap,
         view.miss_k, view.miss_v, view.miss_len, view.miss_len.stride(0), m_width,
         view.cache_k, view.cache_v, view.take, view.fill, lo, view.hit_pages, p1, w,
         *((cp.src_k, cp.src_v, cp.off_k, cp.off_v, cp.off_k.stride(0)) if cp
@@ -255,7 +255,7 @@ def materialise(
     dev = view.steady_k.device
     p1, pt = view.cache_k.shape[1], view.cache_k.shape[2]
     w = view.take.shape[1]
-    st_mask = (torch.arange(cap, device=dev) <= view.pos).expand(r, cap)
+    st_mask = torch.arange(cap, device=dev) <= view.pos.unsqueeze(1)  # [R, CAP]
     mi_mask = torch.arange(view.miss_k.shape[1], device=dev) < view.miss_len.unsqueeze(1)
     in_w = torch.arange(w, device=dev) < view.hit_pages.unsqueeze(1)  # [R, W]
     if view.page_lo is not None:

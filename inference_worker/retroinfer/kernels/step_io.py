@@ -1,11 +1,10 @@
 """A decode step's inputs into the layer's buffers and its outputs out of them, one kernel each.
 
 Between two CUDA-graph replays of a layer step (eight small torch kernels otherwise):
-`load_step` writes the new token's K/V into the steady zone at its position, the query into the
-graph's static query buffer and the position into its device tensor; `unload_step` copies the
-output (cast to the caller's dtype) and the step counts out of the graph's buffers, which the
-next replay overwrites. `write_token` is the steady-zone write alone at a device-side position
-(inside a captured step, where the position is only known on the device).
+`load_step` writes each row's new token K/V into the steady zone at the row's position (a device
+tensor) and the query into the graph's static query buffer; `unload_step` copies the output
+(cast to the caller's dtype) and the step counts out of the graph's buffers, which the next
+replay overwrites. `write_token` is the steady-zone write alone (inside a captured step).
 """
 
 from __future__ import annotations
@@ -21,25 +20,24 @@ UNLOAD_BLOCK = 2048  # output elements per unload program
 def load_step(
     k_new: torch.Tensor,  # [B, Hkv, D] the new token's keys
     v_new: torch.Tensor,  # [B, Hkv, D] its values
-    steady_k: torch.Tensor,  # [B, Hkv, cap, D] steady-zone keys (written at `position`)
+    steady_k: torch.Tensor,  # [B, Hkv, cap, D] steady-zone keys (row r written at pos[r])
     steady_v: torch.Tensor,  # [B, Hkv, cap, D]
-    pos: torch.Tensor,  # [1] int64: set to `position`
-    position: int,
+    pos: torch.Tensor,  # [R = B * Hkv] int64 device positions (no host synchronisation)
     q: torch.Tensor | None = None,  # [B, Hq, D] the step's query, copied into q_dst
     q_dst: torch.Tensor | None = None,  # [B, Hq, D] in its own dtype
     use_triton: bool | None = None,
 ) -> None:
-    """Writes the new token at `position` of the steady zone, `position` into `pos` and q into
-    q_dst (cast to the buffers' dtypes). One kernel on the Triton path."""
-    cap = steady_k.shape[2]
-    if not 0 <= position < cap:
-        raise ValueError(f"position must be in [0, {cap}), got {position}")
+    """Writes the new token of each row at its position of the steady zone and q into q_dst
+    (cast to the buffers' dtypes). One kernel on the Triton path; capturable."""
+    b, h = steady_k.shape[:2]
+    if pos.shape != (b * h,):
+        raise ValueError(f"pos must have shape [B * Hkv] = [{b * h}], got {list(pos.shape)}")
     if (q is None) != (q_dst is None):
         raise ValueError("q and q_dst go together")
     if not pick(use_triton, steady_k):
-        load_step_reference(k_new, v_new, steady_k, steady_v, pos, position, q, q_dst)
+        load_step_reference(k_new, v_new, steady_k, steady_v, pos, q, q_dst)
         return
-    _launch_token(k_new, v_new, steady_k, steady_v, pos, position, q, q_dst)
+    _launch_token(k_new, v_new, steady_k, steady_v, pos, q, q_dst)
 
 
 def write_token(
@@ -47,15 +45,11 @@ def write_token(
     v_new: torch.Tensor,  # [B, Hkv, D]
     steady_k: torch.Tensor,  # [B, Hkv, cap, D]
     steady_v: torch.Tensor,  # [B, Hkv, cap, D]
-    pos: torch.Tensor,  # [1] int64 device-side position (no host synchronisation)
+    pos: torch.Tensor,  # [R] int64 device positions
     use_triton: bool | None = None,
 ) -> None:
-    """steady[:, :, pos] = new token (capturable: the position is read on the device)."""
-    if not pick(use_triton, steady_k):
-        steady_k.index_copy_(2, pos, k_new.unsqueeze(2).to(steady_k.dtype))
-        steady_v.index_copy_(2, pos, v_new.unsqueeze(2).to(steady_v.dtype))
-        return
-    _launch_token(k_new, v_new, steady_k, steady_v, pos, None, None, None)
+    """steady[b, h, pos[b * Hkv + h]] = new token (capturable)."""
+    load_step(k_new, v_new, steady_k, steady_v, pos, use_triton=use_triton)
 
 
 def unload_step(
@@ -86,14 +80,14 @@ def load_step_reference(
     steady_k: torch.Tensor,
     steady_v: torch.Tensor,
     pos: torch.Tensor,
-    position: int,
     q: torch.Tensor | None = None,
     q_dst: torch.Tensor | None = None,
 ) -> None:
     """torch reference of load_step."""
-    pos.fill_(position)
-    steady_k[:, :, position] = k_new.to(steady_k.dtype)
-    steady_v[:, :, position] = v_new.to(steady_v.dtype)
+    b, h, cap, d = steady_k.shape
+    rows = torch.arange(b * h, device=pos.device) * cap + pos  # [R] flat token index
+    steady_k.view(b * h * cap, d).index_copy_(0, rows, k_new.reshape(b * h, d).to(steady_k.dtype))
+    steady_v.view(b * h * cap, d).index_copy_(0, rows, v_new.reshape(b * h, d).to(steady_v.dtype))
     if q is not None and q_dst is not None:
         q_dst.copy_(q)
 
@@ -104,7 +98,6 @@ def _launch_token(
     steady_k: torch.Tensor,
     steady_v: torch.Tensor,
     pos: torch.Tensor,
-    position: int | None,
     q: torch.Tensor | None,
     q_dst: torch.Tensor | None,
 ) -> None:
@@ -117,9 +110,7 @@ def _launch_token(
     group = q.shape[1] // h if q is not None else 1
     q_src = q.contiguous() if q is not None else steady_k
     token_kernel[(b * h,)](
-        k_new.contiguous(), v_new.contiguous(), steady_k, steady_v, pos,
-        position if position is not None else 0, cap, q_src,
-        q_dst if q_dst is not None else steady_k,
-        SET_POS=position is not None, HAS_Q=q is not None, G=group, GP=next_pow2(group),
-        D=d, DP=next_pow2(d), num_warps=1,
+        k_new.contiguous(), v_new.contiguous(), steady_k, steady_v, pos.contiguous(), cap,
+        q_src, q_dst if q_dst is not None else steady_k,
+        HAS_Q=q is not None, G=group, GP=next_pow2(group), D=d, DP=next_pow2(d), num_warps=1,
     )  # fmt: skip

@@ -172,3 +172,24 @@ def test_aborted_retroinfer_request_leaves_the_store(
     (out,) = retro.step()
     assert out.finished and out.finish_reason == "abort"
     assert client.list_sequences() == [] and not retro.has_unfinished_requests()
+
+
+def test_retroinfer_continuous_batching_at_full_budget_is_full_attention(
+    engine: GenerationEngine,
+) -> None:
+    """RetroInfer with every cluster retrieved, 2 slots, prompts of different lengths joining
+    as slots free up: each request's greedy output equals full attention's and its own run
+    alone."""
+    everything = RetroInferConfig(retrieval_budget=1.0, estimation_budget=0.0)
+    retro = EngineConfig(retro=everything, max_batch_size=2, prefill_chunk=512)
+    shapes = [(1200, 8), (1450, 5), (1150, 7)]
+    reqs = [
+        GenerationRequest(f"r{i}", essay_tokens(engine, n, seed=20 + i), max_new_tokens=m)
+        for i, (n, m) in enumerate(shapes)
+    ]
+    together = engine.with_config(retro).generate(reqs)
+    assert all(r.stats["indexed"] and r.stats["num_clusters"] > 0 for r in together)
+    full = [engine.with_config(FULL).generate([r])[0] for r in reqs]
+    assert [r.token_ids for r in together] == [r.token_ids for r in full]
+    alone = engine.with_config(EngineConfig(retro=everything, max_batch_size=1)).generate(reqs[:1])
+    assert alone[0].token_ids == together[0].token_ids

@@ -16,36 +16,16 @@ def test_requests_take_the_lowest_free_slots_and_prefill_oldest_first() -> None:
     a, b, c = _seq("a", 10), _seq("b", 20), _seq("c", 5)
     for s in (a, b, c):
         sched.add(s)
-    plan, admitted = sched.schedule()
-    assert admitted == [a, b] and (a.slot, b.slot) == (0, 1) and c.status is Status.WAITING
-    assert plan.prefill == [a] and plan.decode == []
+    plan = sched.schedule()
+    assert plan.admitted == [a, b] and (a.slot, b.slot) == (0, 1) and c.status is Status.WAITING
+    assert plan.prefill == [a]
     a.status = Status.RUNNING
-    plan, admitted = sched.schedule()
-    assert admitted == [] and plan.prefill == [b] and plan.decode == [a]
+    plan = sched.schedule()
+    assert plan.admitted == [] and plan.prefill == [b]
     a.status = Status.FINISHED
     sched.free(a)
-    plan, admitted = sched.schedule()
-    assert admitted == [c] and c.slot == 0 and plan.prefill == [b]
-
-
-def test_cohorts_admit_equal_lengths_into_an_empty_batch_only() -> None:
-    sched = Scheduler(max_batch_size=3, cohorts=True)
-    a, b, c, d = _seq("a", 8), _seq("b", 9), _seq("c", 8), _seq("d", 8)
-    for s in (a, b, c, d):
-        sched.add(s)
-    plan, admitted = sched.schedule()
-    assert admitted == [a, c, d] and [s.slot for s in admitted] == [0, 1, 2]
-    assert plan.prefill == [a, c, d]
-    for s in admitted:
-        s.status = Status.RUNNING
-    c.status = Status.FINISHED
-    sched.free(c)
-    plan, admitted = sched.schedule()
-    assert admitted == [] and plan.decode == [a, d]  # b waits for the whole cohort
-    for s in (a, d):
-        sched.free(s)
-    _, admitted = sched.schedule()
-    assert admitted == [b] and b.slot == 0
+    plan = sched.schedule()
+    assert plan.admitted == [c] and c.slot == 0 and plan.prefill == [b]
 
 
 def test_find_and_remove_waiting() -> None:

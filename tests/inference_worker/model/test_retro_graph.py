@@ -42,7 +42,7 @@ def _layers(device: str, seed: int = 1) -> list[RetroInferLayer]:
     for i in range(TINY.num_layers):
         layer = RetroInferLayer(
             RETRO, i, TINY.num_heads, TINY.num_kv_heads, TINY.head_dim, source, ids,
-            device=device, on_segment=lambda s: source.put(ids, s),
+            device=device, on_segment=source.put,
         )  # fmt: skip
         kv = torch.randn(2, BATCH, TINY.num_kv_heads, PROMPT, TINY.head_dim, generator=gen)
         layer.prefill(kv[0].to(device), kv[1].to(device))
@@ -85,9 +85,9 @@ def _assert_same(got: list[tuple], ref: list[tuple], atol: float) -> None:
 
 def _assert_same_state(a: list[RetroInferLayer], b: list[RetroInferLayer], atol: float) -> None:
     for x, y in zip(a, b, strict=True):
-        assert x.buffer is not None and y.buffer is not None and x.steady and y.steady
-        assert x.steady.length == y.steady.length and x.num_clusters == y.num_clusters
-        n, p = x.steady.length, x.buffer.pages
+        assert x.buffer is not None and y.buffer is not None
+        assert x.steady.lengths == y.steady.lengths and x.num_clusters == y.num_clusters
+        n, p = max(x.steady.lengths), x.buffer.pages
         for s, t in zip(x.buffer._state(), y.buffer._state(), strict=True):
             if s.dim() == 4:  # keys, values [R, P + 1, pt, D]: the scratch page (index p)
                 s, t = s[:, :p], t[:, :p]  # absorbs masked writes in any order (many threads)

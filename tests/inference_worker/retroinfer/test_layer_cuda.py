@@ -30,7 +30,7 @@ def _layer(config, dtype, hq=32, hkv=8, d=128, batch=2):
         ids,
         dtype=dtype,
         device="cuda",
-        on_segment=lambda s: source.put(ids, s),
+        on_segment=source.put,
     )
 
 

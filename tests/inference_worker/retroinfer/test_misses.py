@@ -42,9 +42,7 @@ class BlockingSource(InProcessClusterSource):
 
 def _layer(config: RetroInferConfig, source: InProcessClusterSource) -> RetroInferLayer:
     ids = ["a", "b"]
-    return RetroInferLayer(
-        config, 0, 6, 2, 16, source, ids, on_segment=lambda s: source.put(ids, s)
-    )
+    return RetroInferLayer(config, 0, 6, 2, 16, source, ids, on_segment=source.put)
 
 
 def _steps(layer: RetroInferLayer, steps: int, seed: int) -> list[tuple]:

@@ -11,7 +11,6 @@ tests.inference_worker.retroinfer.kernels.book_cases` (the tests do), or call th
 from __future__ import annotations
 
 import copy
-from functools import partial
 
 import torch
 
@@ -143,7 +142,7 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
     for name, (options, packed) in paths.items():
         layer = _variant(template, built, options, packed)
         if name == "direct":
-            assert layer.source.cluster_table(0, ids) is not None, "no direct admission here"
+            assert layer.source.cluster_rows(0, ids[0]) is not None, "no direct admission here"
         runs[name] = [layer.decode(s[0] * 2, s[1, :, :hkv], s[2, :, :hkv]) for s in qs]
     fp32 = dtype == torch.float32
     tol = 1e-4 if fp32 else 2e-2  # bf16: outputs rounded to bf16
@@ -164,7 +163,7 @@ def check_layer_paths(device: str, dtype: torch.dtype, seed: int, shape: tuple[i
 class PackedSource(InProcessClusterSource):
     """The in-process source without its cluster table: the step fetches misses packed."""
 
-    def cluster_table(self, layer, sequence_ids):  # type: ignore[no-untyped-def]
+    def cluster_base(self):  # type: ignore[no-untyped-def]
         return None
 
 
@@ -178,7 +177,7 @@ def _variant(template: RetroInferLayer, built: InProcessClusterSource, options: 
     layer = RetroInferLayer(
         template.config, 0, st.kv_heads * st.group, st.kv_heads, st.head_dim, source,
         st.sequence_ids, dtype=st.dtype, device=st.device,
-        on_segment=partial(source.put, st.sequence_ids), options=options,
+        on_segment=source.put, options=options,
     )  # fmt: skip
     layer.state = st
     return layer
@@ -196,17 +195,53 @@ def _layer_case(device: str, dtype: torch.dtype, seed: int, shape: tuple[int, ..
     built = InProcessClusterSource()
     template = RetroInferLayer(
         RetroInferConfig(cache_ratio=0.05), 0, hq, hkv, d, built, ids, dtype=dtype,
-        device=device, on_segment=partial(built.put, ids), options=StepOptions(kernels=False),
+        device=device, on_segment=built.put, options=StepOptions(kernels=False),
     )  # fmt: skip
     template.prefill(kv[0], kv[1])
     return template, built, qs, ids
 
 
+def check_slots(device: str, dtype: torch.dtype, seed: int, steps: int = 8) -> None:
+    """Sequences of different lengths join and leave a layer's slots between steps: the
+    Triton step (direct admission from the source's cluster rows) vs the torch reference, the
+    same outputs and statistics at every step (fp32 1e-4; bf16: the Triton path alone runs)."""
+    gen = torch.Generator().manual_seed(seed)
+    hq, hkv, d = 8, 2, 16
+    prompts = {name: torch.randn(2, 1, hkv, n, d, generator=gen).to(device, dtype)
+               for name, n in (("a", 1500), ("b", 900), ("c", 2100))}  # fmt: skip
+    inputs = [torch.randn(3, 3, hq, d, generator=gen).to(device, dtype) for _ in range(steps)]
+    config = RetroInferConfig(cache_ratio=0.05, update_tokens=32, update_clusters=4)
+    runs = []
+    for options in (StepOptions(kernels=False), StepOptions(kernels=True)):
+        source = InProcessClusterSource()
+        layer = RetroInferLayer(config, 0, hq, hkv, d, source, [None] * 3, dtype=dtype,
+                                device=device, on_segment=source.put, options=options)  # fmt: skip
+        run = []
+        for step, x in enumerate(inputs):
+            if step in (0, 2):  # a joins at step 0, b at step 2 (slot 2, slot 0)
+                name, slot = ("a", 2) if step == 0 else ("b", 0)
+                layer.admit([slot], [name], prompts[name][0], prompts[name][1])
+            if step == 5:  # a leaves, c takes slot 2
+                layer.release(2)
+                layer.admit([2], ["c"], prompts["c"][0], prompts["c"][1])
+            out, stats = layer.decode(x[0] * 2, x[1, :, :hkv], x[2, :, :hkv])
+            held = [b for b, s in enumerate(layer.sequence_ids) if s is not None]
+            run.append((out[held], stats))
+        if options.kernels:
+            assert layer.state.table_ok, "the Triton step did not admit from the cluster rows"
+        runs.append(run)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for step, ((o1, s1), (o2, s2)) in enumerate(zip(*runs, strict=True)):
+        where = f"slots, step {step}"
+        torch.testing.assert_close(o1.float(), o2.float(), atol=tol, rtol=10 * tol, msg=where)
+        d1, d2 = s1.as_dict(), s2.as_dict()
+        d1.pop("exec_tokens"), d2.pop("exec_tokens")
+        assert d1 == d2, (where, d1, d2)
+
+
 def check_fetch_runs(device: str, seed: int, segments: int = 2, n: int = 20) -> None:
     """ClusterTable's fused fetch index math vs its torch reference (and the fetched rows)."""
     from types import SimpleNamespace
-
-    from inference_worker.retroinfer.kernels.cluster_table import ClusterTable
 
     gen = torch.Generator().manual_seed(seed)
     b, h, d, segs = 2, 3, 8, []
@@ -218,7 +253,7 @@ def check_fetch_runs(device: str, seed: int, segments: int = 2, n: int = 20) -> 
         length = int(offsets[..., -1].max()) + 1
         keys, values = torch.randn(2, b, h, length, d, generator=gen).to(device)
         segs.append(SimpleNamespace(sizes=sizes, offsets=offsets, keys=keys, values=values))
-    table = ClusterTable(segs, torch.device(device))
+    table = _table_of(segs, device)
     total = table.size.shape[2]
     ids = torch.randint(-1, total, (b, h, n), generator=gen).to(device)
     width = int(table.runs_reference(ids, 1)[0][..., -1].max()) + 3  # ids may repeat
@@ -309,7 +344,7 @@ def _check_copy_in(step, bufs, table, plans, lo, copy_in, rest, gen) -> None:  #
     mk, mv, moff = table.fetch(rest.view(b, h, -1), int(table.size.sum(2).max()))
     q = torch.randn(r, 2, d, generator=gen).to(dev)
     none = torch.zeros(r, 0, d, device=dev)
-    pos = torch.zeros(1, dtype=torch.int64, device=dev)
+    pos = torch.zeros(r, dtype=torch.int64, device=dev)
     packed = (mk.view(r, -1, d), mv.view(r, -1, d), moff.view(r, -1)[:, -1])
     views = (
         ExecView(none, none, pos, *packed, bufs[1].keys, bufs[1].values, got.take, got.fill,
@@ -329,8 +364,6 @@ def _check_copy_in(step, bufs, table, plans, lo, copy_in, rest, gen) -> None:  #
 def _random_table(device: str, seed: int, rows: int, segments: int, head_dim: int):  # type: ignore[no-untyped-def]
     from types import SimpleNamespace
 
-    from inference_worker.retroinfer.kernels.cluster_table import ClusterTable
-
     gen = torch.Generator().manual_seed(seed)
     segs = []
     for _ in range(segments):
@@ -341,7 +374,17 @@ def _random_table(device: str, seed: int, rows: int, segments: int, head_dim: in
         length = int(offsets[..., -1].max()) + 1
         keys, values = torch.randn(2, rows, 1, length, head_dim, generator=gen).to(device)
         segs.append(SimpleNamespace(sizes=sizes, offsets=offsets, keys=keys, values=values))
-    return ClusterTable(segs, torch.device(device))
+    return _table_of(segs, device)
+
+
+def _table_of(segs: list, device: str):  # type: ignore[no-untyped-def]
+    """The table of segments of the same rows (a batch of sequences), one base address."""
+    from inference_worker.retroinfer.kernels.cluster_table import ClusterRows, ClusterTable
+
+    b = segs[0].sizes.shape[0]
+    base_k, base_v = segs[0].keys, segs[0].values
+    rows = [ClusterRows.of_parts([(seg, r) for seg in segs], base_k, base_v) for r in range(b)]
+    return ClusterTable.of_rows(rows, base_k, base_v, segs[0].keys.shape[-1], torch.device(device))
 
 
 def run_interpreted() -> None:
@@ -358,6 +401,7 @@ def run_interpreted() -> None:
     assert seen["evicted"] > 0, seen
     check_layer_paths("cpu", torch.float32, seed=4, shape=(1, 8, 2, 16, 3000, 4))
     check_layer_paths("cpu", torch.float32, seed=8, shape=(2, 8, 2, 16, 1500, 3))
+    check_slots("cpu", torch.float32, seed=9)
     check_fetch_runs("cpu", seed=5, segments=1)
     check_direct("cpu", seed=6)
     print("ok")

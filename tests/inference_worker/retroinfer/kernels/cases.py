@@ -72,8 +72,8 @@ def estimate_case(r: int, g: int, c: int, d: int, device: str, seed: int) -> Cas
 def attention_case(
     r: int, g: int, d: int, tokens: int, c: int, dtype: torch.dtype, device: str, seed: int
 ) -> Case:
-    """Steady zone of 1092 slots (900 valid), `tokens` packed miss slots, a 16-page-per-cluster
-    cache with random hit pages, and an estimation zone over c clusters."""
+    """Steady zone of 1092 slots (801 to 1000 valid per row), `tokens` packed miss slots, a
+    16-page-per-cluster cache with random hit pages, and an estimation zone over c clusters."""
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def rnd(*shape: int) -> torch.Tensor:
@@ -85,7 +85,7 @@ def attention_case(
     view = ExecView(
         steady_k=rnd(r, 1092, d),
         steady_v=rnd(r, 1092, d),
-        pos=torch.tensor([899], device=device),
+        pos=torch.randint(800, 1000, (r,), generator=gen, device=device),  # a length per row
         miss_k=rnd(r, tokens, d),
         miss_v=rnd(r, tokens, d),
         # a strided column (the kernel reads it with a stride, as fast_step passes it)

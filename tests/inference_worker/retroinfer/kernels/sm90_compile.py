@@ -165,10 +165,9 @@ def _step_io(dtype: torch.dtype) -> None:
     for b, h, g, d, cap in ((16, 8, 4, 128, 200), (2, 3, 3, 64, 40)):
         k, q = torch.randn(b, h, d).to(dtype), torch.randn(b, h * g, d)
         steady = torch.zeros(b, h, cap, d, dtype=dtype)
-        pos = torch.zeros(1, dtype=torch.int64)
-        for position in (1, 37):  # 1: a constexpr argument
-            load_step(k, k, steady, steady, pos, position, q, q.to(dtype), use_triton=True)
-        load_step(k, k, steady, steady, pos, 37, use_triton=True)
+        pos = torch.randint(cap, (b * h,))
+        load_step(k, k, steady, steady, pos, q, q.to(dtype), use_triton=True)
+        load_step(k, k, steady, steady, pos, use_triton=True)
         write_token(k, k, steady, steady, pos, use_triton=True)
         unload_step(q, torch.zeros(7, dtype=torch.int64), dtype, use_triton=True)
 
@@ -193,26 +192,9 @@ def compile_all(dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32
     return compiled
 
 
-def token_binaries(positions: tuple[int, ...] = (1, 16, 17, 32, 37)) -> set[str]:
-    """The distinct binaries of the step-input kernel over decode positions: one, or every new
-    position class (1, multiples of 16) would recompile in the middle of a decode run."""
-    from inference_worker.retroinfer.kernels.step_io import load_step
-
-    k, q = torch.randn(2, 3, 64).to(torch.bfloat16), torch.randn(2, 6, 64)
-    steady = torch.zeros(2, 3, 64, 64, dtype=torch.bfloat16)
-    pos = torch.zeros(1, dtype=torch.int64)
-    with compile_only() as compiled:
-        for position in positions:
-            load_step(k, k, steady, steady, pos, position, q, q.to(torch.bfloat16), use_triton=True)
-    return {h for name, _, _, h in compiled if name == "token_kernel"}
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     compiled = compile_all()
-    binaries = token_binaries()
-    if len(binaries) != 1:
-        raise RuntimeError(f"step-input kernel: {len(binaries)} binaries for 5 positions")
     names = sorted({name for name, *_ in compiled})
     log.info("compiled %d kernel launches for sm_90 (%s)", len(compiled), ", ".join(names))
     print("ok")  # the subprocess protocol of tests/interpret.py

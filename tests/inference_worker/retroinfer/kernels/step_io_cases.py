@@ -19,20 +19,25 @@ SHAPES = ((2, 3, 3, 64, 40), (3, 2, 4, 48, 17), (1, 8, 4, 128, 9), (1, 1, 2, 32,
 
 
 def check_load(device: str, seed: int) -> None:
-    """load_step equals its reference bit for bit (every buffer, every position kind: 0, 1 (a
-    constexpr argument in Triton), the last, random), with and without the query."""
+    """load_step equals its reference bit for bit (every buffer; per-row positions at the
+    zone's first and last token and random ones), with and without the query."""
     gen = torch.Generator().manual_seed(seed)
     for b, h, g, d, cap in SHAPES:
-        for position in (0, 1, cap - 1, int(torch.randint(cap, (1,), generator=gen))):
+        r = b * h
+        for pos in (
+            torch.zeros(r),
+            torch.full((r,), cap - 1),
+            torch.randint(cap, (r,), generator=gen),
+        ):
             for dtype, q_dtype in ((torch.bfloat16, torch.float32), (torch.float32, torch.float32)):
-                _check_load_once(device, gen, (b, h, g, d, cap), position, dtype, q_dtype)
+                _check_load_once(device, gen, (b, h, g, d, cap), pos.long(), dtype, q_dtype)
 
 
 def _check_load_once(
     device: str,
     gen: torch.Generator,
     shape: tuple[int, int, int, int, int],
-    position: int,
+    pos: torch.Tensor,  # [R] int64
     dtype: torch.dtype,
     q_dtype: torch.dtype,
 ) -> None:
@@ -42,17 +47,17 @@ def _check_load_once(
         return torch.randn(*s, generator=gen).to(dt).to(device)
 
     k, v, q = rand(b, h, d, dt=q_dtype), rand(b, h, d, dt=q_dtype), rand(b, h * g, d, dt=q_dtype)
-    bufs = [rand(b, h, cap, d), rand(b, h, cap, d), torch.full((1,), -5, device=device),
-            rand(b, h * g, d)]  # fmt: skip
+    pos = pos.to(device)
+    bufs = [rand(b, h, cap, d), rand(b, h, cap, d), rand(b, h * g, d)]
     want = [x.clone() for x in bufs]
-    load_step_reference(k, v, want[0], want[1], want[2], position, q, want[3])
+    load_step_reference(k, v, want[0], want[1], pos, q, want[2])
     for with_q in (True, False):
         got = [x.clone() for x in bufs]
-        q_in, q_out = (q, got[3]) if with_q else (None, None)
-        load_step(k, v, got[0], got[1], got[2], position, q_in, q_out, use_triton=True)
-        expect = want if with_q else [*want[:3], bufs[3]]
-        for name, a, e in zip(("steady_k", "steady_v", "pos", "q_dst"), got, expect, strict=True):
-            assert _same(a, e, cast=dtype != q_dtype), (name, shape, position, dtype, with_q)
+        q_in, q_out = (q, got[2]) if with_q else (None, None)
+        load_step(k, v, got[0], got[1], pos, q_in, q_out, use_triton=True)
+        expect = want if with_q else [*want[:2], bufs[2]]
+        for name, a, e in zip(("steady_k", "steady_v", "q_dst"), got, expect, strict=True):
+            assert _same(a, e, cast=dtype != q_dtype), (name, shape, pos, dtype, with_q)
 
 
 def _same(a: torch.Tensor, e: torch.Tensor, cast: bool) -> bool:
@@ -65,20 +70,19 @@ def _same(a: torch.Tensor, e: torch.Tensor, cast: bool) -> bool:
 
 
 def check_write_token(device: str, seed: int) -> None:
-    """write_token (device-side position) equals index_copy_ at that position."""
+    """write_token (device-side per-row positions) equals a per-row write at those positions."""
     gen = torch.Generator().manual_seed(seed)
     for b, h, _, d, cap in SHAPES:
-        for position in (0, 1, cap - 1):
-            k = torch.randn(b, h, d, generator=gen).to(torch.bfloat16).to(device)
-            v = torch.randn(b, h, d, generator=gen).to(torch.bfloat16).to(device)
-            sk = torch.randn(b, h, cap, d, generator=gen).to(torch.bfloat16).to(device)
-            sv = torch.randn(b, h, cap, d, generator=gen).to(torch.bfloat16).to(device)
-            pos = torch.tensor([position], device=device)
-            wk, wv = sk.clone(), sv.clone()
-            write_token(k, v, wk, wv, pos, use_triton=False)
-            write_token(k, v, sk, sv, pos, use_triton=True)
-            assert torch.equal(sk, wk) and torch.equal(sv, wv), (b, h, d, cap, position)
-            assert int(pos) == position
+        k = torch.randn(b, h, d, generator=gen).to(torch.bfloat16).to(device)
+        v = torch.randn(b, h, d, generator=gen).to(torch.bfloat16).to(device)
+        sk = torch.randn(b, h, cap, d, generator=gen).to(torch.bfloat16).to(device)
+        sv = torch.randn(b, h, cap, d, generator=gen).to(torch.bfloat16).to(device)
+        pos = torch.randint(cap, (b * h,), generator=gen).to(device)
+        wk, wv = sk.clone(), sv.clone()
+        for r, p in enumerate(pos.tolist()):
+            wk[r // h, r % h, p], wv[r // h, r % h, p] = k[r // h, r % h], v[r // h, r % h]
+        write_token(k, v, sk, sv, pos, use_triton=True)
+        assert torch.equal(sk, wk) and torch.equal(sv, wv), (b, h, d, cap, pos)
 
 
 def check_unload(device: str, seed: int) -> None:

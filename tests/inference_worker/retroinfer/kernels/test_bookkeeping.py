@@ -17,6 +17,7 @@ from tests.inference_worker.retroinfer.kernels.book_cases import (
     check_direct,
     check_fetch_runs,
     check_layer_paths,
+    check_slots,
 )
 from tests.interpret import run_check
 
@@ -65,3 +66,9 @@ def test_fused_fetch_runs_match_reference_gpu():
 @cuda
 def test_direct_admission_matches_reference_gpu():
     check_direct("cuda", seed=10, rows=16, segments=3, steps=8)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_slots_joining_and_leaving_match_the_reference_gpu(dtype):
+    check_slots("cuda", dtype, seed=11, steps=12)

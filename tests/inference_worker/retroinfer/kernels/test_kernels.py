@@ -92,7 +92,7 @@ def _mask(ids, c):
 def _listed_tokens(view, r):
     """Brute force: the valid (key, value) rows of row r, listed one by one."""
     ks, vs = [], []
-    for t in range(int(view.pos) + 1):
+    for t in range(int(view.pos[r]) + 1):
         ks.append(view.steady_k[r, t]), vs.append(view.steady_v[r, t])
     for t in range(int(view.miss_len[r])):
         ks.append(view.miss_k[r, t]), vs.append(view.miss_v[r, t])
@@ -187,7 +187,7 @@ def _layer(use_kernels, dtype, batch=2, source=None):
     source = source or InProcessClusterSource()
     return RetroInferLayer(
         RetroInferConfig(cache_ratio=0.05), 0, 32, 8, 128, source, ids, dtype=dtype,
-        device="cuda", on_segment=lambda s: source.put(ids, s),
+        device="cuda", on_segment=source.put,
         options=StepOptions(kernels=use_kernels),
     )  # fmt: skip
 

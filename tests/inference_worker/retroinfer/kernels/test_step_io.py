@@ -22,23 +22,26 @@ def _buffers(b=2, h=3, g=2, d=8, cap=6):
     return k, v, q, steady_k, steady_v
 
 
-def test_load_step_reference_writes_one_position_and_the_query():
+def test_load_step_reference_writes_each_rows_position_and_the_query():
     k, v, q, sk, sv = _buffers()
     before_k, before_v = sk.clone(), sv.clone()
-    pos, q_dst = torch.zeros(1, dtype=torch.int64), torch.zeros_like(q, dtype=torch.bfloat16)
-    load_step(k, v, sk, sv, pos, 4, q, q_dst, use_triton=False)
-    assert int(pos) == 4 and torch.equal(q_dst, q.to(torch.bfloat16))
-    for p in range(sk.shape[2]):
-        want_k = k if p == 4 else before_k[:, :, p]
-        want_v = v if p == 4 else before_v[:, :, p]
-        assert torch.equal(sk[:, :, p], want_k) and torch.equal(sv[:, :, p], want_v), p
+    pos = torch.tensor([4, 0, 5, 1, 1, 3])  # [R = 2 * 3] a position per (sequence, kv head)
+    q_dst = torch.zeros_like(q, dtype=torch.bfloat16)
+    load_step(k, v, sk, sv, pos, q, q_dst, use_triton=False)
+    assert torch.equal(q_dst, q.to(torch.bfloat16))
+    for r, at in enumerate(pos.tolist()):
+        b, h = divmod(r, 3)
+        for p in range(sk.shape[2]):
+            want_k = k[b, h] if p == at else before_k[b, h, p]
+            want_v = v[b, h] if p == at else before_v[b, h, p]
+            assert torch.equal(sk[b, h, p], want_k) and torch.equal(sv[b, h, p], want_v), (r, p)
 
 
-def test_write_token_reference_uses_the_device_position():
+def test_write_token_reference_uses_the_device_positions():
     k, v, _, sk, sv = _buffers()
     want_k = sk.clone()
     want_k[:, :, 2] = k
-    write_token(k, v, sk, sv, torch.tensor([2]), use_triton=False)
+    write_token(k, v, sk, sv, torch.full((6,), 2), use_triton=False)
     assert torch.equal(sk, want_k) and torch.equal(sv[:, :, 2], v)
 
 
@@ -50,12 +53,12 @@ def test_unload_reference_returns_fresh_copies():
     assert o.dtype == torch.bfloat16 and c.tolist() == list(range(7)) and bool(o.ne(0).any())
 
 
-@pytest.mark.parametrize("position", [-1, 6, 100])
-def test_load_step_rejects_a_position_outside_the_zone(position):
+@pytest.mark.parametrize("shape", [(1,), (5,), (2, 3)])
+def test_load_step_rejects_positions_of_the_wrong_shape(shape):
     k, v, _, sk, sv = _buffers()
     before = sk.clone()
-    with pytest.raises(ValueError, match=rf"position must be in \[0, 6\), got {position}"):
-        load_step(k, v, sk, sv, torch.zeros(1, dtype=torch.int64), position)
+    with pytest.raises(ValueError, match=r"pos must have shape \[B \* Hkv\] = \[6\]"):
+        load_step(k, v, sk, sv, torch.zeros(shape, dtype=torch.int64))
     assert torch.equal(sk, before)
 
 
@@ -63,7 +66,7 @@ def test_load_step_needs_q_and_its_buffer_together():
     k, v, q, sk, sv = _buffers()
     before_k, before_v = sk.clone(), sv.clone()
     with pytest.raises(ValueError, match="q and q_dst go together"):
-        load_step(k, v, sk, sv, torch.zeros(1, dtype=torch.int64), 1, q, None)
+        load_step(k, v, sk, sv, torch.zeros(6, dtype=torch.int64), q, None)
     assert torch.equal(sk, before_k) and torch.equal(sv, before_v)
 
 

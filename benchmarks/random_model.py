@@ -1,0 +1,56 @@
+"""Models with RANDOM bf16 weights of a real architecture (no weights ship for them offline):
+throughput benchmarks only, the generated text is meaningless."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference_worker.engine import EngineConfig, GenerationEngine
+from inference_worker.model import CausalLM, ModelConfig, build_model
+from inference_worker.model.loading import LoadedModel
+
+RANDOM_MODELS = {
+    "random-smollm2": ModelConfig(
+        family="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
+        num_heads=9, num_kv_heads=3, head_dim=64, rope_theta=100000.0,
+        max_position_embeddings=8192, tie_word_embeddings=True,
+    ),
+    "random-llama8b": ModelConfig(
+        family="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+        num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=500000.0,
+        max_position_embeddings=131072,
+    ),
+}  # fmt: skip
+
+
+class _NoTextTokenizer:
+    """Random-weight models have no vocabulary: token ids in, no text out, no EOS."""
+
+    eos_token_ids: tuple[int, ...] = ()
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return ""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        raise ValueError("a random-weight model has no vocabulary: pass token ids")
+
+
+def random_engine(
+    name: str, device: torch.device, engine: EngineConfig | None = None
+) -> GenerationEngine:
+    """RANDOM_MODELS[name] with random bf16 weights (norms 1, the rest N(0, 0.02))."""
+    config = RANDOM_MODELS[name]
+    with torch.device("meta"):
+        shell = CausalLM(config)
+    gen = torch.Generator(device=device).manual_seed(0)
+    state = {}
+    for key, p in shell.state_dict().items():
+        w = torch.empty(p.shape, dtype=torch.bfloat16, device=device)
+        state[key] = w.fill_(1.0) if "norm" in key else w.normal_(0.0, 0.02, generator=gen)
+    model = build_model(config, state, device)
+    tokenizer: Any = _NoTextTokenizer()
+    loaded = LoadedModel(model, tokenizer, config, Path(name), device, torch.bfloat16)
+    return GenerationEngine(loaded, engine)
