@@ -26,7 +26,7 @@ import torch
 
 from benchmarks.deferred_misses import RESULTS, agree
 from benchmarks.store import device_name as cpu_name
-from inference_worker.engine import GenerationEngine
+from inference_worker.engine import EngineConfig, GenerationEngine
 from inference_worker.retroinfer import RetroInferConfig
 
 log = logging.getLogger("benchmarks.agreement")
@@ -74,10 +74,10 @@ def measure(
             start = FIRST_START + w * WINDOW_STRIDE
             tokens = pydoc_tokens(engine, start, length + forced)
             prompt, rest = tokens[:length], tokens[length:]
-            full = engine.forced_decode(prompt, rest, attention="full")
+            full = engine.with_config(EngineConfig(attention="full")).forced_decode(prompt, rest)
             for floor in floors:
                 config = RetroInferConfig(min_retrieval_clusters=floor)
-                retro = engine.forced_decode(prompt, rest, retro_config=config)
+                retro = engine.with_config(EngineConfig(retro=config)).forced_decode(prompt, rest)
                 c = clusters_at(config, length)
                 rows.append(
                     Row(

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.store import device_name as cpu_name
-from inference_worker.engine import GenerationEngine
+from inference_worker.engine import EngineConfig, GenerationEngine
 from inference_worker.eval.haystack import make
 from inference_worker.retroinfer import RetroInferConfig
 
@@ -68,11 +68,10 @@ def main() -> None:
     for length in args.lengths:
         tokens = essay(engine, length + args.forced, seed=length)
         prompt, forced = tokens[:length], tokens[length:]
-        full = engine.forced_decode(prompt, forced, attention="full")
-        default = engine.forced_decode(prompt, forced, retro_config=RetroInferConfig())
-        deferred = engine.forced_decode(
-            prompt, forced, retro_config=RetroInferConfig(defer_misses=True)
-        )
+        full = engine.with_config(EngineConfig(attention="full")).forced_decode(prompt, forced)
+        default = engine.with_config(EngineConfig()).forced_decode(prompt, forced)
+        deferred_config = EngineConfig(retro=RetroInferConfig(defer_misses=True))
+        deferred = engine.with_config(deferred_config).forced_decode(prompt, forced)
         rows.append(Row(length, args.forced, "default", agree(default, full), 1.0))
         rows.append(
             Row(

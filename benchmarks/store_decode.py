@@ -30,7 +30,7 @@ import torch
 from benchmarks.store import device_name as cpu_name
 from benchmarks.store import start
 from client import KVStoreClient
-from inference_worker.engine import GenerationEngine, GenerationRequest, GrpcStoreLink
+from inference_worker.engine import EngineConfig, GenerationEngine, GenerationRequest, GrpcStoreLink
 from inference_worker.engine.store_link import InProcessStoreLink, StoreLink
 from inference_worker.model import CausalLM, ModelConfig, build_model
 from inference_worker.model.loading import LoadedModel
@@ -138,9 +138,10 @@ def run_mode(
         )
         try:
             warm = [GenerationRequest(f"w{i}", prompt, max_new_tokens=4) for i in range(batch)]
-            engine.generate(warm, attention="retroinfer", store=link)
+            runner = engine.with_config(EngineConfig(max_batch_size=batch), link)
+            runner.generate(warm)
             reqs = [GenerationRequest(f"r{i}", prompt, max_new_tokens=new) for i in range(batch)]
-            results = engine.generate(reqs, attention="retroinfer", store=link)
+            results = runner.generate(reqs)
         finally:
             link.close()
     return results[0].stats

@@ -45,7 +45,7 @@ class InferenceWorkerImpl:
         from inference_worker.engine.store_link import connect_store
 
         self.worker_options = options
-        self.engine = GenerationEngine.load(model_path=options.model_path, device=options.device)
+        self.engine = GenerationEngine.load(options.model_path, options.device)
         self.metrics = WorkerMetrics(worker_id())
         self.metrics_url = serve_registry(self.metrics, load(WorkerMetricsSettings))
         link = (
@@ -108,14 +108,16 @@ class InferenceWorkerImpl:
             return {"id": request.id, "error": f"ValueError: {exc}"}
 
     def _engine_generate(self, requests: list[Any], run: dict[str, Any]) -> list[Any]:
+        """The batch on an engine configured for `run` (the loaded weights are shared)."""
+        from inference_worker.engine import EngineConfig
         from inference_worker.retroinfer import RetroInferConfig
 
-        retro = (
-            RetroInferConfig(**run.get("retro", {})) if run["attention"] == "retroinfer" else None
+        config = EngineConfig(
+            attention=run["attention"],
+            retro=RetroInferConfig(**run.get("retro", {})),
+            max_batch_size=max(len(requests), 1),
         )
-        return self.engine.generate(
-            requests, attention=run["attention"], retro_config=retro, store=self.store
-        )
+        return self.engine.with_config(config, self.store).generate(requests)
 
     def _observe(self, result: dict[str, Any], max_new_tokens: int, elapsed_s: float) -> None:
         stats = result["stats"]
@@ -124,7 +126,8 @@ class InferenceWorkerImpl:
         self.metrics.tokens(new)
         if new > 1:
             self.metrics.token_gaps(float(stats.get("decode_s", 0.0)) / (new - 1), new - 1)
-        self.metrics.finished(stats, reason, float(stats.get("prefill_s", 0.0)), elapsed_s)
+        ttft = float(stats.get("time_to_first_token_s", stats.get("prefill_s", 0.0)))
+        self.metrics.finished(stats, reason, ttft, elapsed_s)
 
     def close(self) -> None:
         if self.store is not None:

@@ -1,6 +1,8 @@
 """Generation engine: model + attention backend (full or RetroInfer) + store link."""
 
-from inference_worker.engine.engine import EngineConfig, GenerationEngine
+from inference_worker.engine.config import EngineConfig
+from inference_worker.engine.engine import GenerationEngine
+from inference_worker.engine.sequence import RequestOutput
 from inference_worker.engine.store_link import (
     GrpcStoreLink,
     InProcessStoreLink,
@@ -17,6 +19,7 @@ __all__ = [
     "GenerationResult",
     "GrpcStoreLink",
     "InProcessStoreLink",
+    "RequestOutput",
     "StoreLink",
     "StoreRestartedError",
     "connect_store",

@@ -1,273 +1,234 @@
-"""GenerationEngine: batched prefill + decode of a Llama-family model with full or RetroInfer
-attention; RetroInfer keeps the clustered KV in a store (in-process or kvstore_server)."""
+"""GenerationEngine: requests in, tokens out, one scheduler step at a time.
+
+The API follows vLLM's LLMEngine: `add_request`, `step()` (each running request advanced by at
+most one token; a chunk of the oldest admitted prompt prefilled before the decode step),
+`abort_request`, and `generate` for a list of requests. Attention (full or RetroInfer), the
+method's options and the batch limits are fixed at construction (`EngineConfig`); RetroInfer
+keeps the clustered KV in a store (in-process, or kvstore_server through a `StoreLink`).
+The engine is not thread-safe: drive it from one thread.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence as Seq
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from client import SequenceGeometry
-from inference_worker.engine.retro_backend import RetroInferBackend
-from inference_worker.engine.sampling import make_generator, sample_next
-from inference_worker.engine.store_link import TORCH_TO_STORE_DTYPE, InProcessStoreLink, StoreLink
+from inference_worker.engine.config import EngineConfig
+from inference_worker.engine.full_runner import FullAttentionRunner
+from inference_worker.engine.retro_runner import RetroCohortRunner
+from inference_worker.engine.sampler import SamplingBatch, sample
+from inference_worker.engine.scheduler import Scheduler
+from inference_worker.engine.sequence import RequestOutput, Sequence, Status
+from inference_worker.engine.store_link import InProcessStoreLink, StoreLink
 from inference_worker.engine.types import GenerationRequest, GenerationResult
-from inference_worker.model import AttentionBackend, AttentionMetadata, LoadedModel, load_model
-from inference_worker.retroinfer import RetroInferConfig
+from inference_worker.model import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
-Attention = Literal["retroinfer", "full"]
-
-
-@dataclass(slots=True)
-class EngineConfig:
-    """Scheduling knobs of the engine (the method's knobs live in RetroInferConfig)."""
-
-    max_batch_size: int = 8  # sequences decoded together (same prompt length)
-    prefill_chunk: int = 1024  # prompt tokens per prefill forward call
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
-
-
-@dataclass(slots=True)
-class _Row:
-    """One request inside a batch group."""
-
-    request: GenerationRequest
-    prompt: list[int]
-    generator: torch.Generator | None
-    out: list[int] = field(default_factory=list)
-    done: bool = False
-
 
 class GenerationEngine:
-    """Holds one model; `generate` runs requests in groups of equal prompt length."""
+    """One model, one attention configuration, a waiting queue and batch slots."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: EngineConfig | None = None,
+        store: StoreLink | None = None,
+    ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.config = config or EngineConfig()
+        self.store = store if store is not None else InProcessStoreLink()
+        retro = self.config.attention == "retroinfer"
+        self.scheduler = Scheduler(self.config.max_batch_size, cohorts=retro)
+        self.runner: FullAttentionRunner | RetroCohortRunner = (
+            RetroCohortRunner(loaded, self.config.retro, self.store, self.config.cuda_graphs)
+            if retro
+            else FullAttentionRunner(loaded, self.config.max_batch_size, self.config.cuda_graphs)
+        )
+        self._eos = frozenset(self.tokenizer.eos_token_ids)
+        self._aborted: list[Sequence] = []  # waiting requests aborted since the last step
 
     @classmethod
     def load(
         cls,
-        model_path: str | Path | None = None,
+        model: str | Path | None = None,
         device: str | torch.device | None = None,
         config: EngineConfig | None = None,
+        store: StoreLink | None = None,
     ) -> GenerationEngine:
-        """model_path None -> the default SmolLM2 GGUF; device None -> cuda if present."""
-        return cls(load_model(model_path, device), config)
+        """model None -> the default model; device None -> cuda if present."""
+        return cls(load_model(model, device), config, store)
+
+    def with_config(self, config: EngineConfig, store: StoreLink | None = None) -> GenerationEngine:
+        """Another engine over the same loaded weights (no copy), e.g. the other attention."""
+        return GenerationEngine(self.loaded, config, store)
 
     @property
     def model_name(self) -> str:
         return self.loaded.path.name
 
-    def generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        attention: Attention = "retroinfer",
-        retro_config: RetroInferConfig | None = None,
-        store: StoreLink | None = None,
-    ) -> list[GenerationResult]:
-        """Complete every request; results in request order. `store` None with retroinfer keeps
-        the clustered KV in this process."""
-        if attention not in ("retroinfer", "full"):
-            raise ValueError(f"attention must be 'retroinfer' or 'full', got {attention!r}")
-        rows = [self._row(r) for r in requests]
-        link = store if store is not None else InProcessStoreLink()
-        results: dict[str, GenerationResult] = {}
-        for group in self._groups(rows):
-            for row, stats in zip(
-                group,
-                self._run_group(group, attention, retro_config or RetroInferConfig(), link),
-                strict=True,
-            ):
-                text = self.tokenizer.decode(row.out)
-                results[row.request.id] = GenerationResult(row.request.id, text, row.out, stats)
-        return [results[r.id] for r in requests]
+    @property
+    def max_model_len(self) -> int:
+        limit = self.loaded.config.max_position_embeddings
+        return min(limit, self.config.max_model_len or limit)
 
-    def _row(self, request: GenerationRequest) -> _Row:
+    def add_request(self, request: GenerationRequest) -> None:
+        """Queue a request (its prompt tokenized now). Raises ValueError for a request that
+        cannot run (too long, duplicate id of an unfinished request)."""
+        if self.scheduler.find(request.id) is not None:
+            raise ValueError(f"request id {request.id!r} is already in the engine")
         prompt = (
             self.tokenizer.encode(request.prompt)
             if isinstance(request.prompt, str)
             else [int(t) for t in request.prompt]
         )
-        limit = self.loaded.config.max_position_embeddings
-        if len(prompt) + request.max_new_tokens > limit:
+        if len(prompt) + request.max_new_tokens > self.max_model_len:
             raise ValueError(
-                f"request {request.id!r}: {len(prompt)} prompt tokens + "
-                f"max_new_tokens={request.max_new_tokens} exceed the model's "
-                f"context of {limit}"
+                f"request {request.id!r}: {len(prompt)} prompt tokens + max_new_tokens="
+                f"{request.max_new_tokens} exceed the context of {self.max_model_len} tokens"
             )
-        return _Row(request, prompt, make_generator(request.seed, self.device))
+        self.scheduler.add(Sequence.of(request, prompt))
 
-    def _groups(self, rows: list[_Row]) -> list[list[_Row]]:
-        """Rows of equal prompt length, at most max_batch_size per group, in first-seen order."""
-        by_len: dict[int, list[list[_Row]]] = {}
-        order: list[list[_Row]] = []
-        for row in rows:
-            groups = by_len.setdefault(len(row.prompt), [])
-            if not groups or len(groups[-1]) == self.config.max_batch_size:
-                groups.append([])
-                order.append(groups[-1])
-            groups[-1].append(row)
-        return order
+    def abort_request(self, request_id: str) -> bool:
+        """Stop a request; its store sequence is released and the next step reports it
+        finished with reason "abort". False if no unfinished request has that id."""
+        seq = self.scheduler.find(request_id)
+        if seq is None:
+            return False
+        if seq.status is Status.WAITING:
+            self.scheduler.remove_waiting(seq)
+            seq.finish("abort")
+        else:
+            seq.finish("abort")
+            self._retire(seq)
+        self._aborted.append(seq)
+        return True
 
-    @contextmanager
-    def _session(
-        self,
-        seq_ids: list[str],
-        prompt_len: int,
-        max_len: int,
-        attention: Attention,
-        retro: RetroInferConfig,
-        link: StoreLink,
-    ) -> Iterator[AttentionBackend]:
-        """An attention backend for B sequences; their store state is released on exit,
-        whether the block succeeded or failed."""
-        if attention == "full":
-            yield self.loaded.new_full_attention(len(seq_ids), max_len)
-            return
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_work() or bool(self._aborted)
+
+    @torch.inference_mode()
+    def step(self) -> list[RequestOutput]:
+        """Admit, prefill one chunk, decode one token per running request, retire the
+        finished. On an error every request holding a slot is released and failed (the
+        exception propagates); waiting requests stay queued."""
+        outputs = [self._finished_output(s) for s in self._aborted]
+        self._aborted = []
         try:
-            link.open(seq_ids, self._geometry())
-            yield RetroInferBackend(
-                self.loaded.config, retro, link, seq_ids, prompt_len, self.loaded.dtype, self.device
-            )
-        finally:
-            link.release(seq_ids)
+            schedule, admitted = self.scheduler.schedule()
+            if admitted:
+                self.runner.admit(admitted)
+            stepped = self._prefill(schedule.prefill) + self._decode(schedule.decode)
+        except Exception as error:
+            self._fail_active(error)
+            raise
+        for seq, token in stepped:
+            if seq.status is Status.FINISHED:
+                self._retire(seq)
+                outputs.append(self._finished_output(seq, [token]))
+            else:
+                outputs.append(RequestOutput(seq.id, [token], False))
+        return outputs
 
-    @torch.inference_mode()
-    def _run_group(
-        self, group: list[_Row], attention: Attention, retro: RetroInferConfig, link: StoreLink
-    ) -> list[dict[str, object]]:
-        prompt_len, max_new = len(group[0].prompt), max(r.request.max_new_tokens for r in group)
-        before = link.counters.snapshot()
-        seq_ids = [_sequence_id(r.request.id) for r in group]
-        with self._session(
-            seq_ids, prompt_len, prompt_len + max_new, attention, retro, link
-        ) as backend:
-            t0 = time.perf_counter()
-            logits = self._prefill([r.prompt for r in group], backend)  # [B, V]
-            link.flush()
-            prefill_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            steps = self._decode(group, backend, logits, prompt_len)
-            decode_s = time.perf_counter() - t1
-        shared: dict[str, object] = {
-            "attention": attention,
-            "batch_size": len(group),
-            "prompt_tokens": prompt_len,
-            "prefill_s": prefill_s,
-            "decode_s": decode_s,
-            "decode_steps": steps,
-        }
-        if isinstance(backend, RetroInferBackend):
-            shared.update(backend.summary())
-            shared.update(link.counters.since(before))
-        return [
-            {
-                **shared,
-                "new_tokens": len(r.out),
-                "decode_tokens_per_s": len(r.out) / decode_s if decode_s > 0 else 0.0,
-            }
-            for r in group
-        ]
+    def generate(self, requests: Seq[GenerationRequest]) -> list[GenerationResult]:
+        """Complete every request (batched as the scheduler allows); results in request
+        order. Other requests already in the engine run along."""
+        for request in requests:
+            self.add_request(request)
+        wanted = {r.id for r in requests}
+        results: dict[str, GenerationResult] = {}
+        while len(results) < len(wanted):
+            for out in self.step():
+                if out.finished and out.request_id in wanted and out.result is not None:
+                    results[out.request_id] = out.result
+        return [results[r.id] for r in requests]
 
-    @torch.inference_mode()
-    def forced_decode(
-        self,
-        prompt: Sequence[int],
-        forced: Sequence[int],
-        attention: Attention = "retroinfer",
-        retro_config: RetroInferConfig | None = None,
-        store: StoreLink | None = None,
-    ) -> list[int]:
+    def forced_decode(self, prompt: Seq[int], forced: Seq[int]) -> list[int]:
         """Teacher forcing: after `prompt`, feed `forced` one token at a time. Returns the greedy
         prediction made before each forced token (len(forced) ids): the k-th prediction is
-        what the model would emit after prompt + forced[:k]."""
+        what the model would emit after prompt + forced[:k]. Runs with the engine's other
+        requests, as one more request."""
         if not prompt or not forced:
             raise ValueError(f"prompt ({len(prompt)}) and forced ({len(forced)}) must be non-empty")
-        link = store if store is not None else InProcessStoreLink()
-        prompt, forced = [int(t) for t in prompt], [int(t) for t in forced]
-        with self._session(
-            [_sequence_id("forced")],
-            len(prompt),
-            len(prompt) + len(forced),
-            attention,
-            retro_config or RetroInferConfig(),
-            link,
-        ) as backend:
-            logits = self._prefill([prompt], backend)  # [1, V]
-            link.flush()
-            predictions = [int(logits[0].argmax())]
-            for step, token in enumerate(forced[:-1]):
-                meta = AttentionMetadata.decode([len(prompt) + step], self.device)
-                tokens = torch.tensor([[token]], device=self.device)  # [1, 1]
-                predictions.append(
-                    int(self.model(tokens, meta, backend, last_only=True)[0].argmax())
-                )
-        return predictions
-
-    def _prefill(self, prompts: list[list[int]], backend: AttentionBackend) -> torch.Tensor:
-        """Chunked prefill of B equal-length prompts; logits [B, V] after the last token."""
-        tokens = torch.tensor(prompts, device=self.device)  # [B, L]
-        b, length = tokens.shape
-        logits = None
-        for start in range(0, length, self.config.prefill_chunk):
-            chunk = tokens[:, start : start + self.config.prefill_chunk]  # [B, T]
-            meta = AttentionMetadata.prefill([start] * b, [chunk.shape[1]] * b, self.device)
-            logits = self.model(chunk, meta, backend, last_only=True)  # [B, V]
-        assert logits is not None
-        return logits
-
-    def _decode(
-        self, group: list[_Row], backend: AttentionBackend, logits: torch.Tensor, prompt_len: int
-    ) -> int:
-        """Sample, feed back, repeat until every row is done; returns decode forward calls."""
-        eos = set(self.tokenizer.eos_token_ids)
-        steps = 0
-        while True:
-            next_tokens = [self._pick(row, logits[i], eos) for i, row in enumerate(group)]
-            if all(r.done for r in group):
-                return steps
-            meta = AttentionMetadata.decode([prompt_len + steps] * len(group), self.device)
-            tokens = torch.tensor(next_tokens, device=self.device)[:, None]  # [B, 1]
-            logits = self.model(tokens, meta, backend, last_only=True)  # [B, V]
-            steps += 1
-
-    def _pick(self, row: _Row, logits: torch.Tensor, eos: set[int]) -> int:
-        """Next token of one row (a finished row keeps feeding its last token, ignored)."""
-        if row.done:
-            return row.out[-1] if row.out else row.prompt[-1]
-        req = row.request
-        token = sample_next(logits.float(), req.temperature, req.top_p, row.generator)
-        row.out.append(token)
-        stops = eos | set(req.stop_token_ids or ())
-        if token in stops or len(row.out) >= req.max_new_tokens:
-            row.done = True
-        return token
-
-    def _geometry(self) -> SequenceGeometry:
-        c = self.loaded.config
-        return SequenceGeometry(
-            c.num_layers, c.num_kv_heads, c.head_dim, TORCH_TO_STORE_DTYPE[self.loaded.dtype]
+        request = GenerationRequest(
+            f"forced-{time.monotonic_ns()}", [int(t) for t in prompt], len(forced)
         )
+        self.add_request(request)
+        seq = self.scheduler.find(request.id)
+        assert seq is not None
+        seq.forced = [int(t) for t in forced]
+        while seq.status is not Status.FINISHED:
+            self.step()
+        if seq.finish_reason != "length":
+            raise RuntimeError(f"forced decode ended early: {seq.stats.get('error', 'aborted')}")
+        return seq.predictions
+
+    def _prefill(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
+        """One chunk of each sequence's prompt; the first token of every completed prompt."""
+        if not seqs:
+            return []
+        t0 = _now()
+        logits = self.runner.prefill(seqs, self.config.prefill_chunk)  # [n, V]
+        spent = (_now() - t0) / len(seqs)
+        for seq in seqs:
+            seq.prefill_s += spent
+        done = [i for i, s in enumerate(seqs) if s.prefilled == len(s.prompt)]
+        if not done:
+            return []
+        ready = [seqs[i] for i in done]
+        for seq in ready:
+            seq.status = Status.RUNNING
+        return self._sample(logits[done], ready)
+
+    def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
+        if not seqs:
+            return []
+        return self._sample(self.runner.decode(seqs), seqs)
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
+        """Next token of each sequence (logits [n, V]); one host sync for the batch."""
+        reqs = [s.request for s in seqs]
+        params = SamplingBatch.of(
+            [r.temperature for r in reqs], [r.top_p for r in reqs], [s.seed for s in seqs],
+            [len(s.out) for s in seqs], logits.device,
+        )  # fmt: skip
+        tokens = sample(logits, params).tolist()
+        for seq, token in zip(seqs, tokens, strict=True):
+            seq.append(token, self._eos)
+        return list(zip(seqs, tokens, strict=True))
+
+    def _retire(self, seq: Sequence) -> None:
+        """A finished sequence leaves its slot (its statistics taken first)."""
+        seq.stats = self.runner.stats(seq)
+        self.runner.release(seq)
+        self.scheduler.free(seq)
+
+    def _finished_output(self, seq: Sequence, new: list[int] | None = None) -> RequestOutput:
+        stats = {"attention": self.config.attention, **seq.timing(), **seq.stats}
+        text = self.tokenizer.decode(seq.out)
+        result = GenerationResult(seq.id, text, list(seq.out), stats)
+        return RequestOutput(seq.id, new or [], True, seq.finish_reason, result)
+
+    def _fail_active(self, error: Exception) -> None:
+        """After an error mid-step: every slot's request is released and finished with
+        "abort" and the error in its stats (the next step reports them)."""
+        for seq in self.scheduler.active():
+            seq.finish("abort")
+            seq.stats = {"error": f"{type(error).__name__}: {error}"}
+            try:
+                self.runner.release(seq)
+            except Exception:  # releasing never masks the error being raised
+                log.exception("releasing request %r after a failed step", seq.id)
+            self.scheduler.free(seq)
+            self._aborted.append(seq)
 
 
-def _sequence_id(request_id: str) -> str:
-    """A store sequence id unique to one run of one request."""
-    return f"{request_id}-{uuid.uuid4().hex[:12]}"
+def _now() -> float:
+    return time.perf_counter()

@@ -16,6 +16,7 @@ from torch import Tensor
 from inference_worker.engine.store_link import StoreLink
 from inference_worker.model import AttentionMetadata, FullAttentionBackend, ModelConfig
 from inference_worker.retroinfer import RetroInferConfig, RetroInferLayer, StepStats
+from inference_worker.retroinfer.stats import COUNT_NAMES
 
 
 class RetroInferBackend:
@@ -77,25 +78,40 @@ class RetroInferBackend:
     ) -> Tensor:
         """q [B, Hq, 1, D], k/v [B, Hkv, 1, D] -> [B, Hq, 1, D]."""
         out, stats = self.layers[layer].decode(q[:, :, 0], k[:, :, 0], v[:, :, 0])
-        if stats.new_segment is not None:
-            self.link.upload(self.sequence_ids, stats.new_segment)
-            self.index_updates += 1
-        for name, value in stats.counts.items():
-            self.totals[name] = self.totals.get(name, 0) + value
-        if layer == 0:
-            self.steps += 1
-        self.last_step = stats
+        self.record([stats], first_layer=layer == 0)
         return out.unsqueeze(2)
 
-    def summary(self) -> dict[str, float | int]:
-        """Counters over all decode steps and layers (synchronises with the device)."""
-        totals = {k: int(v) for k, v in self.totals.items()}
-        hits, misses = totals.get("hits", 0), totals.get("misses", 0)
+    def record(self, stats: Sequence[StepStats], first_layer: bool = True) -> None:
+        """Account layers' decode steps (a step replayed from a graph reports all layers at
+        once): upload index updates, sum the counters."""
+        for s in stats:
+            if s.new_segment is not None:
+                self.link.upload(self.sequence_ids, s.new_segment)
+                self.index_updates += 1
+            for name, value in s.counts.items():
+                self.totals[name] = self.totals.get(name, 0) + value
+            self.last_step = s
+        if first_layer:
+            self.steps += 1
+
+    def summary(self) -> dict[str, object]:
+        """Counters over all decode steps and layers (synchronises with the device). The
+        same keys every time; `indexed` False with the reason when the prompt was too short
+        for an index (the request then ran as full attention until an index update)."""
+        totals = {name: int(self.totals.get(name, 0)) for name in COUNT_NAMES}
+        hits, misses = totals["hits"], totals["misses"]
         last = self.last_step
+        threshold = self.layers[0].config.index_threshold
+        indexed = self.prompt_len >= threshold
         return {
             **totals,
             "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
             "index_updates": self.index_updates,
+            "indexed": indexed,
+            "not_indexed_reason": None
+            if indexed
+            else f"prompt of {self.prompt_len} tokens is below the index threshold of "
+            f"{threshold} tokens (sink + window + update_tokens)",
             "num_clusters": self.layers[0].num_clusters,
             "retrieval_clusters": last.retrieval_clusters if last else 0,
             "estimation_clusters": last.estimation_clusters if last else 0,

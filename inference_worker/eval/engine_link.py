@@ -16,7 +16,28 @@ from inference_worker.eval.prompt import Sample
 def load_engine(model_path: str | None, device: str | None) -> Any:
     from inference_worker.engine import GenerationEngine
 
-    return GenerationEngine.load(model_path=model_path, device=device)
+    return EvalEngine(GenerationEngine.load(model_path, device))
+
+
+class EvalEngine:
+    """The suite's view of the engine: `generate(requests, attention, retro_config, store)`
+    runs the requests on an engine of that configuration over the one loaded model."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.device = engine.device
+        self.model_name = engine.model_name
+
+    def generate(self, requests: list[Any], attention: str, retro_config: Any, store: Any) -> Any:
+        from inference_worker.engine import EngineConfig
+
+        config = EngineConfig(
+            attention=attention,  # type: ignore[arg-type]
+            retro=retro_config or default_retro_config(),
+            max_batch_size=max(len(requests), 1),
+        )
+        return self.engine.with_config(config, store).generate(requests)
 
 
 def make_request(sample: Sample, request_id: str, max_new_tokens: int) -> Any:

@@ -27,7 +27,8 @@ from inference_worker.cluster import ClusterState
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-PROBE = REPO / "tests" / "cluster_job_probe.py"
+PROBE = REPO / "tests" / "scripts" / "cluster_job_probe.py"  # run as a script: its folder holds no
+# package that would shadow the real ones (tests/client would shadow `client`)
 RAY = str(Path(sys.executable).parent / "ray")
 CLI = [sys.executable, "-m", "inference_worker.cluster"]
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[::1\]|\[::ffff:127\.\d+\.\d+\.\d+\]):\d+$")

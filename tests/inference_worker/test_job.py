@@ -90,9 +90,9 @@ def test_bad_flags_and_variables_are_one_line_usage_errors(
 
 
 def test_missing_relative_input_names_the_absolute_path(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "inference_worker.job", "--attention", "full"]
     done = subprocess.run(
-        [sys.executable, "-m", "inference_worker.job", "--attention", "full"]
-        + ["--input", "in.jsonl", "--output", "out.jsonl"],
+        [*argv, "--input", "in.jsonl", "--output", "out.jsonl"],
         capture_output=True,
         text=True,
         timeout=120,

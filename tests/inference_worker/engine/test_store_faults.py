@@ -13,6 +13,7 @@ import pytest
 from client import KVStoreClient, KVStoreError, RetryPolicy, UnavailableError
 from inference_worker.cluster_probes import wait_store_port
 from inference_worker.engine import (
+    EngineConfig,
     GenerationEngine,
     GenerationRequest,
     GrpcStoreLink,
@@ -89,7 +90,7 @@ def test_store_killed_mid_decode_fails_fast_and_worker_recovers(
     link = WatchingLink(_client(store.target), hook_at=40, hook=store.kill)
     t0 = time.monotonic()
     with pytest.raises(KVStoreError) as failure:
-        default_engine.generate([_request(default_engine)], store=link)
+        default_engine.with_config(EngineConfig(), link).generate([_request(default_engine)])
     assert time.monotonic() - t0 < FAIL_WITHIN_S
     assert isinstance(failure.value, UnavailableError), failure.value
     assert store.target in str(failure.value) or "unavailable" in str(failure.value).lower()
@@ -97,7 +98,9 @@ def test_store_killed_mid_decode_fails_fast_and_worker_recovers(
     client = _client(store.target)
     client.wait_ready(timeout_s=30.0)  # gRPC shares the old subchannel's reconnect backoff
     fresh = GrpcStoreLink(client)
-    (result,) = default_engine.generate([_request(default_engine)], store=fresh)
+    (result,) = default_engine.with_config(EngineConfig(), fresh).generate(
+        [_request(default_engine)]
+    )
     assert len(result.token_ids) == 12 and result.stats["store_fetch_rpcs"] > 0
     assert fresh.client.list_sequences() == []
     fresh.close()
@@ -110,7 +113,7 @@ def test_restarted_store_is_detected_by_incarnation(
     link = WatchingLink(_client(store.target), hook_at=40, hook=store.restart)
     before = link.client.get_stats().incarnation_id
     with pytest.raises(StoreRestartedError, match="restarted"):
-        default_engine.generate([_request(default_engine)], store=link)
+        default_engine.with_config(EngineConfig(), link).generate([_request(default_engine)])
     assert link.client.get_stats().incarnation_id != before
     assert link.client.list_sequences() == []  # the new store never saw this request
     link.close()
