@@ -153,7 +153,7 @@ def _report_unindexed(result: dict[str, Any]) -> None:
         log.warning(
             "request %s was not indexed (ran with full attention): %s",
             result["id"],
-            stats.get("index_skipped_reason", "no reason given"),
+            stats.get("not_indexed_reason", "no reason given"),
         )
 
 

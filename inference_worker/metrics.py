@@ -15,7 +15,14 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 
 from inference_worker.settings import WorkerMetricsSettings
 
@@ -38,6 +45,7 @@ class WorkerMetrics:
     """The metric set of one worker, in its own registry."""
 
     def __init__(self, worker: str) -> None:
+        disable_created_metrics()  # no `_created` series: they double the exposition
         self.worker = worker
         self.registry = CollectorRegistry()
         r, w = self.registry, ["worker"]
