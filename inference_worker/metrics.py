@@ -38,6 +38,8 @@ T = TypeVar("T")
 # Buckets in seconds: per-token times of a CPU run (~0.1 s) down to a GPU step (~5 ms).
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+FINISH_REASONS = ("stop", "length", "abort")
+STORE_CALLS = ("open", "upload", "flush", "fetch", "release")
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 
@@ -123,9 +125,21 @@ class WorkerMetrics:
             "wavekv_worker_requests_running", "Requests being decoded", w, registry=r
         )
         self._lookups = [0, 0]  # hits, misses over the lifetime (for the ratio gauge)
-        self.hit_ratio.labels(worker).set(0.0)
-        self.waiting.labels(worker).set(0)
-        self.running.labels(worker).set(0)
+        self._zeros()
+
+    def _zeros(self) -> None:
+        """Every series exists from the start (at 0), so dashboards and rates see no gaps."""
+        w = self.worker
+        for reason in FINISH_REASONS:
+            self.requests.labels(w, reason)
+        for call in STORE_CALLS:
+            self.store_call.labels(w, call)
+        for metric in (
+            self.prompt_tokens, self.generated_tokens, self.unindexed, self.time_to_first_token,
+            self.time_per_output_token, self.request_latency, self.hits, self.misses,
+            self.fetched_bytes, self.uploaded_bytes, self.hit_ratio, self.waiting, self.running,
+        ):  # fmt: skip
+            metric.labels(w)
 
     def finished(
         self, stats: Mapping[str, Any], finish_reason: str, ttft_s: float, latency_s: float
