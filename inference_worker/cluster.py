@@ -234,7 +234,11 @@ def down(state_dir: Path, timeout_s: float = 30.0) -> list[ProcessId]:
         logger.info("no cluster recorded in %s", state_dir)
         return []
     _stop_jobs(state)
-    killed = procs.stop(state.leaders(), timeout_s)
+    # The server first: it shuts Ray Serve down through the Ray cluster, which must still be up.
+    first = [c.process for c in state.components if c.name == "serve"]
+    rest = [c.process for c in state.components if c.name != "serve"]
+    killed = procs.stop(first, timeout_s) if first else []
+    killed += procs.stop(rest, timeout_s)
     if killed:
         logger.warning("needed SIGKILL: pids %s", [p.pid for p in killed])
     _cleanup_files(state)

@@ -121,7 +121,11 @@ def alive_ray_nodes(dashboard_url: str, token: str) -> int:
 def stop_running_jobs(dashboard_url: str, token: str) -> list[str]:
     """Ask the job server to stop every job that has not finished; return their ids."""
     jobs = json.loads(_get(f"{dashboard_url}/api/jobs/", token))
-    live = [j["submission_id"] for j in jobs if j.get("status") in ("PENDING", "RUNNING")]
+    live = [  # drivers that joined with ray.init (e.g. `wavekv serve`) have no submission id
+        j["submission_id"]
+        for j in jobs
+        if j.get("submission_id") and j.get("status") in ("PENDING", "RUNNING")
+    ]
     for submission_id in live:
         _get(f"{dashboard_url}/api/jobs/{submission_id}/stop", token, method="POST")
     return live

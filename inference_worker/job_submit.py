@@ -94,15 +94,11 @@ def _target(args: argparse.Namespace) -> tuple[str, dict[str, str], ClusterState
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    ours, job_argv = (
-        (argv[: argv.index("--")], argv[argv.index("--") + 1 :])
-        if "--" in argv
-        else (
-            argv,
-            [],
-        )
-    )
-    args = parser(prog).parse_args(ours)
+    if "--" in argv:  # our flags before it, the job's after it
+        ours, job_argv = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+        args = parser(prog).parse_args(ours)
+    else:  # `wavekv job submit -- ...`: click has removed the `--` already
+        args, job_argv = parser(prog).parse_known_args(argv)
     try:
         address, headers, cluster = _target(args)
         if cluster is not None and not any(w.split("=")[0] == "--store" for w in job_argv):
