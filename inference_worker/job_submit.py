@@ -114,14 +114,14 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 def submit(address: str, headers: dict[str, str], entrypoint: str, wait: bool) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address, headers=headers or None)
-    job_id = client.submit_job(entrypoint=entrypoint)
-    print(f"submitted job {job_id} to {address}: {entrypoint}", flush=True)
-    if not wait:
-        print(f"follow: ray job logs --follow {job_id}; stop: ray job stop {job_id}")
-        return 0
-    with _interrupt_on(signal.SIGTERM):
+    with _interrupt_on(signal.SIGTERM):  # from here on SIGTERM acts as Ctrl-C
+        client = JobSubmissionClient(address, headers=headers or None)
+        job_id = client.submit_job(entrypoint=entrypoint)
         try:
+            print(f"submitted job {job_id} to {address}: {entrypoint}", flush=True)
+            if not wait:
+                print(f"follow: ray job logs --follow {job_id}; stop: ray job stop {job_id}")
+                return 0
             asyncio.run(_tail(client, job_id))
         except KeyboardInterrupt:
             client.stop_job(job_id)
