@@ -38,6 +38,7 @@ T = TypeVar("T")
 # Buckets in seconds: per-token times of a CPU run (~0.1 s) down to a GPU step (~5 ms).
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+PREFIX = "wavekv_worker_"
 FINISH_REASONS = ("stop", "length", "abort")
 STORE_CALLS = ("open", "upload", "flush", "fetch", "release")
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -50,82 +51,58 @@ class WorkerMetrics:
         disable_created_metrics()  # no `_created` series: they double the exposition
         self.worker = worker
         self.registry = CollectorRegistry()
-        r, w = self.registry, ["worker"]
-        self.requests = Counter(
-            "wavekv_worker_requests", "Finished requests", [*w, "finish_reason"], registry=r
-        )
-        self.prompt_tokens = Counter(
-            "wavekv_worker_prompt_tokens", "Prompt tokens prefilled", w, registry=r
-        )
-        self.generated_tokens = Counter(
-            "wavekv_worker_generated_tokens", "Tokens generated (rate = tokens/s)", w, registry=r
-        )
-        self.unindexed = Counter(
-            "wavekv_worker_unindexed_requests",
+        c, h, g = self._counter, self._histogram, self._gauge
+        self.requests = c("requests", "Finished requests", "finish_reason")
+        self.prompt_tokens = c("prompt_tokens", "Prompt tokens prefilled")
+        self.generated_tokens = c("generated_tokens", "Tokens generated (rate = tokens/s)")
+        self.unindexed = c(
+            "unindexed_requests",
             "RetroInfer requests below the index threshold (run with full attention)",
-            w,
-            registry=r,
         )
-        self.time_to_first_token = Histogram(
-            "wavekv_worker_time_to_first_token_seconds",
-            "Arrival to first generated token",
-            w,
-            buckets=REQUEST_BUCKETS,
-            registry=r,
+        self.time_to_first_token = h(
+            "time_to_first_token_seconds", "Arrival to first generated token", REQUEST_BUCKETS
         )
-        self.time_per_output_token = Histogram(
-            "wavekv_worker_time_per_output_token_seconds",
+        self.time_per_output_token = h(
+            "time_per_output_token_seconds",
             "Time between consecutive generated tokens of a request",
-            w,
-            buckets=TOKEN_BUCKETS,
-            registry=r,
+            TOKEN_BUCKETS,
         )
-        self.request_latency = Histogram(
-            "wavekv_worker_e2e_request_latency_seconds",
-            "Arrival to last token",
-            w,
-            buckets=REQUEST_BUCKETS,
-            registry=r,
+        self.request_latency = h(
+            "e2e_request_latency_seconds", "Arrival to last token", REQUEST_BUCKETS
         )
-        self.hits = Counter(
-            "wavekv_worker_wave_buffer_hits",
-            "Retrieved clusters found in the wave buffer (GPU cluster cache)",
-            w,
-            registry=r,
+        self.hits = c(
+            "wave_buffer_hits", "Retrieved clusters found in the wave buffer (GPU cluster cache)"
         )
-        self.misses = Counter(
-            "wavekv_worker_wave_buffer_misses",
-            "Retrieved clusters fetched from the store",
-            w,
-            registry=r,
-        )
-        self.hit_ratio = Gauge(
-            "wavekv_worker_wave_buffer_hit_ratio",
+        self.misses = c("wave_buffer_misses", "Retrieved clusters fetched from the store")
+        self.hit_ratio = g(
+            "wave_buffer_hit_ratio",
             "hits / (hits + misses) over the worker's lifetime (0 before any lookup)",
-            w,
-            registry=r,
         )
-        self.fetched_bytes = Counter(
-            "wavekv_worker_store_fetched_bytes", "Bytes of missed clusters read", w, registry=r
-        )
-        self.uploaded_bytes = Counter(
-            "wavekv_worker_store_uploaded_bytes", "Bytes of index segments stored", w, registry=r
-        )
-        self.store_call = Histogram(
-            "wavekv_worker_store_call_duration_seconds",
+        self.fetched_bytes = c("store_fetched_bytes", "Bytes of missed clusters read")
+        self.uploaded_bytes = c("store_uploaded_bytes", "Bytes of index segments stored")
+        self.store_call = h(
+            "store_call_duration_seconds",
             "Duration of the engine's calls to its store link",
-            [*w, "call"],
-            buckets=STORE_BUCKETS,
-            registry=r,
+            STORE_BUCKETS,
+            "call",
         )
-        self.waiting = Gauge(
-            "wavekv_worker_requests_waiting", "Requests queued, not started", w, registry=r
-        )
-        self.running = Gauge(
-            "wavekv_worker_requests_running", "Requests being decoded", w, registry=r
-        )
+        self.waiting = g("requests_waiting", "Requests queued, not started")
+        self.running = g("requests_running", "Requests being decoded")
         self._lookups = [0, 0]  # hits, misses over the lifetime (for the ratio gauge)
         self._zeros()
+
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(PREFIX + name, doc, ["worker", *labels], registry=self.registry)
+
+    def _gauge(self, name: str, doc: str) -> Gauge:
+        return Gauge(PREFIX + name, doc, ["worker"], registry=self.registry)
+
+    def _histogram(
+        self, name: str, doc: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(
+            PREFIX + name, doc, ["worker", *labels], buckets=buckets, registry=self.registry
+        )
 
     def _zeros(self) -> None:
         """Every series exists from the start (at 0), so dashboards and rates see no gaps."""

@@ -139,8 +139,11 @@ class ChatCompletionRequest(SamplingFields):
         role = {"developer": "system"}
         return [{"role": role.get(m.role, m.role), "content": m.text()} for m in self.messages]
 
-    def limit(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
+    def limit(self) -> tuple[str, int | None]:
+        """The generation limit and the field that set it."""
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens", self.max_completion_tokens
+        return "max_tokens", self.max_tokens
 
 
 def request_id(kind: str) -> str:

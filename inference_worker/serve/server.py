@@ -84,7 +84,8 @@ class ServerCore:
                 raise ApiError(400, f"prompt token ids out of [0, {self.card.vocab_size}): "
                                f"{bad[:5]}", "prompt")  # fmt: skip
             ids = list(prompt)
-        return self._prepared("cmpl", ids, body.max_tokens, body, chat=False, param="prompt")
+        limit = ("max_tokens", body.max_tokens)
+        return self._prepared("cmpl", ids, limit, body, chat=False, param="prompt")
 
     def prepare_chat(self, body: ChatCompletionRequest) -> Prepared:
         self._check_model(body.model)
@@ -105,24 +106,22 @@ class ServerCore:
                            f"`{self.card.name}`", "model", "model_not_found")  # fmt: skip
 
     def _prepared(
-        self, kind: str, ids: list[int], limit: int | None, body: SamplingFields, chat: bool,
-        param: str,
+        self, kind: str, ids: list[int], limit: tuple[str, int | None], body: SamplingFields,
+        chat: bool, param: str,
     ) -> Prepared:  # fmt: skip
+        """Check the prompt and the token limit (named by the field that set it) against the
+        model's context."""
         room = self.card.max_model_len - len(ids)
         if room < 1:
             raise ApiError(400, f"the prompt has {len(ids)} tokens; this model's context is "
                            f"{self.card.max_model_len} tokens", param,
                            "context_length_exceeded")  # fmt: skip
-        if limit is not None and limit > room:
-            name = (
-                "max_completion_tokens"
-                if chat and getattr(body, "max_completion_tokens", None)
-                else "max_tokens"
-            )
-            raise ApiError(400, f"{name}={limit} is too large: the prompt has {len(ids)} tokens "
+        name, value = limit
+        if value is not None and value > room:
+            raise ApiError(400, f"{name}={value} is too large: the prompt has {len(ids)} tokens "
                            f"and this model's context is {self.card.max_model_len} tokens "
                            f"(at most {room})", name, "context_length_exceeded")  # fmt: skip
-        max_tokens = limit if limit is not None else min(self.card.default_max_tokens, room)
+        max_tokens = value if value is not None else min(self.card.default_max_tokens, room)
         return Prepared(request_id(kind), ids, max_tokens, body, chat)
 
     def engine_request(self, p: Prepared) -> GenerationRequest:

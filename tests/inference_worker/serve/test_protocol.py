@@ -74,7 +74,7 @@ def test_chat_messages_and_limits() -> None:
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "ab"},
     ]
-    assert body.limit() == 5
+    assert body.limit() == ("max_completion_tokens", 5)
     with pytest.raises(ValidationError):
         ChatCompletionRequest(model="m", messages=[])
     with pytest.raises(ValidationError):
