@@ -67,10 +67,8 @@ def read_port(ready_file: Path, key: str = "port") -> int | None:
     return port
 
 
-def wait_store_ready(
-    ready_file: Path, store: subprocess.Popen[bytes], timeout_s: float
-) -> tuple[int, int | None]:
-    """(gRPC port, metrics port or None) once the store has written its ready file."""
+def wait_store_port(ready_file: Path, store: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """The store's gRPC port once it has written its ready file."""
     wait_for(
         lambda: read_port(ready_file) is not None,
         [store],
@@ -79,6 +77,14 @@ def wait_store_ready(
     )
     port = read_port(ready_file)
     assert port is not None
+    return port
+
+
+def wait_store_ready(
+    ready_file: Path, store: subprocess.Popen[bytes], timeout_s: float
+) -> tuple[int, int | None]:
+    """(gRPC port, metrics port or None) once the store has written its ready file."""
+    port = wait_store_port(ready_file, store, timeout_s)
     return port, read_port(ready_file, "metrics_port")
 
 
