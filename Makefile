@@ -28,7 +28,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy kvstore_server client inference_worker wavekv_proto benchmarks
+	$(VENV)/bin/mypy wavekv kvstore_server client inference_worker wavekv_proto benchmarks
 
 test: install proto-check lint typecheck
 	$(PY) -m pytest -q tests

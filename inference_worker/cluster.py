@@ -1,21 +1,21 @@
 """Local cluster on 127.0.0.1: the docker-compose topology as plain processes.
 
-    python -m inference_worker.cluster up [--worker-nodes N] [--num-cpus C] [--state-dir D]
-    python -m inference_worker.cluster status
-    python -m inference_worker.cluster env      # shell exports for ray job submit / the SDK
-    python -m inference_worker.cluster down
+    wavekv cluster up [--worker-nodes N] [--num-cpus C] [--serve] [--state-dir D]
+    wavekv cluster status
+    wavekv cluster env      # shell exports for `ray job submit`, the SDK and the openai client
+    wavekv cluster down
 
-`up` starts the KV store (`python -m kvstore_server`), a Ray head (GCS, dashboard, job server) and
-optional extra Ray worker nodes, waits until each answers (store health, dashboard, node count)
-within a bounded deadline, and records pids, ports and addresses in the state dir so `status`,
-`env` and `down` work from any other process. Ray runs with token authentication; the token is
-in the state dir. Settings come from WAVEKV_* variables (inference_worker.settings), flags win.
+(`python -m inference_worker.cluster ...` is the same command.) `up` starts the KV store (with its
+Prometheus endpoint), a Ray head (GCS, dashboard, job server), optional extra Ray worker nodes
+and, with `--serve`, the OpenAI-compatible server (`wavekv serve`) on the cluster; it waits until
+each answers (store health, dashboard, node count, the server's /health) within a bounded
+deadline, and records pids, ports and addresses in the state dir so `status`, `env` and `down`
+work from any other process. Ray runs with token authentication; the token is in the state dir.
+Settings come from WAVEKV_* variables (inference_worker.settings), flags win.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import secrets
@@ -24,89 +24,40 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from argparse import RawDescriptionHelpFormatter as _RawHelp
 from pathlib import Path
 
 from inference_worker import cluster_procs as procs
 from inference_worker.cluster_probes import (
     ClusterDown,
     alive_ray_nodes,
+    http_ok,
     ray_head_ready,
     stop_running_jobs,
     store_healthy,
     wait_for,
-    wait_store_port,
+    wait_store_ready,
 )
 from inference_worker.cluster_procs import ProcessId
-from inference_worker.settings import ClusterSettings
+from inference_worker.cluster_state import STATE_FILE, ClusterState, Component
+from inference_worker.settings import (
+    CliParser,
+    ClusterSettings,
+    SettingsError,
+    load,
+    usage_error,
+)
 
 logger = logging.getLogger("inference_worker.cluster")
 
-STATE_FILE = "cluster.json"
 LOOPBACK = "127.0.0.1"
 # Extra nodes start through Ray's CLI wrapped to stay on loopback (see that module).
 RAY_NODE_LAUNCHER = [sys.executable, "-m", "inference_worker.cluster_ray_node"]
+SERVE_COMMAND = [sys.executable, "-m", "inference_worker.serve"]
 # Bound on Ray's own drain phase after SIGTERM (Ray's default is 30 s); `down` stops jobs first.
 DRAIN_TIMEOUT_S = 5.0
-ENV_COMMAND = "python -m inference_worker.cluster env"
-
-
-@dataclass(slots=True)
-class Component:
-    """One started process: what it is, its pinned id and where its output goes."""
-
-    name: str  # "store", "ray-head", "ray-worker-0", ...
-    pid: int
-    start_ticks: int
-    log: str
-
-    @property
-    def process(self) -> ProcessId:
-        return ProcessId(self.pid, self.start_ticks)
-
-
-@dataclass(slots=True)
-class ClusterState:
-    """Everything `status`, `env` and `down` need, saved as JSON in the state dir."""
-
-    state_dir: str
-    ray_temp_dir: str  # short /tmp path: Ray's unix sockets must fit in 107 bytes
-    auth_token_path: str
-    store_address: str = ""
-    gcs_address: str = ""
-    dashboard_url: str = ""
-    expected_nodes: int = 1
-    components: list[Component] = field(default_factory=list)
-
-    def save(self) -> None:
-        path = Path(self.state_dir) / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, state_dir: Path) -> ClusterState | None:
-        path = state_dir / STATE_FILE
-        if not path.is_file():
-            return None
-        raw = json.loads(path.read_text())
-        raw["components"] = [Component(**c) for c in raw["components"]]
-        return cls(**raw)
-
-    def leaders(self) -> list[ProcessId]:
-        return [c.process for c in self.components]
-
-    def token(self) -> str:
-        return Path(self.auth_token_path).read_text().strip()
-
-    def client_env(self) -> dict[str, str]:
-        """Variables a client needs: `ray job submit` (address + token) and the store address."""
-        return {
-            "RAY_ADDRESS": self.dashboard_url,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": self.auth_token_path,
-            "WAVEKV_STORE_ADDRESS": self.store_address,
-        }
+ENV_COMMAND = "wavekv cluster env"
+__all__ = ["ClusterState", "Component", "down", "main", "status", "up"]
 
 
 def _ray_binary() -> str:
@@ -147,15 +98,34 @@ def _start_store(state: ClusterState, settings: ClusterSettings) -> None:
     ready.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "kvstore_server", "--host", LOOPBACK]
     argv += ["--port", str(settings.store_port), "--ready-file", str(ready)]
+    argv += ["--metrics-port", "0"]  # metrics on, on a free loopback port
     if settings.store_capacity_bytes is not None:
-        argv += ["--capacity-bytes", str(settings.store_capacity_bytes)]
+        argv += ["--capacity-bytes", str(int(settings.store_capacity_bytes))]
     popen = _start(state, "store", argv, _base_env(state))
-    port = wait_store_port(ready, popen, settings.startup_timeout_s)
+    port, metrics_port = wait_store_ready(ready, popen, settings.startup_timeout_s)
     state.store_address = f"{LOOPBACK}:{port}"
+    state.store_metrics_url = f"http://{LOOPBACK}:{metrics_port}/metrics" if metrics_port else ""
     state.save()
     if not store_healthy(state.store_address, settings.startup_timeout_s):
         log = state.components[-1].log
         raise ClusterDown(f"store at {state.store_address} is not SERVING; see {log}")
+
+
+def _start_serve(state: ClusterState, settings: ClusterSettings) -> None:
+    """`wavekv serve` as a Ray driver of this cluster; waits for its /health."""
+    port = settings.serve_port or procs.free_port()
+    argv = [*SERVE_COMMAND, "--ray-address", state.gcs_address, "--host", LOOPBACK]
+    argv += ["--port", str(port), "--store", state.store_address]
+    env = _base_env(state) | {"WAVEKV_STORE_ADDRESS": state.store_address}
+    serve = _start(state, "serve", argv, env)
+    state.serve_url = f"http://{LOOPBACK}:{port}"
+    state.save()
+    wait_for(
+        lambda: http_ok(f"{state.serve_url}/health"),
+        [serve],
+        settings.startup_timeout_s,
+        f"wavekv serve at {state.serve_url}/health",
+    )
 
 
 def _node_resources(settings: ClusterSettings, num_gpus: int | None) -> list[str]:
@@ -165,7 +135,7 @@ def _node_resources(settings: ClusterSettings, num_gpus: int | None) -> list[str
     if num_gpus is not None:
         args.append(f"--num-gpus={num_gpus}")
     if settings.object_store_bytes is not None:
-        args.append(f"--object-store-memory={settings.object_store_bytes}")
+        args.append(f"--object-store-memory={int(settings.object_store_bytes)}")
     return args
 
 
@@ -232,7 +202,7 @@ def _new_state(state_dir: Path) -> ClusterState:
 
 
 def up(settings: ClusterSettings) -> ClusterState:
-    """Start store, Ray head and worker nodes; on any failure stop whatever was started."""
+    """Start store, Ray head, worker nodes (and the server); on failure stop what was started."""
     existing = ClusterState.load(settings.state_dir)
     if existing is not None and any(procs.is_alive(p) for p in existing.leaders()):
         raise ClusterDown(f"a cluster is already up (state in {settings.state_dir}); run `down`")
@@ -242,6 +212,8 @@ def up(settings: ClusterSettings) -> ClusterState:
     try:
         _start_store(state, settings)
         _start_ray(state, settings)
+        if settings.serve:
+            _start_serve(state, settings)
     except BaseException:
         logger.error("bring-up failed; stopping what was started (logs in %s)", state.state_dir)
         down(settings.state_dir, settings.shutdown_timeout_s)
@@ -262,7 +234,11 @@ def down(state_dir: Path, timeout_s: float = 30.0) -> list[ProcessId]:
         logger.info("no cluster recorded in %s", state_dir)
         return []
     _stop_jobs(state)
-    killed = procs.stop(state.leaders(), timeout_s)
+    # The server first: it shuts Ray Serve down through the Ray cluster, which must still be up.
+    first = [c.process for c in state.components if c.name == "serve"]
+    rest = [c.process for c in state.components if c.name != "serve"]
+    killed = procs.stop(first, timeout_s) if first else []
+    killed += procs.stop(rest, timeout_s)
     if killed:
         logger.warning("needed SIGKILL: pids %s", [p.pid for p in killed])
     _cleanup_files(state)
@@ -283,73 +259,89 @@ def _stop_jobs(state: ClusterState) -> None:
 
 
 def status(state: ClusterState) -> dict[str, object]:
-    """Liveness of each process plus store health and the Ray node count."""
+    """Liveness of each process plus store health, the Ray node count and the server."""
     report: dict[str, object] = {c.name: procs.is_alive(c.process) for c in state.components}
     report["store_serving"] = bool(state.store_address) and store_healthy(state.store_address, 3.0)
     try:
         report["ray_nodes_alive"] = alive_ray_nodes(state.dashboard_url, state.token())
     except (OSError, ValueError):  # dashboard gone, token file gone, garbled reply
         report["ray_nodes_alive"] = 0
+    if state.serve_url:
+        report["serve_healthy"] = _safe_http_ok(f"{state.serve_url}/health")
     return report
+
+
+def _safe_http_ok(url: str) -> bool:
+    try:
+        return http_ok(url)
+    except (OSError, ValueError):
+        return False
 
 
 def _healthy(state: ClusterState, report: dict[str, object]) -> bool:
     processes_up = all(report[c.name] for c in state.components)
     nodes = report["ray_nodes_alive"]
-    return processes_up and bool(report["store_serving"]) and nodes == state.expected_nodes
+    serving = bool(report.get("serve_healthy", True))
+    return (
+        processes_up and bool(report["store_serving"]) and nodes == state.expected_nodes and serving
+    )
 
 
 def _print_summary(state: ClusterState) -> None:
-    print(f"store:      {state.store_address}")
-    print(f"ray gcs:    {state.gcs_address}")
-    print(f"dashboard:  {state.dashboard_url}  (job server)")
-    print(f"state dir:  {state.state_dir}")
+    print(f"store:         {state.store_address}")
+    print(f"store metrics: {state.store_metrics_url}")
+    print(f"ray gcs:       {state.gcs_address}")
+    print(f"dashboard:     {state.dashboard_url}  (job server)")
+    if state.serve_url:
+        print(f"serve:         {state.serve_url}/v1  (OpenAI API; /metrics, /health)")
+    print(f"state dir:     {state.state_dir}")
     print(f'client environment (eval "$({ENV_COMMAND} --state-dir {state.state_dir})"):')
     for key, value in state.client_env().items():
         print(f"  export {key}={shlex.quote(value)}")
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m inference_worker.cluster",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+FLAGS = {  # flag -> help; each maps to the ClusterSettings field of the same name
+    "--state-dir": "default: $WAVEKV_CLUSTER_DIR, else ~/.wavekv/cluster",
+    "--worker-nodes": "extra Ray worker nodes (default 0)",
+    "--num-cpus": "CPUs per Ray node (default: detected)",
+    "--num-gpus": "GPUs per Ray node (default: detected)",
+    "--object-store-bytes": "Ray object store per node, e.g. 2GiB (default: Ray's)",
+    "--store-capacity-bytes": "KV store capacity, e.g. 16GiB (default: the store's)",
+    "--serve-port": "HTTP port of `wavekv serve` with --serve (default: a free port)",
+    "--timeout": "seconds for each readiness wait (default 120)",
+}
+
+
+def _parser(prog: str) -> CliParser:
+    parser = CliParser(prog=prog, description=__doc__, formatter_class=_RawHelp)
     parser.add_argument("command", choices=["up", "status", "env", "down"])
+    for flag, text in FLAGS.items():
+        parser.add_argument(flag, help=text)
     parser.add_argument(
-        "--state-dir", type=Path, help="default: $WAVEKV_CLUSTER_DIR, else ~/.wavekv/cluster"
+        "--serve", action="store_true", default=None, help="also start `wavekv serve`"
     )
-    parser.add_argument("--worker-nodes", type=int, help="extra Ray worker nodes (default 0)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs per Ray node (default: detected)")
-    parser.add_argument("--num-gpus", type=int, help="GPUs per Ray node (default: detected)")
-    parser.add_argument("--store-capacity-bytes", type=int, help="KV store capacity")
-    parser.add_argument("--timeout", type=float, help="seconds for each readiness wait")
-    return parser.parse_args(argv)
+    return parser
 
 
-def _settings(args: argparse.Namespace) -> ClusterSettings:
-    settings = ClusterSettings.from_env()
-    overrides = {
-        "state_dir": args.state_dir,
-        "worker_nodes": args.worker_nodes,
-        "num_cpus": args.num_cpus,
-        "num_gpus": args.num_gpus,
-        "store_capacity_bytes": args.store_capacity_bytes,
-        "startup_timeout_s": args.timeout,
-    }
-    values = asdict(settings) | {k: v for k, v in overrides.items() if v is not None}
-    return ClusterSettings(**values)
+def _settings(args: object) -> ClusterSettings:
+    names = [flag[2:].replace("-", "_") for flag in FLAGS] + ["serve"]
+    flags = {name: getattr(args, name) for name in names}
+    flags["startup_timeout_s"] = flags.pop("timeout")
+    return load(ClusterSettings, flags)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m inference_worker.cluster") -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = _parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     try:
         settings = _settings(args)
+    except SettingsError as err:
+        return usage_error(prog, err)
+    try:
         return _run(args.command, settings)
-    except (ClusterDown, ValueError) as err:
+    except ClusterDown as err:
         logger.error("%s", err)
         return 1
 

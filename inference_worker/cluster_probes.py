@@ -54,20 +54,43 @@ def _safe(ready: Callable[[], bool]) -> bool:
         return False
 
 
-def read_port(ready_file: Path) -> int:
-    """The port in the store's ready file: a JSON number or an object with a "port" field."""
+def read_port(ready_file: Path, key: str = "port") -> int | None:
+    """A port in the store's ready file (a JSON object; a bare number is the gRPC port).
+
+    `key` "port" must hold a valid port; "metrics_port" may be absent or null (None)."""
     payload: Any = json.loads(ready_file.read_text())
-    port = payload["port"] if isinstance(payload, dict) else payload
+    port = payload.get(key) if isinstance(payload, dict) else payload if key == "port" else None
+    if port is None and key != "port":
+        return None
     if not isinstance(port, int) or not 0 < port < 65536:
-        raise ValueError(f"ready file {ready_file} holds no valid port: {payload!r}")
+        raise ValueError(f"ready file {ready_file} holds no valid {key}: {payload!r}")
     return port
 
 
 def wait_store_port(ready_file: Path, store: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """The store's gRPC port once it has written its ready file."""
     wait_for(
-        lambda: read_port(ready_file) > 0, [store], timeout_s, f"store ready file {ready_file}"
+        lambda: read_port(ready_file) is not None,
+        [store],
+        timeout_s,
+        f"store ready file {ready_file}",
     )
-    return read_port(ready_file)
+    port = read_port(ready_file)
+    assert port is not None
+    return port
+
+
+def wait_store_ready(
+    ready_file: Path, store: subprocess.Popen[bytes], timeout_s: float
+) -> tuple[int, int | None]:
+    """(gRPC port, metrics port or None) once the store has written its ready file."""
+    port = wait_store_port(ready_file, store, timeout_s)
+    return port, read_port(ready_file, "metrics_port")
+
+
+def http_ok(url: str) -> bool:
+    """True when GET `url` answers 200 (raises OSError when nothing answers)."""
+    return _get(url, None) is not None
 
 
 def store_healthy(address: str, timeout_s: float) -> bool:
@@ -104,7 +127,11 @@ def alive_ray_nodes(dashboard_url: str, token: str) -> int:
 def stop_running_jobs(dashboard_url: str, token: str) -> list[str]:
     """Ask the job server to stop every job that has not finished; return their ids."""
     jobs = json.loads(_get(f"{dashboard_url}/api/jobs/", token))
-    live = [j["submission_id"] for j in jobs if j.get("status") in ("PENDING", "RUNNING")]
+    live = [  # drivers that joined with ray.init (e.g. `wavekv serve`) have no submission id
+        j["submission_id"]
+        for j in jobs
+        if j.get("submission_id") and j.get("status") in ("PENDING", "RUNNING")
+    ]
     for submission_id in live:
         _get(f"{dashboard_url}/api/jobs/{submission_id}/stop", token, method="POST")
     return live

@@ -1,9 +1,17 @@
-"""Spreads generation requests over InferenceWorker actors and gathers results in input order."""
+"""Spreads generation requests over InferenceWorker actors, a batch per actor call, and gathers the
+results in input order.
+
+Each call hands an actor up to `batch_size` requests, which its engine decodes together; idle
+actors take the next batch (dynamic dispatch, like Ray's ActorPool). Before any actor starts, the
+driver checks that the cluster can ever hold `--workers` actors, and it bounds the wait for them
+to start, so an oversized job fails at once with the numbers instead of hanging.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,8 +19,13 @@ import ray
 from tqdm import tqdm
 
 from inference_worker.actor import InferenceWorker, WorkerOptions
+from inference_worker.settings import JobSettings
 
 log = logging.getLogger(__name__)
+
+
+class PlacementError(RuntimeError):
+    """The cluster cannot run the requested actors (too few resources, or not in time)."""
 
 
 @dataclass(slots=True)
@@ -35,38 +48,84 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
-class JobDriver:
-    """Owns N actors for the duration of a job; one request per actor call, dynamic dispatch."""
+def actor_resources() -> tuple[str, dict[str, float]]:
+    """What one InferenceWorker reserves: a GPU when the cluster has any, else a CPU."""
+    if ray.cluster_resources().get("GPU", 0.0) >= 1:
+        return "GPU", {"num_gpus": 1}
+    return "CPU", {"num_cpus": 1}
 
-    def __init__(self, options: WorkerOptions, workers: int, ray_address: str | None) -> None:
-        self.owns_ray = init_ray(ray_address)
-        gpus = ray.cluster_resources().get("GPU", 0.0)
-        resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
-        log.info("starting %d InferenceWorker actor(s) with %s", workers, resources)
-        actor_cls = InferenceWorker.options(**resources)  # type: ignore[attr-defined]
-        self.actors = [actor_cls.remote(options) for _ in range(workers)]
-        ray.get([a.describe.remote() for a in self.actors])  # surface load errors now
+
+def check_capacity(workers: int, kind: str) -> None:
+    """Refuse at once when the whole cluster holds fewer `kind` than `workers` actors need."""
+    total = ray.cluster_resources().get(kind, 0.0)
+    if workers > total:
+        raise PlacementError(
+            f"--workers {workers} needs {workers} {kind} (one per InferenceWorker actor), but "
+            f"the Ray cluster has {total:g} {kind} in total; use --workers {int(total)} or "
+            f"fewer, or add nodes"
+        )
+
+
+class JobDriver:
+    """Owns N actors for the duration of a job; a batch of requests per actor call."""
+
+    def __init__(self, options: WorkerOptions, settings: JobSettings) -> None:
+        self.settings = settings
+        self.owns_ray = init_ray(settings.ray_address)
+        self.actors: list[Any] = []
+        try:
+            kind, resources = actor_resources()
+            check_capacity(settings.workers, kind)
+            log.info("starting %d InferenceWorker actor(s) with %s", settings.workers, resources)
+            actor_cls = InferenceWorker.options(**resources)  # type: ignore[attr-defined]
+            self.actors = [actor_cls.remote(options) for _ in range(settings.workers)]
+            self._wait_started(kind)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_started(self, kind: str) -> None:
+        """Surface load errors now; bound the wait for resources other work may hold."""
+        pending = [a.describe.remote() for a in self.actors]
+        timeout = self.settings.placement_timeout_s
+        ready, waiting = ray.wait(pending, num_returns=len(pending), timeout=timeout)
+        if waiting:
+            free = ray.available_resources().get(kind, 0.0)
+            total = ray.cluster_resources().get(kind, 0.0)
+            raise PlacementError(
+                f"{len(waiting)} of {len(pending)} InferenceWorker actors did not start within "
+                f"{timeout:g}s: {free:g} of {total:g} {kind} are free (other jobs or a running "
+                f"`wavekv serve` may hold them)"
+            )
+        for info in ray.get(ready):
+            log.info("actor ready: %s", info)
 
     def run(self, records: list[dict[str, Any]], run: dict[str, Any]) -> JobOutcome:
-        pending: dict[Any, tuple[int, Any]] = {}
-        queue = list(enumerate(records))
+        batches = list(_batches(list(enumerate(records)), self.settings.batch_size))
+        pending: dict[Any, tuple[list[tuple[int, dict[str, Any]]], Any]] = {}
         done: dict[int, dict[str, Any]] = {}
         errors: dict[str, str] = {}
         idle = list(self.actors)
         with tqdm(total=len(records), desc="requests", unit="req") as bar:
-            while queue or pending:
-                while idle and queue:
-                    actor = idle.pop()
-                    index, record = queue.pop(0)
-                    pending[actor.generate.remote([record], run)] = (index, actor)
+            while batches or pending:
+                while idle and batches:
+                    actor, batch = idle.pop(), batches.pop(0)
+                    call = actor.generate.remote([r for _, r in batch], run)
+                    pending[call] = (batch, actor)
                 ready, _ = ray.wait(list(pending), num_returns=1)
-                index, actor = pending.pop(ready[0])
+                batch, actor = pending.pop(ready[0])
                 idle.append(actor)
                 try:
-                    done[index] = ray.get(ready[0])[0]
+                    outputs = ray.get(ready[0])
                 except ray.exceptions.RayError as exc:
-                    errors[str(records[index]["id"])] = _short(exc)
-                bar.update(1)
+                    outputs = [{"id": str(r["id"]), "error": _short(exc)} for _, r in batch]
+                for (index, _), output in zip(batch, outputs, strict=True):
+                    if "error" in output:
+                        errors[output["id"]] = output["error"]
+                    else:
+                        done[index] = output
+                        _report_unindexed(output)
+                bar.update(len(batch))
         return JobOutcome([done[i] for i in sorted(done)], errors)
 
     def close(self) -> None:
@@ -80,6 +139,22 @@ class JobDriver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _report_unindexed(result: dict[str, Any]) -> None:
+    """RetroInfer skips the index below its threshold (full attention then): say so."""
+    stats = result.get("stats", {})
+    if stats.get("attention") == "retroinfer" and stats.get("indexed") is False:
+        log.warning(
+            "request %s was not indexed (ran with full attention): %s",
+            result["id"],
+            stats.get("not_indexed_reason", "no reason given"),
+        )
 
 
 def _short(exc: BaseException) -> str:

@@ -1,86 +1,83 @@
 """Batch generation job: JSONL prompts in, JSONL completions out, spread over Ray actors.
 
-Usable directly or through Ray job submission:
+    wavekv job run --store HOST:PORT --input in.jsonl --output out.jsonl [--workers N] ...
+    wavekv job submit -- --input in.jsonl --output out.jsonl ...   # onto a cluster (job_submit)
 
-    python -m inference_worker.job --store HOST:PORT --input in.jsonl --output out.jsonl
-    ray job submit --address http://127.0.0.1:8265 -- python -m inference_worker.job ...
+(`python -m inference_worker.job` is `wavekv job run`.) Without a Ray cluster address it starts a
+local Ray on loopback. Relative paths are relative to the working directory of this process; under
+`ray job submit` that is the job server's, so use `wavekv job submit` (which makes them absolute
+on the submitting side) or absolute paths. Every flag also reads a WAVEKV_* variable
+(inference_worker.settings.JobSettings); flags win.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 from typing import Any
 
-from inference_worker.settings import env_str
+from inference_worker.settings import CliParser, JobSettings, SettingsError, load, usage_error
 
 log = logging.getLogger("inference_worker.job")
+PROG = "python -m inference_worker.job"
 
 
 class JobError(RuntimeError):
     """A failure the job reports with a clear message and a non-zero exit code."""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m inference_worker.job",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--store",
-        default=env_str("STORE_ADDRESS", "") or None,
-        help="kvstore_server HOST:PORT (default $WAVEKV_STORE_ADDRESS; required for retroinfer)",
-    )
-    p.add_argument("--input", required=True, type=Path, help="JSONL: {id, prompt, max_new_tokens?}")
-    p.add_argument("--output", required=True, type=Path, help="JSONL: {id, text, stats}")
-    p.add_argument("--workers", type=int, default=1, help="number of InferenceWorker actors")
-    p.add_argument("--attention", choices=["retroinfer", "full"], default="retroinfer")
-    p.add_argument(
-        "--model", default=None, help="GGUF file or safetensors folder (default: SmolLM2)"
-    )
-    p.add_argument("--retrieval-budget", type=float, default=None)
-    p.add_argument("--estimation-budget", type=float, default=None)
-    p.add_argument(
-        "--min-retrieval-clusters",
-        type=int,
-        default=None,
-        help="floor on retrieved clusters per head (default 64; 0 = the paper's pure fraction)",
-    )
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--namespace", default="wavekv", help="store namespace (tenant)")
-    p.add_argument("--token-file", type=Path, default=None, help="store auth token file")
-    p.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster to join (default: $RAY_ADDRESS, else a local loopback Ray)",
-    )
-    p.add_argument(
-        "--store-timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for the store to answer its health check",
-    )
-    args = p.parse_args(argv)
-    if args.workers < 1:
-        p.error(f"--workers must be >= 1, got {args.workers}")
-    if args.max_new_tokens < 1:
-        p.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.attention == "retroinfer" and not args.store:
-        p.error("--store HOST:PORT is required with --attention retroinfer")
-    return args
+FLAGS = {  # flag -> help; each maps to the JobSettings field of the same name
+    "--store": "kvstore_server HOST:PORT (env WAVEKV_STORE_ADDRESS; required for retroinfer)",
+    "--input": "JSONL: {id, prompt, max_new_tokens?, temperature?, top_p?, seed?}",
+    "--output": "JSONL: {id, text, token_ids, stats}",
+    "--workers": "InferenceWorker actors, one GPU (or one CPU) each (default 1)",
+    "--attention": "retroinfer | full (default retroinfer)",
+    "--model": "GGUF file or safetensors folder (default: the bundled SmolLM2)",
+    "--retrieval-budget": "fraction of clusters retrieved exactly (default 0.018)",
+    "--estimation-budget": "fraction of clusters estimated (default 0.232)",
+    "--min-retrieval-clusters": "floor on retrieved clusters per head (64; 0 = the paper's rule)",
+    "--max-new-tokens": "default for records without max_new_tokens (default 32)",
+    "--batch-size": "requests sent to an actor per call, batched by its engine (default 8)",
+    "--namespace": "store namespace (tenant; default wavekv)",
+    "--token-file": "file holding the store's bearer token",
+    "--ray-address": "Ray cluster to join (default $RAY_ADDRESS, else a local loopback Ray)",
+    "--store-timeout-s": "seconds to wait for the store's answer (default 10)",
+    "--placement-timeout-s": "seconds to wait for the actors to start (default 120)",
+}
+
+
+def parser(prog: str = PROG) -> CliParser:
+    p = CliParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    for flag, text in FLAGS.items():
+        p.add_argument(flag, help=text)
+    return p
+
+
+def parse_args(argv: list[str] | None = None, prog: str = PROG) -> JobSettings:
+    """Flags over WAVEKV_* variables; raises SettingsError (one line) on a bad value."""
+    args = parser(prog).parse_args(argv)
+    settings = load(JobSettings, {f[2:].replace("-", "_"): v for f, v in _flags(args).items()})
+    if settings.attention == "retroinfer" and not settings.store:
+        raise SettingsError(
+            "--store HOST:PORT (or WAVEKV_STORE_ADDRESS) is required with --attention retroinfer"
+        )
+    return settings
+
+
+def _flags(args: object) -> dict[str, Any]:
+    return {flag: getattr(args, flag[2:].replace("-", "_")) for flag in FLAGS}
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Parse and validate the input JSONL; errors name the line."""
+    """Parse and validate the input JSONL; errors name the line and the absolute path."""
     from inference_worker.engine import GenerationRequest
 
+    where = path.absolute()
     if not path.is_file():
-        raise JobError(f"input file {str(path)!r} does not exist")
+        raise JobError(f"input file {str(path)!r} does not exist (looked for {where})")
     records: list[dict[str, Any]] = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -92,11 +89,22 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             raise JobError(f"{path}:{lineno}: bad input record: {exc}") from exc
         records.append(record)
     if not records:
-        raise JobError(f"input file {str(path)!r} holds no records")
+        raise JobError(f"input file {str(path)!r} holds no records ({where})")
     ids = [str(r["id"]) for r in records]
     if len(set(ids)) != len(ids):
         raise JobError(f"input file {str(path)!r} repeats ids")
     return records
+
+
+def check_output(path: Path) -> None:
+    """Fail before any work when the output cannot be written (names the absolute path)."""
+    parent = path.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"cannot create the output folder {parent}: {exc}") from exc
+    if path.is_dir():
+        raise JobError(f"output {str(path)!r} is a folder ({path.absolute()})")
 
 
 def check_store(address: str, token: str | None, timeout_s: float) -> None:
@@ -110,14 +118,13 @@ def check_store(address: str, token: str | None, timeout_s: float) -> None:
         raise JobError(f"KV store at {address} is unreachable or refused us: {exc}") from exc
 
 
-def run_config(args: argparse.Namespace) -> dict[str, Any]:
+def run_config(settings: JobSettings) -> dict[str, Any]:
+    """What every actor call carries: attention, the default max_new_tokens, RetroInfer knobs."""
     retro: dict[str, Any] = {}
-    if args.retrieval_budget is not None:
-        retro["retrieval_budget"] = args.retrieval_budget
-    if args.estimation_budget is not None:
-        retro["estimation_budget"] = args.estimation_budget
-    if args.min_retrieval_clusters is not None:
-        retro["min_retrieval_clusters"] = args.min_retrieval_clusters
+    for name in ("retrieval_budget", "estimation_budget", "min_retrieval_clusters"):
+        value = getattr(settings, name)
+        if value is not None:
+            retro[name] = value
     if retro:
         from inference_worker.retroinfer import RetroInferConfig
 
@@ -125,40 +132,59 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
             RetroInferConfig(**retro)  # validate budgets before any actor starts
         except ValueError as exc:
             raise JobError(f"bad RetroInfer settings: {exc}") from exc
-    return {"attention": args.attention, "max_new_tokens": args.max_new_tokens, "retro": retro}
+    return {
+        "attention": settings.attention,
+        "max_new_tokens": settings.max_new_tokens,
+        "retro": retro,
+    }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = parse_args(argv)
-    from inference_worker.actor import WorkerOptions
-    from inference_worker.driver import JobDriver
-
     try:
-        records = read_records(args.input)
-        run = run_config(args)
-        token = args.token_file.read_text().strip() if args.token_file else None
-        if args.store:
-            check_store(args.store, token, args.store_timeout)
-        options = WorkerOptions(
-            model_path=args.model, store_address=args.store, namespace=args.namespace, token=token
-        )
-        address = args.ray_address or os.environ.get("RAY_ADDRESS")
-        with JobDriver(options, workers=args.workers, ray_address=address) as driver:
-            outcome = driver.run(records, run)
+        settings = parse_args(argv, prog)
+    except SettingsError as err:
+        return usage_error(prog, err)
+    try:
+        return _run(settings)
     except JobError as exc:
         log.error("%s", exc)
         return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("w") as f:
+
+
+def _run(settings: JobSettings) -> int:
+    from inference_worker.actor import WorkerOptions
+    from inference_worker.driver import JobDriver, PlacementError
+
+    records = read_records(settings.input)
+    check_output(settings.output)
+    run = run_config(settings)
+    token = settings.token_file.read_text().strip() if settings.token_file else None
+    if settings.store:
+        check_store(settings.store, token, settings.store_timeout_s)
+    options = WorkerOptions(
+        model_path=settings.model,
+        store_address=settings.store,
+        namespace=settings.namespace,
+        token=token,
+    )
+    try:
+        with JobDriver(options, settings) as driver:
+            outcome = driver.run(records, run)
+    except PlacementError as exc:
+        raise JobError(str(exc)) from exc
+    with settings.output.open("w") as f:
         for result in outcome.results:
             f.write(json.dumps(result) + "\n")
     for rid, err in outcome.errors.items():
         log.error("request %s failed: %s", rid, err)
     log.info(
-        "wrote %d results to %s (%d failed)", len(outcome.results), args.output, len(outcome.errors)
+        "wrote %d results to %s (%d failed)",
+        len(outcome.results),
+        settings.output.absolute(),
+        len(outcome.errors),
     )
     return 1 if outcome.errors else 0
 

@@ -6,14 +6,15 @@ tests run in file order and the last one tears the cluster down and looks for st
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
 import selectors
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ PROBE = REPO / "tests" / "scripts" / "cluster_job_probe.py"  # run as a script: 
 # package that would shadow the real ones (tests/client would shadow `client`)
 RAY = str(Path(sys.executable).parent / "ray")
 CLI = [sys.executable, "-m", "inference_worker.cluster"]
+WAVEKV = str(Path(sys.executable).parent / "wavekv")
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[::1\]|\[::ffff:127\.\d+\.\d+\.\d+\]):\d+$")
 
 
@@ -116,28 +118,48 @@ def test_job_submission_reaches_the_store_from_every_node(
     assert {t["incarnation_id"] for t in report["tasks"]} == {incarnation}
 
 
-def test_inference_job_writes_results(state: ClusterState, tmp_path: Path) -> None:
-    """The issue-4 job contract: `python -m inference_worker.job --store ... --input --output`."""
-    try:
-        importlib.import_module("inference_worker.job")
-        importlib.import_module("inference_worker.driver")
-        from inference_worker.engine import GenerationEngine  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"inference job not available yet: {err}")
-    prompts = [
-        {"id": "a", "prompt": "The capital of France is", "max_new_tokens": 4},
-        {"id": "b", "prompt": "One, two, three,"},
-    ]
-    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    src.write_text("".join(json.dumps(p) + "\n" for p in prompts))
-    args = ["--store", state.store_address, "--input", str(src), "--output", str(out)]
-    args += ["--workers", "1", "--max-new-tokens", "4"]
-    submit(state, "python", "-m", "inference_worker.job", *args, timeout=600)
-    results = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(r["id"] for r in results) == ["a", "b"]
-    assert all(isinstance(r["text"], str) and isinstance(r["stats"], dict) for r in results)
-    with KVStoreClient(state.store_address, namespace="wavekv") as client:
-        assert client.list_sequences() == []
+def job_submit(state_dir: Path, cwd: Path, *job_args: str) -> subprocess.Popen[str]:
+    """`wavekv job submit` of inference_worker.job on this cluster, from `cwd`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WAVEKV_"))}
+    argv = [WAVEKV, "job", "submit", "--state-dir", str(state_dir), "--", *job_args]
+    return subprocess.Popen(argv, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def test_oversized_job_fails_at_once(state_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "prompt": "hi"}) + "\n")
+    args = ["--input", "in.jsonl", "--output", "out.jsonl", "--attention", "full"]
+    submit = job_submit(state_dir, tmp_path, *args, "--workers", "5")
+    output, _ = submit.communicate(timeout=180)
+    assert submit.returncode == 1, output
+    assert "--workers 5 needs 5 CPU (one per InferenceWorker actor), but the Ray cluster has " \
+        "2 CPU in total" in output  # fmt: skip
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def job_status(state: ClusterState, job_id: str) -> str:
+    request = urllib.request.Request(f"{state.dashboard_url}/api/jobs/{job_id}")
+    request.add_header("Authorization", f"Bearer {state.token()}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return str(json.loads(response.read())["status"])
+
+
+def test_stopping_the_submitter_stops_the_job(
+    state_dir: Path, state: ClusterState, tmp_path: Path
+) -> None:
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "prompt": "hi"}) + "\n")
+    args = ["--input", "in.jsonl", "--output", "out.jsonl", "--attention", "full"]
+    submit = job_submit(state_dir, tmp_path, *args, "--max-new-tokens", "4000")
+    assert submit.stdout is not None
+    line = submit.stdout.readline()
+    match = re.match(r"submitted job (\S+) to ", line)
+    assert match, line
+    assert "--input " + str(tmp_path / "in.jsonl") in line  # made absolute on this side
+    submit.send_signal(signal.SIGTERM)
+    output, _ = submit.communicate(timeout=180)
+    assert submit.returncode == 130, output
+    assert f"stopped job {match[1]}" in output
+    assert job_status(state, match[1]) == "STOPPED"
 
 
 def start_blocking_job(state: ClusterState, marker: str) -> subprocess.Popen[bytes]:

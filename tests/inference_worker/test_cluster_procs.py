@@ -13,7 +13,7 @@ import pytest
 from inference_worker import cluster
 from inference_worker import cluster_procs as procs
 from inference_worker.cluster_probes import ClusterDown, read_port
-from inference_worker.settings import ClusterSettings, SettingsError
+from inference_worker.settings import ClusterSettings, SettingsError, load
 
 # A parent that ignores SIGTERM, with a child in the same session and a grandchild that starts
 # its own session (like a Ray job entrypoint). It prints the two descendants' pids when ready.
@@ -70,8 +70,10 @@ def test_pinned_ids_survive_pid_reuse_checks() -> None:
 
 def test_read_port_accepts_store_ready_file(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
-    ready.write_text(json.dumps({"host": "127.0.0.1", "port": 4321, "pid": 1}))
-    assert read_port(ready) == 4321
+    ready.write_text(json.dumps({"host": "127.0.0.1", "port": 4321, "pid": 1, "metrics_port": 99}))
+    assert (read_port(ready), read_port(ready, "metrics_port")) == (4321, 99)
+    ready.write_text(json.dumps({"port": 4321, "metrics_port": None}))
+    assert read_port(ready, "metrics_port") is None
     ready.write_text(json.dumps({"port": 0}))
     with pytest.raises(ValueError, match="no valid port"):
         read_port(ready)
@@ -80,24 +82,37 @@ def test_read_port_accepts_store_ready_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"WAVEKV_CLUSTER_WORKER_NODES": "two"}, "WAVEKV_CLUSTER_WORKER_NODES must be an integer"),
-        ({"WAVEKV_CLUSTER_WORKER_NODES": "-1"}, "worker_nodes must be >= 0, got -1"),
-        ({"WAVEKV_DASHBOARD_PORT": "70000"}, "dashboard_port must be in [0, 65535], got 70000"),
-        ({"WAVEKV_CLUSTER_STARTUP_TIMEOUT_S": "0"}, "startup_timeout_s must be > 0, got 0.0"),
-        ({"WAVEKV_CLUSTER_NUM_CPUS": "1.5"}, "'1.5'"),
+        ({"WAVEKV_CLUSTER_WORKER_NODES": "two"}, "WAVEKV_CLUSTER_WORKER_NODES='two': Input should"),
+        ({"WAVEKV_CLUSTER_WORKER_NODES": "-1"}, "WAVEKV_CLUSTER_WORKER_NODES='-1': Input should"),
+        ({"WAVEKV_DASHBOARD_PORT": "70000"}, "WAVEKV_DASHBOARD_PORT='70000': Input should be less"),
+        ({"WAVEKV_CLUSTER_STARTUP_TIMEOUT_S": "0"}, "WAVEKV_CLUSTER_STARTUP_TIMEOUT_S='0'"),
+        ({"WAVEKV_CLUSTER_NUM_CPUS": "1.5"}, "WAVEKV_CLUSTER_NUM_CPUS='1.5'"),
+        ({"WAVEKV_CAPACITY_BYTES": "16 parsecs"}, "WAVEKV_CAPACITY_BYTES='16 parsecs'"),
     ],
 )
-def test_bad_settings_fail_fast(env: dict[str, str], message: str) -> None:
+def test_bad_settings_fail_fast(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     with pytest.raises(SettingsError) as err:
-        ClusterSettings.from_env(env)
+        load(ClusterSettings)
     assert message in str(err.value)
+    assert "\n" not in str(err.value)
 
 
-def test_settings_from_env(tmp_path: Path) -> None:
-    env = {"WAVEKV_CLUSTER_DIR": str(tmp_path), "WAVEKV_CLUSTER_WORKER_NODES": "2"}
-    settings = ClusterSettings.from_env(env | {"WAVEKV_CLUSTER_NUM_CPUS": "1"})
+def test_settings_from_env_and_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAVEKV_CLUSTER_DIR", str(tmp_path))
+    monkeypatch.setenv("WAVEKV_CLUSTER_WORKER_NODES", "2")
+    monkeypatch.setenv("WAVEKV_CLUSTER_NUM_CPUS", "1")
+    monkeypatch.setenv("WAVEKV_CAPACITY_BYTES", "16GiB")
+    settings = load(ClusterSettings)
     assert (settings.state_dir, settings.worker_nodes, settings.num_cpus) == (tmp_path, 2, 1)
-    assert ClusterSettings.from_env({}).worker_nodes == 0
+    assert settings.store_capacity_bytes == 16 << 30
+    flagged = load(ClusterSettings, {"worker_nodes": "3", "store_capacity_bytes": "512MiB"})
+    assert (flagged.worker_nodes, flagged.store_capacity_bytes) == (3, 512 << 20)
+    monkeypatch.delenv("WAVEKV_CLUSTER_WORKER_NODES")
+    assert load(ClusterSettings).worker_nodes == 0
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -116,11 +131,21 @@ def test_failed_bring_up_cleans_up(tmp_path: Path) -> None:
     assert not (tmp_path / "ray_auth_token").exists()
 
 
-def test_bad_flag_is_rejected_before_anything_starts(tmp_path: Path) -> None:
+def test_bad_flag_is_a_one_line_usage_error_before_anything_starts(tmp_path: Path) -> None:
     result = run_cli("up", "--state-dir", str(tmp_path), "--store-capacity-bytes", "-1")
-    assert result.returncode == 1
-    assert "store_capacity_bytes must be > 0, got -1" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "python -m inference_worker.cluster: error: --store-capacity-bytes='-1': "
+        "could not parse value and unit from byte string"
+    ]
     assert not (tmp_path / "store.log").exists()
+
+
+def test_bad_variable_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    result = run_cli("status", "--state-dir", str(tmp_path), WAVEKV_DASHBOARD_PORT="abc")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "WAVEKV_DASHBOARD_PORT='abc'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_up_refuses_while_a_cluster_is_recorded_alive(tmp_path: Path) -> None:

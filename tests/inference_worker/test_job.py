@@ -37,7 +37,7 @@ def test_unreachable_store_exits_nonzero_with_a_clear_error(tmp_path: Path) -> N
         str(inp),
         "--output",
         str(tmp_path / "out.jsonl"),
-        "--store-timeout",
+        "--store-timeout-s",
         "2",
     )
     assert done.returncode == 2
@@ -54,7 +54,7 @@ def test_store_address_from_the_environment(tmp_path: Path) -> None:
         str(inp),
         "--output",
         str(tmp_path / "o"),
-        "--store-timeout",
+        "--store-timeout-s",
         "2",
         env={"WAVEKV_STORE_ADDRESS": address},
     )
@@ -64,6 +64,42 @@ def test_store_address_from_the_environment(tmp_path: Path) -> None:
 def test_retroinfer_requires_a_store(tmp_path: Path) -> None:
     done = _job("--input", str(tmp_path / "x"), "--output", str(tmp_path / "y"))
     assert done.returncode == 2 and "--store" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--workers", "abc"], {}, "--workers='abc': Input should be a valid integer"),
+        (["--workers", "0"], {}, "--workers='0': Input should be greater than or equal to 1"),
+        ([], {"WAVEKV_JOB_WORKERS": "many"}, "WAVEKV_JOB_WORKERS='many'"),
+        (["--attention", "sparse"], {}, "--attention='sparse': Input should be 'retroinfer'"),
+        ([], {"WAVEKV_MAX_NEW_TOKENS": "-1"}, "WAVEKV_MAX_NEW_TOKENS='-1'"),
+        (["--colour", "red"], {}, "unrecognized arguments: --colour red"),
+    ],
+)
+def test_bad_flags_and_variables_are_one_line_usage_errors(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    base = ["--store", "127.0.0.1:1", "--input", "i", "--output", "o"]
+    done = _job(*base, *args, env=env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert lines[0].startswith("python -m inference_worker.job: error:")
+
+
+def test_missing_relative_input_names_the_absolute_path(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "inference_worker.job", "--attention", "full"]
+    done = subprocess.run(
+        [*argv, "--input", "in.jsonl", "--output", "out.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert f"looked for {tmp_path / 'in.jsonl'}" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(
@@ -92,8 +128,8 @@ def test_retroinfer_settings_reach_the_run_config() -> None:
     from inference_worker.job import parse_args, run_config
 
     flags = ["--retrieval-budget", "0.05", "--min-retrieval-clusters", "0"]
-    args = parse_args(["--store", "127.0.0.1:1", "--input", "i", "--output", "o", *flags])
-    retro = run_config(args)["retro"]
+    settings = parse_args(["--store", "127.0.0.1:1", "--input", "i", "--output", "o", *flags])
+    retro = run_config(settings)["retro"]
     assert retro == {"retrieval_budget": 0.05, "min_retrieval_clusters": 0}
 
 
