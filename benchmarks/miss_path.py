@@ -37,7 +37,7 @@ import torch
 from benchmarks.miss_profile import profile_calls
 from benchmarks.store import device_name as cpu_name
 from benchmarks.store import segments, start
-from client import FetchRequest, KVStoreClient, SequenceGeometry, gather_kernel
+from client import ClientOptions, FetchRequest, KVStoreClient, SequenceGeometry, gather_kernel
 from inference_worker.engine.store_link import GrpcStoreLink
 
 log = logging.getLogger("benchmarks.miss_path")
@@ -118,9 +118,15 @@ def bench(
     n_ret = max(round(RETRIEVAL * c), 1)
     max_tokens = n_ret * CLUSTER
     nbytes = 2 * batch * KV_HEADS * max_tokens * HEAD_DIM * 2
-    shm = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "require", False)
-    local = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "require")
-    grpc = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "off")
+    shm = GrpcStoreLink(
+        KVStoreClient(target, ClientOptions(namespace="miss", timeout_s=600)), "require", False
+    )
+    local = GrpcStoreLink(
+        KVStoreClient(target, ClientOptions(namespace="miss", timeout_s=600)), "require"
+    )
+    grpc = GrpcStoreLink(
+        KVStoreClient(target, ClientOptions(namespace="miss", timeout_s=600)), "off"
+    )
     try:
         shm._head_dim = grpc._head_dim = local._head_dim = HEAD_DIM
         shm._dtype = grpc._dtype = local._dtype = torch.bfloat16

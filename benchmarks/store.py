@@ -30,7 +30,14 @@ import numpy as np
 import torch
 
 from benchmarks.raw_server import HEADER, MAX_MESSAGE_BYTES
-from client import AsyncKVStoreClient, ClusterSegment, FetchRequest, SearchQuery, SequenceGeometry
+from client import (
+    AsyncKVStoreClient,
+    ClientOptions,
+    ClusterSegment,
+    FetchRequest,
+    SearchQuery,
+    SequenceGeometry,
+)
 from client.wire import fetch_request, search_request
 
 log = logging.getLogger("benchmarks.store")
@@ -130,7 +137,9 @@ async def bench_context(store_target: str, raw_target: str, context: int, steps:
     c = context // CLUSTER
     n_ret = max(round(RETRIEVAL * c), 1)
     seq = f"ctx{context}"
-    async with AsyncKVStoreClient(store_target, namespace="bench", timeout_s=120) as client:
+    async with AsyncKVStoreClient(
+        store_target, ClientOptions(namespace="bench", timeout_s=120)
+    ) as client:
         await client.wait_ready()
         await client.create_sequence(seq, SequenceGeometry(LAYERS, KV_HEADS, HEAD_DIM, "bfloat16"))
         for layer in range(STORED_LAYERS):

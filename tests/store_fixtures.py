@@ -45,6 +45,12 @@ def make_segment(
     )
 
 
+def unique_ids(rng: np.random.Generator, high: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Cluster ids in [0, high), distinct along the last axis (the store refuses repeats)."""
+    *lead, n = shape
+    return np.argsort(rng.random((*lead, high)), axis=-1)[..., :n].astype(np.int64)
+
+
 def reference_fetch(
     segments: list[ClusterSegment], cluster_ids: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch
 
 from client import (
     ArenaReader,
+    ClientOptions,
     ClusterSegment,
     DescriptorCache,
     FetchRequest,
@@ -424,6 +425,8 @@ def connect_store(
     """A GrpcStoreLink to one store (HOST:PORT) or a sharded set of stores; `same_host`
     picks the shared-memory data plane ("auto": when the store's arena maps from here)."""
     return GrpcStoreLink(
-        KVStoreClient(address, namespace=namespace, token=token, timeout_s=timeout_s),
+        KVStoreClient(
+            address, ClientOptions(namespace=namespace, token=token, timeout_s=timeout_s)
+        ),
         same_host,
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from client import KVStoreClient, SequenceGeometry
+from client import ClientOptions, KVStoreClient, SequenceGeometry
 from client.shm import GATHER_METHODS, _expand
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
@@ -63,8 +63,12 @@ def test_cuda_gather_methods_match_streaming(dtype: str, namespace: str) -> None
     ids = ["a", "b"]
     settings = ServerSettings(port=0, log_format="text", log_level="WARNING")
     with EmbeddedStore(settings) as server:
-        shm = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "require")
-        stream = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "off")
+        shm = GrpcStoreLink(
+            KVStoreClient(server.target, ClientOptions(namespace=namespace)), "require"
+        )
+        stream = GrpcStoreLink(
+            KVStoreClient(server.target, ClientOptions(namespace=namespace)), "off"
+        )
         try:
             shm.open(ids, SequenceGeometry(1, 2, 64, dtype))
             stream.open(ids, SequenceGeometry(1, 2, 64, dtype))

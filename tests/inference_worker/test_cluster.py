@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from client import KVStoreClient
+from client import ClientOptions, KVStoreClient
 from inference_worker import cluster_procs as procs
 from inference_worker.cluster import ClusterState
 
@@ -109,7 +109,7 @@ def test_job_submission_reaches_the_store_from_every_node(
     assert len(report["nodes"]) == 2
     assert sorted(t["node_id"] for t in report["tasks"]) == sorted(report["nodes"])
     assert all(t["listed_while_alive"] and not t["listed_after_delete"] for t in report["tasks"])
-    with KVStoreClient(state.store_address, namespace="probe") as client:
+    with KVStoreClient(state.store_address, ClientOptions(namespace="probe")) as client:
         assert client.list_sequences() == []
         incarnation = client.get_stats().incarnation_id
     assert {t["incarnation_id"] for t in report["tasks"]} == {incarnation}
@@ -135,7 +135,7 @@ def test_inference_job_writes_results(state: ClusterState, tmp_path: Path) -> No
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in results) == ["a", "b"]
     assert all(isinstance(r["text"], str) and isinstance(r["stats"], dict) for r in results)
-    with KVStoreClient(state.store_address, namespace="wavekv") as client:
+    with KVStoreClient(state.store_address, ClientOptions(namespace="wavekv")) as client:
         assert client.list_sequences() == []
 
 

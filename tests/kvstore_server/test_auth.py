@@ -17,8 +17,10 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import (
+    ClientOptions,
     FetchRequest,
     KVStoreClient,
+    RetryPolicy,
     SequenceGeometry,
     UnauthenticatedError,
     UnavailableError,
@@ -71,7 +73,9 @@ def test_tls_and_token_round_trip(tmp_path: Path) -> None:
     seg = make_segment(np.random.default_rng(0), 0, 0, 8, 16, "bfloat16")
     with EmbeddedStore(settings) as server:
         target = f"localhost:{server.server.port}"
-        with KVStoreClient(target, "t", token="s3cret-token", tls_root_cert=cert) as client:
+        with KVStoreClient(
+            target, ClientOptions(namespace="t", token="s3cret-token", tls_root_cert=cert)
+        ) as client:
             client.wait_ready()
             client.create_sequence("s", SequenceGeometry(1, 1, 16, "bfloat16"))
             client.put_segments("s", [seg])
@@ -79,7 +83,9 @@ def test_tls_and_token_round_trip(tmp_path: Path) -> None:
             assert torch.equal(got.keys, reference_fetch([seg], [3, 1])[0])
         for token, fragment in ((None, "missing"), ("wrong", "wrong token")):
             with (
-                KVStoreClient(target, "t", token=token, tls_root_cert=cert) as bad,
+                KVStoreClient(
+                    target, ClientOptions(namespace="t", token=token, tls_root_cert=cert)
+                ) as bad,
                 pytest.raises(UnauthenticatedError) as info,
             ):
                 bad.fetch_clusters([FetchRequest("s", 0, 0, [0])])
@@ -88,11 +94,15 @@ def test_tls_and_token_round_trip(tmp_path: Path) -> None:
                 and fragment in info.value.details
             )
             with (
-                KVStoreClient(target, "t", token=token, tls_root_cert=cert) as bad,
+                KVStoreClient(
+                    target, ClientOptions(namespace="t", token=token, tls_root_cert=cert)
+                ) as bad,
                 pytest.raises(UnauthenticatedError),
             ):
                 bad.put_segments("s", [seg])
-        with KVStoreClient(target, "t", token="s3cret-token", tls_root_cert=cert) as client:
+        with KVStoreClient(
+            target, ClientOptions(namespace="t", token="s3cret-token", tls_root_cert=cert)
+        ) as client:
             assert client.get_sequence("s").num_segments == 1  # rejected puts stored nothing
         creds = grpc.ssl_channel_credentials(cert.read_bytes())
         with grpc.secure_channel(target, creds) as channel:  # health stays open without a token
@@ -106,8 +116,10 @@ def test_plaintext_client_cannot_talk_to_tls_server(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     with (
         EmbeddedStore(ServerSettings(port=0, tls_cert=str(cert), tls_key=str(key))) as server,
-        KVStoreClient(server.target, "t", timeout_s=5.0) as client,
+        KVStoreClient(
+            server.target,
+            ClientOptions(namespace="t", timeout_s=2.0, retry=RetryPolicy(max_attempts=2)),
+        ) as client,
+        pytest.raises(UnavailableError),
     ):
-        client._aio.retry.max_attempts = 2
-        with pytest.raises(UnavailableError):
-            client.list_sequences()
+        client.list_sequences()

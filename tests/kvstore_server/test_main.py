@@ -17,7 +17,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client import KVStoreClient, SequenceGeometry
+from client import ClientOptions, KVStoreClient, SequenceGeometry
 from kvstore_server.embedded import EmbeddedStore
 from wavekv_proto import codec
 
@@ -55,7 +55,7 @@ def test_cli_ready_file_metrics_and_sigterm(tmp_path: Path) -> None:
         serving = _wait_for_log(proc, "serving")
         doc = json.loads(ready.read_text())
         assert doc["port"] == serving["port"] > 0 and doc["pid"] == proc.pid
-        with KVStoreClient(f"127.0.0.1:{doc['port']}", "cli") as client:
+        with KVStoreClient(f"127.0.0.1:{doc['port']}", ClientOptions(namespace="cli")) as client:
             client.wait_ready()
             info = client.create_sequence("s", SequenceGeometry(1, 1, 8, "float16"))
             assert info.incarnation_id == doc["incarnation_id"]
@@ -64,7 +64,11 @@ def test_cli_ready_file_metrics_and_sigterm(tmp_path: Path) -> None:
             .read()
             .decode()
         )
-        assert 'wavekv_rpc_total{code="OK",method="CreateSequence"} 1.0' in metrics
+        assert (
+            'wavekv_store_rpcs_total{code="OK",method="CreateSequence",namespace="cli"} 1.0'
+            in metrics
+        )
+        assert 'wavekv_store_sequences{namespace="cli"} 1.0' in metrics
         proc.send_signal(signal.SIGTERM)
         _wait_for_log(proc, "stopped")
         assert proc.wait(timeout=30) == 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from client import KVStoreClient, SequenceGeometry, SharedMemoryUnavailable
+from client import ClientOptions, KVStoreClient, SequenceGeometry, SharedMemoryUnavailable
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
@@ -20,8 +20,12 @@ def test_link_shared_memory_matches_streaming(dtype: str, namespace: str) -> Non
     geometry = SequenceGeometry(2, 3, 32, dtype)
     ids = ["a", "b"]
     with EmbeddedStore(settings) as server:
-        shm = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "require")
-        stream = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "off")
+        shm = GrpcStoreLink(
+            KVStoreClient(server.target, ClientOptions(namespace=namespace)), "require"
+        )
+        stream = GrpcStoreLink(
+            KVStoreClient(server.target, ClientOptions(namespace=namespace)), "off"
+        )
         try:
             assert shm.uses_shared_memory and not stream.uses_shared_memory
             shm.open(ids, geometry)
@@ -49,7 +53,7 @@ def test_link_shared_memory_matches_streaming(dtype: str, namespace: str) -> Non
 def test_link_require_fails_without_shared_memory(namespace: str) -> None:
     settings = ServerSettings(port=0, log_format="text", log_level="WARNING", shared_memory="off")
     with EmbeddedStore(settings) as server:
-        client = KVStoreClient(server.target, namespace=namespace)
+        client = KVStoreClient(server.target, ClientOptions(namespace=namespace))
         try:
             with pytest.raises(SharedMemoryUnavailable):
                 GrpcStoreLink(client, "require")
