@@ -148,14 +148,9 @@ class Store:
                 f"max_namespaces={self.config.max_namespaces} namespaces already hold sequences"
             )
         seq = Sequence(namespace, sequence_id, geometry, last_used=self.clock())
-        self._reserve(namespace, seq.bytes_used, f"CreateSequence {echo(sequence_id)}")
+        self._check_fits(seq.bytes_used, f"CreateSequence {echo(sequence_id)}")
         if self.persistence is not None:
-            try:
-                self.persistence.create(seq)
-            except BaseException:
-                self._unreserve(namespace, seq.bytes_used)
-                raise
-        self._unreserve(namespace, seq.bytes_used)
+            self.persistence.create(seq)
         self._sequences[(namespace, sequence_id)] = seq
         self._account(namespace, seq.bytes_used, 1)
         return seq, True
@@ -217,7 +212,7 @@ class Store:
     def reservation(self, namespace: str) -> Reservation:
         return Reservation(self, namespace)
 
-    def _reserve(self, namespace: str, nbytes: int, what: str) -> None:
+    def _check_fits(self, nbytes: int, what: str) -> None:
         cap = self.config.capacity_bytes
         if cap and self.bytes_used + self.reserved_bytes + nbytes > cap:
             raise ResourceExhausted(
@@ -225,6 +220,9 @@ class Store:
                 f"are free (bytes_used={self.bytes_used}, reserved_bytes={self.reserved_bytes} "
                 f"by puts in flight)"
             )
+
+    def _reserve(self, namespace: str, nbytes: int, what: str) -> None:
+        self._check_fits(nbytes, what)
         self.reserved_bytes += nbytes
         self._usage_of(namespace).reserved_bytes += nbytes
 
