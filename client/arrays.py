@@ -54,7 +54,7 @@ def floats(where: str, x: Any, shape: tuple[int | None, ...]) -> np.ndarray:
 def ints(where: str, x: Any, shape: tuple[int | None, ...]) -> np.ndarray:
     """An integer array (converted to int64) of `shape`."""
     arr = np.asarray(_plain(x))
-    if arr.dtype.kind not in "iu":
+    if arr.dtype.kind not in "iu" and arr.size:  # an empty list is float64 to numpy
         raise invalid(f"{where}.dtype={arr.dtype} is not an integer type")
     _check_shape(where, arr, shape)
     return np.ascontiguousarray(arr, np.int64)

@@ -208,8 +208,8 @@ class BufferPool:
 
 def stream_payload(plan: FetchPlan, stage: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(payload offset, bytes) pieces covering [0, total_bytes) in order, each at most
-    len(stage) bytes, gathered into `stage` [S] uint8 (S >= the widest row); a piece is valid
-    until the next one is asked for. Alignment gaps are zeros."""
+    len(stage) bytes, gathered into `stage` [S] uint8 (S >= the widest row + ALIGN); a piece is
+    valid until the next one is asked for. Alignment gaps are zeros."""
     cap = stage.shape[0]
     start = fill = 0  # payload offset of stage[0]; bytes staged
     for lay in plan.layouts:

@@ -41,7 +41,7 @@ from wavekv_proto.wavekv.v1 import kvstore_pb2_grpc as pb_grpc
 log = logging.getLogger("kvstore_server.rpc")
 T = TypeVar("T")
 SCORING_NAMES = {pb.SCORING_GQA_SOFTMAX: "gqa_softmax", pb.SCORING_INNER_PRODUCT: "inner_product"}
-MAX_ROW_BYTES = 4096 * 4  # head_dim <= 4096 at 4 bytes: the stage buffer holds at least a row
+STAGE_MIN_BYTES = 4096 * 4 + 64  # a widest row (head_dim 4096, 4 bytes) plus an alignment gap
 
 
 @dataclass(slots=True, frozen=True)
@@ -66,7 +66,7 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
         self.stats = stats
         self.config = config or ServicerConfig()
         self.tokens = tokens
-        self._stages = BufferPool(max(self.config.chunk_bytes, MAX_ROW_BYTES))
+        self._stages = BufferPool(max(self.config.chunk_bytes, STAGE_MIN_BYTES))
         self.open_put_streams = 0
 
     def _admit(self, request: Any, context: Any, namespace: str | None = None) -> str:

@@ -157,6 +157,7 @@ class _StoreCollector:
             per_ns["reserved"].add_metric([ns], u.reserved_bytes)
             per_ns["allocated"].add_metric([ns], s.arenas.allocated_bytes(ns))
             per_ns["sequences"].add_metric([ns], u.sequences)
-            expired.add_metric([ns], u.expired)
+        for ns, count in list(s.expired.items()):
+            expired.add_metric([ns], count)
         yield from per_ns.values()
         yield expired

@@ -59,7 +59,6 @@ class Usage:
     bytes_used: int = 0
     reserved_bytes: int = 0
     sequences: int = 0
-    expired: int = 0  # sequences dropped by the TTL
 
 
 class Reservation:
@@ -98,6 +97,7 @@ class Store:
         self.persistence: Persistence | None = None
         self._sequences: dict[tuple[str, str], Sequence] = {}
         self._usage: dict[str, Usage] = {}
+        self.expired: dict[str, int] = {}  # sequences dropped by the TTL, per namespace
 
     @property
     def capacity_bytes(self) -> int:
@@ -206,7 +206,9 @@ class Store:
             if self.persistence is not None:
                 self.persistence.delete(seq)
             self._drop(seq)
-            self._usage_of(seq.namespace).expired += 1
+            ns = seq.namespace
+            if ns in self.expired or len(self.expired) < self.config.max_namespaces:
+                self.expired[ns] = self.expired.get(ns, 0) + 1
         return len(idle)
 
     def reservation(self, namespace: str) -> Reservation:
@@ -246,7 +248,7 @@ class Store:
         return usage
 
     def _forget_if_empty(self, namespace: str, usage: Usage) -> None:
-        if not (usage.sequences or usage.reserved_bytes or usage.bytes_used or usage.expired):
+        if not (usage.sequences or usage.reserved_bytes or usage.bytes_used):
             del self._usage[namespace]
 
     def commit(

@@ -96,16 +96,21 @@ class StoreProcess:
     """`python -m kvstore_server` on 127.0.0.1 as its own process (killable, restartable on the
     same port). Readiness: its JSON log's "serving" line (a blocking read, no sleeping)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, launcher: list[str] | None = None
+    ) -> None:
+        """`launcher`: a command that runs `python -m kvstore_server "$@"` with the arguments
+        appended (e.g. inside `unshare`); default: this interpreter directly."""
         self.args = list(args)
         self.env = env
+        self.launcher = launcher or [sys.executable, "-m", "kvstore_server"]
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.serving: dict = {}
         self.log: list[dict] = []
 
     def start(self, *extra: str) -> StoreProcess:
-        cmd = [sys.executable, "-m", "kvstore_server", "--host", "127.0.0.1"]
+        cmd = [*self.launcher, "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--log-level", "INFO", *self.args, *extra]
         env = {**os.environ, **(self.env or {})}
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
