@@ -18,7 +18,15 @@ from client.errors import invalid
 from client.types import ClusterSegment, SequenceGeometry
 from wavekv_proto.codec import KV_DTYPE_NAMES, numpy_to_torch, to_numpy
 
-_TORCH = importlib.util.find_spec("torch") is not None
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_TORCH = _installed("torch")
 
 
 def use_torch(output: str) -> bool:

@@ -108,6 +108,7 @@ class StoreProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.serving: dict = {}
         self.log: list[dict] = []
+        self._logged = threading.Condition()
 
     def start(self, *extra: str) -> StoreProcess:
         cmd = [*self.launcher, "--host", "127.0.0.1"]
@@ -130,8 +131,19 @@ class StoreProcess:
     def _drain(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError), self._logged:
                 self.log.append(json.loads(line))
+                self._logged.notify_all()
+
+    def wait_for_log(self, msg: str, timeout_s: float = 60.0) -> dict:
+        """The first log record `msg` logged from now on (woken by the log reader)."""
+        with self._logged:
+            start = len(self.log)
+            found = self._logged.wait_for(
+                lambda: any(d.get("msg") == msg for d in self.log[start:]), timeout_s
+            )
+            assert found, f"no {msg!r} in the store's log within {timeout_s} s"
+            return next(d for d in self.log[start:] if d.get("msg") == msg)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""
