@@ -12,7 +12,9 @@ gathered was reused. A namespace's reader maps only that namespace's slabs.
 
 Leases: FetchDescriptors leases the extents it describes; `free` of a leased extent is deferred
 until every lease on it is released or has expired (TTL), so a reader holding a lease never sees
-its memory reused, and a crashed reader's leases expire.
+its memory reused, and a crashed reader's leases expire. A FetchClusters stream pins the extents
+it reads the same way (`pin` / `unpin`), so a delete or an append that moves a head while the
+stream is still sending cannot free them under it.
 
 `HeapArena` has the same interface over private numpy memory (shared memory off/unavailable).
 Everything runs on the store's event-loop thread: no locking.
@@ -82,6 +84,12 @@ class HeapArena:
 
     def free(self, extent: Extent) -> None:
         del extent  # garbage collected
+
+    def pin(self, extents: list[Extent]) -> None:
+        del extents  # readers' views keep private memory alive
+
+    def unpin(self, extents: list[Extent]) -> None:
+        del extents
 
     def close(self) -> None:
         return None
@@ -218,6 +226,14 @@ class SharedArena:
             e.leases += 1
         self._leases[lease_id] = (self.clock() + ttl, extents)
         return lease_id, ttl
+
+    def pin(self, extents: list[Extent]) -> None:
+        """Keep extents from being freed or reused until `unpin` (a stream reading them)."""
+        for e in extents:
+            e.leases += 1
+
+    def unpin(self, extents: list[Extent]) -> None:
+        self._unpin(extents)
 
     def release_leases(self, lease_ids: list[int]) -> int:
         released = 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvstore_server.arena import Extent
 from kvstore_server.errors import InvalidArgument, ResourceExhausted
 from kvstore_server.segments import HeadStore
 from kvstore_server.sequence import Geometry
@@ -44,6 +45,7 @@ class EntryLayout:
 class FetchPlan:
     layouts: list[EntryLayout]
     total_bytes: int
+    extents: list[Extent]  # the extents the layouts read: pin them while streaming
 
 
 def _align(n: int) -> int:
@@ -111,6 +113,7 @@ def _layout(
     rows_all: np.ndarray,  # [M_total] row index of every fetched row
 ) -> FetchPlan:
     layouts = []
+    extents: dict[int, Extent] = {}
     cursor = 0
     row_bounds = row_cum[bounds].tolist()  # [E + 1]
     for i, (geometry, head) in enumerate(heads):
@@ -123,6 +126,8 @@ def _layout(
         if head is not None and r1 > r0:
             word = _word_dtype(geometry.row_bytes)  # rows copied as wide words: ~4x faster
             keys, values = head.keys.view(word), head.values.view(word)
+            if head.extent is not None:
+                extents[id(head.extent)] = head.extent
         layouts.append(
             EntryLayout(
                 geometry.dtype,
@@ -136,7 +141,7 @@ def _layout(
                 values,
             )
         )
-    return FetchPlan(layouts, cursor)
+    return FetchPlan(layouts, cursor, list(extents.values()))
 
 
 def _word_dtype(row_bytes: int) -> np.dtype:

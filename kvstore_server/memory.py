@@ -6,7 +6,8 @@ tmpfs (/dev/shm) is by default half of RAM too, so the default fills neither.
 
 `return_freed_memory` fixes glibc's mmap threshold: buffers of a put or fetch above it are
 mmap'ed and unmapped when freed, so the process's RSS falls back after a burst (glibc's dynamic
-threshold otherwise moves large buffers onto the heap, which keeps them).
+threshold otherwise moves large buffers onto the heap, which keeps them). `trim` hands the free
+pages of the heap back (malloc_trim), run by the server's sweep after sequences went away.
 """
 
 from __future__ import annotations
@@ -48,18 +49,28 @@ def _meminfo_total() -> int:
     raise OSError("/proc/meminfo has no MemTotal line")
 
 
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name is not None else None
+    except OSError:
+        return None
+
+
 def return_freed_memory() -> bool:
     """Fix glibc's mmap and trim thresholds (see the module docstring); False if not glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     ok &= mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES) == 1
     if not ok:
         log.warning("mallopt refused the mmap/trim thresholds")
     return ok
+
+
+def trim() -> bool:
+    """Give the heap's free pages back to the OS (glibc malloc_trim); False if not glibc."""
+    malloc_trim = getattr(_libc(), "malloc_trim", None)
+    return bool(malloc_trim(0)) if malloc_trim is not None else False

@@ -18,7 +18,7 @@ from kvstore_server.arena import ArenaConfig
 from kvstore_server.arenas import Arenas
 from kvstore_server.auth import TokenAuthInterceptor, TokenTable
 from kvstore_server.edge import add_to_server
-from kvstore_server.memory import return_freed_memory
+from kvstore_server.memory import return_freed_memory, trim
 from kvstore_server.recovery import PersistOptions, open_persistent_store
 from kvstore_server.servicer import KVStoreServicer, ServicerConfig
 from kvstore_server.settings import ServerSettings
@@ -137,12 +137,16 @@ class StoreServer:
         """Drop sequences past their TTL and expire readers' leases, periodically."""
         ttl = self.settings.sequence_ttl_s
         every = min(SWEEP_EVERY_S, ttl / 4) if ttl else SWEEP_EVERY_S
+        trimmed_at = self.store.dropped
         while True:
             await asyncio.sleep(every)
             try:
                 dropped = self.store.expire_idle()
                 for _, arena in self.store.arenas.items():
                     arena.expire()
+                if self.store.dropped != trimmed_at:  # sequences went: give their memory back
+                    trimmed_at = self.store.dropped
+                    trim()
             except Exception:
                 log.exception("sweep failed")
                 continue

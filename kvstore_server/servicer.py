@@ -212,6 +212,10 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
 
         t0, code = time.perf_counter(), "CANCELLED"
         plan = await self._unary("FetchClusters", request, context, run, record_ok=False)
+        # other RPCs run between chunks: pin what this stream reads so nothing frees it
+        arena = self.store.arena(request.namespace) if plan.extents else None
+        if arena is not None:
+            arena.pin(plan.extents)
         stage = self._stages.take()
         try:
             yield pb.FetchClustersResponse(header=_fetch_header(plan))
@@ -220,6 +224,8 @@ class KVStoreServicer(pb_grpc.KVStoreServicer):
             code = "OK"
         finally:
             self._stages.give(stage)
+            if arena is not None:
+                arena.unpin(plan.extents)
             self.stats.record(request.namespace, "FetchClusters", time.perf_counter() - t0, code)
 
     async def DeleteSequence(self, request: Any, context: Any) -> pb.DeleteSequenceResponse:

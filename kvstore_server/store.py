@@ -98,6 +98,7 @@ class Store:
         self._sequences: dict[tuple[str, str], Sequence] = {}
         self._usage: dict[str, Usage] = {}
         self.expired: dict[str, int] = {}  # sequences dropped by the TTL, per namespace
+        self.dropped = 0  # sequences deleted or expired, ever
 
     @property
     def capacity_bytes(self) -> int:
@@ -174,6 +175,7 @@ class Store:
         return self._drop(seq)
 
     def _drop(self, seq: Sequence) -> int:
+        self.dropped += 1
         del self._sequences[(seq.namespace, seq.sequence_id)]
         seq.release()  # leased extents are freed when their leases end
         self._account(seq.namespace, -seq.bytes_used, -1)

@@ -229,3 +229,36 @@ def test_put_is_all_or_nothing_when_a_small_tmpfs_is_full(tmp_path: Path) -> Non
             client.put_segments("s", big[:1])  # what fits still goes in
     finally:
         store.kill()
+
+
+def test_a_fetch_stream_is_not_disturbed_by_a_delete_and_reuse_mid_stream(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    seg = make_segment(rng, 0, 0, 256, 64, "float32", max_size=32)  # ~4 MiB of K/V
+    n = len(seg.sizes)
+    settings = _settings(fetch_chunk_bytes=64 << 10, shared_memory="require", shm_dir=str(tmp_path))
+    with (
+        EmbeddedStore(settings) as server,
+        KVStoreClient(server.target, ClientOptions(namespace="ns")) as client,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        client.create_sequence("s", GEOMETRY)
+        client.put_segments("s", [seg])
+        request = pb.FetchClustersRequest(
+            namespace="ns",
+            entries=[
+                pb.FetchEntry(sequence_id="s", cluster_ids=encode(np.arange(n, dtype=np.int64)))
+            ],
+        )
+        stream = pb_grpc.KVStoreStub(channel).FetchClusters(request)
+        header = next(stream).header  # the server is streaming, a reader that is slow
+        client.delete_sequence("s")  # frees the extent the stream reads from...
+        client.create_sequence("t", GEOMETRY)  # ...and an allocation that could reuse it
+        client.put_segments("t", [make_segment(rng, 0, 0, 256, 64, "float32", max_size=32)])
+        payload = bytearray(header.total_bytes)
+        for msg in stream:
+            payload[msg.chunk.offset : msg.chunk.offset + len(msg.chunk.data)] = msg.chunk.data
+        layout = header.layouts[0]
+        rows = layout.num_rows
+        keys = np.frombuffer(payload, np.float32, rows * 64, layout.keys_offset)
+        want, _ = reference_fetch([seg], list(range(n)))
+        assert np.array_equal(keys.reshape(rows, 64), want.numpy())
