@@ -10,7 +10,7 @@ from client import ClientOptions, KVStoreClient, SequenceGeometry, SharedMemoryU
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
-from tests.store_fixtures import make_segment
+from tests.store_fixtures import make_segment, unique_ids
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
@@ -35,7 +35,7 @@ def test_link_shared_memory_matches_streaming(dtype: str, namespace: str) -> Non
                     sid,
                     [make_segment(rng, 1, h, 30, 32, dtype, max_size=6) for h in range(3)],
                 )
-            cluster_ids = torch.from_numpy(rng.integers(0, 30, (2, 3, 5)))  # [B, Hkv, n]
+            cluster_ids = torch.from_numpy(unique_ids(rng, 30, (2, 3, 5)))  # [B, Hkv, n]
             cluster_ids[0, 1] = -1  # a row with nothing to fetch
             cluster_ids[1, 2, 3:] = -1  # padding
             a = shm.fetch(1, ids, cluster_ids, 40)
