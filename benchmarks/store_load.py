@@ -8,7 +8,8 @@ reading through the same-host shared-memory path and half streaming. Each client
 sequence, put 4 heads of a random size (256-4096 tokens, head_dim 64, bf16), search each head,
 fetch 16 clusters of each head, delete the sequence. Baseline in the same run: one client alone
 for a sixth of the time. Reports throughput, p50/p99 per operation, errors, and the store's RSS
-and slab bytes in /dev/shm at start, at peak and after everything was deleted. Writes
+and slab bytes in /dev/shm at start (after one warm-up iteration, which loads the code every RPC
+touches; the cold RSS is reported too), at peak and after everything was deleted. Writes
 benchmarks/results/store_load_<device>.json.
 """
 
@@ -24,6 +25,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -86,26 +88,18 @@ async def one_client(
     done = 0
     async with AsyncKVStoreClient(target, options) as client:
         await client.wait_ready(timeout_s=60)
-        while time.monotonic() < until:
+        while time.monotonic() < until or not done:
             sid = f"c{index}-{done}"
             segs = _segments(rng, int(rng.integers(256, 4097)) // CLUSTER * CLUSTER)
             c = len(segs[0].sizes)
+            searches = [SearchQuery(sid, 0, h, segs[h].centroids[:4]) for h in range(HEADS)]
+            fetches = [FetchRequest(sid, 0, h, rng.permutation(c)[:16]) for h in range(HEADS)]
             steps = (
-                ("create", lambda: client.create_sequence(sid, GEOMETRY)),
-                ("put", lambda: client.put_segments(sid, segs)),
-                (
-                    "search",
-                    lambda: client.search_clusters(
-                        [SearchQuery(sid, 0, h, segs[h].centroids[:4]) for h in range(HEADS)], 8
-                    ),
-                ),
-                (
-                    "fetch",
-                    lambda: client.fetch_clusters(
-                        [FetchRequest(sid, 0, h, rng.permutation(c)[:16]) for h in range(HEADS)]
-                    ),
-                ),
-                ("delete", lambda: client.delete_sequence(sid)),
+                ("create", partial(client.create_sequence, sid, GEOMETRY)),
+                ("put", partial(client.put_segments, sid, segs)),
+                ("search", partial(client.search_clusters, searches, 8)),
+                ("fetch", partial(client.fetch_clusters, fetches)),
+                ("delete", partial(client.delete_sequence, sid)),
             )
             for op, call in steps:
                 t0 = time.perf_counter()
@@ -225,6 +219,8 @@ def main() -> None:
     target = f"127.0.0.1:{doc['port']}"
     probe = Probe(store.pid)
     try:
+        cold_mem = probe.snapshot()
+        asyncio.run(run_clients(target, 1, 0.0))  # one iteration: first use of every RPC
         start_mem = probe.snapshot()
         with probe:
             alone = asyncio.run(run_clients(target, 1, max(args.seconds / 6, 5.0)))
@@ -241,7 +237,8 @@ def main() -> None:
     print_table(f"load: {args.clients} clients", load)
     rss_ratio = end_mem["VmRSS"] / start_mem["VmRSS"]
     print(
-        f"store RSS {start_mem['VmRSS'] / 2**20:.1f} MiB at start, "
+        f"store RSS {cold_mem['VmRSS'] / 2**20:.1f} MiB cold, "
+        f"{start_mem['VmRSS'] / 2**20:.1f} MiB at start (after one warm-up iteration), "
         f"{probe.peak_rss / 2**20:.1f} MiB peak, {end_mem['VmRSS'] / 2**20:.1f} MiB after all "
         f"deletes ({(rss_ratio - 1) * 100:+.1f}%); slab bytes in /dev/shm "
         f"{start_mem['slab_bytes']} at start, {probe.peak_shm} peak, {end_mem['slab_bytes']} after"
@@ -258,6 +255,7 @@ def main() -> None:
         "baseline_one_client": baseline,
         "load": load,
         "memory": {
+            "cold": cold_mem,
             "start": start_mem,
             "peak": {"VmRSS": probe.peak_rss, "slab_bytes": probe.peak_shm},
             "after_deletes": end_mem,

@@ -1,7 +1,8 @@
 """Host memory for cluster-major K/V: one shared-memory arena per namespace, or private memory.
 
 `SharedArena` keeps one namespace's K/V in slab files `<directory>/<file_prefix><index>`. Slab 0
-holds only the header (arena id): a reader maps it to check it sees this store's arena. Data
+holds only the header (arena id): a reader maps it to check it sees this store's arena (it is
+removed while the arena holds nothing, and made again when needed). Data
 slabs (index >= 1, never reused) are sparse files created when needed and removed when empty; a
 first-fit allocator with coalescing free lists hands out extents inside them, so memory freed by
 a deleted sequence or a grown head is reused. Each extent's pages are committed when it is
@@ -119,6 +120,7 @@ class SharedArena:
         self.generation = 0
         self._leases: dict[int, tuple[float, list[Extent]]] = {}
         self.allocated_bytes = 0  # bytes of live blocks (headers and padding included)
+        self.identity_since = 0.0  # clock when slab 0 was (re)created
 
     @property
     def directory(self) -> Path:
@@ -136,6 +138,17 @@ class SharedArena:
             slab = Slab.create(IDENTITY_SLAB, path, SLAB_ROUND, self.arena_id, self._fallocate)
             slab.free.clear()  # never allocated from
             self.slabs[IDENTITY_SLAB] = slab
+            self.identity_since = self.clock()
+
+    def close_identity_if_idle(self, min_age_s: float) -> bool:
+        """Remove slab 0 when the arena holds nothing (no data slab, no lease) and slab 0 is
+        older than min_age_s (a reader maps it right after GetArena); `open_identity` brings it
+        back, same arena id and content. True if removed."""
+        idle = set(self.slabs) == {IDENTITY_SLAB} and not self._leases
+        if not idle or self.clock() - self.identity_since < min_age_s:
+            return False
+        self.slabs.pop(IDENTITY_SLAB).path.unlink(missing_ok=True)
+        return True
 
     def alloc(self, nbytes: int, align: int) -> Extent:
         """An extent of nbytes whose data offset is a multiple of `align` (itself a multiple

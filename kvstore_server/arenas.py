@@ -17,8 +17,9 @@ log = logging.getLogger("kvstore_server.arena")
 
 
 class Arenas:
-    """namespace -> arena. Shared arenas are created on first use (GetArena or a put) and live
-    as long as the store (an empty one is one 4 KiB header page)."""
+    """namespace -> arena. Shared arenas are created on first use (GetArena or a put) and keep
+    their arena id as long as the store; an empty one holds no file once its identity slab is
+    closed by the sweep."""
 
     def __init__(
         self,
@@ -51,9 +52,13 @@ class Arenas:
                     f"max_namespaces={self.max_namespaces} namespaces already have an arena"
                 )
             arena = SharedArena(self.config, arena_id, self._clock, self._fallocate)
-            arena.open_identity()
             self._shared[namespace] = arena
+        arena.open_identity()
         return arena
+
+    def close_idle_identities(self, min_age_s: float) -> int:
+        """Remove the identity slab of every arena that holds nothing (see SharedArena)."""
+        return sum(a.close_identity_if_idle(min_age_s) for a in self._shared.values())
 
     def find(self, namespace: str) -> SharedArena | None:
         return self._shared.get(namespace)

@@ -144,6 +144,7 @@ class StoreServer:
                 dropped = self.store.expire_idle()
                 for _, arena in self.store.arenas.items():
                     arena.expire()
+                self.store.arenas.close_idle_identities(min_age_s=every)
                 if self.store.dropped != trimmed_at:  # sequences went: give their memory back
                     trimmed_at = self.store.dropped
                     trim()

@@ -8,7 +8,6 @@ otherwise.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,10 +27,17 @@ class MethodStats:
     errors: int = 0
     total_s: float = 0.0
     max_s: float = 0.0
-    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
+    recent: np.ndarray = field(default_factory=lambda: np.zeros(RECENT))  # ring of seconds
+
+    def add(self, seconds: float, ok: bool) -> None:
+        self.recent[self.count % RECENT] = seconds
+        self.count += 1
+        self.errors += not ok
+        self.total_s += seconds
+        self.max_s = max(self.max_s, seconds)
 
     def summary(self) -> dict[str, Any]:
-        lat = np.fromiter(self.recent, np.float64) * 1e3 if self.recent else np.zeros(1)
+        lat = self.recent[: min(self.count, RECENT)] * 1e3 if self.count else np.zeros(1)
         return {
             "count": self.count,
             "errors": self.errors,
@@ -59,12 +65,10 @@ class RpcStats:
 
     def record(self, namespace: str, method: str, seconds: float, code: str) -> None:
         ns = self.label(namespace)
-        m = self.namespaces.setdefault(ns, {}).setdefault(method, MethodStats())
-        m.count += 1
-        m.errors += code != "OK"
-        m.total_s += seconds
-        m.max_s = max(m.max_s, seconds)
-        m.recent.append(seconds)
+        m = self.namespaces.setdefault(ns, {}).get(method)
+        if m is None:
+            m = self.namespaces[ns][method] = MethodStats()
+        m.add(seconds, code == "OK")
         if self._prometheus is not None:
             self._prometheus.record(ns, method, seconds, code)
 

@@ -208,3 +208,17 @@ def test_stale_slab_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
 def test_missing_directory_is_reported(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="does not exist"):
         SharedArena(ArenaConfig(tmp_path / "nope"))
+
+
+def test_identity_slab_goes_while_the_arena_holds_nothing(arena: SharedArena) -> None:
+    clock = arena.clock
+    assert isinstance(clock, Clock)
+    e = arena.alloc(4096, 64)
+    clock.now += 10
+    assert not arena.close_identity_if_idle(5.0)  # it holds data
+    arena.free(e)
+    assert not arena.close_identity_if_idle(60.0)  # too young: a reader may be about to map it
+    assert arena.close_identity_if_idle(5.0)
+    assert not any(arena.directory.iterdir())  # nothing of this arena left in the directory
+    arena.open_identity()  # GetArena or a put brings it back: same arena id, same content
+    assert arena.slabs[0].arena_id() == arena.arena_id
