@@ -165,9 +165,11 @@ async def bench_context(store_target: str, raw_target: str, context: int, steps:
         search_out = await client.search_clusters(searches[0], n_ret)
         fetched = await client.fetch_clusters(fetches[0])
         payload = sum(f.keys.numel() * 2 * 2 for f in fetched)
-        search_req = search_request("bench", searches[0], n_ret, "gqa_softmax").ByteSize()
+        queries = [np.asarray(q.queries, np.float32) for q in searches[0]]
+        search_req = search_request("bench", searches[0], queries, n_ret, "gqa_softmax").ByteSize()
         search_resp = sum(r.cluster_ids.numel() * 12 + 40 for r in search_out)
-        fetch_req = fetch_request("bench", fetches[0]).ByteSize()
+        ids = [np.asarray(f.cluster_ids, np.int64) for f in fetches[0]]
+        fetch_req = fetch_request("bench", fetches[0], ids).ByteSize()
         layer_it = iter(range(1 << 30))
 
         async def store_search() -> None:

@@ -80,9 +80,8 @@ def tensors(draw: st.DrawFn) -> pb.Tensor:
     dtype = draw(st.one_of(st.integers(0, 5), st.integers(-(2**31), 2**31 - 1)))
     numel = math.prod(shape) if all(0 <= s < 64 for s in shape) else draw(st.integers(0, 64))
     nbytes = draw(st.sampled_from([numel * 4, numel * 8, numel * 2, 0, numel * 4 + 1]))
-    return pb.Tensor(
-        dtype=dtype, shape=shape, data=draw(st.binary(min_size=nbytes, max_size=nbytes))
-    )
+    data = draw(st.binary(min_size=nbytes, max_size=nbytes))
+    return pb.Tensor(dtype=dtype, shape=shape, data=data)  # type: ignore[arg-type]
 
 
 @st.composite
@@ -103,7 +102,7 @@ def query_tensors(draw: st.DrawFn) -> pb.Tensor:
 
 
 def _valid_tensor(arr: np.ndarray, dtype: int) -> pb.Tensor:
-    return pb.Tensor(dtype=dtype, shape=arr.shape, data=arr.tobytes())
+    return pb.Tensor(dtype=dtype, shape=arr.shape, data=arr.tobytes())  # type: ignore[arg-type]
 
 
 def _good_header(namespace: str, sid: str, rows: int) -> pb.SegmentHeader:
@@ -237,12 +236,15 @@ class Fuzzer:
         try:
             if method.client_streaming:
                 assert isinstance(case.payload, list)
-                self.channel.stream_unary(path)(iter(case.payload), timeout=self.timeout_s)
+                call = self.channel.stream_unary(path, None, None)
+                call(iter(case.payload), timeout=self.timeout_s)
             elif method.server_streaming:
-                for _ in self.channel.unary_stream(path)(case.payload, timeout=self.timeout_s):
+                for _ in self.channel.unary_stream(path, None, None)(
+                    case.payload, timeout=self.timeout_s
+                ):
                     pass
             else:
-                self.channel.unary_unary(path)(case.payload, timeout=self.timeout_s)
+                self.channel.unary_unary(path, None, None)(case.payload, timeout=self.timeout_s)
             code, details = "OK", ""
         except grpc.RpcError as exc:
             code, details = exc.code().name, exc.details() or ""

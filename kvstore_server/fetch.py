@@ -194,7 +194,7 @@ class BufferPool:
     """Stage buffers of one size reused between calls (fresh pages cost a fault each); at most
     `max_buffers` are kept, so the pool holds at most max_buffers x nbytes."""
 
-    def __init__(self, nbytes: int, max_buffers: int = 8) -> None:
+    def __init__(self, nbytes: int, max_buffers: int = 2) -> None:
         self.nbytes = nbytes
         self.max_buffers = max_buffers
         self._free: list[np.ndarray] = []

@@ -17,7 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from kvstore_server.store import Store
 
-RECENT = 2048  # latencies kept per (namespace, method) for percentiles
+RECENT = 1024  # latencies kept per (namespace, method) for percentiles
 OTHER = "(other)"  # bucket for namespaces past the tracked limit (or invalid names)
 
 
@@ -27,7 +27,7 @@ class MethodStats:
     errors: int = 0
     total_s: float = 0.0
     max_s: float = 0.0
-    recent: np.ndarray = field(default_factory=lambda: np.zeros(RECENT))  # ring of seconds
+    recent: np.ndarray = field(default_factory=lambda: np.zeros(RECENT, np.float32))  # seconds
 
     def add(self, seconds: float, ok: bool) -> None:
         self.recent[self.count % RECENT] = seconds
@@ -37,7 +37,9 @@ class MethodStats:
         self.max_s = max(self.max_s, seconds)
 
     def summary(self) -> dict[str, Any]:
-        lat = self.recent[: min(self.count, RECENT)] * 1e3 if self.count else np.zeros(1)
+        lat = (
+            self.recent[: min(self.count, RECENT)] * 1e3 if self.count else np.zeros(1, np.float32)
+        )
         return {
             "count": self.count,
             "errors": self.errors,

@@ -1,4 +1,5 @@
-"""A short Ray job for tests/inference_worker/test_cluster.py: proves `ray job submit` reaches every node.
+"""A short Ray job for tests/inference_worker/test_cluster.py: proves `ray job submit` reaches
+every node.
 
     ray job submit --address http://127.0.0.1:PORT -- \
         python tests/cluster_job_probe.py --store HOST:PORT --output out.json --namespace NS

@@ -46,7 +46,8 @@ with EmbeddedStore(ServerSettings(port=0, log_level="WARNING")) as store:
         assert np.array_equal(got.keys, np.concatenate([keys[4:8], keys[0:3]]))
         assert got.offsets.tolist() == [0, 4, 7]
         kv.create_sequence("b", SequenceGeometry(1, 1, 16, "bfloat16"))
-        kv.put_segments("b", [ClusterSegment(0, 0, centroids, sizes, centroids, bf16, bf16, offsets)])
+        seg = ClusterSegment(0, 0, centroids, sizes, centroids, bf16, bf16, offsets)
+        kv.put_segments("b", [seg])
         (got,) = kv.fetch_clusters([FetchRequest("b", 0, 0, [0, 1, 2])])
         assert got.keys.dtype == np.uint16 and np.array_equal(got.keys, bf16)
 assert "torch" not in sys.modules and "ray" not in sys.modules
