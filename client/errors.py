@@ -127,9 +127,26 @@ _BY_CODE: dict[grpc.StatusCode, type[KVStoreError]] = {
 }
 
 
+# A connection that broke mid-call can reach the client as INTERNAL or UNKNOWN with one of these
+# transport messages (a store killed during a stream): that is a store gone, not a bug.
+TRANSPORT_FAILURES = (
+    "Stream removed",
+    "Socket closed",
+    "Connection reset",
+    "Broken pipe",
+    "GOAWAY",
+    "Error in HTTP transport",
+)
+
+
 def from_rpc_error(exc: grpc.RpcError, target: str = "") -> KVStoreError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    lost = code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and any(
+        marker in details for marker in TRANSPORT_FAILURES
+    )
+    if lost:
+        code = grpc.StatusCode.UNAVAILABLE
     err = _BY_CODE.get(code, FatalError)(code, details, target)
     incarnation = incarnation_of(exc)
     if incarnation:

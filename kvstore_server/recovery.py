@@ -178,8 +178,8 @@ def _attach(
                 arena.attach_slab(head.extent.slab)
     rebuilt, dropped = [], 0
     for (ns, sid), seq in seqs.items():
-        arena = arenas.find(ns)
-        built = _rebuild(ns, sid, seq, arena) if arena is not None else None
+        arena = arenas.find(ns)  # None: the namespace never stored K/V (nor needs to here)
+        built = _rebuild(ns, sid, seq, arena) if arena is not None or not seq.heads else None
         if built is None:
             dropped += 1
             log.warning("sequence not re-attached", extra={"namespace": ns, "sequence_id": sid})
@@ -190,13 +190,13 @@ def _attach(
     return rebuilt, dropped
 
 
-def _rebuild(ns: str, sid: str, seq: _Seq, arena: SharedArena) -> Sequence | None:
+def _rebuild(ns: str, sid: str, seq: _Seq, arena: SharedArena | None) -> Sequence | None:
     g = seq.geometry
     out = Sequence(ns, sid, g, seq.created_unix_s)
     taken: list[HeadStore] = []
     for (layer, kv_head), head in seq.heads.items():
         e = head.extent
-        if e.slab not in arena.slabs:
+        if arena is None or e.slab not in arena.slabs:
             break
         try:
             extent = arena.reattach(

@@ -75,3 +75,16 @@ class _Rpc(grpc.RpcError):
 def test_errors_carry_the_store_incarnation() -> None:
     err = from_rpc_error(_Rpc(), "h:1")
     assert isinstance(err, NotFoundError) and err.incarnation == "abc"
+
+
+class _Broken(_Rpc):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.INTERNAL
+
+    def details(self) -> str:
+        return "Stream removed (recvmsg:Connection reset by peer (104))"
+
+
+def test_a_connection_lost_mid_call_is_unavailable_not_fatal() -> None:
+    err = from_rpc_error(_Broken(), "h:1")
+    assert isinstance(err, UnavailableError) and err.code == grpc.StatusCode.UNAVAILABLE

@@ -12,12 +12,14 @@ import pytest
 
 from client import (
     ClientOptions,
+    ClusterSegment,
     FetchRequest,
     KVStoreClient,
     NotFoundError,
     SequenceGeometry,
     StoreNotReadyError,
     StoreRestartedError,
+    UnavailableError,
 )
 from tests.store_fixtures import StoreProcess, make_segment
 
@@ -82,5 +84,40 @@ def test_the_client_keeps_its_sequences_alive() -> None:
         assert keep.get_stats().rpcs["RenewSequences"].count >= 1
         keep.close()
         drop.close()
+    finally:
+        store.kill()
+
+
+@pytest.mark.slow
+def test_a_store_killed_mid_put_is_unavailable_and_stored_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = StoreProcess("--data-dir", str(tmp_path)).start()
+    rng = np.random.default_rng(1)
+    n = 100_000  # ~100 MB of K/V: still arriving when the store dies
+    kv = rng.standard_normal((n, 128)).astype(np.float32)
+    sizes = np.full(500, n // 500)
+    seg = ClusterSegment(
+        0,
+        0,
+        np.zeros((500, 128)),
+        sizes,
+        np.zeros((500, 128)),
+        kv,
+        kv,
+        np.concatenate([[0], np.cumsum(sizes)]),
+    )
+    options = ClientOptions(namespace="p", timeout_s=60, put_chunk_bytes=64 << 10)
+    try:
+        with KVStoreClient(store.target, options) as client:
+            client.create_sequence("s", SequenceGeometry(1, 1, 128, "float32"))
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(client.put_segments, "s", [seg])
+                while client.get_stats().reserved_bytes == 0:  # the header is in
+                    assert not pending.done(), pending.result()
+                store.kill()
+                with pytest.raises(UnavailableError):
+                    pending.result(timeout=60)
+            store.start()  # warm restart: the sequence is there, the put is not
+            info = client.get_sequence("s")
+            assert (info.num_segments, client.get_stats().reserved_bytes) == (0, 0)
     finally:
         store.kill()

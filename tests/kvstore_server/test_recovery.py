@@ -8,6 +8,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -234,6 +235,39 @@ def test_fsync_always_survives_a_reboot_and_a_torn_tail(tmp_path: Path) -> None:
         assert store.serving["incarnation_id"] == first
         with _client(store) as client:
             (got,) = client.fetch_clusters([FetchRequest("a", 1, 1, np.arange(9))])
+            assert torch.equal(got.keys, seg.keys) and torch.equal(got.values, seg.values)
+    finally:
+        store.kill()
+
+
+def test_kill9_mid_fetch_then_the_retried_fetch_is_served_by_the_restarted_store(
+    tmp_path: Path,
+) -> None:
+    store = StoreProcess("--data-dir", str(tmp_path / "data"), "--fetch-chunk-bytes", "64KiB")
+    store.start()
+    seg = make_segment(np.random.default_rng(5), 0, 0, 200, 32, "bfloat16", max_size=40)
+    n = len(seg.sizes)
+    try:
+        with _client(store) as client:
+            client.create_sequence("s", GEOMETRY)
+            client.put_segments("s", [seg])
+            request = pb.FetchClustersRequest(
+                namespace="w",
+                entries=[pb.FetchEntry(sequence_id="s", cluster_ids=encode(np.arange(n)))],
+            )
+            with grpc.insecure_channel(store.target) as channel:
+                stream = pb_grpc.KVStoreStub(channel).FetchClusters(request)
+                next(stream)  # the header: the store is streaming
+                store.kill()
+                with pytest.raises(grpc.RpcError) as info:
+                    list(stream)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            with ThreadPoolExecutor(1) as pool:  # the SDK call waits for the store
+                pending = pool.submit(
+                    client.fetch_clusters, [FetchRequest("s", 0, 0, np.arange(n))]
+                )
+                store.start()
+                (got,) = pending.result(timeout=60)
             assert torch.equal(got.keys, seg.keys) and torch.equal(got.values, seg.values)
     finally:
         store.kill()
