@@ -90,7 +90,6 @@ class Persistence:
     def delete(self, seq: Sequence) -> None:
         self.journal.append(DELETE, Writer().text(seq.namespace).text(seq.sequence_id).bytes())
         self.live_metadata_bytes -= _metadata_bytes(seq)
-        self.maybe_compact()
 
     def commit(
         self, seq: Sequence, prepared: list[tuple[tuple[int, int], HeadStore, Growth]]
@@ -136,6 +135,8 @@ class Persistence:
         ]
 
     def maybe_compact(self) -> None:
+        """Compact when the journal grew well past the live state. The store calls it after a
+        change is applied in memory (the snapshot must include it)."""
         appended = self.journal.appended
         if appended > COMPACT_AFTER_BYTES and appended > 2 * max(self.live_metadata_bytes, 0):
             self.compact()

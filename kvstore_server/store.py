@@ -172,7 +172,10 @@ class Store:
         seq = self.get(namespace, sequence_id)
         if self.persistence is not None:
             self.persistence.delete(seq)
-        return self._drop(seq)
+        freed = self._drop(seq)
+        if self.persistence is not None:
+            self.persistence.maybe_compact()
+        return freed
 
     def _drop(self, seq: Sequence) -> int:
         self.dropped += 1
@@ -211,6 +214,8 @@ class Store:
             ns = seq.namespace
             if ns in self.expired or len(self.expired) < self.config.max_namespaces:
                 self.expired[ns] = self.expired.get(ns, 0) + 1
+        if idle and self.persistence is not None:
+            self.persistence.maybe_compact()
         return len(idle)
 
     def reservation(self, namespace: str) -> Reservation:
@@ -289,6 +294,8 @@ class Store:
         reservation.release()
         seq.bytes_used += total
         self._account(namespace, total, 0)
+        if self.persistence is not None:
+            self.persistence.maybe_compact()
         return firsts
 
     def search(
