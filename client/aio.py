@@ -205,10 +205,7 @@ class AsyncKVStoreClient(SameHostReads):
         """Each request's cluster ids as int64 [n] (InvalidArgumentError before any RPC)."""
         if not requests:
             raise invalid("requests is empty")
-        return [
-            arrays.cluster_ids(f"requests[{i}].cluster_ids", r.cluster_ids)
-            for i, r in enumerate(requests)
-        ]
+        return arrays.request_ids(requests)
 
     async def _fetch_streaming(
         self, requests: list[FetchRequest], ids: list[Any], timeout_s: float | None = None

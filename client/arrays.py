@@ -77,6 +77,22 @@ def cluster_ids(where: str, x: Any) -> np.ndarray:  # [n] int64
     return ids
 
 
+def request_ids(requests: list[Any]) -> list[np.ndarray]:
+    """Each FetchRequest's cluster ids as int64 [n], checked with one pass over all of them
+    (this runs per layer per decode step): int64 numpy arrays are taken as they are."""
+    ids = [
+        x
+        if isinstance(x, np.ndarray) and x.dtype == np.int64 and x.ndim == 1
+        else ints(f"requests[{i}].cluster_ids", x, (None,))
+        for i, x in enumerate(r.cluster_ids for r in requests)
+    ]
+    flat = np.concatenate(ids) if ids else np.empty(0, np.int64)
+    if flat.shape[0] and flat.min() < 0:
+        i = next(i for i, a in enumerate(ids) if a.shape[0] and a.min() < 0)
+        cluster_ids(f"requests[{i}].cluster_ids", ids[i])  # raises, naming the index
+    return ids
+
+
 def _check_shape(where: str, arr: np.ndarray, shape: tuple[int | None, ...]) -> None:
     ok = arr.ndim == len(shape) and all(
         w is None or w == s for s, w in zip(arr.shape, shape, strict=True)
