@@ -65,7 +65,7 @@ def test_what_was_applied_survives_reopening_across_compactions(
             store.delete("ns", f"s{i // 2}")
     want = _state(store)
     assert len(want) == 8
-    records, size = read_records(tmp_path / "data" / persistence.JOURNAL_FILE)
+    _records, size = read_records(tmp_path / "data" / persistence.JOURNAL_FILE)
     assert size == (tmp_path / "data" / persistence.JOURNAL_FILE).stat().st_size
     del store  # as after a crash: no clean stop
     reopened = _open(tmp_path)
