@@ -7,18 +7,20 @@ One call = what a RetroInfer layer asks per decode step when every retrieved clu
 B sequences x 8 KV heads x n_ret = round(0.018 C) clusters of 16 tokens (head_dim 128, bf16,
 C = L / 16), packed into [B, 8, M, 128] keys and values on the compute device. The store runs as
 a separate process on loopback (`python -m kvstore_server`, shared memory on). Systems, same run:
-- shm local resolve: GrpcStoreLink(same_host="require") with its descriptor cache (whole-head
-  layouts fetched once, ids resolved on the device, one gather launch, no RPC per call); the
-  cache's lease renewal RPC is timed on its own row;
+- shm local resolve: the SDK's DescriptorCache (whole-head layouts fetched once, ids resolved
+  on the device, one gather launch, no RPC per call); the cache's lease renewal RPC is timed on
+  its own row;
 - shm: the same without the cache: one FetchDescriptors RPC + gather from the mapped arena
   (CUDA: registered pinned memory read by the Triton run gather over unified addressing);
 - shm gather only: the gather of the same descriptors without the RPC (kernel bandwidth), per
   gather method, and (CUDA) the Triton kernel at several launch shapes;
 - descriptor RPC only: FetchDescriptors + decode without any gather (the per-call fixed cost);
-- grpc: GrpcStoreLink(same_host="off"): one FetchClusters stream, packed on the host, copied;
+- grpc: one FetchClusters stream, packed on the host, copied;
 - baseline: the same bytes as one contiguous copy (CUDA: pinned host -> device cudaMemcpy;
   CPU: a plain memcpy between two buffers).
 Cluster ids are fresh random per call. The first call of each system is compared bit for bit.
+Every system is an SDK call sequence (benchmarks/miss_sdk.py), the one the engine's store link
+makes; the engine itself is not involved.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ import numpy as np
 import torch
 
 from benchmarks.miss_profile import profile_calls
+from benchmarks.miss_sdk import SdkMisses
 from benchmarks.store import device_name as cpu_name
 from benchmarks.store import segments, start
 from client import FetchRequest, KVStoreClient, SequenceGeometry, gather_kernel
-from inference_worker.engine.store_link import GrpcStoreLink
 
 log = logging.getLogger("benchmarks.miss_path")
 KV_HEADS, HEAD_DIM, CLUSTER, RETRIEVAL = 8, 128, 16, 0.018
@@ -118,12 +120,10 @@ def bench(
     n_ret = max(round(RETRIEVAL * c), 1)
     max_tokens = n_ret * CLUSTER
     nbytes = 2 * batch * KV_HEADS * max_tokens * HEAD_DIM * 2
-    shm = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "require", False)
-    local = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "require")
-    grpc = GrpcStoreLink(KVStoreClient(target, namespace="miss", timeout_s=600), "off")
+    shm = SdkMisses(target, "shm", HEAD_DIM, torch.bfloat16)
+    local = SdkMisses(target, "local", HEAD_DIM, torch.bfloat16)
+    grpc = SdkMisses(target, "grpc", HEAD_DIM, torch.bfloat16)
     try:
-        shm._head_dim = grpc._head_dim = local._head_dim = HEAD_DIM
-        shm._dtype = grpc._dtype = local._dtype = torch.bfloat16
         ids = populate(shm.client, context, batch)
         gen = torch.Generator().manual_seed(batch)
 
@@ -131,17 +131,9 @@ def bench(
             return torch.rand(batch, KV_HEADS, c, generator=gen).argsort(-1)[..., :n_ret].to(device)
 
         first = pick()
-        a, b = shm.fetch(0, ids, first, max_tokens), grpc.fetch(0, ids, first, max_tokens)
-        exact = bool(
-            torch.equal(a.keys.cpu().view(torch.int16), b.keys.cpu().view(torch.int16))
-            and torch.equal(a.values.cpu().view(torch.int16), b.values.cpu().view(torch.int16))
-        )
-        got = local.fetch(0, ids, first, max_tokens)  # describes the whole heads once
-        local_exact = bool(
-            torch.equal(got.keys.cpu().view(torch.int16), b.keys.cpu().view(torch.int16))
-            and torch.equal(got.values.cpu().view(torch.int16), b.values.cpu().view(torch.int16))
-            and torch.equal(got.offsets.cpu(), b.offsets.cpu())
-        )
+        want = grpc.fetch(0, ids, first, max_tokens)
+        exact = _same(shm.fetch(0, ids, first, max_tokens), want)
+        local_exact = _same(local.fetch(0, ids, first, max_tokens), want)  # describes heads once
         rows = [
             row(context, batch, nbytes, "shm local resolve (whole call, no RPC)",
                 _link(local, ids, pick, max_tokens, reps, device), local_exact),
@@ -149,7 +141,7 @@ def bench(
                 _renewal(local, reps), None),
         ]  # fmt: skip
         if profile is not None:
-            profile_calls(local, ids, pick, max_tokens, device, profile)
+            profile_calls(lambda c: local.fetch(0, ids, c, max_tokens), pick, device, profile)
         rows += (_quick if quick else _full)(shm, grpc, ids, pick, first, max_tokens, reps,
                                              device, context, batch, nbytes, exact)  # fmt: skip
         for sid in ids:
@@ -191,22 +183,28 @@ def _full(shm, grpc, ids, pick, first, max_tokens, reps, device, context, batch,
     return rows
 
 
-def _link(link: GrpcStoreLink, ids, pick, max_tokens: int, reps: int, device) -> list[float]:  # type: ignore[no-untyped-def]
+def _same(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> bool:
+    """Keys, values (as bits) and offsets identical."""
+    bits = [(x.cpu().view(torch.int16) if x.is_floating_point() else x.cpu()) for x in (*a, *b)]
+    return all(torch.equal(x, y) for x, y in zip(bits[:3], bits[3:], strict=True))
+
+
+def _link(link: SdkMisses, ids, pick, max_tokens: int, reps: int, device) -> list[float]:  # type: ignore[no-untyped-def]
     picks = [pick() for _ in range(reps + 1)]
     warm_up(lambda: link.fetch(0, ids, picks[-1], max_tokens), device)
     it = iter(picks)
     return timed(lambda: link.fetch(0, ids, next(it), max_tokens), reps, device)
 
 
-def _renewal(link: GrpcStoreLink, reps: int) -> list[float]:
+def _renewal(link: SdkMisses, reps: int) -> list[float]:
     """The descriptor cache's periodic lease renewal (one RPC over every cached head)."""
-    cache = link._resolver
+    cache = link.cache
     assert cache is not None
     return timed(cache.renew, reps, torch.device("cpu"))
 
 
 def _gather_only(
-    link: GrpcStoreLink,
+    link: SdkMisses,
     ids,
     cluster_ids,
     max_tokens: int,
@@ -214,7 +212,7 @@ def _gather_only(
     device,  # type: ignore[no-untyped-def]
     method: str,
 ):
-    arena = link._arena
+    arena = link.arena
     assert arena is not None
     cpu = cluster_ids.cpu()
     b, h, _ = cpu.shape
@@ -253,7 +251,7 @@ def _kernel_only(link, ids, cluster_ids, max_tokens, reps, device, context, batc
     staging, no zeroing), and the host work of building that table (CUDA only)."""
     if device.type != "cuda" or not gather_kernel.available(HEAD_DIM * 2 // 8):
         return []
-    arena = link._arena
+    arena = link.arena
     cpu = cluster_ids.cpu()
     b, h, _ = cpu.shape
     reqs = [FetchRequest(ids[i], 0, j, cpu[i, j]) for i in range(b) for j in range(h)]
@@ -281,7 +279,7 @@ def _kernel_only(link, ids, cluster_ids, max_tokens, reps, device, context, batc
     ]
 
 
-def _rpc_only(link: GrpcStoreLink, ids, pick, reps: int) -> list[float]:  # type: ignore[no-untyped-def]
+def _rpc_only(link: SdkMisses, ids, pick, reps: int) -> list[float]:  # type: ignore[no-untyped-def]
     """FetchDescriptors + decode + lease bookkeeping: the fixed cost around a gather."""
     reqs = []
     for _ in range(reps + 1):

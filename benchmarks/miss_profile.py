@@ -1,6 +1,7 @@
 """torch.profiler view of same-host miss calls (used by `miss_path --profile PATH`).
 
-Profiles a few whole `GrpcStoreLink.fetch` calls (CPU + CUDA activities) and writes to PATH:
+Profiles a few whole miss calls (an SDK call sequence, benchmarks/miss_sdk.py; CPU + CUDA
+activities) and writes to PATH:
 the operator table sorted by CPU time and by device time, then a timeline of the last call
 (every CPU op and device kernel, start offset and duration in microseconds from the call's
 start), so the time around the gather kernel can be attributed.
@@ -10,23 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
-
-from inference_worker.engine.store_link import GrpcStoreLink
 
 log = logging.getLogger("benchmarks.miss_profile")
 CALLS = 5
 
 
 def profile_calls(
-    link: GrpcStoreLink,
-    ids: Sequence[str],
+    fetch: Callable[[torch.Tensor], object],
     pick: Callable[[], torch.Tensor],
-    max_tokens: int,
     device: torch.device,
     path: Path,
 ) -> None:
@@ -42,7 +39,7 @@ def profile_calls(
                 _sync(device)
                 t0 = time.perf_counter()
                 with record_function(f"miss_call_{i}"):
-                    link.fetch(0, ids, cluster_ids, max_tokens)
+                    fetch(cluster_ids)
                     _sync(device)
                 wall.append((time.perf_counter() - t0) * 1e3)
         path.parent.mkdir(parents=True, exist_ok=True)

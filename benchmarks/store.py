@@ -30,7 +30,14 @@ import numpy as np
 import torch
 
 from benchmarks.raw_server import HEADER, MAX_MESSAGE_BYTES
-from client import AsyncKVStoreClient, ClusterSegment, FetchRequest, SearchQuery, SequenceGeometry
+from client import (
+    AsyncKVStoreClient,
+    ClientOptions,
+    ClusterSegment,
+    FetchRequest,
+    SearchQuery,
+    SequenceGeometry,
+)
 from client.wire import fetch_request, search_request
 
 log = logging.getLogger("benchmarks.store")
@@ -130,7 +137,9 @@ async def bench_context(store_target: str, raw_target: str, context: int, steps:
     c = context // CLUSTER
     n_ret = max(round(RETRIEVAL * c), 1)
     seq = f"ctx{context}"
-    async with AsyncKVStoreClient(store_target, namespace="bench", timeout_s=120) as client:
+    async with AsyncKVStoreClient(
+        store_target, ClientOptions(namespace="bench", timeout_s=120)
+    ) as client:
         await client.wait_ready()
         await client.create_sequence(seq, SequenceGeometry(LAYERS, KV_HEADS, HEAD_DIM, "bfloat16"))
         for layer in range(STORED_LAYERS):
@@ -156,9 +165,11 @@ async def bench_context(store_target: str, raw_target: str, context: int, steps:
         search_out = await client.search_clusters(searches[0], n_ret)
         fetched = await client.fetch_clusters(fetches[0])
         payload = sum(f.keys.numel() * 2 * 2 for f in fetched)
-        search_req = search_request("bench", searches[0], n_ret, "gqa_softmax").ByteSize()
+        queries = [np.asarray(q.queries, np.float32) for q in searches[0]]
+        search_req = search_request("bench", searches[0], queries, n_ret, "gqa_softmax").ByteSize()
         search_resp = sum(r.cluster_ids.numel() * 12 + 40 for r in search_out)
-        fetch_req = fetch_request("bench", fetches[0]).ByteSize()
+        ids = [np.asarray(f.cluster_ids, np.int64) for f in fetches[0]]
+        fetch_req = fetch_request("bench", fetches[0], ids).ByteSize()
         layer_it = iter(range(1 << 30))
 
         async def store_search() -> None:

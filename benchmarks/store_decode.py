@@ -29,7 +29,7 @@ import torch
 from benchmarks.random_model import RANDOM_MODELS, random_engine
 from benchmarks.store import device_name as cpu_name
 from benchmarks.store import start
-from client import KVStoreClient
+from client import ClientOptions, KVStoreClient
 from inference_worker.engine import EngineConfig, GenerationEngine, GenerationRequest, GrpcStoreLink
 from inference_worker.engine.store_link import InProcessStoreLink, StoreLink
 from kvstore_server.embedded import EmbeddedStore
@@ -94,7 +94,9 @@ def run_mode(
         link: StoreLink = (
             InProcessStoreLink()
             if not target
-            else GrpcStoreLink(KVStoreClient(target, namespace="e2e", timeout_s=120), same_host)
+            else GrpcStoreLink(
+                KVStoreClient(target, ClientOptions(namespace="e2e", timeout_s=120)), same_host
+            )
         )
         try:
             warm = [GenerationRequest(f"w{i}", prompt, max_new_tokens=4) for i in range(batch)]

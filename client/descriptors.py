@@ -15,29 +15,46 @@ from typing import Any
 import numpy as np
 import torch
 
+from client.errors import StaleDescriptorError
 from wavekv_proto.codec import decode_numpy, dtype_name, torch_dtype
+from wavekv_proto.layout import (
+    DESCRIPTOR_COLUMN_NAMES,
+    DESCRIPTOR_COLUMNS,
+    DTYPE,
+    EXTENT_HEADER_BYTES,
+    EXTENT_OFFSET,
+    GENERATION,
+    HEAD_DIM,
+    KEYS_OFFSET,
+    ROW_BYTES,
+    SLAB,
+    SLAB_BYTES,
+    VALUES_OFFSET,
+)
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 
-EXTENT_HEADER = 64
-# table columns (PackedDescriptors.table order)
-SLAB, SLAB_BYTES, GENERATION, EXTENT_OFFSET, KEYS_OFFSET, VALUES_OFFSET = range(6)
-ROW_BYTES, HEAD_DIM, DTYPE = 6, 7, 8
-COLUMNS = 9
-LEGACY_FIELDS = (  # EntryDescriptor fields in table column order
-    "slab",
-    "slab_bytes",
-    "generation",
-    "extent_offset",
-    "keys_offset",
-    "values_offset",
-    "row_bytes",
-    "head_dim",
-    "dtype",
-)
-
-
-class StaleDescriptorError(RuntimeError):
-    """Gathered memory was freed or reused (generation mismatch): discard and refetch."""
+EXTENT_HEADER = EXTENT_HEADER_BYTES
+COLUMNS = DESCRIPTOR_COLUMNS
+LEGACY_FIELDS = DESCRIPTOR_COLUMN_NAMES  # EntryDescriptor fields in table column order
+__all__ = [
+    "COLUMNS",
+    "DTYPE",
+    "EXTENT_HEADER",
+    "EXTENT_OFFSET",
+    "GENERATION",
+    "HEAD_DIM",
+    "KEYS_OFFSET",
+    "ROW_BYTES",
+    "SLAB",
+    "SLAB_BYTES",
+    "VALUES_OFFSET",
+    "BadDescriptorError",
+    "Described",
+    "DescriptorBatch",
+    "ResolveFallback",
+    "StaleDescriptorError",
+    "decode_reply",
+]
 
 
 class ResolveFallback(RuntimeError):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from wavekv_proto.layout import EXTENT_MAGIC
+
 try:
     import triton
     import triton.language as tl
@@ -74,7 +76,7 @@ if triton is not None:
             r0 += SPLIT * BLOCK_R
 
 
-EXTENT_MAGIC = int.from_bytes(b"WVKVEXTN", "little")  # < 2**63: the same value as int64
+assert EXTENT_MAGIC < 2**63  # the same value as int64
 
 if triton is not None:
     MAGIC = tl.constexpr(EXTENT_MAGIC)

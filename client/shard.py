@@ -13,6 +13,13 @@ from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 from wavekv_proto.wavekv.v1 import kvstore_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 64 << 20
+# Reconnect quickly after the store restarts (gRPC's default backoff starts at 1 s and grows to
+# 120 s, so a call could wait minutes for a store that is long back).
+RECONNECT_BACKOFF_MS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 
 
 class Shard:
@@ -32,6 +39,7 @@ class Shard:
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            *RECONNECT_BACKOFF_MS,
         ]
         if tls:
             if server_name:
@@ -50,6 +58,18 @@ class Shard:
             response_deserializer=None,
         )
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    async def wait_ready(self) -> None:
+        """Until the channel is connected (gRPC reconnects on its own)."""
+        await self.channel.channel_ready()
+
+    def state(self) -> str:
+        return self.channel.get_state(try_to_connect=False).name
+
+    def sync_channel(self) -> grpc.Channel:
+        self.sync_stub()
+        assert self._sync_channel is not None
+        return self._sync_channel
 
     def sync_stub(self) -> pb_grpc.KVStoreStub:
         """A blocking stub on a second channel to the same target (same credentials): the

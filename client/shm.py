@@ -35,23 +35,19 @@ from client.descriptors import (
     StaleDescriptorError,
     decode_reply,
 )
+from client.errors import SharedMemoryUnavailable
 from client.runs import expand_runs, merge_runs
 from client.runs import runs as runs_by_slab
 from client.staging import PinnedStager
 from wavekv_proto.codec import dtype_name, torch_dtype
+from wavekv_proto.layout import ARENA_ID_BYTES, ARENA_ID_OFFSET, EXTENT_MAGIC, SLAB_MAGIC
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 
 log = logging.getLogger("client.shm")
 
-SLAB_MAGIC = int.from_bytes(b"WVKVSLAB", "little")
-EXTENT_MAGIC = int.from_bytes(b"WVKVEXTN", "little")
 CUDA_HOST_REGISTER_PORTABLE = 1
 CUDA_HOST_REGISTER_MAPPED = 2
 CUDA_HOST_REGISTER_READ_ONLY = 8
-
-
-class SharedMemoryUnavailable(RuntimeError):
-    """The arena cannot be used from here (remote store, other /dev/shm, shm off)."""
 
 
 class _MappedSlab:
@@ -65,7 +61,9 @@ class _MappedSlab:
         self.size = size
         self.buf = np.frombuffer(self.mem, np.uint8)  # [size] read-only
         magic = int(self.buf[:8].view(np.uint64)[0])
-        found = bytes(self.buf[8:40]).decode(errors="replace")
+        found = bytes(self.buf[ARENA_ID_OFFSET : ARENA_ID_OFFSET + ARENA_ID_BYTES]).decode(
+            errors="replace"
+        )
         if magic != SLAB_MAGIC or found != arena_id:
             raise SharedMemoryUnavailable(
                 f"{path}: not this store's slab (magic {magic:#x}, arena {found!r} != {arena_id!r})"

@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from client.aio import AsyncKVStoreClient
-from client.descriptors import DescriptorBatch
-from client.retry import RetryPolicy, call_with_retry_sync
-from client.shm import ArenaReader, SharedMemoryUnavailable
+from client.errors import KVStoreError, SharedMemoryUnavailable
+from client.options import ClientOptions
+from client.retry import call_with_retry_sync
 from client.types import (
     ClusterSegment,
     FetchedClusters,
@@ -26,27 +25,18 @@ from client.types import (
     StoreStats,
 )
 
+if TYPE_CHECKING:
+    from client.descriptors import DescriptorBatch
+    from client.shm import ArenaReader
+
 T = TypeVar("T")
 
 
 class KVStoreClient:
-    """Blocking SDK with the same methods and arguments as AsyncKVStoreClient."""
+    """Blocking SDK with the same methods and arguments as AsyncKVStoreClient:
+    `KVStoreClient("host:port", ClientOptions(namespace="tenant-a"))`."""
 
-    def __init__(
-        self,
-        target: str | Sequence[str],
-        namespace: str = "default",
-        token: str | None = None,
-        tls_root_cert: bytes | str | Path | None = None,
-        *,
-        tls: bool | None = None,
-        tls_server_name: str | None = None,
-        timeout_s: float = 30.0,
-        retry: RetryPolicy | None = None,
-        put_chunk_bytes: int = 1 << 20,
-        shared_memory: str = "off",
-        lease_ttl_s: float = 10.0,
-    ) -> None:
+    def __init__(self, target: str | Sequence[str], options: ClientOptions | None = None) -> None:
         self._arena: ArenaReader | None = None
         self._arena_known = False
         self._loop = asyncio.new_event_loop()
@@ -56,19 +46,7 @@ class KVStoreClient:
         self._thread.start()
 
         async def make() -> AsyncKVStoreClient:
-            return AsyncKVStoreClient(
-                target,
-                namespace,
-                token,
-                tls_root_cert,
-                tls=tls,
-                tls_server_name=tls_server_name,
-                timeout_s=timeout_s,
-                retry=retry,
-                put_chunk_bytes=put_chunk_bytes,
-                shared_memory=shared_memory,
-                lease_ttl_s=lease_ttl_s,
-            )
+            return AsyncKVStoreClient(target, options)
 
         try:
             self._aio = self._run(make())
@@ -80,6 +58,10 @@ class KVStoreClient:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     @property
+    def options(self) -> ClientOptions:
+        return self._aio.options
+
+    @property
     def namespace(self) -> str:
         return self._aio.namespace
 
@@ -87,7 +69,8 @@ class KVStoreClient:
     def targets(self) -> list[str]:
         return self._aio.targets
 
-    def wait_ready(self, timeout_s: float = 10.0) -> None:
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """See AsyncKVStoreClient.wait_ready (StoreNotReadyError after timeout_s)."""
         self._run(self._aio.wait_ready(timeout_s))
 
     def create_sequence(
@@ -137,13 +120,18 @@ class KVStoreClient:
             raise SharedMemoryUnavailable("no shared arena for this client")
         req = self._aio.descriptor_request(requests, lease_ttl_s, whole_heads)
         shard = self._aio._shards[0]
-        stub, timeout = shard.sync_stub(), timeout_s or self._aio.timeout_s
-        resp = call_with_retry_sync(
-            lambda: stub.FetchDescriptors(req, timeout=timeout, metadata=shard.metadata),
-            self._aio.retry,
-            True,
-            shard.target,
-        )
+        stub = shard.sync_stub()
+        try:
+            resp = call_with_retry_sync(
+                lambda t: stub.FetchDescriptors(req, timeout=t, metadata=shard.metadata),
+                self._aio.options.retry,
+                True,
+                shard.target,
+                timeout_s or self._aio.timeout_s,
+                shard.sync_channel(),
+            )
+        except KVStoreError as err:
+            raise self._aio._tracker.restarted(err, [r.sequence_id for r in requests]) from None
         return arena.decode(resp)
 
     def done_with_lease(self, lease_id: int) -> None:
@@ -172,6 +160,9 @@ class KVStoreClient:
 
     def list_sequences(self, timeout_s: float | None = None) -> list[SequenceInfo]:
         return self._run(self._aio.list_sequences(timeout_s))
+
+    def renew_sequences(self, sequence_ids: list[str], timeout_s: float | None = None) -> list[str]:
+        return self._run(self._aio.renew_sequences(sequence_ids, timeout_s))
 
     def get_stats(self, timeout_s: float | None = None) -> StoreStats:
         return self._run(self._aio.get_stats(timeout_s))

@@ -1,15 +1,16 @@
-"""Plain SDK types. Arrays may be numpy arrays or torch tensors on input; outputs are torch."""
+"""Plain SDK types. Arrays may be numpy arrays or torch tensors on input; outputs are torch
+tensors when torch is installed, numpy arrays otherwise (`ClientOptions.output`; bf16 as numpy
+is its uint16 bit pattern)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from wavekv_proto.codec import KV_DTYPE_NAMES
 
 ArrayLike = Any  # numpy.ndarray | torch.Tensor
+Output = Any  # torch.Tensor, or numpy.ndarray without torch
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,8 +53,8 @@ class SearchQuery:
 
 @dataclass(slots=True)
 class SearchResult:
-    cluster_ids: torch.Tensor  # [k] int64, best first
-    scores: torch.Tensor  # [k] float32
+    cluster_ids: Output  # [k] int64, best first
+    scores: Output  # [k] float32
 
 
 @dataclass(slots=True)
@@ -68,9 +69,9 @@ class FetchRequest:
 class FetchedClusters:
     """Clusters in request order; keys/values are views into one shared payload buffer."""
 
-    keys: torch.Tensor  # [M, D] sequence dtype
-    values: torch.Tensor  # [M, D] sequence dtype
-    offsets: torch.Tensor  # [n + 1] int64: rows of cluster i are offsets[i]:offsets[i + 1]
+    keys: Output  # [M, D] sequence dtype
+    values: Output  # [M, D] sequence dtype
+    offsets: Output  # [n + 1] int64: rows of cluster i are offsets[i]:offsets[i + 1]
 
 
 @dataclass(slots=True)
@@ -78,12 +79,13 @@ class SequenceInfo:
     namespace: str
     sequence_id: str
     geometry: SequenceGeometry
-    incarnation_id: str  # changes when the store restarts: stored state was lost
+    incarnation_id: str  # changes when the store restarts and stored state was lost
     bytes_used: int
     num_tokens: int
     num_clusters: int
     num_segments: int
     created_unix_s: float
+    ttl_s: float = 0.0  # the store drops it after this long without an RPC naming it (0: never)
 
 
 @dataclass(slots=True)
@@ -98,6 +100,8 @@ class RpcStat:
 
 @dataclass(slots=True)
 class StoreStats:
+    """This client's namespace's usage and RPCs; capacity and free bytes are the store's."""
+
     incarnation_id: str  # comma-joined over shards in sharded mode
     bytes_used: int
     capacity_bytes: int
@@ -107,3 +111,4 @@ class StoreStats:
     uptime_s: float
     rpcs: dict[str, RpcStat] = field(default_factory=dict)
     per_target: dict[str, StoreStats] = field(default_factory=dict)  # sharded mode only
+    reserved_bytes: int = 0  # capacity held by this namespace's puts in flight

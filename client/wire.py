@@ -1,16 +1,15 @@
 """SDK dataclasses <-> wavekv.v1 messages (the only SDK module besides the transport that
-touches protobuf), and the FetchClusters reassembly into one preallocated buffer."""
+touches protobuf), and the FetchClusters reassembly into one preallocated buffer. Inputs arrive
+already checked and converted (client.arrays)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
-import torch
 
+from client.arrays import CheckedSegment, output
 from client.types import (
-    ClusterSegment,
     FetchedClusters,
     FetchRequest,
     RpcStat,
@@ -20,15 +19,7 @@ from client.types import (
     SequenceInfo,
     StoreStats,
 )
-from wavekv_proto.codec import (
-    decode_torch,
-    dtype_name,
-    encode,
-    encode_numpy,
-    to_numpy,
-    torch_dtype,
-    wire_dtype,
-)
+from wavekv_proto.codec import decode_numpy, dtype_name, encode_numpy, numpy_dtype, wire_dtype
 from wavekv_proto.framing import decode_response
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 
@@ -59,30 +50,30 @@ def sequence_info(msg: pb.SequenceInfo) -> SequenceInfo:
         msg.num_clusters,
         msg.num_segments,
         msg.created_unix_s,
+        msg.ttl_s,
     )
 
 
 def put_messages(
-    namespace: str, sequence_id: str, segments: list[ClusterSegment], chunk_bytes: int
+    namespace: str, sequence_id: str, segments: list[CheckedSegment], chunk_bytes: int
 ) -> Iterator[pb.PutSegmentsRequest]:
     """Header then keys+values bytes in chunk_bytes pieces, per segment (generated lazily)."""
     for seg in segments:
-        keys, _ = to_numpy(seg.keys)  # [N, D]
-        values, _ = to_numpy(seg.values)  # [N, D]
+        kv = wire_dtype(seg.dtype)
         header = pb.SegmentHeader(
             namespace=namespace,
             sequence_id=sequence_id,
             layer=seg.layer,
             kv_head=seg.kv_head,
-            centroids=encode(_as(seg.centroids, np.float32)),
-            sizes=encode(_as(seg.sizes, np.int64)),
-            value_sums=encode(_as(seg.value_sums, np.float32)),
-            offsets=encode(_as(seg.offsets, np.int64)),
-            keys=encode(keys, with_data=False),
-            values=encode(values, with_data=False),
+            centroids=encode_numpy(seg.centroids, "float32"),
+            sizes=encode_numpy(seg.sizes, "int64"),
+            value_sums=encode_numpy(seg.value_sums, "float32"),
+            offsets=encode_numpy(seg.offsets, "int64"),
+            keys=pb.Tensor(dtype=kv, shape=seg.keys.shape),
+            values=pb.Tensor(dtype=kv, shape=seg.values.shape),
         )
         yield pb.PutSegmentsRequest(header=header)
-        for arr in (keys, values):
+        for arr in (seg.keys, seg.values):
             raw = arr.data.cast("B") if arr.size else memoryview(b"")
             for off in range(0, len(raw), chunk_bytes):
                 yield pb.PutSegmentsRequest(
@@ -90,48 +81,45 @@ def put_messages(
                 )
 
 
-def _as(x: Any, dtype: type) -> np.ndarray:
-    """numpy/torch -> numpy of `dtype` (no copy when it already matches)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        x = x.numpy()
-    return np.ascontiguousarray(np.asarray(x), dtype=dtype)
-
-
 def search_request(
-    namespace: str, queries: list[SearchQuery], k: int, scoring: str
+    namespace: str, queries: list[SearchQuery], checked: list[np.ndarray], k: int, scoring: str
 ) -> pb.SearchClustersRequest:
-    if scoring not in SCORING:
-        raise ValueError(f"scoring={scoring!r} is not one of {tuple(SCORING)}")
     entries = [
         pb.SearchEntry(
             sequence_id=q.sequence_id,
-            layer=q.layer,
-            kv_head=q.kv_head,
-            queries=encode_numpy(_as(q.queries, np.float32), "float32"),
+            layer=int(q.layer),
+            kv_head=int(q.kv_head),
+            queries=encode_numpy(arr, "float32"),
         )
-        for q in queries
+        for q, arr in zip(queries, checked, strict=True)
     ]
     return pb.SearchClustersRequest(
         namespace=namespace, entries=entries, k=k, scoring=SCORING[scoring]
     )
 
 
-def search_results(msg: pb.SearchClustersResponse) -> list[SearchResult]:
-    return [SearchResult(decode_torch(r.cluster_ids), decode_torch(r.scores)) for r in msg.results]
+def search_results(msg: pb.SearchClustersResponse, torch_out: bool) -> list[SearchResult]:
+    out = []
+    for r in msg.results:
+        ids, ids_name = decode_numpy(r.cluster_ids)
+        scores, scores_name = decode_numpy(r.scores)
+        out.append(
+            SearchResult(output(ids, ids_name, torch_out), output(scores, scores_name, torch_out))
+        )
+    return out
 
 
-def fetch_request(namespace: str, requests: list[FetchRequest]) -> pb.FetchClustersRequest:
+def fetch_request(
+    namespace: str, requests: list[FetchRequest], ids: list[np.ndarray]
+) -> pb.FetchClustersRequest:
     entries = [
         pb.FetchEntry(
             sequence_id=r.sequence_id,
-            layer=r.layer,
-            kv_head=r.kv_head,
-            cluster_ids=encode_numpy(_as(r.cluster_ids, np.int64).reshape(-1), "int64"),
+            layer=int(r.layer),
+            kv_head=int(r.kv_head),
+            cluster_ids=encode_numpy(a, "int64"),
         )
-        for r in requests
+        for r, a in zip(requests, ids, strict=True)
     ]
     return pb.FetchClustersRequest(namespace=namespace, entries=entries)
 
@@ -139,13 +127,13 @@ def fetch_request(namespace: str, requests: list[FetchRequest]) -> pb.FetchClust
 def descriptor_request(
     namespace: str,
     requests: list[FetchRequest],
+    ids: list[np.ndarray],
     lease_ttl_s: float,
     release: list[int],
     whole_heads: bool = False,
 ) -> pb.FetchDescriptorsRequest:
     """FetchDescriptors in the compact form: entries as columns, the reply packed too
     (`whole_heads`: every cluster of each entry's head; the requests carry no ids)."""
-    ids = [_as(r.cluster_ids, np.int64).reshape(-1) for r in requests]
     counts = np.fromiter((a.shape[0] for a in ids), np.int64, len(ids))  # [E]
     return pb.FetchDescriptorsRequest(
         namespace=namespace,
@@ -155,8 +143,8 @@ def descriptor_request(
         whole_heads=whole_heads,
         packed_entries=pb.PackedFetchEntries(
             sequence_ids=[r.sequence_id for r in requests],
-            layers=[r.layer for r in requests],
-            kv_heads=[r.kv_head for r in requests],
+            layers=[int(r.layer) for r in requests],
+            kv_heads=[int(r.kv_head) for r in requests],
             counts=counts.tobytes(),
             cluster_ids=np.concatenate(ids).tobytes() if ids else b"",
         ),
@@ -166,7 +154,8 @@ def descriptor_request(
 class FetchAssembler:
     """Copies FetchClusters chunks into one preallocated buffer; results are views into it."""
 
-    def __init__(self) -> None:
+    def __init__(self, torch_out: bool = True) -> None:
+        self.torch_out = torch_out
         self.header: pb.FetchHeader | None = None
         self.buffer = np.empty(0, np.uint8)
         self._view = self.buffer.data
@@ -201,25 +190,26 @@ class FetchAssembler:
         if self.header is None or self._received != self.header.total_bytes:
             total = self.header.total_bytes if self.header else "?"
             raise ValueError(f"FetchClusters stream ended after {self._received} of {total} bytes")
-        payload = torch.from_numpy(self.buffer)  # [total_bytes] uint8, shared by every result
-        typed: dict[int, torch.Tensor] = {}  # payload viewed per dtype (sections are 64-B aligned)
         out = []
         for lay in self.header.layouts:
-            view = typed.get(lay.dtype)
-            if view is None:
-                view = typed[lay.dtype] = payload.view(
-                    torch_dtype(dtype_name(lay.dtype) or "float32")
+            name = dtype_name(lay.dtype) or "float32"
+            keys = self._section(lay.keys_offset, lay.num_rows, lay.head_dim, name)
+            values = self._section(lay.values_offset, lay.num_rows, lay.head_dim, name)
+            offsets, _ = decode_numpy(lay.cluster_offsets)
+            out.append(
+                FetchedClusters(
+                    output(keys, name, self.torch_out),
+                    output(values, name, self.torch_out),
+                    output(offsets.copy(), "int64", self.torch_out),
                 )
-            out.append(self._entry(view, lay))
+            )
         return out
 
-    @staticmethod
-    def _entry(typed: torch.Tensor, lay: pb.FetchLayout) -> FetchedClusters:
-        shape, strides, size = (lay.num_rows, lay.head_dim), (lay.head_dim, 1), typed.element_size()
-        keys = typed.as_strided(shape, strides, lay.keys_offset // size)  # [M, D] view
-        values = typed.as_strided(shape, strides, lay.values_offset // size)  # [M, D] view
-        offsets = torch.frombuffer(bytearray(lay.cluster_offsets.data), dtype=torch.int64)
-        return FetchedClusters(keys, values, offsets)
+    def _section(self, offset: int, rows: int, head_dim: int, name: str) -> np.ndarray:
+        """[rows, head_dim] view of the buffer at `offset` (sections are 64-byte aligned)."""
+        dt = numpy_dtype(name)
+        nbytes = rows * head_dim * dt.itemsize
+        return self.buffer[offset : offset + nbytes].view(dt).reshape(rows, head_dim)
 
 
 def stats(msg: pb.GetStatsResponse) -> StoreStats:
@@ -236,6 +226,7 @@ def stats(msg: pb.GetStatsResponse) -> StoreStats:
         msg.num_namespaces,
         msg.uptime_s,
         rpcs,
+        reserved_bytes=msg.reserved_bytes,
     )
 
 
@@ -269,4 +260,5 @@ def merge_stats(per_target: dict[str, StoreStats]) -> StoreStats:
         min(p.uptime_s for p in parts),
         rpcs,
         dict(per_target),
+        sum(p.reserved_bytes for p in parts),
     )

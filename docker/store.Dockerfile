@@ -1,4 +1,5 @@
-# KV store image: slim Python, CPU-only torch and faiss-cpu (the `cpu` extra).
+# KV store image: slim Python with the store's own dependencies only (numpy, gRPC, prometheus
+# client, faiss-cpu): no torch, Ray, transformers, Triton or matplotlib.
 #   docker build -f docker/store.Dockerfile -t wavekv-store .
 FROM python:3.11-slim
 
@@ -8,17 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/wavekv
-# CPU torch first from the PyTorch CPU index so pip does not pull the CUDA wheels.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4"
-
 COPY pyproject.toml README.md ./
 COPY wavekv_proto ./wavekv_proto
 COPY kvstore_server ./kvstore_server
 COPY client ./client
-COPY inference_worker ./inference_worker
-RUN pip install ".[cpu]"
+RUN pip install ".[store]"
 
-RUN useradd --create-home --uid 10001 wavekv
+RUN useradd --create-home --uid 10001 wavekv && mkdir -p /data && chown wavekv /data
 USER wavekv
 EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

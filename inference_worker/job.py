@@ -109,10 +109,10 @@ def check_output(path: Path) -> None:
 
 def check_store(address: str, token: str | None, timeout_s: float) -> None:
     """Fail fast with a clear message if the store does not answer."""
-    from client import KVStoreClient
+    from client import ClientOptions, KVStoreClient
 
     try:
-        with KVStoreClient(address, token=token, timeout_s=timeout_s) as store:
+        with KVStoreClient(address, ClientOptions(token=token, timeout_s=timeout_s)) as store:
             store.get_stats()
     except Exception as exc:
         raise JobError(f"KV store at {address} is unreachable or refused us: {exc}") from exc

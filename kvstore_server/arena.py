@@ -1,15 +1,21 @@
-"""Host memory for cluster-major K/V: a shared-memory slab arena, or private heap memory.
+"""Host memory for cluster-major K/V: one shared-memory arena per namespace, or private memory.
 
-`SharedArena` keeps K/V in slab files (default /dev/shm/wavekv-<pid>-<id>-<index>, 256 MiB each,
-preallocated with posix_fallocate so a full tmpfs fails cleanly instead of with SIGBUS). A
-first-fit allocator with coalescing free lists hands out extents inside the slabs, so memory
-freed by a deleted sequence or a grown head is reused instead of growing the process. Every
-extent is preceded by a 64-byte header (magic, generation): the generation is set on allocation
-and zeroed on free, so a same-host reader can tell whether what it gathered was reused.
+`SharedArena` keeps one namespace's K/V in slab files `<directory>/<file_prefix><index>`. Slab 0
+holds only the header (arena id): a reader maps it to check it sees this store's arena (it is
+removed while the arena holds nothing, and made again when needed). Data
+slabs (index >= 1, never reused) are sparse files created when needed and removed when empty; a
+first-fit allocator with coalescing free lists hands out extents inside them, so memory freed by
+a deleted sequence or a grown head is reused. Each extent's pages are committed when it is
+allocated (ENOSPC then, not SIGBUS later) and zeroed and returned to the OS when it is freed
+(kvstore_server.slab). Every extent is preceded by a 64-byte header (magic, generation): the
+generation is set on allocation and wiped on free, so a same-host reader can tell whether what it
+gathered was reused. A namespace's reader maps only that namespace's slabs.
 
 Leases: FetchDescriptors leases the extents it describes; `free` of a leased extent is deferred
 until every lease on it is released or has expired (TTL), so a reader holding a lease never sees
-its memory reused, and a crashed reader's leases expire.
+its memory reused, and a crashed reader's leases expire. A FetchClusters stream pins the extents
+it reads the same way (`pin` / `unpin`), so a delete or an append that moves a head while the
+stream is still sending cannot free them under it.
 
 `HeapArena` has the same interface over private numpy memory (shared memory off/unavailable).
 Everything runs on the store's event-loop thread: no locking.
@@ -19,25 +25,23 @@ from __future__ import annotations
 
 import logging
 import math
-import mmap
 import os
 import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kvstore_server.slab import Fallocate, Slab
+from wavekv_proto.layout import EXTENT_HEADER_BYTES, EXTENT_MAGIC, IDENTITY_SLAB
+
 log = logging.getLogger("kvstore_server.arena")
 
-SLAB_MAGIC = int.from_bytes(b"WVKVSLAB", "little")
-EXTENT_MAGIC = int.from_bytes(b"WVKVEXTN", "little")
-SLAB_HEADER = 4096  # magic u64, arena id (32 ASCII hex bytes)
-EXTENT_HEADER = 64  # magic u64, generation u64
-SLAB_ROUND = 2 << 20  # oversized slabs are rounded up to 2 MiB
-_STALE_RE = re.compile(r"^wavekv-(\d+)-[0-9a-f]+-\d+$")
+SLAB_ROUND = 2 << 20  # slab sizes are multiples of 2 MiB
+_PID_PREFIX_RE = re.compile(r"^wavekv-(\d+)-[0-9a-f]+-\d+$")
 
 
 @dataclass(slots=True, eq=False)
@@ -53,47 +57,20 @@ class Extent:
     pending_free: bool = False
 
 
-@dataclass(slots=True)
-class Slab:
-    index: int
-    path: Path
-    size: int
-    mem: mmap.mmap
-    buf: np.ndarray  # [size] uint8 view of mem
-    free: list[list[int]] = field(default_factory=list)  # sorted [start, size] blocks
+@dataclass(slots=True, frozen=True)
+class ArenaConfig:
+    """Options shared by every namespace's arena of one store."""
 
-    def fit(self, nbytes: int, align: int) -> tuple[int, int, int] | None:
-        """First fit: (free-list index, block start, data offset) or None."""
-        for i, (start, size) in enumerate(self.free):
-            data = _round_up(start + EXTENT_HEADER, align)
-            if data + nbytes <= start + size:
-                return i, start, data
-        return None
+    directory: Path = Path("/dev/shm")
+    slab_bytes: int = 256 << 20  # data slab size (sparse); larger extents get their own slab
+    max_lease_ttl_s: float = 60.0
+    store_tag: str = ""  # file-name tag: the pid (removed as stale once it died) or a store id
 
-    def carve(self, i: int, start: int, end: int) -> None:
-        """Remove [start, end) from free block i (start is the block's start)."""
-        block_start, size = self.free[i]
-        rest = block_start + size - end
-        if rest > 0:
-            self.free[i] = [end, rest]
-        else:
-            del self.free[i]
-
-    def release(self, start: int, size: int) -> None:
-        """Return [start, start + size) to the free list, merging neighbours."""
-        blocks = self.free
-        lo = 0
-        while lo < len(blocks) and blocks[lo][0] < start:
-            lo += 1
-        blocks.insert(lo, [start, size])
-        if lo + 1 < len(blocks) and blocks[lo][0] + blocks[lo][1] == blocks[lo + 1][0]:
-            blocks[lo][1] += blocks.pop(lo + 1)[1]
-        if lo > 0 and blocks[lo - 1][0] + blocks[lo - 1][1] == blocks[lo][0]:
-            blocks[lo - 1][1] += blocks.pop(lo)[1]
-
-    @property
-    def free_bytes(self) -> int:
-        return sum(size for _, size in self.free)
+    def __post_init__(self) -> None:
+        if self.slab_bytes < SLAB_ROUND:
+            raise ValueError(f"slab_bytes={self.slab_bytes} must be >= {SLAB_ROUND}")
+        if self.max_lease_ttl_s <= 0:
+            raise ValueError(f"max_lease_ttl_s={self.max_lease_ttl_s} must be > 0")
 
 
 class HeapArena:
@@ -109,63 +86,126 @@ class HeapArena:
     def free(self, extent: Extent) -> None:
         del extent  # garbage collected
 
+    def pin(self, extents: list[Extent]) -> None:
+        del extents  # readers' views keep private memory alive
+
+    def unpin(self, extents: list[Extent]) -> None:
+        del extents
+
     def close(self) -> None:
         return None
 
 
 class SharedArena:
-    """Slab files in `directory`; see the module docstring."""
+    """One namespace's slab files; see the module docstring."""
 
     shared = True
 
     def __init__(
         self,
-        directory: str | Path = "/dev/shm",
-        slab_bytes: int = 256 << 20,
-        max_lease_ttl_s: float = 60.0,
+        config: ArenaConfig,
+        arena_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fallocate: Fallocate = os.posix_fallocate,
     ) -> None:
-        if slab_bytes < SLAB_ROUND:
-            raise ValueError(f"slab_bytes={slab_bytes} must be >= {SLAB_ROUND}")
-        if max_lease_ttl_s <= 0:
-            raise ValueError(f"max_lease_ttl_s={max_lease_ttl_s} must be > 0")
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            raise OSError(f"shared-memory directory {str(self.directory)!r} does not exist")
-        self.slab_bytes = slab_bytes
-        self.max_lease_ttl_s = max_lease_ttl_s
+        if not config.directory.is_dir():
+            raise OSError(f"shared-memory directory {str(config.directory)!r} does not exist")
+        self.config = config
         self.clock = clock
-        self.arena_id = secrets.token_hex(16)
-        self.file_prefix = f"wavekv-{os.getpid()}-{self.arena_id[:12]}-"
-        self.slabs: list[Slab] = []
-        self._generation = 0
+        self._fallocate = fallocate
+        self.arena_id = arena_id or secrets.token_hex(16)
+        self.file_prefix = f"wavekv-{config.store_tag}-{self.arena_id[:16]}-"
+        self.slabs: dict[int, Slab] = {}
+        self.next_index = IDENTITY_SLAB + 1
+        self.generation = 0
         self._leases: dict[int, tuple[float, list[Extent]]] = {}
-        remove_stale_slabs(self.directory)
-        self._new_slab(slab_bytes)  # fail now (not on the first put) if shm is unusable
+        self.allocated_bytes = 0  # bytes of live blocks (headers and padding included)
+        self.identity_since = 0.0  # clock when slab 0 was (re)created
+
+    @property
+    def directory(self) -> Path:
+        return self.config.directory
+
+    @property
+    def max_lease_ttl_s(self) -> float:
+        return self.config.max_lease_ttl_s
+
+    def open_identity(self) -> None:
+        """Create slab 0 (header only) if it is not there; OSError when shm is unusable."""
+        if IDENTITY_SLAB not in self.slabs:
+            path = self.slab_path(IDENTITY_SLAB)
+            path.unlink(missing_ok=True)  # a previous run's, same arena id (warm restart)
+            slab = Slab.create(IDENTITY_SLAB, path, SLAB_ROUND, self.arena_id, self._fallocate)
+            slab.free.clear()  # never allocated from
+            self.slabs[IDENTITY_SLAB] = slab
+            self.identity_since = self.clock()
+
+    def close_identity_if_idle(self, min_age_s: float) -> bool:
+        """Remove slab 0 when the arena holds nothing (no data slab, no lease) and slab 0 is
+        older than min_age_s (a reader maps it right after GetArena); `open_identity` brings it
+        back, same arena id and content. True if removed."""
+        idle = set(self.slabs) == {IDENTITY_SLAB} and not self._leases
+        if not idle or self.clock() - self.identity_since < min_age_s:
+            return False
+        self.slabs.pop(IDENTITY_SLAB).path.unlink(missing_ok=True)
+        return True
 
     def alloc(self, nbytes: int, align: int) -> Extent:
         """An extent of nbytes whose data offset is a multiple of `align` (itself a multiple
-        of 64). Raises OSError when no slab can be created (tmpfs full)."""
+        of 64). Raises OSError (ENOSPC...) when the memory cannot be committed."""
         self.expire()
         align = math.lcm(64, align)
-        for slab in self.slabs:
-            found = slab.fit(nbytes, align)
+        for slab in self.slabs.values():
+            found = slab.fit(nbytes, align, EXTENT_HEADER_BYTES)
             if found is not None:
                 return self._take(slab, *found, nbytes)
-        want = _round_up(SLAB_HEADER + EXTENT_HEADER + align + nbytes, SLAB_ROUND)
-        slab = self._new_slab(max(self.slab_bytes, want))
-        found = slab.fit(nbytes, align)
+        want = _round_up(4096 + EXTENT_HEADER_BYTES + align + nbytes, SLAB_ROUND)
+        slab = self._new_slab(max(self.config.slab_bytes, want))
+        found = slab.fit(nbytes, align, EXTENT_HEADER_BYTES)
         assert found is not None
-        return self._take(slab, *found, nbytes)
+        try:
+            return self._take(slab, *found, nbytes)
+        except BaseException:
+            self._drop_slab(slab)
+            raise
 
     def _take(self, slab: Slab, i: int, start: int, data: int, nbytes: int) -> Extent:
         end = _round_up(data + nbytes, 64)
+        slab.commit(start, end, self._fallocate)  # raises before anything changed
         slab.carve(i, start, end)
-        self._generation += 1
-        header = slab.buf[data - EXTENT_HEADER : data].view(np.uint64)
-        header[0], header[1] = EXTENT_MAGIC, self._generation
+        self.generation += 1
+        return self._extent(slab, start, end, data, nbytes, self.generation)
+
+    def _extent(
+        self, slab: Slab, start: int, end: int, data: int, nbytes: int, generation: int
+    ) -> Extent:
+        header = slab.buf[data - EXTENT_HEADER_BYTES : data].view(np.uint64)
+        header[0], header[1] = EXTENT_MAGIC, generation
+        self.allocated_bytes += end - start
         view = slab.buf[data : data + nbytes]
-        return Extent(slab.index, data, (start, end - start), self._generation, view)
+        return Extent(slab.index, data, (start, end - start), generation, view)
+
+    def reattach(
+        self, slab_index: int, block: tuple[int, int], data: int, nbytes: int, generation: int
+    ) -> Extent:
+        """The extent a journal names, in a slab attached at warm restart (`attach_slab`)."""
+        slab = self.slabs[slab_index]
+        start, size = block
+        slab.take(start, start + size)
+        self.generation = max(self.generation, generation)
+        return self._extent(slab, start, start + size, data, nbytes, generation)
+
+    def attach_slab(self, index: int) -> Slab | None:
+        """Map data slab `index` left by a previous run (None if the file is gone)."""
+        path = self.slab_path(index)
+        if not path.exists():
+            return None
+        slab = Slab.attach(index, path)
+        if slab.arena_id() != self.arena_id:
+            return None
+        self.slabs[index] = slab
+        self.next_index = max(self.next_index, index + 1)
+        return slab
 
     def free(self, extent: Extent) -> None:
         """Free now, or when the last lease on it ends."""
@@ -176,19 +216,37 @@ class SharedArena:
 
     def _release(self, extent: Extent) -> None:
         slab = self.slabs[extent.slab]
-        slab.buf[extent.offset - EXTENT_HEADER : extent.offset].view(np.uint64)[1] = 0
         extent.generation, extent.pending_free = 0, False
-        slab.release(*extent.block)
+        slab.release(*extent.block)  # zeroes the header (generation) and the data
+        self.allocated_bytes -= extent.block[1]
+        if slab.empty:
+            self._drop_slab(slab)
+
+    def _drop_slab(self, slab: Slab) -> None:
+        """Forget an empty data slab: its file goes; readers' mappings stay valid until unmapped
+        (the mapping itself is unmapped when its last view is garbage collected)."""
+        del self.slabs[slab.index]
+        slab.path.unlink(missing_ok=True)
+        log.info("slab removed", extra={"path": str(slab.path)})
 
     def lease(self, extents: list[Extent], ttl_s: float) -> tuple[int, float]:
         """Pin extents for ttl_s (capped at max_lease_ttl_s); returns (lease id, granted ttl)."""
         self.expire()
-        ttl = min(ttl_s, self.max_lease_ttl_s) if ttl_s > 0 else self.max_lease_ttl_s / 6
+        cap = self.config.max_lease_ttl_s
+        ttl = min(ttl_s, cap) if ttl_s > 0 else cap / 6
         lease_id = secrets.randbits(63)
         for e in extents:
             e.leases += 1
         self._leases[lease_id] = (self.clock() + ttl, extents)
         return lease_id, ttl
+
+    def pin(self, extents: list[Extent]) -> None:
+        """Keep extents from being freed or reused until `unpin` (a stream reading them)."""
+        for e in extents:
+            e.leases += 1
+
+    def unpin(self, extents: list[Extent]) -> None:
+        self._unpin(extents)
 
     def release_leases(self, lease_ids: list[int]) -> int:
         released = 0
@@ -220,41 +278,34 @@ class SharedArena:
         return len(self._leases)
 
     def slab_path(self, index: int) -> Path:
-        return self.directory / f"{self.file_prefix}{index}"
+        return self.config.directory / f"{self.file_prefix}{index}"
+
+    def slab_size(self, index: int) -> int:
+        return self.slabs[index].size
 
     def _new_slab(self, size: int) -> Slab:
-        index = len(self.slabs)
-        path = self.slab_path(index)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, size)  # ENOSPC here, not SIGBUS on first write
-            mem = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except OSError:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        buf = np.frombuffer(mem, np.uint8)  # [size]
-        buf[:8].view(np.uint64)[0] = SLAB_MAGIC
-        buf[8:40] = np.frombuffer(self.arena_id.encode(), np.uint8)
-        slab = Slab(index, path, size, mem, buf, [[SLAB_HEADER, size - SLAB_HEADER]])
-        self.slabs.append(slab)
-        log.info("slab created", extra={"path": str(path), "bytes": size})
+        index = self.next_index
+        slab = Slab.create(index, self.slab_path(index), size, self.arena_id, self._fallocate)
+        self.next_index += 1
+        self.slabs[index] = slab
+        log.info("slab created", extra={"path": str(slab.path), "bytes": size})
         return slab
 
-    def close(self) -> None:
-        """Unlink the slab files (mappings held by readers stay valid until they unmap)."""
-        for slab in self.slabs:
-            slab.path.unlink(missing_ok=True)
+    def close(self, unlink: bool = True) -> None:
+        """Unlink the slab files (mappings held by readers stay valid until they unmap); a
+        persistent store keeps them (`unlink=False`) for its next start."""
+        if unlink:
+            for slab in self.slabs.values():
+                slab.path.unlink(missing_ok=True)
         self.slabs.clear()
         self._leases.clear()
 
 
 def remove_stale_slabs(directory: Path) -> int:
-    """Unlink slab files left by store processes that no longer exist (crashes)."""
+    """Unlink slab files left by non-persistent store processes that no longer exist."""
     removed = 0
     for path in directory.glob("wavekv-*"):
-        m = _STALE_RE.match(path.name)
+        m = _PID_PREFIX_RE.match(path.name)
         if m is None or _alive(int(m.group(1))):
             continue
         path.unlink(missing_ok=True)
@@ -270,20 +321,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def make_arena(mode: str, directory: str, slab_bytes: int, max_lease_ttl_s: float):  # type: ignore[no-untyped-def]
-    """mode "off" -> HeapArena; "auto" -> SharedArena, else HeapArena with a warning;
-    "require" -> SharedArena or the OSError."""
-    if mode == "off":
-        return HeapArena()
-    try:
-        return SharedArena(directory, slab_bytes, max_lease_ttl_s)
-    except OSError as exc:
-        if mode == "require":
-            raise
-        log.warning("shared memory unavailable, K/V stays private", extra={"error": str(exc)})
-        return HeapArena()
 
 
 def _round_up(x: int, multiple: int) -> int:

@@ -13,21 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from kvstore_server.arena import Extent, SharedArena
-from kvstore_server.errors import FailedPrecondition, InvalidArgument
+from kvstore_server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from kvstore_server.fetch import FetchEntry, _check_ids, _resolve
 from kvstore_server.segments import HeadStore
 from kvstore_server.store import Store
+from wavekv_proto.layout import DESCRIPTOR_COLUMN_NAMES, DTYPE
 
-TABLE_COLUMNS = (
-    "slab",
-    "slab_bytes",
-    "generation",
-    "extent_offset",
-    "keys_offset",
-    "values_offset",
-    "row_bytes",
-    "head_dim",
-)
+TABLE_COLUMNS = DESCRIPTOR_COLUMN_NAMES[:DTYPE]  # the dtype column is added on the wire
+REPLY_BYTES_PER_CLUSTER = 16  # row start and length, int64 each
+REPLY_BYTES_PER_ENTRY = 8 * len(DESCRIPTOR_COLUMN_NAMES) + 8
 
 
 @dataclass(slots=True)
@@ -51,10 +45,12 @@ def plan_descriptors(
     lease_ttl_s: float,
     release_leases: list[int],
     whole_heads: bool = False,
+    max_reply_bytes: int = 1 << 62,
 ) -> DescriptorPlan:
     """Validate like FetchClusters, then describe and lease every entry's extent. With
-    `whole_heads` every entry must ask for no ids and is answered with all of its clusters."""
-    arena = store.arena
+    `whole_heads` every entry must ask for no ids and is answered with all of its clusters.
+    max_reply_bytes < 0: shared memory is not offered by this store."""
+    arena = store.arena(namespace) if store.arenas.shared and max_reply_bytes >= 0 else None
     if not isinstance(arena, SharedArena):
         raise FailedPrecondition("shared memory is off on this store: use FetchClusters")
     if lease_ttl_s < 0 or not np.isfinite(lease_ttl_s):
@@ -69,6 +65,12 @@ def plan_descriptors(
     limits = np.fromiter((h.num_clusters if h else 0 for _, h in heads), np.int64, len(entries))
     all_ids = np.concatenate([e[3] for e in entries]) if counts.sum() else np.empty(0, np.int64)
     _check_ids(all_ids, counts, limits)
+    reply = all_ids.shape[0] * REPLY_BYTES_PER_CLUSTER + len(entries) * REPLY_BYTES_PER_ENTRY
+    if reply > max_reply_bytes:
+        raise ResourceExhausted(
+            f"FetchDescriptors reply would be {reply} bytes > {max_reply_bytes} "
+            f"({all_ids.shape[0]} clusters in {len(entries)} entries): split the request"
+        )
     rows: list[tuple[int, ...]] = []  # [E] table rows
     starts, ends, extents = [], [], []
     for (geometry, head), entry in zip(heads, entries, strict=True):
@@ -81,7 +83,7 @@ def plan_descriptors(
         ends.append(head.offsets[ids + 1])
         base, slab, gen = extent.offset, extent.slab, extent.generation
         values = base + head.capacity_rows * head.row_bytes
-        size = arena.slabs[slab].size
+        size = arena.slab_size(slab)
         rows.append((slab, size, gen, base, base, values, geometry.row_bytes, geometry.head_dim))
         extents.append(extent)
     table = np.array(rows, np.int64).reshape(len(entries), len(TABLE_COLUMNS))  # [E, 8]

@@ -1,8 +1,11 @@
-"""FetchClusters core: validate a batch of (sequence, layer, kv_head, cluster ids), plan one
-payload buffer, and gather every entry's rows into it with vectorised numpy takes.
+"""FetchClusters core: validate a batch of (sequence, layer, kv_head, cluster ids), lay out the
+payload, and gather it chunk by chunk with vectorised numpy takes.
 
 Payload layout per entry, in request order: keys [M_i, D] then values [M_i, D], each section
-starting on a 64-byte boundary (so the client can view it as a typed tensor in place).
+starting on a 64-byte boundary (so the client can view it as a typed tensor in place). The
+server never holds the whole payload: `stream_payload` gathers the next chunk into one reused
+stage buffer while the previous chunk is on the wire, so a call costs O(chunk) memory whatever
+its size; `max_fetch_bytes` bounds the size and an id asked twice in one entry is refused.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvstore_server.errors import InvalidArgument
+from kvstore_server.arena import Extent
+from kvstore_server.errors import InvalidArgument, ResourceExhausted
 from kvstore_server.segments import HeadStore
-from kvstore_server.store import Geometry, Store
+from kvstore_server.sequence import Geometry
+from kvstore_server.store import Store
+from wavekv_proto.layout import FETCH_ALIGN
 
-ALIGN = 64
+ALIGN = FETCH_ALIGN
 FetchEntry = tuple[
     str, int, int, np.ndarray
 ]  # (sequence_id, layer, kv_head, cluster_ids [n] int64)
@@ -39,13 +45,16 @@ class EntryLayout:
 class FetchPlan:
     layouts: list[EntryLayout]
     total_bytes: int
+    extents: list[Extent]  # the extents the layouts read: pin them while streaming
 
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def plan_fetch(store: Store, namespace: str, entries: list[FetchEntry]) -> FetchPlan:
+def plan_fetch(
+    store: Store, namespace: str, entries: list[FetchEntry], max_bytes: int = 1 << 62
+) -> FetchPlan:
     """Validate all entries (raising StoreError naming the field) and lay out the payload.
 
     Per entry only the head lookup and two offset lookups run in Python; range checks and row
@@ -58,6 +67,7 @@ def plan_fetch(store: Store, namespace: str, entries: list[FetchEntry]) -> Fetch
     limits = np.fromiter((h.num_clusters if h else 0 for _, h in heads), np.int64, len(entries))
     all_ids = np.concatenate([e[3] for e in entries]) if counts.sum() else np.empty(0, np.int64)
     _check_ids(all_ids, counts, limits)
+    _check_unique(all_ids, counts, limits)
     starts = np.empty(all_ids.shape[0], np.int64)  # [K] first row of each cluster
     ends = np.empty(all_ids.shape[0], np.int64)  # [K] end row of each cluster
     pos = 0
@@ -76,7 +86,13 @@ def plan_fetch(store: Store, namespace: str, entries: list[FetchEntry]) -> Fetch
     rows_all += np.repeat(starts - row_cum[:-1], lens)
     bounds = np.zeros(len(entries) + 1, np.int64)  # [E + 1] cluster index bounds
     np.cumsum(counts, out=bounds[1:])
-    return _layout(heads, bounds.tolist(), row_cum, rows_all)
+    plan = _layout(heads, bounds.tolist(), row_cum, rows_all)
+    if plan.total_bytes > max_bytes:
+        raise ResourceExhausted(
+            f"FetchClusters would return {plan.total_bytes} bytes > max_fetch_bytes={max_bytes}: "
+            f"split the request"
+        )
+    return plan
 
 
 def _resolve(
@@ -97,6 +113,7 @@ def _layout(
     rows_all: np.ndarray,  # [M_total] row index of every fetched row
 ) -> FetchPlan:
     layouts = []
+    extents: dict[int, Extent] = {}
     cursor = 0
     row_bounds = row_cum[bounds].tolist()  # [E + 1]
     for i, (geometry, head) in enumerate(heads):
@@ -109,6 +126,8 @@ def _layout(
         if head is not None and r1 > r0:
             word = _word_dtype(geometry.row_bytes)  # rows copied as wide words: ~4x faster
             keys, values = head.keys.view(word), head.values.view(word)
+            if head.extent is not None:
+                extents[id(head.extent)] = head.extent
         layouts.append(
             EntryLayout(
                 geometry.dtype,
@@ -122,7 +141,7 @@ def _layout(
                 values,
             )
         )
-    return FetchPlan(layouts, cursor)
+    return FetchPlan(layouts, cursor, list(extents.values()))
 
 
 def _word_dtype(row_bytes: int) -> np.dtype:
@@ -149,45 +168,90 @@ def _check_ids(
     )
 
 
-class BufferPool:
-    """Reuses payload buffers between FetchClusters calls (fresh pages cost a fault each)."""
+def _check_unique(
+    all_ids: np.ndarray,  # [K] int64, range-checked
+    counts: np.ndarray,  # [E]
+    limits: np.ndarray,  # [E]
+) -> None:
+    """Refuse an id asked twice within one entry (one sort over all entries)."""
+    if all_ids.shape[0] < 2:
+        return
+    entry = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)  # [K]
+    keys = entry * (int(limits.max()) + 1) + all_ids  # [K] unique iff (entry, id) pairs are
+    order = np.argsort(keys, kind="stable")
+    same = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    if not same.shape[0]:
+        return
+    k = int(order[same[0] + 1])
+    i = int(entry[k])
+    j = k - int(counts[:i].sum())
+    raise InvalidArgument(
+        f"entries[{i}].cluster_ids[{j}]={int(all_ids[k])} is repeated (ask for each id once)"
+    )
 
-    def __init__(self, max_buffers: int = 4) -> None:
+
+class BufferPool:
+    """Stage buffers of one size reused between calls (fresh pages cost a fault each); at most
+    `max_buffers` are kept, so the pool holds at most max_buffers x nbytes."""
+
+    def __init__(self, nbytes: int, max_buffers: int = 2) -> None:
+        self.nbytes = nbytes
         self.max_buffers = max_buffers
         self._free: list[np.ndarray] = []
 
-    def take(self, nbytes: int) -> np.ndarray:  # [>= nbytes] uint8
-        for i, buf in enumerate(self._free):
-            if buf.shape[0] >= nbytes:
-                return self._free.pop(i)
-        return np.empty(nbytes, np.uint8)
+    def take(self) -> np.ndarray:  # [nbytes] uint8
+        return self._free.pop() if self._free else np.empty(self.nbytes, np.uint8)
 
     def give(self, buf: np.ndarray) -> None:
         if len(self._free) < self.max_buffers:
             self._free.append(buf)
-        else:  # keep the largest buffers
-            smallest = min(range(len(self._free)), key=lambda i: self._free[i].shape[0])
-            if self._free[smallest].shape[0] < buf.shape[0]:
-                self._free[smallest] = buf
+
+    @property
+    def held_bytes(self) -> int:
+        return len(self._free) * self.nbytes
+
+
+def stream_payload(plan: FetchPlan, stage: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(payload offset, bytes) pieces covering [0, total_bytes) in order, each at most
+    len(stage) bytes, gathered into `stage` [S] uint8 (S >= the widest row + ALIGN); a piece is
+    valid until the next one is asked for. Alignment gaps are zeros."""
+    cap = stage.shape[0]
+    start = fill = 0  # payload offset of stage[0]; bytes staged
+    for lay in plan.layouts:
+        if lay.keys is None or lay.values is None:
+            continue
+        rb = lay.keys.itemsize * lay.keys.shape[1]
+        for src, off in ((lay.keys, lay.keys_offset), (lay.values, lay.values_offset)):
+            gap = off - start - fill
+            if fill and fill + gap + rb > cap:
+                yield start, stage[:fill]
+                start, fill = start + fill, 0
+            stage[fill : fill + gap] = 0
+            fill += gap
+            i, rows = 0, lay.rows
+            while i < rows.shape[0]:
+                n = min(rows.shape[0] - i, (cap - fill) // rb)
+                if n == 0:
+                    yield start, stage[:fill]
+                    start, fill = start + fill, 0
+                    continue
+                dst = stage[fill : fill + n * rb].view(src.dtype).reshape(n, -1)
+                np.take(src, rows[i : i + n], axis=0, out=dst, mode="clip")
+                fill, i = fill + n * rb, i + n
+    tail = plan.total_bytes - start - fill
+    if fill and fill + tail > cap:
+        yield start, stage[:fill]
+        start, fill = start + fill, 0
+    stage[fill : fill + tail] = 0
+    fill += tail
+    if fill:
+        yield start, stage[:fill]
 
 
 def gather(plan: FetchPlan) -> np.ndarray:  # [total_bytes] uint8
-    """Copy every entry's key and value rows into one new payload buffer."""
+    """The whole payload in one new buffer (tests and references)."""
     out = np.empty(plan.total_bytes, np.uint8)
-    for _ in gather_progressively(plan, out):
-        pass
+    stage = np.empty(1 << 20, np.uint8)
+    for offset, piece in stream_payload(plan, stage):
+        out[offset : offset + piece.shape[0]] = piece
     return out
-
-
-def gather_progressively(plan: FetchPlan, out: np.ndarray) -> Iterator[int]:
-    """Gather entry by entry into out [total_bytes] uint8, yielding how many leading bytes are
-    final after each entry (so the caller can stream them while the rest is gathered)."""
-    for lay in plan.layouts:
-        if lay.keys is not None and lay.values is not None:
-            word_bytes = lay.keys.itemsize * lay.keys.shape[1]
-            nbytes = lay.num_rows * word_bytes
-            for src, off in ((lay.keys, lay.keys_offset), (lay.values, lay.values_offset)):
-                dst = out[off : off + nbytes].view(src.dtype).reshape(lay.num_rows, -1)
-                np.take(src, lay.rows, axis=0, out=dst, mode="clip")
-            yield lay.values_offset + nbytes
-    yield plan.total_bytes

@@ -1,20 +1,25 @@
 """Assemble a PutSegments client stream into validated Segments (servicer edge: touches protobuf).
 
 Each segment is a SegmentHeader followed by its key bytes then value bytes over any number of
-SegmentData messages. Capacity is checked at each header, before its data is accepted; bytes go
-straight into the segment's final buffers (one copy). Nothing reaches the store until the stream
-ended with every segment complete.
+SegmentData messages. Capacity is reserved at each header, before its data is accepted (so bytes
+in flight count against the budget); bytes go straight into the segment's final buffers (one
+copy). Nothing reaches the store until the stream ended with every segment complete; the
+reservation is released whatever happens (`release`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from kvstore_server.errors import InvalidArgument
+from kvstore_server.edge import Undecodable
+from kvstore_server.errors import InvalidArgument, ResourceExhausted
+from kvstore_server.names import echo
 from kvstore_server.segments import Segment, check_metadata
-from kvstore_server.store import Store
+from kvstore_server.store import Reservation, Store
 from wavekv_proto.codec import decode_numpy, dtype_name
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 
@@ -27,15 +32,26 @@ class _Pending:
 
 
 class SegmentAssembler:
-    def __init__(self, store: Store) -> None:
+    """`admit(message, namespace)` checks each message (decoded, namespace and token allowed)."""
+
+    def __init__(self, store: Store, admit: Callable[[Any, str], object]) -> None:
         self._store = store
+        self._admit = admit
         self.namespace = ""
         self.sequence_id = ""
         self.segments: list[Segment] = []
-        self._pending_bytes = 0
+        self.reservation: Reservation = store.reservation("")
         self._current: _Pending | None = None
+        self._messages = 0
 
-    def feed(self, msg: pb.PutSegmentsRequest) -> None:
+    def release(self) -> None:
+        """Give back the capacity reserved for segments that were not committed."""
+        self.reservation.release()
+
+    def feed(self, msg: pb.PutSegmentsRequest | Undecodable) -> None:
+        self._messages += 1
+        if isinstance(msg, Undecodable):
+            raise msg.error(f"PutSegments message {self._messages}")
         kind = msg.WhichOneof("kind")
         if kind == "header":
             self._close_current()
@@ -56,11 +72,13 @@ class SegmentAssembler:
 
     def _open(self, h: pb.SegmentHeader) -> None:
         if not self.segments and self._current is None:
+            self._admit(h, h.namespace)
             self.namespace, self.sequence_id = h.namespace, h.sequence_id
+            self.reservation = self._store.reservation(h.namespace)
         elif (h.namespace, h.sequence_id) != (self.namespace, self.sequence_id):
             raise InvalidArgument(
-                f"header.sequence_id={h.sequence_id!r} namespace={h.namespace!r} differs from the "
-                f"stream's first ({self.sequence_id!r}, {self.namespace!r})"
+                f"header.sequence_id={echo(h.sequence_id)} namespace={echo(h.namespace)} differs "
+                f"from the stream's first ({echo(self.sequence_id)}, {echo(self.namespace)})"
             )
         seq = self._store.get(h.namespace, h.sequence_id)
         where = self._where(h)
@@ -74,14 +92,16 @@ class SegmentAssembler:
         check_metadata(where, centroids, sizes, value_sums, offsets, g.head_dim, num_rows)
         payload_bytes = 2 * num_rows * g.row_bytes
         meta_bytes = centroids.nbytes + sizes.nbytes + value_sums.nbytes + offsets.nbytes
-        self._store.check_capacity(
-            self._pending_bytes + meta_bytes + payload_bytes, f"PutSegments {where}"
-        )
-        payload = np.empty(payload_bytes, np.uint8)
+        self.reservation.grow(meta_bytes + payload_bytes, f"PutSegments {where}")
+        try:
+            payload = np.empty(payload_bytes, np.uint8)
+        except (MemoryError, ValueError):
+            raise ResourceExhausted(
+                f"PutSegments {where}: cannot allocate {payload_bytes} bytes for keys+values"
+            ) from None
         kv = payload.reshape(2, num_rows, g.row_bytes)
         seg = Segment(h.layer, h.kv_head, centroids, sizes, value_sums, offsets, kv[0], kv[1])
         self._current = _Pending(seg, payload)
-        self._pending_bytes += seg.nbytes
 
     def _append(self, data: bytes) -> None:
         cur = self._current

@@ -2,7 +2,7 @@
 
 Rows are stored as raw bytes (uint8 [rows, D * itemsize]); the store never interprets K/V
 values, so fp16, bf16 and fp32 share one code path. Buffers grow geometrically so that
-appending a decode-time segment copies only the new rows.
+appending a decode-time segment copies the old rows only amortised.
 """
 
 from __future__ import annotations
@@ -90,8 +90,27 @@ def check_metadata(
         raise InvalidArgument(f"{where}: sizes has negative entries")
 
 
+@dataclass(slots=True)
+class Growth:
+    """An append prepared by HeadStore.prepare: the buffers it writes into (new ones where the
+    current are full). Nothing is visible until `publish`; `abort` frees what was allocated."""
+
+    segments: list[Segment]
+    extent: Extent | None  # a new K/V extent (None: the current one has room)
+    keys: np.ndarray  # [cap, row_bytes] uint8: where the new rows go (new or current extent)
+    values: np.ndarray  # [cap, row_bytes] uint8
+    metadata: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None  # grown arrays
+    num_clusters: int = 0  # clusters / rows after the append
+    num_rows: int = 0
+
+
 class HeadStore:
-    """Cluster-major K/V of one (layer, kv_head), appended segment by segment."""
+    """Cluster-major K/V of one (layer, kv_head), appended segment by segment.
+
+    An append is prepare (allocate; may fail, changes nothing) -> write (copy rows and
+    metadata past the live counts; invisible) -> publish (bump the counts, free the old extent)
+    or abort, so a store commit over many heads is all-or-nothing.
+    """
 
     __slots__ = (
         "_arena",
@@ -131,6 +150,10 @@ class HeadStore:
         return self._centroids[: self.num_clusters]
 
     @property
+    def value_sums(self) -> np.ndarray:  # [C, D] float32
+        return self._value_sums[: self.num_clusters]
+
+    @property
     def sizes(self) -> np.ndarray:  # [C] int64
         return self._sizes[: self.num_clusters]
 
@@ -147,42 +170,95 @@ class HeadStore:
         return self._values[: self.num_rows]
 
     def append(self, segments: list[Segment]) -> list[int]:
-        """Append segments in order; return the first global cluster id of each."""
-        new_c = sum(s.num_clusters for s in segments)
-        new_n = sum(s.num_rows for s in segments)
-        self._reserve(self.num_clusters + new_c, self.num_rows + new_n)
-        firsts = []
-        for seg in segments:
-            c0, n0 = self.num_clusters, self.num_rows
-            c1, n1 = c0 + seg.num_clusters, n0 + seg.num_rows
-            self._centroids[c0:c1] = seg.centroids
-            self._value_sums[c0:c1] = seg.value_sums
-            self._sizes[c0:c1] = seg.sizes
-            self._offsets[c0 + 1 : c1 + 1] = seg.offsets[1:] + n0
-            self._keys[n0:n1] = seg.keys
-            self._values[n0:n1] = seg.values
-            self.num_clusters, self.num_rows = c1, n1
-            self.num_segments += 1
-            firsts.append(c0)
-        return firsts
+        """prepare + write + publish in one go (a single head)."""
+        growth = self.prepare(segments)
+        self.write(growth)
+        return self.publish(growth)
 
-    def _reserve(self, clusters: int, rows: int) -> None:
+    def prepare(self, segments: list[Segment]) -> Growth:
+        """Allocate what the append needs. Raises (MemoryError, OSError) with nothing changed."""
+        clusters = self.num_clusters + sum(s.num_clusters for s in segments)
+        rows = self.num_rows + sum(s.num_rows for s in segments)
+        metadata = None
         if clusters > self._sizes.shape[0]:
             cap = max(clusters, int(self._sizes.shape[0] * GROWTH))
-            self._centroids = _grown(self._centroids, cap, self.num_clusters)
-            self._value_sums = _grown(self._value_sums, cap, self.num_clusters)
-            self._sizes = _grown(self._sizes, cap, self.num_clusters)
-            self._offsets = _grown(self._offsets, cap + 1, self.num_clusters + 1)
-        if rows > self._keys.shape[0]:
-            cap = max(rows, int(self._keys.shape[0] * GROWTH))
-            rb = self.row_bytes
-            extent = self._arena.alloc(2 * cap * rb, rb)
-            keys = extent.data[: cap * rb].reshape(cap, rb)  # [cap, row_bytes]
-            values = extent.data[cap * rb :].reshape(cap, rb)  # [cap, row_bytes]
+            metadata = (
+                _grown(self._centroids, cap, self.num_clusters),
+                _grown(self._value_sums, cap, self.num_clusters),
+                _grown(self._sizes, cap, self.num_clusters),
+                _grown(self._offsets, cap + 1, self.num_clusters + 1),
+            )
+        if rows <= self._keys.shape[0]:
+            return Growth(segments, None, self._keys, self._values, metadata, clusters, rows)
+        cap = max(rows, int(self._keys.shape[0] * GROWTH))
+        rb = self.row_bytes
+        extent = self._arena.alloc(2 * cap * rb, rb)
+        keys = extent.data[: cap * rb].reshape(cap, rb)  # [cap, row_bytes]
+        values = extent.data[cap * rb :].reshape(cap, rb)  # [cap, row_bytes]
+        return Growth(segments, extent, keys, values, metadata, clusters, rows)
+
+    def write(self, growth: Growth) -> None:
+        """Copy the old rows (if the extent moved) and the new segments past the live counts."""
+        keys, values = growth.keys, growth.values
+        if growth.extent is not None:
             keys[: self.num_rows] = self._keys[: self.num_rows]
             values[: self.num_rows] = self._values[: self.num_rows]
+        centroids, value_sums, sizes, offsets = growth.metadata or (
+            self._centroids,
+            self._value_sums,
+            self._sizes,
+            self._offsets,
+        )
+        c0, n0 = self.num_clusters, self.num_rows
+        for seg in growth.segments:
+            c1, n1 = c0 + seg.num_clusters, n0 + seg.num_rows
+            centroids[c0:c1] = seg.centroids
+            value_sums[c0:c1] = seg.value_sums
+            sizes[c0:c1] = seg.sizes
+            offsets[c0 + 1 : c1 + 1] = seg.offsets[1:] + n0
+            keys[n0:n1] = seg.keys
+            values[n0:n1] = seg.values
+            c0, n0 = c1, n1
+
+    def publish(self, growth: Growth) -> list[int]:
+        """Make the written append visible; return the first global cluster id of each
+        segment. Cannot fail."""
+        if growth.metadata is not None:
+            self._centroids, self._value_sums, self._sizes, self._offsets = growth.metadata
+        if growth.extent is not None:
             self.release()
-            self._extent, self._keys, self._values = extent, keys, values
+            self._extent, self._keys, self._values = growth.extent, growth.keys, growth.values
+        firsts, c = [], self.num_clusters
+        for seg in growth.segments:
+            firsts.append(c)
+            c += seg.num_clusters
+        self.num_clusters, self.num_rows = growth.num_clusters, growth.num_rows
+        self.num_segments += len(growth.segments)
+        return firsts
+
+    def abort(self, growth: Growth) -> None:
+        """Give back what `prepare` allocated (nothing visible changed)."""
+        if growth.extent is not None:
+            self._arena.free(growth.extent)
+            growth.extent = None
+
+    def restore(
+        self,
+        extent: Extent,
+        num_rows: int,
+        metadata: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        num_segments: int,
+    ) -> None:
+        """State re-attached at a warm restart: rows already in `extent`, metadata
+        (centroids [C, D], value_sums [C, D], sizes [C], offsets [C + 1]) from the journal."""
+        cap = extent.data.shape[0] // (2 * self.row_bytes)
+        rb = self.row_bytes
+        self._extent = extent
+        self._keys = extent.data[: cap * rb].reshape(cap, rb)
+        self._values = extent.data[cap * rb : 2 * cap * rb].reshape(cap, rb)
+        self._centroids, self._value_sums, self._sizes, self._offsets = metadata
+        self.num_clusters, self.num_rows = int(metadata[2].shape[0]), num_rows
+        self.num_segments = num_segments
 
     @property
     def extent(self) -> Extent | None:
@@ -198,6 +274,7 @@ class HeadStore:
         if self._extent is not None:
             self._arena.free(self._extent)
             self._extent = None
+            self._keys = self._values = np.empty((0, self.row_bytes), np.uint8)
 
     def gather_rows(self, cluster_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """cluster_ids [n] int64 -> (row index [M] int64, cluster offsets [n + 1] int64).

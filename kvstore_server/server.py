@@ -1,4 +1,5 @@
-"""Build, run and stop the grpc.aio store server (health, reflection, auth, TLS, metrics)."""
+"""Build, run and stop the grpc.aio store server (health, reflection, auth, TLS, metrics,
+the TTL sweeper and, with --data-dir, the journal's fsync timer)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,41 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kvstore_server.arena import make_arena
-from kvstore_server.auth import TokenAuthInterceptor, read_token
-from kvstore_server.servicer import KVStoreServicer, add_to_server
+from kvstore_server.arena import ArenaConfig
+from kvstore_server.arenas import Arenas
+from kvstore_server.auth import TokenAuthInterceptor, TokenTable
+from kvstore_server.edge import add_to_server
+from kvstore_server.memory import return_freed_memory, trim
+from kvstore_server.recovery import PersistOptions, open_persistent_store
+from kvstore_server.servicer import KVStoreServicer, ServicerConfig
 from kvstore_server.settings import ServerSettings
 from kvstore_server.stats import PrometheusExporter, RpcStats
-from kvstore_server.store import Store
+from kvstore_server.store import Store, StoreConfig
 from wavekv_proto.wavekv.v1 import kvstore_pb2
 
 log = logging.getLogger("kvstore_server")
 SERVICE_NAME = kvstore_pb2.DESCRIPTOR.services_by_name["KVStore"].full_name
+SWEEP_EVERY_S = 5.0  # TTL sweeps and lease expiry, at most this far apart
+FSYNC_EVERY_S = 1.0
+
+
+def build_store(s: ServerSettings) -> Store:
+    """The store these settings describe (recovered from --data-dir when given)."""
+    config = StoreConfig(s.capacity_bytes, s.sequence_ttl_s, s.max_namespaces)
+    if s.data_dir is not None:
+        options = PersistOptions(
+            Path(s.data_dir),
+            Path(s.slab_dir),
+            s.fsync,
+            s.shm_slab_bytes,
+            s.max_lease_ttl_s,
+            s.max_namespaces,
+        )
+        return open_persistent_store(options, config)
+    arena_config = ArenaConfig(
+        Path(s.slab_dir), s.shm_slab_bytes, s.max_lease_ttl_s, str(os.getpid())
+    )
+    return Store(config, Arenas(s.shared_memory, arena_config, s.max_namespaces))
 
 
 class StoreServer:
@@ -30,32 +56,42 @@ class StoreServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        arena = make_arena(
-            settings.shared_memory,
-            settings.shm_dir,
-            settings.shm_slab_bytes,
-            settings.max_lease_ttl_s,
+        return_freed_memory()
+        self.store = build_store(settings)
+        self.tokens = (
+            TokenTable.read(settings.auth_token_file) if settings.auth_token_file else None
         )
-        self.store = Store(settings.capacity_bytes, arena)
         self.metrics: PrometheusExporter | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         s = self.settings
         if s.metrics_port is not None:
-            self.metrics = PrometheusExporter(self.store, s.metrics_port, s.host)
-        servicer = KVStoreServicer(self.store, RpcStats(self.metrics), s.fetch_chunk_bytes)
-        interceptors = (
-            [TokenAuthInterceptor(read_token(s.auth_token_file))] if s.auth_token_file else []
+            self.metrics = PrometheusExporter(self.store, s.metrics_port, s.metrics_host)
+        config = ServicerConfig(
+            chunk_bytes=s.fetch_chunk_bytes,
+            max_fetch_bytes=s.max_fetch_bytes,
+            max_descriptor_reply_bytes=s.max_message_bytes // 2,
+            max_put_streams=s.max_put_streams,
+            stream_idle_s=s.stream_idle_s,
+            advertise_arena=s.shared_memory != "off",
         )
+        stats = RpcStats(self.metrics, s.max_namespaces)
+        servicer = KVStoreServicer(self.store, stats, config, self.tokens)
+        interceptors = [TokenAuthInterceptor(self.tokens)] if self.tokens else []
         options = [
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(interceptors=interceptors, options=options)
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=options,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+        )
         add_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (
@@ -74,6 +110,9 @@ class StoreServer:
             raise RuntimeError(f"could not bind {address}")
         await server.start()
         self._server = server
+        self._tasks = [asyncio.create_task(self._sweep())]
+        if self.store.persistence is not None and s.fsync == "everysec":
+            self._tasks.append(asyncio.create_task(self._fsync()))
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.ready_file:
@@ -86,11 +125,45 @@ class StoreServer:
                 "tls": bool(s.tls_cert),
                 "auth": bool(s.auth_token_file),
                 "capacity_bytes": s.capacity_bytes,
+                "shared_memory": self.store.arenas.shared,
+                "data_dir": s.data_dir,
                 "metrics_port": self.metrics.port if self.metrics else None,
                 "incarnation_id": self.store.incarnation_id,
             },
         )
         return self.port
+
+    async def _sweep(self) -> None:
+        """Drop sequences past their TTL and expire readers' leases, periodically."""
+        ttl = self.settings.sequence_ttl_s
+        every = min(SWEEP_EVERY_S, ttl / 4) if ttl else SWEEP_EVERY_S
+        trimmed_at = self.store.dropped
+        while True:
+            await asyncio.sleep(every)
+            try:
+                dropped = self.store.expire_idle()
+                for _, arena in self.store.arenas.items():
+                    arena.expire()
+                self.store.arenas.close_idle_identities(min_age_s=every)
+                if self.store.dropped != trimmed_at:  # sequences went: give their memory back
+                    trimmed_at = self.store.dropped
+                    trim()
+            except Exception:
+                log.exception("sweep failed")
+                continue
+            if dropped:
+                log.info("sequences expired", extra={"count": dropped})
+
+    async def _fsync(self) -> None:
+        """The everysec policy: flush slabs, checkpoint and fsync the journal once a second."""
+        persistence = self.store.persistence
+        assert persistence is not None
+        while True:
+            await asyncio.sleep(FSYNC_EVERY_S)
+            try:
+                await asyncio.to_thread(persistence.flush_slabs_and_checkpoint)
+            except Exception:
+                log.exception("journal fsync failed")
 
     def _write_ready(self, path: Path) -> None:
         doc = {
@@ -111,7 +184,14 @@ class StoreServer:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._server.stop(grace)
         self._server = None
-        self.store.arena.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        persistent = self.store.persistence is not None
+        if persistent:
+            self.store.persistence.compact()  # type: ignore[union-attr]
+            self.store.persistence.close()  # type: ignore[union-attr]
+        self.store.arenas.close(unlink=not persistent)
         if self.metrics is not None:
             self.metrics.close()
         log.info("stopped", extra={"port": self.port})

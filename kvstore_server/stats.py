@@ -1,8 +1,14 @@
-"""Per-RPC counters and latencies (for GetStats) with an optional Prometheus exporter."""
+"""Per-namespace RPC counters and latencies (GetStats) and the Prometheus exporter (/metrics).
+
+Metric names follow Prometheus conventions (unit suffix last, counters end in `_total`), every
+series carries the namespace: a tenant's totals are never mixed with another's, and GetStats
+answers only the caller's namespace. The endpoint binds loopback unless --metrics-host says
+otherwise.
+"""
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +17,8 @@ import numpy as np
 if TYPE_CHECKING:
     from kvstore_server.store import Store
 
-RECENT = 2048  # latencies kept per method for percentiles
+RECENT = 1024  # latencies kept per (namespace, method) for percentiles
+OTHER = "(other)"  # bucket for namespaces past the tracked limit (or invalid names)
 
 
 @dataclass(slots=True)
@@ -20,10 +27,19 @@ class MethodStats:
     errors: int = 0
     total_s: float = 0.0
     max_s: float = 0.0
-    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
+    recent: np.ndarray = field(default_factory=lambda: np.zeros(RECENT, np.float32))  # seconds
+
+    def add(self, seconds: float, ok: bool) -> None:
+        self.recent[self.count % RECENT] = seconds
+        self.count += 1
+        self.errors += not ok
+        self.total_s += seconds
+        self.max_s = max(self.max_s, seconds)
 
     def summary(self) -> dict[str, Any]:
-        lat = np.fromiter(self.recent, np.float64) * 1e3 if self.recent else np.zeros(1)
+        lat = (
+            self.recent[: min(self.count, RECENT)] * 1e3 if self.count else np.zeros(1, np.float32)
+        )
         return {
             "count": self.count,
             "errors": self.errors,
@@ -35,58 +51,119 @@ class MethodStats:
 
 
 class RpcStats:
-    def __init__(self, prometheus: PrometheusExporter | None = None) -> None:
-        self.methods: dict[str, MethodStats] = {}
+    """namespace -> method -> MethodStats, for at most `max_namespaces` namespaces (the rest
+    are counted under OTHER, so clients cannot grow this without bound)."""
+
+    def __init__(self, prometheus: PrometheusExporter | None = None, max_namespaces: int = 4096):
+        self.namespaces: dict[str, dict[str, MethodStats]] = {}
+        self.max_namespaces = max_namespaces
         self._prometheus = prometheus
 
-    def record(self, method: str, seconds: float, code: str) -> None:
-        m = self.methods.setdefault(method, MethodStats())
-        m.count += 1
-        m.errors += code != "OK"
-        m.total_s += seconds
-        m.max_s = max(m.max_s, seconds)
-        m.recent.append(seconds)
+    def label(self, namespace: str) -> str:
+        """The namespace as a stats key ("" and unknown-past-the-limit become OTHER)."""
+        if namespace in self.namespaces:
+            return namespace
+        return namespace if namespace and len(self.namespaces) < self.max_namespaces else OTHER
+
+    def record(self, namespace: str, method: str, seconds: float, code: str) -> None:
+        ns = self.label(namespace)
+        m = self.namespaces.setdefault(ns, {}).get(method)
+        if m is None:
+            m = self.namespaces[ns][method] = MethodStats()
+        m.add(seconds, code == "OK")
         if self._prometheus is not None:
-            self._prometheus.record(method, seconds, code)
+            self._prometheus.record(ns, method, seconds, code)
+
+    def methods(self, namespace: str) -> dict[str, MethodStats]:
+        return self.namespaces.get(namespace, {})
 
 
 class PrometheusExporter:
-    """Serves wavekv_* metrics on its own port from a private registry."""
+    """Serves wavekv_store_* metrics on its own port from a private registry."""
 
     def __init__(self, store: Store, port: int, host: str = "127.0.0.1") -> None:
-        from prometheus_client import (
-            CollectorRegistry,
-            Counter,
-            Gauge,
-            Histogram,
-            start_http_server,
-        )
+        from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
         self.registry = CollectorRegistry()
         self._calls = Counter(
-            "wavekv_rpc", "RPCs handled", ["method", "code"], registry=self.registry
+            "wavekv_store_rpcs",
+            "RPCs answered, by namespace, method and status code",
+            ["namespace", "method", "code"],
+            registry=self.registry,
         )
         self._latency = Histogram(
-            "wavekv_rpc_latency_seconds",
+            "wavekv_store_rpc_duration_seconds",
             "RPC latency",
-            ["method"],
+            ["namespace", "method"],
             registry=self.registry,
             buckets=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0),
         )
-        gauges = {
-            "wavekv_bytes_used": ("bytes of K/V and metadata held", lambda: store.bytes_used),
-            "wavekv_capacity_bytes": ("byte budget (0 = unlimited)", lambda: store.capacity_bytes),
-            "wavekv_sequences": ("sequences held", lambda: store.num_sequences),
-        }
-        for name, (doc, fn) in gauges.items():
-            Gauge(name, doc, registry=self.registry).set_function(fn)
+        self.registry.register(_StoreCollector(store))
         self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
         self.port = self.server.server_port
 
-    def record(self, method: str, seconds: float, code: str) -> None:
-        self._calls.labels(method, code).inc()
-        self._latency.labels(method).observe(seconds)
+    def record(self, namespace: str, method: str, seconds: float, code: str) -> None:
+        self._calls.labels(namespace, method, code).inc()
+        self._latency.labels(namespace, method).observe(seconds)
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _StoreCollector:
+    """Gauges read from the store at scrape time (the scrape thread only reads numbers)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.store
+        yield GaugeMetricFamily(
+            "wavekv_store_capacity_bytes",
+            "byte budget of the store (0 = unlimited)",
+            s.capacity_bytes,
+        )
+        yield GaugeMetricFamily(
+            "wavekv_store_free_bytes",
+            "capacity not used or reserved (0 when unlimited)",
+            s.bytes_free,
+        )
+        per_ns = {
+            "used": GaugeMetricFamily(
+                "wavekv_store_used_bytes", "K/V and metadata bytes held", labels=["namespace"]
+            ),
+            "reserved": GaugeMetricFamily(
+                "wavekv_store_reserved_bytes",
+                "capacity held by puts still arriving",
+                labels=["namespace"],
+            ),
+            "allocated": GaugeMetricFamily(
+                "wavekv_store_arena_allocated_bytes",
+                "shared-memory bytes allocated (growth slack and headers included)",
+                labels=["namespace"],
+            ),
+            "sequences": GaugeMetricFamily(
+                "wavekv_store_sequences", "sequences held", labels=["namespace"]
+            ),
+        }
+        expired = CounterMetricFamily(
+            "wavekv_store_expired_sequences",
+            "sequences dropped after their TTL",
+            labels=["namespace"],
+        )
+        for ns in s.namespaces():
+            u = s.usage(ns)
+            per_ns["used"].add_metric([ns], u.bytes_used)
+            per_ns["reserved"].add_metric([ns], u.reserved_bytes)
+            per_ns["allocated"].add_metric([ns], s.arenas.allocated_bytes(ns))
+            per_ns["sequences"].add_metric([ns], u.sequences)
+        for ns, count in list(s.expired.items()):
+            expired.add_metric([ns], count)
+        yield from per_ns.values()
+        yield expired

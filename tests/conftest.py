@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client import KVStoreClient
+from client import ClientOptions, KVStoreClient
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
 
@@ -33,7 +33,9 @@ def namespace() -> str:
 
 @pytest.fixture
 def store_client(store_server: EmbeddedStore, namespace: str) -> Iterator[KVStoreClient]:
-    with KVStoreClient(store_server.target, namespace=namespace, timeout_s=30.0) as client:
+    with KVStoreClient(
+        store_server.target, ClientOptions(namespace=namespace, timeout_s=30.0)
+    ) as client:
         client.wait_ready()
         yield client
 

@@ -1,6 +1,15 @@
-"""Random clustered segments and plain reference implementations for the store tests."""
+"""Random clustered segments, plain reference implementations and a store process for the store
+and SDK tests."""
 
 from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import torch
@@ -45,6 +54,12 @@ def make_segment(
     )
 
 
+def unique_ids(rng: np.random.Generator, high: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Cluster ids in [0, high), distinct along the last axis (the store refuses repeats)."""
+    *lead, n = shape
+    return np.argsort(rng.random((*lead, high)), axis=-1)[..., :n].astype(np.int64)
+
+
 def reference_fetch(
     segments: list[ClusterSegment], cluster_ids: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,3 +90,76 @@ def reference_gqa_scores(
     scores = p.sum(axis=0)
     scores[sizes == 0] = -np.inf
     return scores
+
+
+class StoreProcess:
+    """`python -m kvstore_server` on 127.0.0.1 as its own process (killable, restartable on the
+    same port). Readiness: its JSON log's "serving" line (a blocking read, no sleeping)."""
+
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, launcher: list[str] | None = None
+    ) -> None:
+        """`launcher`: a command that runs `python -m kvstore_server "$@"` with the arguments
+        appended (e.g. inside `unshare`); default: this interpreter directly."""
+        self.args = list(args)
+        self.env = env
+        self.launcher = launcher or [sys.executable, "-m", "kvstore_server"]
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self.serving: dict = {}
+        self.log: list[dict] = []
+        self._logged = threading.Condition()
+
+    def start(self, *extra: str) -> StoreProcess:
+        cmd = [*self.launcher, "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--log-level", "INFO", *self.args, *extra]
+        env = {**os.environ, **(self.env or {})}
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            doc = json.loads(line)
+            self.log.append(doc)
+            if doc.get("msg") == "serving":
+                self.serving = doc
+                break
+        else:
+            raise AssertionError(f"store exited before serving: rc={self.proc.wait()} {self.log}")
+        self.port = int(self.serving["port"])
+        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
+        return self
+
+    def _drain(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with contextlib.suppress(ValueError), self._logged:
+                self.log.append(json.loads(line))
+                self._logged.notify_all()
+
+    def wait_for_log(self, msg: str, timeout_s: float = 60.0) -> dict:
+        """The first log record `msg` logged from now on (woken by the log reader)."""
+        with self._logged:
+            start = len(self.log)
+            found = self._logged.wait_for(
+                lambda: any(d.get("msg") == msg for d in self.log[start:]), timeout_s
+            )
+            assert found, f"no {msg!r} in the store's log within {timeout_s} s"
+            return next(d for d in self.log[start:] if d.get("msg") == msg)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM: a graceful shutdown; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def logged(self, msg: str) -> list[dict]:
+        return [d for d in self.log if d.get("msg") == msg]

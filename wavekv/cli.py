@@ -52,9 +52,7 @@ def _exit(code: int | None) -> None:
 def store(args: tuple[str, ...]) -> None:
     from kvstore_server.__main__ import main as store_main
 
-    sys.argv = ["wavekv store", *args]  # its --help names the program as invoked
-    code: int | None = store_main(list(args))  # type: ignore[func-returns-value]
-    _exit(code)
+    _exit(store_main(list(args), prog="wavekv store"))  # its --help names the program
 
 
 @_passthrough(

@@ -22,6 +22,7 @@ import torch
 
 from client import (
     ArenaReader,
+    ClientOptions,
     ClusterSegment,
     DescriptorCache,
     FetchRequest,
@@ -445,6 +446,8 @@ def connect_store(
     """A GrpcStoreLink to one store (HOST:PORT) or a sharded set of stores; `same_host`
     picks the shared-memory data plane ("auto": when the store's arena maps from here)."""
     return GrpcStoreLink(
-        KVStoreClient(address, namespace=namespace, token=token, timeout_s=timeout_s),
+        KVStoreClient(
+            address, ClientOptions(namespace=namespace, token=token, timeout_s=timeout_s)
+        ),
         same_host,
     )

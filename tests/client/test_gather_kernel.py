@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from client import KVStoreClient, SequenceGeometry
+from client import ClientOptions, KVStoreClient, SequenceGeometry
 from client.shm import GATHER_METHODS, _expand
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
 from tests.interpret import run_check
-from tests.store_fixtures import make_segment
+from tests.store_fixtures import make_segment, unique_ids
 
 KERNEL_CHECK = """
 import torch
@@ -63,8 +63,12 @@ def test_cuda_gather_methods_match_streaming(dtype: str, namespace: str) -> None
     ids = ["a", "b"]
     settings = ServerSettings(port=0, log_format="text", log_level="WARNING")
     with EmbeddedStore(settings) as server:
-        shm = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "require")
-        stream = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "off")
+        shm = GrpcStoreLink(
+            KVStoreClient(server.target, ClientOptions(namespace=namespace)), "require"
+        )
+        stream = GrpcStoreLink(
+            KVStoreClient(server.target, ClientOptions(namespace=namespace)), "off"
+        )
         try:
             shm.open(ids, SequenceGeometry(1, 2, 64, dtype))
             stream.open(ids, SequenceGeometry(1, 2, 64, dtype))
@@ -72,7 +76,7 @@ def test_cuda_gather_methods_match_streaming(dtype: str, namespace: str) -> None
                 shm.client.put_segments(
                     sid, [make_segment(rng, 0, h, 40, 64, dtype, max_size=9) for h in range(2)]
                 )
-            cluster_ids = torch.from_numpy(rng.integers(0, 40, (2, 2, 6))).cuda()
+            cluster_ids = torch.from_numpy(unique_ids(rng, 40, (2, 2, 6))).cuda()
             want = stream.fetch(0, ids, cluster_ids, 64)
             arena = shm._arena
             assert arena is not None

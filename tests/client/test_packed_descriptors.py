@@ -12,13 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from client import BadDescriptorError, FetchRequest, KVStoreClient, SequenceGeometry, wire
+from client import (
+    BadDescriptorError,
+    ClientOptions,
+    FetchRequest,
+    KVStoreClient,
+    SequenceGeometry,
+    wire,
+)
 from client.runs import merge_runs, runs
 from client.shm import GATHER_METHODS
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
-from tests.store_fixtures import make_segment
+from tests.store_fixtures import make_segment, unique_ids
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 
 HEADS, DIM = 2, 64
@@ -58,18 +65,22 @@ def test_packed_and_per_entry_replies_decode_identically(
     server: EmbeddedStore, namespace: str
 ) -> None:
     rng = np.random.default_rng(21)
-    with KVStoreClient(server.target, namespace=namespace, shared_memory="require") as client:
+    with KVStoreClient(
+        server.target, ClientOptions(namespace=namespace, shared_memory="require")
+    ) as client:
         ids = _populate(client, rng, "float32")
         arena = client.shared_arena()
         assert arena is not None
         reqs = [
-            FetchRequest(sid, 0, h, rng.integers(0, 400, rng.integers(0, 9)))
+            FetchRequest(sid, 0, h, unique_ids(rng, 400, (int(rng.integers(0, 9)),)))
             for sid in ids
             for h in range(HEADS)
         ]
-        packed_req = wire.descriptor_request(namespace, reqs, 5.0, [])
+        packed_req = wire.descriptor_request(namespace, reqs, _ids_of(reqs), 5.0, [])
         legacy_req = pb.FetchDescriptorsRequest(
-            namespace=namespace, entries=wire.fetch_request(namespace, reqs).entries, lease_ttl_s=5
+            namespace=namespace,
+            entries=wire.fetch_request(namespace, reqs, _ids_of(reqs)).entries,
+            lease_ttl_s=5,
         )
         packed, legacy = _raw(client, packed_req), _raw(client, legacy_req)
         assert packed.HasField("packed") and not packed.entries and len(legacy.entries) == 4
@@ -84,15 +95,21 @@ def test_packed_and_per_entry_replies_decode_identically(
                 == np.frombuffer(y.cluster_offsets.data, np.int64).tolist()
             )
         client._aio._shards[0].sync_stub().ReleaseLeases(
-            pb.ReleaseLeasesRequest(lease_ids=[packed.lease_id, legacy.lease_id])
+            pb.ReleaseLeasesRequest(
+                lease_ids=[packed.lease_id, legacy.lease_id], namespace=namespace
+            )
         )
 
 
 def test_packed_request_errors_name_the_field(server: EmbeddedStore, namespace: str) -> None:
     rng = np.random.default_rng(22)
-    with KVStoreClient(server.target, namespace=namespace, shared_memory="require") as client:
+    with KVStoreClient(
+        server.target, ClientOptions(namespace=namespace, shared_memory="require")
+    ) as client:
         ids = _populate(client, rng, "float16")
-        good = wire.descriptor_request(namespace, [FetchRequest(ids[0], 0, 1, [3, 4])], 1.0, [])
+        good = wire.descriptor_request(
+            namespace, [FetchRequest(ids[0], 0, 1, [3, 4])], [np.array([3, 4])], 1.0, []
+        )
         cases = {
             "counts sum to 3": dict(counts=np.array([3], np.int64).tobytes()),
             "packed_entries.layers: 2 values": dict(layers=[0, 0]),
@@ -121,12 +138,14 @@ def test_packed_request_errors_name_the_field(server: EmbeddedStore, namespace: 
 
 def test_bad_packed_descriptors_are_rejected(server: EmbeddedStore, namespace: str) -> None:
     rng = np.random.default_rng(23)
-    with KVStoreClient(server.target, namespace=namespace, shared_memory="require") as client:
+    with KVStoreClient(
+        server.target, ClientOptions(namespace=namespace, shared_memory="require")
+    ) as client:
         ids = _populate(client, rng, "bfloat16")
         arena = client.shared_arena()
         assert arena is not None
         reqs = [FetchRequest(ids[1], 0, h, [1, 2, 399]) for h in range(HEADS)]
-        good = _raw(client, wire.descriptor_request(namespace, reqs, 1.0, []))
+        good = _raw(client, wire.descriptor_request(namespace, reqs, _ids_of(reqs), 1.0, []))
 
         def bad(**fields: bytes) -> pb.FetchDescriptorsResponse:
             msg = pb.FetchDescriptorsResponse()
@@ -153,12 +172,14 @@ def test_bad_packed_descriptors_are_rejected(server: EmbeddedStore, namespace: s
 
 def test_run_tables_match_plain_loops(server: EmbeddedStore, namespace: str) -> None:
     rng = np.random.default_rng(24)
-    with KVStoreClient(server.target, namespace=namespace, shared_memory="require") as client:
+    with KVStoreClient(
+        server.target, ClientOptions(namespace=namespace, shared_memory="require")
+    ) as client:
         ids = _populate(client, rng, "float32")
         arena = client.shared_arena()
         assert arena is not None
         reqs = [
-            FetchRequest(sid, 0, h, rng.integers(0, 400, 6)) for sid in ids for h in range(HEADS)
+            FetchRequest(sid, 0, h, unique_ids(rng, 400, (6,))) for sid in ids for h in range(HEADS)
         ]
         batch = client.fetch_descriptors(reqs)
         slots = np.array([3, 0, 2, 1])
@@ -190,13 +211,13 @@ def test_link_across_slabs_matches_streaming(
 ) -> None:
     rng = np.random.default_rng(25)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shm = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "require")
-    stream = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "off")
+    shm = GrpcStoreLink(KVStoreClient(server.target, ClientOptions(namespace=namespace)), "require")
+    stream = GrpcStoreLink(KVStoreClient(server.target, ClientOptions(namespace=namespace)), "off")
     try:
         ids = _populate(shm.client, rng, dtype)
         for link in (shm, stream):
             link._head_dim, link._dtype = DIM, getattr(torch, dtype)
-        cluster_ids = torch.from_numpy(rng.integers(0, 400, (2, HEADS, 7)))  # [B, Hkv, n]
+        cluster_ids = torch.from_numpy(unique_ids(rng, 400, (2, HEADS, 7)))  # [B, Hkv, n]
         cluster_ids[0, 1, 2] = -1  # padding inside a row
         cluster_ids[1, 0] = -1  # a row with nothing to fetch
         want = stream.fetch(0, ids, cluster_ids, 7 * 16)
@@ -220,3 +241,7 @@ def test_link_across_slabs_matches_streaming(
     finally:
         shm.close()
         stream.close()
+
+
+def _ids_of(requests: list[FetchRequest]) -> list[np.ndarray]:
+    return [np.asarray(r.cluster_ids, np.int64).reshape(-1) for r in requests]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from client import (
+    ClientOptions,
     DescriptorCache,
     FetchRequest,
     InvalidArgumentError,
@@ -25,7 +26,7 @@ from client import (
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
-from tests.store_fixtures import make_segment
+from tests.store_fixtures import make_segment, unique_ids
 
 HEADS, D, C = 3, 32, 30
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -36,8 +37,10 @@ def _settings() -> ServerSettings:
 
 
 def _links(target: str, namespace: str, **client_kw: float) -> tuple[GrpcStoreLink, GrpcStoreLink]:
-    local = GrpcStoreLink(KVStoreClient(target, namespace=namespace, **client_kw), "require")
-    stream = GrpcStoreLink(KVStoreClient(target, namespace=namespace), "off")
+    local = GrpcStoreLink(
+        KVStoreClient(target, ClientOptions(namespace=namespace, **client_kw)), "require"
+    )
+    stream = GrpcStoreLink(KVStoreClient(target, ClientOptions(namespace=namespace)), "off")
     return local, stream
 
 
@@ -71,7 +74,7 @@ def test_local_resolve_matches_streaming(dtype: str, device: str, namespace: str
             stream.open(ids, SequenceGeometry(2, HEADS, D, dtype))
             for step in range(4):
                 layer = step % 2
-                cluster_ids = torch.from_numpy(rng.integers(0, C, (2, HEADS, 7)))  # [B, Hkv, n]
+                cluster_ids = torch.from_numpy(unique_ids(rng, C, (2, HEADS, 7)))  # [B, Hkv, n]
                 cluster_ids[0, 1] = -1  # a row with nothing to fetch
                 cluster_ids[1, 2, 4:] = -1  # padding
                 if step == 0:
@@ -96,11 +99,11 @@ def test_appended_clusters_are_described_again(namespace: str) -> None:
         try:
             _fill(local, rng, ids, "bfloat16")
             stream.open(ids, SequenceGeometry(2, HEADS, D, "bfloat16"))
-            first = torch.from_numpy(rng.integers(0, C, (1, HEADS, 5)))
+            first = torch.from_numpy(unique_ids(rng, C, (1, HEADS, 5)))
             _same(local.fetch(0, ids, first, 40), stream.fetch(0, ids, first, 40))
             segs = [make_segment(rng, 0, h, 400, D, "bfloat16", 6) for h in range(HEADS)]
             local.client.put_segments("s0", segs)  # grows every head into a new extent
-            new = torch.from_numpy(rng.integers(C, C + 400, (1, HEADS, 5)))
+            new = torch.from_numpy(C + unique_ids(rng, 400, (1, HEADS, 5)))
             _same(local.fetch(0, ids, new, 40), stream.fetch(0, ids, new, 40))  # falls back
             assert local.counters.local_fetches == 1
             _same(local.fetch(0, ids, new, 40), stream.fetch(0, ids, new, 40))  # re-described
@@ -118,7 +121,7 @@ def test_bad_inputs_answer_like_streaming(namespace: str) -> None:
         try:
             _fill(local, rng, ids, "float16")
             stream.open(ids, SequenceGeometry(2, HEADS, D, "float16"))
-            good = torch.from_numpy(rng.integers(0, C, (2, HEADS, 4)))
+            good = torch.from_numpy(unique_ids(rng, C, (2, HEADS, 4)))
             expected = stream.fetch(1, ids, good, 30)
             bad = good.clone()
             bad[1, 2, 3] = 999
@@ -160,7 +163,7 @@ def test_config_validation() -> None:
 
 
 def _cache_setup(server: EmbeddedStore, namespace: str, clock):  # type: ignore[no-untyped-def]
-    client = KVStoreClient(server.target, namespace=namespace, lease_ttl_s=0.3)
+    client = KVStoreClient(server.target, ClientOptions(namespace=namespace, lease_ttl_s=0.3))
     arena = client.shared_arena()
     assert arena is not None
     client.create_sequence("s0", SequenceGeometry(1, 1, D, "bfloat16"))
@@ -172,7 +175,7 @@ def test_renewal_keeps_serving_and_drops_moved_heads(namespace: str) -> None:
     now = [0.0]
     with EmbeddedStore(_settings()) as server:
         client, cache = _cache_setup(server, namespace, lambda: now[0])
-        stream = KVStoreClient(server.target, namespace=namespace)
+        stream = KVStoreClient(server.target, ClientOptions(namespace=namespace))
         try:
             ids = torch.arange(C).view(1, C)
             got = cache.fetch([("s0", 0, 0)], ids, 400)
@@ -197,7 +200,7 @@ def test_renewal_keeps_serving_and_drops_moved_heads(namespace: str) -> None:
 def test_stale_generation_is_detected(device: str, namespace: str) -> None:
     with EmbeddedStore(_settings()) as server:
         client, cache = _cache_setup(server, namespace, lambda: 0.0)  # never renews
-        other = KVStoreClient(server.target, namespace=namespace)
+        other = KVStoreClient(server.target, ClientOptions(namespace=namespace))
         try:
             ids = torch.arange(C).view(1, C).to(device)
             cache.fetch([("s0", 0, 0)], ids, 400)
@@ -227,7 +230,7 @@ def test_renewal_after_delete_drops_the_cache(namespace: str) -> None:
             start = time.monotonic()
             local._resolver.clock = lambda: start  # type: ignore[union-attr]
             local.fetch(0, ["s0"], ids, 400)
-            KVStoreClient(server.target, namespace=namespace).delete_sequence("s0")
+            KVStoreClient(server.target, ClientOptions(namespace=namespace)).delete_sequence("s0")
             local.fetch(0, ["s0"], ids, 400)  # leased memory, still intact: served until renewal
             local._resolver.clock = lambda: start + 100  # type: ignore[union-attr]
             with pytest.raises(NotFoundError, match="s0"):
@@ -243,11 +246,11 @@ def test_store_gone_stops_local_serving(namespace: str) -> None:
     served from the mapping: the call then fails like streaming would (UNAVAILABLE)."""
     server = EmbeddedStore(_settings())
     server.start()
-    client = KVStoreClient(server.target, namespace=namespace, timeout_s=5.0)
+    client = KVStoreClient(server.target, ClientOptions(namespace=namespace, timeout_s=5.0))
     link = GrpcStoreLink(client, "require")
     try:
         _fill(link, np.random.default_rng(8), ["s0"], "float16")
-        ids = torch.from_numpy(np.random.default_rng(9).integers(0, C, (1, HEADS, 4)))
+        ids = torch.from_numpy(unique_ids(np.random.default_rng(9), C, (1, HEADS, 4)))
         link.fetch(0, ["s0"], ids, 30)
         assert link.counters.local_fetches == 1
         cache = link._resolver

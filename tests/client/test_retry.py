@@ -31,8 +31,9 @@ class _Status(grpc.RpcError):
 def _attempts(codes: list[grpc.StatusCode], idempotent: bool) -> tuple[int, BaseException | None]:
     calls = 0
 
-    async def fn() -> str:
+    async def fn(remaining_s: float) -> str:
         nonlocal calls
+        assert 0 < remaining_s <= 10.0
         calls += 1
         if calls <= len(codes):
             raise _Status(codes[calls - 1])
@@ -40,7 +41,7 @@ def _attempts(codes: list[grpc.StatusCode], idempotent: bool) -> tuple[int, Base
 
     policy = RetryPolicy(max_attempts=4, initial_backoff_s=0.001, max_backoff_s=0.002)
     try:
-        asyncio.run(call_with_retry(fn, policy, idempotent, "t"))
+        asyncio.run(call_with_retry(fn, policy, idempotent, "t", 10.0))
     except BaseException as exc:
         return calls, exc
     return calls, None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from client import KVStoreClient
+from client import ClientOptions, KVStoreClient
 from inference_worker import cluster_procs as procs
 from inference_worker.cluster import ClusterState
 
@@ -112,7 +112,7 @@ def test_job_submission_reaches_the_store_from_every_node(
     assert len(report["nodes"]) == 2
     assert sorted(t["node_id"] for t in report["tasks"]) == sorted(report["nodes"])
     assert all(t["listed_while_alive"] and not t["listed_after_delete"] for t in report["tasks"])
-    with KVStoreClient(state.store_address, namespace="probe") as client:
+    with KVStoreClient(state.store_address, ClientOptions(namespace="probe")) as client:
         assert client.list_sequences() == []
         incarnation = client.get_stats().incarnation_id
     assert {t["incarnation_id"] for t in report["tasks"]} == {incarnation}

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from client import FetchRequest, KVStoreClient, SearchQuery, SequenceGeometry
+from client import ClientOptions, FetchRequest, KVStoreClient, SearchQuery, SequenceGeometry
 from kvstore_server.embedded import EmbeddedStore
 from tests.store_fixtures import make_segment, reference_fetch
 
@@ -18,7 +18,7 @@ DIM = 32
 def _worker(target: str, namespace: str, worker: int) -> int:
     rng = np.random.default_rng(100 + worker)
     name = f"w{worker}"
-    with KVStoreClient(target, namespace=namespace) as client:
+    with KVStoreClient(target, ClientOptions(namespace=namespace)) as client:
         client.create_sequence(name, SequenceGeometry(2, 2, DIM, "bfloat16"))
         segs: dict[tuple[int, int], list] = {}
         checks = 0
@@ -51,7 +51,7 @@ def test_sixteen_concurrent_clients(store_server: EmbeddedStore, namespace: str)
         futures = [pool.submit(_worker, store_server.target, namespace, w) for w in range(CLIENTS)]
         checks = [f.result() for f in futures]
     assert sum(checks) == CLIENTS * sum(min(s + 1, 4) for s in range(6))
-    with KVStoreClient(store_server.target, namespace=namespace) as client:
+    with KVStoreClient(store_server.target, ClientOptions(namespace=namespace)) as client:
         assert len(client.list_sequences()) == CLIENTS
         stats = client.get_stats()
         assert stats.rpcs["PutSegments"].count >= CLIENTS * 6

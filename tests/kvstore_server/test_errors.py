@@ -12,6 +12,7 @@ import torch
 
 from client import (
     CapacityError,
+    ClientOptions,
     ClusterSegment,
     FailedPreconditionError,
     FetchRequest,
@@ -22,6 +23,7 @@ from client import (
     SearchQuery,
     SequenceGeometry,
 )
+from client.errors import from_rpc_error
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
 from tests.store_fixtures import make_segment, reference_fetch
@@ -31,6 +33,7 @@ from wavekv_proto.wavekv.v1 import kvstore_pb2_grpc as pb_grpc
 
 DIM = 16
 GEOMETRY = SequenceGeometry(2, 2, DIM, "bfloat16")
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.fixture
@@ -79,7 +82,37 @@ def test_unknown_sequence(stored: tuple[KVStoreClient, ClusterSegment]) -> None:
         client.delete_sequence("nope")
 
 
-def test_shape_and_dtype_mismatch(stored: tuple[KVStoreClient, ClusterSegment]) -> None:
+def raw_put(
+    server: EmbeddedStore, namespace: str, segments: list[ClusterSegment], sequence_id: str = "s"
+) -> None:
+    """PutSegments of the segments as they are (no SDK checks): the store's own validation."""
+    channel, stub = _raw_stub(server)
+    msgs = []
+    for seg in segments:
+        msgs.append(_header(namespace, seg, sequence_id))
+        for kv in (seg.keys, seg.values):
+            raw = kv.view(torch.int16) if kv.dtype == torch.bfloat16 else kv
+            msgs.append(pb.PutSegmentsRequest(data=pb.SegmentData(data=raw.numpy().tobytes())))
+    with channel:
+        try:
+            stub.PutSegments(iter(msgs))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, server.target) from None
+
+
+def both_reject(
+    client: KVStoreClient, server: EmbeddedStore, segments: list[ClusterSegment], *fragments: str
+) -> None:
+    """The SDK refuses before sending, and the store refuses the same put sent raw."""
+    with expect(InvalidArgumentError, INVALID, *fragments):
+        client.put_segments("s", segments)
+    with expect(InvalidArgumentError, INVALID, *fragments):
+        raw_put(server, client.namespace, segments)
+
+
+def test_shape_and_dtype_mismatch(
+    stored: tuple[KVStoreClient, ClusterSegment], store_server: EmbeddedStore
+) -> None:
     client, _ = stored
     seg = fresh()
     cases = [
@@ -93,18 +126,30 @@ def test_shape_and_dtype_mismatch(stored: tuple[KVStoreClient, ClusterSegment]) 
         (fresh(value_sums=np.zeros((3, DIM), np.float32)), "value_sums shape="),
         (fresh(sizes=np.asarray(seg.sizes)[:3]), "sizes shape="),
     ]
-    for bad, fragment in cases:
-        with expect(InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, fragment):
-            client.put_segments("s", [fresh(), bad])  # a good segment first: nothing may be stored
-    with expect(
-        InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, "entries[0].queries shape="
-    ):
+    for bad, fragment in cases:  # a good segment first: nothing may be stored
+        both_reject(client, store_server, [fresh(), bad], fragment)
+    with expect(InvalidArgumentError, INVALID, "queries shape="):
         client.search_clusters([SearchQuery("s", 1, 1, np.zeros((2, DIM + 3)))], k=1)
     with expect(KVStoreError, grpc.StatusCode.ALREADY_EXISTS, "sequence_id='s'"):
         client.create_sequence("s", SequenceGeometry(2, 2, DIM, "float16"))
 
 
-def test_offsets_that_do_not_add_up(stored: tuple[KVStoreClient, ClusterSegment]) -> None:
+def test_float64_keys_are_refused_before_any_rpc(
+    stored: tuple[KVStoreClient, ClusterSegment],
+) -> None:
+    client, _ = stored
+    before = client.get_stats().rpcs["PutSegments"].count
+    bad = fresh(keys=np.zeros((fresh().keys.shape[0], DIM)))  # numpy's default dtype
+    with expect(InvalidArgumentError, INVALID, "segments[0].keys", "float64"):
+        client.put_segments("s", [bad])
+    with expect(InvalidArgumentError, INVALID, "requests[0].cluster_ids.dtype=float64"):
+        client.fetch_clusters([FetchRequest("s", 1, 1, np.array([1.0, 2.0]))])
+    assert client.get_stats().rpcs["PutSegments"].count == before  # nothing was sent
+
+
+def test_offsets_that_do_not_add_up(
+    stored: tuple[KVStoreClient, ClusterSegment], store_server: EmbeddedStore
+) -> None:
     client, _ = stored
     seg = fresh()
     offsets = np.asarray(seg.offsets).copy()
@@ -112,55 +157,61 @@ def test_offsets_that_do_not_add_up(stored: tuple[KVStoreClient, ClusterSegment]
     skewed[2] += 1
     shifted = offsets + 1
     for bad, fragment in ((skewed, "offsets do not add up"), (shifted, "offsets must run from 0")):
-        with expect(InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, fragment):
-            client.put_segments("s", [fresh(offsets=bad)])
-    with expect(InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, "offsets shape="):
-        client.put_segments("s", [fresh(offsets=offsets[:-1])])
+        both_reject(client, store_server, [fresh(offsets=bad)], fragment)
+    both_reject(
+        client,
+        store_server,
+        [fresh(offsets=offsets[:-1])],
+        "offsets shape=",
+    )
 
 
 def test_negative_or_huge_k(stored: tuple[KVStoreClient, ClusterSegment]) -> None:
     client, _ = stored
     q = [SearchQuery("s", 1, 1, np.ones((4, DIM), np.float32))]
-    for k in (-1, 0, 11, 1 << 40):
-        with expect(
-            InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, f"k={k}", "num_clusters"
-        ):
+    for k in (-1, 0):  # refused by the SDK
+        with expect(InvalidArgumentError, INVALID, f"k={k}"):
+            client.search_clusters(q, k=k)
+    for k in (11, 1 << 40):  # refused by the store, which knows the cluster count
+        with expect(InvalidArgumentError, INVALID, f"k={k}", "num_clusters"):
             client.search_clusters(q, k=k)
     with expect(FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION, "layer=0 kv_head=0"):
         client.search_clusters([SearchQuery("s", 0, 0, np.ones((4, DIM)))], k=1)
 
 
-def test_layer_or_head_out_of_range(stored: tuple[KVStoreClient, ClusterSegment]) -> None:
+def test_layer_or_head_out_of_range(
+    stored: tuple[KVStoreClient, ClusterSegment], store_server: EmbeddedStore
+) -> None:
     client, _ = stored
-    with expect(
-        InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, "layer=2 out of range [0, 2)"
-    ):
-        client.put_segments("s", [fresh(layer=2)])
-    with expect(
-        InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, "kv_head=7 out of range [0, 2)"
-    ):
+    both_reject(
+        client,
+        store_server,
+        [fresh(layer=2)],
+        "layer=2 out of range [0, 2)",
+    )
+    with expect(InvalidArgumentError, INVALID, "kv_head=7 out of range [0, 2)"):
         client.fetch_clusters([FetchRequest("s", 1, 7, [0])])
-    with expect(InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, "entries[1].layer=5"):
+    with expect(InvalidArgumentError, INVALID, "entries[1].layer=5"):
         client.search_clusters(
             [SearchQuery("s", 1, 1, np.ones((1, DIM))), SearchQuery("s", 5, 0, np.ones((1, DIM)))],
             1,
         )
-    with expect(
-        InvalidArgumentError,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "cluster_ids[1]=10 out of range [0, 10)",
-    ):
+    with expect(InvalidArgumentError, INVALID, "cluster_ids[1]=10 out of range [0, 10)"):
         client.fetch_clusters([FetchRequest("s", 1, 1, [3, 10])])
-    with expect(InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, "cluster_ids[0]=-1"):
+    with expect(InvalidArgumentError, INVALID, "cluster_ids[0]=-1"):
         client.fetch_clusters([FetchRequest("s", 1, 1, [-1])])
+    with expect(InvalidArgumentError, INVALID, "cluster_ids[2]=3 is repeated"):
+        client.fetch_clusters([FetchRequest("s", 1, 1, [3, 4, 3])])
 
 
 def test_empty_payloads(
     stored: tuple[KVStoreClient, ClusterSegment], store_server: EmbeddedStore
 ) -> None:
     client, _ = stored
-    with expect(InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, "no segments"):
+    with expect(InvalidArgumentError, INVALID, "no segments"):
         client.put_segments("s", [])
+    with expect(InvalidArgumentError, INVALID, "no segments"):
+        raw_put(store_server, client.namespace, [])
     empty = fresh(
         centroids=np.zeros((0, DIM), np.float32),
         sizes=np.zeros(0, np.int64),
@@ -169,9 +220,8 @@ def test_empty_payloads(
         keys=torch.zeros(0, DIM, dtype=torch.bfloat16),
         values=torch.zeros(0, DIM, dtype=torch.bfloat16),
     )
-    with expect(InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, "centroids is empty"):
-        client.put_segments("s", [empty])
-    with expect(InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT, "queries shape="):
+    both_reject(client, store_server, [empty], "centroids is empty")
+    with expect(InvalidArgumentError, INVALID, "queries shape="):
         client.search_clusters([SearchQuery("s", 1, 1, np.zeros((0, DIM)))], k=1)
     bad_geometry = pb.Geometry(num_layers=1, num_kv_heads=1, head_dim=0, dtype=pb.DTYPE_FLOAT16)
     channel, stub = _raw_stub(store_server)  # raw stub: the SDK validates geometry itself
@@ -181,9 +231,9 @@ def test_empty_payloads(
                 namespace=client.namespace, sequence_id="g", geometry=bad_geometry
             )
         )
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.code() == INVALID
     assert "geometry.head_dim=0" in info.value.details()
-    with pytest.raises(ValueError, match="requests is empty"):
+    with expect(InvalidArgumentError, INVALID, "requests is empty"):
         client.fetch_clusters([])
 
 
@@ -192,11 +242,11 @@ def _raw_stub(server: EmbeddedStore) -> tuple[grpc.Channel, pb_grpc.KVStoreStub]
     return channel, pb_grpc.KVStoreStub(channel)
 
 
-def _header(namespace: str, seg: ClusterSegment) -> pb.PutSegmentsRequest:
+def _header(namespace: str, seg: ClusterSegment, sequence_id: str = "s") -> pb.PutSegmentsRequest:
     return pb.PutSegmentsRequest(
         header=pb.SegmentHeader(
             namespace=namespace,
-            sequence_id="s",
+            sequence_id=sequence_id,
             layer=seg.layer,
             kv_head=seg.kv_head,
             centroids=encode(seg.centroids),
@@ -243,7 +293,7 @@ def test_over_capacity_rejected_before_data() -> None:
     seg = make_segment(np.random.default_rng(0), 1, 1, 10, DIM, "bfloat16")
     with (
         EmbeddedStore(ServerSettings(port=0, capacity_bytes=6000)) as server,
-        KVStoreClient(server.target, "cap") as client,
+        KVStoreClient(server.target, ClientOptions(namespace="cap")) as client,
     ):
         client.create_sequence("s", GEOMETRY)
         client.put_segments("s", [seg])
@@ -265,7 +315,9 @@ def test_cross_tenant_access(
     stored: tuple[KVStoreClient, ClusterSegment], store_server: EmbeddedStore
 ) -> None:
     client, seg = stored
-    with KVStoreClient(store_server.target, namespace=client.namespace + "-other") as other:
+    with KVStoreClient(
+        store_server.target, ClientOptions(namespace=client.namespace + "-other")
+    ) as other:
         ns = f"namespace='{other.namespace}'"
         with expect(NotFoundError, grpc.StatusCode.NOT_FOUND, "sequence_id='s'", ns):
             other.fetch_clusters([FetchRequest("s", 1, 1, [0])])

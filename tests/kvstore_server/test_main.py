@@ -4,6 +4,7 @@ plus the protocol codegen staleness check and the codec."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client import KVStoreClient, SequenceGeometry
+from client import ClientOptions, KVStoreClient, SequenceGeometry
+from kvstore_server.__main__ import main
 from kvstore_server.embedded import EmbeddedStore
 from wavekv_proto import codec
 
@@ -55,7 +57,7 @@ def test_cli_ready_file_metrics_and_sigterm(tmp_path: Path) -> None:
         serving = _wait_for_log(proc, "serving")
         doc = json.loads(ready.read_text())
         assert doc["port"] == serving["port"] > 0 and doc["pid"] == proc.pid
-        with KVStoreClient(f"127.0.0.1:{doc['port']}", "cli") as client:
+        with KVStoreClient(f"127.0.0.1:{doc['port']}", ClientOptions(namespace="cli")) as client:
             client.wait_ready()
             info = client.create_sequence("s", SequenceGeometry(1, 1, 8, "float16"))
             assert info.incarnation_id == doc["incarnation_id"]
@@ -64,7 +66,11 @@ def test_cli_ready_file_metrics_and_sigterm(tmp_path: Path) -> None:
             .read()
             .decode()
         )
-        assert 'wavekv_rpc_total{code="OK",method="CreateSequence"} 1.0' in metrics
+        assert (
+            'wavekv_store_rpcs_total{code="OK",method="CreateSequence",namespace="cli"} 1.0'
+            in metrics
+        )
+        assert 'wavekv_store_sequences{namespace="cli"} 1.0' in metrics
         proc.send_signal(signal.SIGTERM)
         _wait_for_log(proc, "stopped")
         assert proc.wait(timeout=30) == 0
@@ -113,3 +119,42 @@ def test_health_and_reflection_list_the_service(store_server: EmbeddedStore) -> 
         (response,) = list(stub.ServerReflectionInfo(iter([request])))
         names = {s.name for s in response.list_services_response.service}
         assert {"wavekv.v1.KVStore", "grpc.health.v1.Health"} <= names
+
+
+def _run(*args: str, env: dict[str, str] | None = None, argv0: str | None = None):  # type: ignore[no-untyped-def]
+    cmd = [argv0] if argv0 else [sys.executable, "-m", "kvstore_server"]
+    return subprocess.run(
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_bad_values_are_one_line_usage_errors_with_exit_code_2() -> None:
+    for args, env, want in (
+        ((), {"WAVEKV_PORT": "abc"}, "WAVEKV_PORT='abc' is not a valid number"),
+        (("--capacity-bytes", "16XB"), {}, "--capacity-bytes='16XB' is not a valid byte size"),
+        (("--no-such-flag",), {}, "unrecognized arguments: --no-such-flag"),
+    ):
+        result = _run(*args, env=env)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and want in lines[0] and "Traceback" not in result.stderr
+        assert lines[0].startswith("python -m kvstore_server: error:")
+
+
+def test_version_and_help_name_the_program_as_invoked() -> None:
+    result = _run("--version")
+    assert result.returncode == 0 and result.stdout.startswith("python -m kvstore_server 0.")
+    script = Path(sys.executable).with_name("wavekv-store")
+    result = _run("--help", argv0=str(script))
+    assert result.returncode == 0 and result.stdout.startswith("usage: wavekv-store ")
+    assert "--capacity-bytes" in result.stdout and "16GiB" in result.stdout
+
+
+def test_main_returns_the_exit_code() -> None:
+    assert main(["--version"]) == 0
+    assert main(["--port", "x"]) == 2

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from client import AsyncKVStoreClient, FetchRequest, KVStoreClient, NotFoundError, SequenceGeometry
+from client import (
+    AsyncKVStoreClient,
+    ClientOptions,
+    FetchRequest,
+    KVStoreClient,
+    NotFoundError,
+    SequenceGeometry,
+)
 from kvstore_server.embedded import EmbeddedStore
 from tests.store_fixtures import make_segment, reference_fetch
 
@@ -116,7 +123,9 @@ def test_async_client_round_trip(store_server: EmbeddedStore, namespace: str) ->
     seg = make_segment(np.random.default_rng(5), 0, 1, 12, 32, "bfloat16")
 
     async def run() -> None:
-        async with AsyncKVStoreClient(store_server.target, namespace=namespace) as client:
+        async with AsyncKVStoreClient(
+            store_server.target, ClientOptions(namespace=namespace)
+        ) as client:
             await client.wait_ready()
             await client.create_sequence("s", SequenceGeometry(1, 2, 32, "bfloat16"))
             assert await client.put_segments("s", [seg]) == [0]
@@ -132,7 +141,7 @@ def test_sharded_client_routes_by_consistent_hash(namespace: str) -> None:
     with (
         EmbeddedStore() as s1,
         EmbeddedStore() as s2,
-        KVStoreClient([s1.target, s2.target], namespace) as client,
+        KVStoreClient([s1.target, s2.target], ClientOptions(namespace=namespace)) as client,
     ):
         names = [f"seq-{i}" for i in range(12)]
         segs = {}

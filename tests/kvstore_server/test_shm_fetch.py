@@ -3,6 +3,7 @@ the streaming path, leases, generations, deleted sequences, bad descriptors, fal
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import torch
 
 from client import (
     BadDescriptorError,
+    ClientOptions,
     FetchRequest,
     InvalidArgumentError,
     KVStoreClient,
@@ -22,7 +24,7 @@ from client import (
 )
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
-from tests.store_fixtures import make_segment, reference_fetch
+from tests.store_fixtures import make_segment, reference_fetch, unique_ids
 from wavekv_proto.wavekv.v1 import kvstore_pb2 as pb
 
 
@@ -42,8 +44,10 @@ def shm_server() -> Iterator[EmbeddedStore]:
 
 @pytest.fixture
 def clients(shm_server: EmbeddedStore, namespace: str) -> Iterator[tuple[KVStoreClient, ...]]:
-    shm = KVStoreClient(shm_server.target, namespace=namespace, shared_memory="require")
-    grpc_only = KVStoreClient(shm_server.target, namespace=namespace)
+    shm = KVStoreClient(
+        shm_server.target, ClientOptions(namespace=namespace, shared_memory="require")
+    )
+    grpc_only = KVStoreClient(shm_server.target, ClientOptions(namespace=namespace))
     with shm, grpc_only:
         shm.wait_ready()
         yield shm, grpc_only
@@ -65,7 +69,7 @@ def test_shared_memory_fetch_is_bit_exact_with_streaming(
         for seg in parts:  # appended one by one: the head's extent grows (and is moved)
             shm.put_segments("s", [seg])
     requests = [
-        FetchRequest("s", layer, h, rng.integers(0, 49, int(rng.integers(0, 12))))
+        FetchRequest("s", layer, h, unique_ids(rng, 49, (int(rng.integers(0, 12)),)))
         for layer in range(3)
         for h in range(2)
     ]
@@ -141,8 +145,8 @@ def test_stale_shared_fetch_falls_back_to_identical_stream(
         calls.append(batch)
         raise StaleDescriptorError("forced")
 
-    shm.shared_memory = "auto"  # type: ignore[misc]
-    monkeypatch.setattr(shm._aio, "shared_memory", "auto")
+    auto = dataclasses.replace(shm.options, shared_memory="auto")
+    monkeypatch.setattr(shm._aio, "options", auto)
     monkeypatch.setattr(ArenaReader, "verify", stale)
     req = [FetchRequest("s", 0, 0, np.array([5, 3, 19]))]
     got, want = shm.fetch_clusters(req)[0], grpc_only.fetch_clusters(req)[0]
@@ -183,7 +187,7 @@ def test_bad_descriptors_are_rejected_before_reading(
             setattr(msg.entries[0], name, value)
         return msg
 
-    size = arena.slab(0).size
+    size = arena.slab(good.entries[0].slab).size
     with pytest.raises(BadDescriptorError, match=r"entries\[0\]\.keys_offset"):
         arena.decode(bad(keys_offset=(size // 32) * 32, extent_offset=64))
     with pytest.raises(BadDescriptorError, match="multiples of row_bytes"):
@@ -224,14 +228,18 @@ def _ids(ids: list[int]) -> pb.Tensor:
 def test_store_without_shared_memory_falls_back_to_streaming(namespace: str) -> None:
     settings = ServerSettings(port=0, log_format="text", log_level="WARNING", shared_memory="off")
     with EmbeddedStore(settings) as server:
-        with KVStoreClient(server.target, namespace=namespace, shared_memory="auto") as auto:
+        with KVStoreClient(
+            server.target, ClientOptions(namespace=namespace, shared_memory="auto")
+        ) as auto:
             segs = _one_sequence(auto)
             got = auto.fetch_clusters([FetchRequest("s", 0, 0, np.array([1, 0]))])[0]
             assert auto.shared_arena() is None
             ref_k, _ = reference_fetch(segs, [1, 0])
             assert torch.equal(_bits(got.keys), _bits(ref_k))
         with (
-            KVStoreClient(server.target, namespace=namespace, shared_memory="require") as req,
+            KVStoreClient(
+                server.target, ClientOptions(namespace=namespace, shared_memory="require")
+            ) as req,
             pytest.raises(SharedMemoryUnavailable, match="private memory"),
         ):
             req.fetch_clusters([FetchRequest("s", 0, 0, np.array([1]))])

@@ -21,7 +21,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from client import KVStoreClient, SequenceGeometry
+from client import ClientOptions, KVStoreClient, SequenceGeometry
 
 log = logging.getLogger("cluster_job_probe")
 
@@ -29,7 +29,7 @@ log = logging.getLogger("cluster_job_probe")
 @ray.remote(num_cpus=1)
 def touch_store(store: str, namespace: str, sequence_id: str) -> dict[str, Any]:
     geometry = SequenceGeometry(num_layers=2, num_kv_heads=3, head_dim=64, dtype="float16")
-    with KVStoreClient(store, namespace=namespace) as client:
+    with KVStoreClient(store, ClientOptions(namespace=namespace)) as client:
         created = client.create_sequence(sequence_id, geometry)
         listed = [info.sequence_id for info in client.list_sequences()]
         client.delete_sequence(sequence_id)

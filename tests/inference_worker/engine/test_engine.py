@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client import KVStoreClient
+from client import ClientOptions, KVStoreClient
 from inference_worker.engine import EngineConfig, GenerationEngine, GenerationRequest, GrpcStoreLink
 from inference_worker.eval.scoring import score
 from inference_worker.retroinfer import RetroInferConfig
@@ -23,7 +23,9 @@ def engine(default_engine: GenerationEngine) -> GenerationEngine:
 
 @pytest.fixture
 def client(store_server: EmbeddedStore, namespace: str) -> Iterator[KVStoreClient]:
-    with KVStoreClient(store_server.target, namespace=namespace, timeout_s=30.0) as c:
+    with KVStoreClient(
+        store_server.target, ClientOptions(namespace=namespace, timeout_s=30.0)
+    ) as c:
         c.wait_ready()
         yield c
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from client import KVStoreClient, KVStoreError, RetryPolicy, UnavailableError
+from client import ClientOptions, KVStoreClient, KVStoreError, RetryPolicy, UnavailableError
 from inference_worker.cluster_probes import wait_store_port
 from inference_worker.engine import (
     EngineConfig,
@@ -77,7 +77,7 @@ def store(tmp_path: Path) -> Iterator[StoreProcess]:
 
 def _client(target: str) -> KVStoreClient:
     retry = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.5)
-    return KVStoreClient(target, namespace="faults", timeout_s=5.0, retry=retry)
+    return KVStoreClient(target, ClientOptions(namespace="faults", timeout_s=5.0, retry=retry))
 
 
 def _request(engine: GenerationEngine) -> GenerationRequest:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from client import KVStoreClient, SequenceGeometry, SharedMemoryUnavailable
+from client import ClientOptions, KVStoreClient, SequenceGeometry, SharedMemoryUnavailable
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
-from tests.store_fixtures import make_segment
+from tests.store_fixtures import make_segment, unique_ids
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
@@ -20,8 +20,12 @@ def test_link_shared_memory_matches_streaming(dtype: str, namespace: str) -> Non
     geometry = SequenceGeometry(2, 3, 32, dtype)
     ids = ["a", "b"]
     with EmbeddedStore(settings) as server:
-        shm = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "require")
-        stream = GrpcStoreLink(KVStoreClient(server.target, namespace=namespace), "off")
+        shm = GrpcStoreLink(
+            KVStoreClient(server.target, ClientOptions(namespace=namespace)), "require"
+        )
+        stream = GrpcStoreLink(
+            KVStoreClient(server.target, ClientOptions(namespace=namespace)), "off"
+        )
         try:
             assert shm.uses_shared_memory and not stream.uses_shared_memory
             shm.open(ids, geometry)
@@ -31,7 +35,7 @@ def test_link_shared_memory_matches_streaming(dtype: str, namespace: str) -> Non
                     sid,
                     [make_segment(rng, 1, h, 30, 32, dtype, max_size=6) for h in range(3)],
                 )
-            cluster_ids = torch.from_numpy(rng.integers(0, 30, (2, 3, 5)))  # [B, Hkv, n]
+            cluster_ids = torch.from_numpy(unique_ids(rng, 30, (2, 3, 5)))  # [B, Hkv, n]
             cluster_ids[0, 1] = -1  # a row with nothing to fetch
             cluster_ids[1, 2, 3:] = -1  # padding
             a = shm.fetch(1, ids, cluster_ids, 40)
@@ -49,7 +53,7 @@ def test_link_shared_memory_matches_streaming(dtype: str, namespace: str) -> Non
 def test_link_require_fails_without_shared_memory(namespace: str) -> None:
     settings = ServerSettings(port=0, log_format="text", log_level="WARNING", shared_memory="off")
     with EmbeddedStore(settings) as server:
-        client = KVStoreClient(server.target, namespace=namespace)
+        client = KVStoreClient(server.target, ClientOptions(namespace=namespace))
         try:
             with pytest.raises(SharedMemoryUnavailable):
                 GrpcStoreLink(client, "require")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from client import KVStoreClient
+from client import ClientOptions, KVStoreClient
 from inference_worker.engine import EngineConfig, GenerationEngine, GenerationRequest
 from inference_worker.serve.cli import shutdown, start
 from inference_worker.settings import ServeSettings, load
@@ -127,7 +127,7 @@ def test_concurrent_requests(served: str, reference: GenerationEngine) -> None:
 
 
 def sequences(store_target: str) -> list[str]:
-    with KVStoreClient(store_target, namespace=NAMESPACE) as client:
+    with KVStoreClient(store_target, ClientOptions(namespace=NAMESPACE)) as client:
         return [s.sequence_id for s in client.list_sequences()]
 
 

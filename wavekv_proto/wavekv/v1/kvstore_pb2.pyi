@@ -52,7 +52,7 @@ class Geometry(_message.Message):
     def __init__(self, num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class SequenceInfo(_message.Message):
-    __slots__ = ("namespace", "sequence_id", "geometry", "incarnation_id", "bytes_used", "num_tokens", "num_clusters", "num_segments", "created_unix_s")
+    __slots__ = ("namespace", "sequence_id", "geometry", "incarnation_id", "bytes_used", "num_tokens", "num_clusters", "num_segments", "created_unix_s", "ttl_s")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
     GEOMETRY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class SequenceInfo(_message.Message):
     NUM_CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     NUM_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     sequence_id: str
     geometry: Geometry
@@ -71,7 +72,8 @@ class SequenceInfo(_message.Message):
     num_clusters: int
     num_segments: int
     created_unix_s: float
-    def __init__(self, namespace: _Optional[str] = ..., sequence_id: _Optional[str] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., incarnation_id: _Optional[str] = ..., bytes_used: _Optional[int] = ..., num_tokens: _Optional[int] = ..., num_clusters: _Optional[int] = ..., num_segments: _Optional[int] = ..., created_unix_s: _Optional[float] = ...) -> None: ...
+    ttl_s: float
+    def __init__(self, namespace: _Optional[str] = ..., sequence_id: _Optional[str] = ..., geometry: _Optional[_Union[Geometry, _Mapping]] = ..., incarnation_id: _Optional[str] = ..., bytes_used: _Optional[int] = ..., num_tokens: _Optional[int] = ..., num_clusters: _Optional[int] = ..., num_segments: _Optional[int] = ..., created_unix_s: _Optional[float] = ..., ttl_s: _Optional[float] = ...) -> None: ...
 
 class CreateSequenceRequest(_message.Message):
     __slots__ = ("namespace", "sequence_id", "geometry")
@@ -282,8 +284,10 @@ class ListSequencesResponse(_message.Message):
     def __init__(self, sequences: _Optional[_Iterable[_Union[SequenceInfo, _Mapping]]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class RpcStats(_message.Message):
     __slots__ = ("method", "count", "errors", "mean_ms", "p50_ms", "p99_ms", "max_ms")
@@ -304,7 +308,7 @@ class RpcStats(_message.Message):
     def __init__(self, method: _Optional[str] = ..., count: _Optional[int] = ..., errors: _Optional[int] = ..., mean_ms: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., max_ms: _Optional[float] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("incarnation_id", "bytes_used", "capacity_bytes", "bytes_free", "num_sequences", "num_namespaces", "uptime_s", "rpcs")
+    __slots__ = ("incarnation_id", "bytes_used", "capacity_bytes", "bytes_free", "num_sequences", "num_namespaces", "uptime_s", "rpcs", "reserved_bytes", "namespace")
     INCARNATION_ID_FIELD_NUMBER: _ClassVar[int]
     BYTES_USED_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -313,6 +317,8 @@ class GetStatsResponse(_message.Message):
     NUM_NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     RPCS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     incarnation_id: str
     bytes_used: int
     capacity_bytes: int
@@ -321,11 +327,31 @@ class GetStatsResponse(_message.Message):
     num_namespaces: int
     uptime_s: float
     rpcs: _containers.RepeatedCompositeFieldContainer[RpcStats]
-    def __init__(self, incarnation_id: _Optional[str] = ..., bytes_used: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., bytes_free: _Optional[int] = ..., num_sequences: _Optional[int] = ..., num_namespaces: _Optional[int] = ..., uptime_s: _Optional[float] = ..., rpcs: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ...) -> None: ...
+    reserved_bytes: int
+    namespace: str
+    def __init__(self, incarnation_id: _Optional[str] = ..., bytes_used: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., bytes_free: _Optional[int] = ..., num_sequences: _Optional[int] = ..., num_namespaces: _Optional[int] = ..., uptime_s: _Optional[float] = ..., rpcs: _Optional[_Iterable[_Union[RpcStats, _Mapping]]] = ..., reserved_bytes: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class RenewSequencesRequest(_message.Message):
+    __slots__ = ("namespace", "sequence_ids")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    sequence_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, namespace: _Optional[str] = ..., sequence_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RenewSequencesResponse(_message.Message):
+    __slots__ = ("missing", "ttl_s")
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    ttl_s: float
+    def __init__(self, missing: _Optional[_Iterable[str]] = ..., ttl_s: _Optional[float] = ...) -> None: ...
 
 class GetArenaRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class ArenaInfo(_message.Message):
     __slots__ = ("enabled", "arena_id", "directory", "file_prefix", "max_lease_ttl_s")
@@ -428,10 +454,12 @@ class PackedDescriptors(_message.Message):
     def __init__(self, table: _Optional[bytes] = ..., counts: _Optional[bytes] = ..., row_starts: _Optional[bytes] = ..., lens: _Optional[bytes] = ...) -> None: ...
 
 class ReleaseLeasesRequest(_message.Message):
-    __slots__ = ("lease_ids",)
+    __slots__ = ("lease_ids", "namespace")
     LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     lease_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, lease_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, lease_ids: _Optional[_Iterable[int]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ReleaseLeasesResponse(_message.Message):
     __slots__ = ("released",)

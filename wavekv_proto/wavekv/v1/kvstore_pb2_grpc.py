@@ -89,6 +89,11 @@ class KVStoreStub:
                 request_serializer=wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesRequest.SerializeToString,
                 response_deserializer=wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesResponse.FromString,
                 _registered_method=True)
+        self.RenewSequences = channel.unary_unary(
+                '/wavekv.v1.KVStore/RenewSequences',
+                request_serializer=wavekv_dot_v1_dot_kvstore__pb2.RenewSequencesRequest.SerializeToString,
+                response_deserializer=wavekv_dot_v1_dot_kvstore__pb2.RenewSequencesResponse.FromString,
+                _registered_method=True)
 
 
 class KVStoreServicer:
@@ -160,6 +165,12 @@ class KVStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewSequences(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +228,11 @@ def add_KVStoreServicer_to_server(servicer, server):
                     servicer.ReleaseLeases,
                     request_deserializer=wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesRequest.FromString,
                     response_serializer=wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesResponse.SerializeToString,
+            ),
+            'RenewSequences': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewSequences,
+                    request_deserializer=wavekv_dot_v1_dot_kvstore__pb2.RenewSequencesRequest.FromString,
+                    response_serializer=wavekv_dot_v1_dot_kvstore__pb2.RenewSequencesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +532,33 @@ class KVStore:
             '/wavekv.v1.KVStore/ReleaseLeases',
             wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesRequest.SerializeToString,
             wavekv_dot_v1_dot_kvstore__pb2.ReleaseLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewSequences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wavekv.v1.KVStore/RenewSequences',
+            wavekv_dot_v1_dot_kvstore__pb2.RenewSequencesRequest.SerializeToString,
+            wavekv_dot_v1_dot_kvstore__pb2.RenewSequencesResponse.FromString,
             options,
             channel_credentials,
             insecure,
