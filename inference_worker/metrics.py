@@ -24,14 +24,16 @@ from prometheus_client import (
     start_http_server,
 )
 
+from inference_worker.engine.store_link import StoreLink
 from inference_worker.settings import WorkerMetricsSettings
 
 if TYPE_CHECKING:
     import torch
 
     from client import SequenceGeometry
-    from inference_worker.engine.store_link import LinkCounters, StoreLink
+    from inference_worker.engine.store_link import LinkCounters
     from inference_worker.retroinfer import FetchedBatch, IndexSegment
+    from inference_worker.retroinfer.kernels.cluster_table import ClusterRows
 
 T = TypeVar("T")
 
@@ -162,11 +164,10 @@ class WorkerMetrics:
             self.store_call.labels(self.worker, call).observe(time.perf_counter() - start)
 
 
-class TimedStoreLink:
-    """A StoreLink that records the duration of each call into WorkerMetrics.
-
-    Delegates everything to the wrapped link (including attributes it does not time, such as
-    capability queries), so the engine sees the same link."""
+class TimedStoreLink(StoreLink):
+    """A StoreLink that records the duration of each call into WorkerMetrics. Declares the
+    wrapped link's capabilities (its cluster rows, graph-safe fetches) and delegates other
+    attributes to it, so the engine sees the same link."""
 
     def __init__(self, link: StoreLink, metrics: WorkerMetrics) -> None:
         self.link = link
@@ -198,6 +199,15 @@ class TimedStoreLink:
 
     def close(self) -> None:
         self.link.close()
+
+    def cluster_base(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.link.cluster_base()
+
+    def cluster_rows(self, layer: int, sequence_id: Hashable) -> ClusterRows | None:
+        return self.link.cluster_rows(layer, sequence_id)
+
+    def graph_safe(self) -> bool:
+        return self.link.graph_safe()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.link, name)
