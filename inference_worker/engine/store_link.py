@@ -13,6 +13,7 @@ import abc
 import dataclasses
 import logging
 import threading
+import warnings
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,12 +35,14 @@ from client import (
     SharedMemoryUnavailable,
     StaleDescriptorError,
 )
+from client.head_table import HeadTable
 from inference_worker.retroinfer import (
     ClusterSource,
     FetchedBatch,
     IndexSegment,
     InProcessClusterSource,
 )
+from inference_worker.retroinfer.kernels.availability import interpreting
 from inference_worker.retroinfer.kernels.cluster_table import ClusterRows
 
 log = logging.getLogger(__name__)
@@ -221,10 +224,12 @@ class GrpcStoreLink(StoreLink):
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._incarnation: str | None = None
-        self._head_dim, self._dtype = 1, torch.float32  # set by open()
+        self._head_dim, self._dtype, self._kv_heads = 1, torch.float32, 1  # set by open()
+        self._base: torch.Tensor | None = None  # the arena's base address (cluster_base)
 
     def open(self, sequence_ids: Sequence[str], geometry: SequenceGeometry) -> None:
         self._head_dim, self._dtype = geometry.head_dim, STORE_TO_TORCH_DTYPE[geometry.dtype]
+        self._kv_heads = geometry.num_kv_heads
         for sid in sequence_ids:
             info = self.client.create_sequence(sid, geometry)
             self._incarnation = info.incarnation_id
@@ -272,13 +277,51 @@ class GrpcStoreLink(StoreLink):
         for fut in pending:
             fut.result()
 
+    def cluster_base(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The arena's base address (its first slab's mapping) as a tensor of the K/V dtype
+        that the device's kernels address: a CUDA alias of the registered host memory (UVA),
+        or the host mapping itself for the CPU interpreter. None without a same-host arena
+        or before a sequence of this link was described."""
+        if self._resolver is None or self._base is None:
+            return None
+        return self._base, self._base
+
+    def cluster_rows(self, layer: int, sequence_id: Hashable) -> ClusterRows | None:
+        """Where the sequence's clusters of `layer` lie in the arena, from a fresh whole-head
+        description (its uploads stored first); None when the cache cannot describe them."""
+        if self._resolver is None or not (torch.cuda.is_available() or interpreting()):
+            return None
+        heads = [(str(sequence_id), layer, h) for h in range(self._kv_heads)]
+        self.flush()  # an index update of this sequence may still be on its way
+        try:
+            return self._rows_of(heads)
+        except (ResolveFallback, StaleDescriptorError, KVStoreError) as exc:
+            log.debug("no cluster rows for %s layer %d (%s)", sequence_id, layer, exc)
+            return None
+
+    def _rows_of(self, heads: list[tuple[str, int, int]]) -> ClusterRows:
+        """The heads' clusters as element offsets from the arena's base (a fresh description,
+        its lease renewed with the others while the cache lives)."""
+        cache = self._resolver
+        assert cache is not None
+        with cache._lock:
+            cache._renew_if_due()
+            cache.table.drop(lambda key: key in set(heads))
+            slots = cache._slots(heads)
+            row_bytes, head_dim, dtype, _ = cache.table.geometry(slots)
+            self._base = _base_tensor(cache, row_bytes, dtype)
+            return _rows_from_table(cache.table, slots, head_dim)
+
     def fetch(
         self,
         layer: int,
-        sequence_ids: Sequence[Hashable],
+        sequence_ids: Sequence[Hashable | None],
         cluster_ids: torch.Tensor,
         max_tokens: int,
     ) -> FetchedBatch:
+        held = [i for i, s in enumerate(sequence_ids) if s is not None]
+        if len(held) < len(sequence_ids):  # free slots: nothing to fetch for them
+            return self._fetch_held(layer, sequence_ids, held, cluster_ids, max_tokens)
         if self._resolver is not None and cluster_ids.numel():
             try:
                 return self._fetch_resolved(layer, sequence_ids, cluster_ids, max_tokens)
@@ -296,6 +339,27 @@ class GrpcStoreLink(StoreLink):
                 log.warning("shared-memory fetch stale (%s); streaming this call", exc)
         fetched = self._fetch(requests) if requests else []
         return self._pack(ids, valid, rows, fetched, max_tokens)
+
+    def _fetch_held(
+        self,
+        layer: int,
+        sequence_ids: Sequence[Hashable | None],
+        held: list[int],
+        cluster_ids: torch.Tensor,  # [B, Hkv, n]
+        max_tokens: int,
+    ) -> FetchedBatch:
+        """The held rows fetched, free rows empty."""
+        b, h, n = cluster_ids.shape
+        dev = cluster_ids.device
+        keys = torch.zeros(b, h, max_tokens, self._head_dim, dtype=self._dtype, device=dev)
+        values = torch.zeros_like(keys)
+        offsets = torch.zeros(b, h, n + 1, dtype=torch.int64, device=dev)
+        if held:
+            idx = torch.tensor(held, device=dev)
+            got = self.fetch(layer, [sequence_ids[i] for i in held], cluster_ids[idx], max_tokens)
+            keys[idx], values[idx] = got.keys.to(dev), got.values.to(dev)
+            offsets[idx] = got.offsets.to(dev)
+        return FetchedBatch(keys, values, offsets)
 
     @staticmethod
     def _requests(
@@ -451,3 +515,38 @@ def connect_store(
         ),
         same_host,
     )
+
+
+def _base_tensor(cache: DescriptorCache, row_bytes: int, dtype: torch.dtype) -> torch.Tensor:
+    """The arena's base address as a tensor of `dtype`: a CUDA alias (every cached slab
+    registered for the GPU), or on CPU the read-only mapping itself (the interpreter reads
+    through it, never writes)."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+        return cache.table.cuda_source(row_bytes, device).view(dtype).view(-1)
+    with warnings.catch_warnings():  # not writable: the kernels only read the arena
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(cache.arena.slab(0).buf[:row_bytes]).view(dtype)
+
+
+def _rows_from_table(table: HeadTable, slots: np.ndarray, head_dim: int) -> ClusterRows:
+    """ClusterRows of the described heads `slots` (one per KV head): cluster c of a head starts
+    at row keys_row + starts[first + c] from the base (a row is head_dim elements)."""
+    cols = table._cols
+    starts, lens = table._starts.values, table._lens.values
+    tab_k, tab_v, size = [], [], []
+    for slot in slots.tolist():
+        first, n = int(cols["first"].values[slot]), int(cols["clusters"].values[slot])
+        start = starts[first : first + n]
+        tab_k.append((cols["keys_row"].values[slot] + start) * head_dim)
+        tab_v.append((cols["values_row"].values[slot] + start) * head_dim)
+        size.append(lens[first : first + n])
+    width = max((len(x) for x in size), default=0)
+
+    def padded(parts: list[np.ndarray]) -> torch.Tensor:
+        out = np.zeros((len(parts), width), np.int64)
+        for i, part in enumerate(parts):
+            out[i, : len(part)] = part
+        return torch.from_numpy(out)
+
+    return ClusterRows(padded(tab_k), padded(tab_v), padded(size))

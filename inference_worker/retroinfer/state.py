@@ -11,7 +11,7 @@ import torch
 
 from .config import RetroInferConfig
 from .index import ClusterMetadata
-from .kernels.cluster_table import ClusterTable
+from .kernels.cluster_table import ClusterRows, ClusterTable
 from .misses import MissFetcher
 from .source import ClusterSource
 from .steady import SteadyZone
@@ -141,20 +141,27 @@ class LayerState:
         """The source's cluster table of the occupied slots, refreshed where a slot holds
         clusters the table does not; None when the source declares none for some slot."""
         self.table_ok = False
+        rows: dict[int, ClusterRows | None] = {}
+        for slot in self.occupied():
+            count = self.meta.counts[slot]
+            if self.table is not None and self.table_clusters[slot] == count:
+                continue
+            got = self.source.cluster_rows(self.layer, self.sequence_ids[slot]) if count else None
+            if count and (got is None or got.size.shape[1] != count):
+                return None
+            rows[slot] = got
         base = self.source.cluster_base()
         if base is None:
             return None
-        if self.table is None:
+        if self.table is None:  # every occupied slot is in `rows`
             self.table = ClusterTable(
                 self.batch, self.kv_heads, self.head_dim, base[0], base[1], self.device
             )
-        for slot in self.occupied():
-            if self.table_clusters[slot] == self.meta.counts[slot]:
-                continue
-            rows = self.source.cluster_rows(self.layer, self.sequence_ids[slot])
-            if rows is None or rows.size.shape[1] != self.meta.counts[slot]:
-                return None
-            self.table.set(slot, rows)
+        for slot, got in rows.items():
+            if got is None:
+                self.table.clear(slot)
+            else:
+                self.table.set(slot, got)
             self.table_clusters[slot] = self.meta.counts[slot]
         self.table_ok = True
         return self.table

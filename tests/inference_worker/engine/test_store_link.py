@@ -10,6 +10,7 @@ from client import ClientOptions, KVStoreClient, SequenceGeometry, SharedMemoryU
 from inference_worker.engine.store_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
+from tests.interpret import run_check
 from tests.store_fixtures import make_segment, unique_ids
 
 
@@ -62,3 +63,18 @@ def test_link_require_fails_without_shared_memory(namespace: str) -> None:
                 GrpcStoreLink(client, "maybe")
         finally:
             client.close()
+
+
+def test_direct_path_reads_the_store_arena_interpreted() -> None:
+    """The Triton step admits misses straight from a real store's arena (GrpcStoreLink's
+    cluster rows), equal to the reference fetching the same clusters (CPU interpreter)."""
+    pytest.importorskip("triton")
+    run_check(["-m", "tests.inference_worker.engine.link_cases"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_direct_path_reads_the_store_arena_gpu(dtype: torch.dtype) -> None:
+    from tests.inference_worker.engine.link_cases import check_store_rows
+
+    check_store_rows("cuda", dtype, seed=3, steps=10)
