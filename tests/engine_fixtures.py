@@ -46,11 +46,17 @@ class WatchingLink(GrpcStoreLink):
     """A real gRPC link that also records what the store lists while decoding, and can run a
     hook (e.g. kill the store) before the n-th fetch."""
 
-    def __init__(self, client: KVStoreClient, hook_at: int | None = None, hook=None) -> None:
+    def __init__(
+        self,
+        client: KVStoreClient,
+        hook_at: int | None = None,
+        hook=None,  # type: ignore[no-untyped-def]
+        hook_every: int | None = None,
+    ) -> None:
         super().__init__(client)
         self.listed_during_decode: list[str] | None = None
         self.fetches = 0
-        self.hook_at, self.hook = hook_at, hook
+        self.hook_at, self.hook, self.hook_every = hook_at, hook, hook_every
 
     def fetch(
         self,
@@ -62,6 +68,9 @@ class WatchingLink(GrpcStoreLink):
         self.fetches += 1
         if self.listed_during_decode is None:
             self.listed_during_decode = [s.sequence_id for s in self.client.list_sequences()]
-        if self.hook is not None and self.fetches == self.hook_at:
+        due = self.fetches == self.hook_at or (
+            self.hook_every is not None and self.fetches % self.hook_every == 0
+        )
+        if self.hook is not None and due:
             self.hook()
         return super().fetch(layer, sequence_ids, cluster_ids, max_tokens)

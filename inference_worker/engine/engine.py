@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from client import NotFoundError, UnavailableError
 from inference_worker.engine.config import EngineConfig
 from inference_worker.engine.full_runner import FullAttentionRunner
 from inference_worker.engine.retro_runner import RetroSlotRunner
@@ -24,10 +25,14 @@ from inference_worker.engine.sampler import SamplingBatch, sample
 from inference_worker.engine.scheduler import Scheduler
 from inference_worker.engine.sequence import RequestOutput, Sequence, Status
 from inference_worker.engine.store_link import InProcessStoreLink, StoreLink
+from inference_worker.engine.store_link import StoreRestartedError as LinkRestartedError
 from inference_worker.engine.types import GenerationRequest, GenerationResult
 from inference_worker.model import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
+MAX_STORE_RECOVERIES = 2  # store losses one request survives
+# the store lost the request's sequences: recovered by prefilling them again
+STORE_LOST = (UnavailableError, NotFoundError, LinkRestartedError)
 
 
 class GenerationEngine:
@@ -135,6 +140,8 @@ class GenerationEngine:
             self._note(self._prefill(schedule.prefill), new, outputs)
             running = [s for s in self.scheduler.active() if s.status is Status.RUNNING]
             self._note(self._decode(running), new, outputs)
+        except STORE_LOST as error:
+            self._recover(error)  # prefilled again and replayed, or failed and raised
         except Exception as error:
             self._fail_active(error)
             raise
@@ -146,28 +153,36 @@ class GenerationEngine:
 
     def _note(
         self,
-        stepped: list[tuple[Sequence, int]],
+        stepped: list[tuple[Sequence, int | None]],
         new: dict[str, list[int]],
         outputs: list[RequestOutput],
     ) -> None:
         """Record each sequence's new token; retire the finished ones (reported at once)."""
         for seq, token in stepped:
-            new.setdefault(seq.id, []).append(token)
+            got = new.setdefault(seq.id, [])
+            if token is not None:
+                got.append(token)
             if seq.status is Status.FINISHED:
                 self._retire(seq)
                 outputs.append(self._finished_output(seq, new[seq.id]))
 
     def generate(self, requests: Seq[GenerationRequest]) -> list[GenerationResult]:
         """Complete every request (batched as the scheduler allows); results in request
-        order. Other requests already in the engine run along."""
+        order. Other requests already in the engine run along. A request that fails raises its
+        error (the others of this call are aborted)."""
         for request in requests:
             self.add_request(request)
         wanted = {r.id for r in requests}
         results: dict[str, GenerationResult] = {}
         while len(results) < len(wanted):
             for out in self.step():
-                if out.finished and out.request_id in wanted and out.result is not None:
-                    results[out.request_id] = out.result
+                if not (out.finished and out.request_id in wanted and out.result is not None):
+                    continue
+                if out.error is not None:
+                    for other in wanted - results.keys() - {out.request_id}:
+                        self.abort_request(other)
+                    raise out.error
+                results[out.request_id] = out.result
         return [results[r.id] for r in requests]
 
     def forced_decode(self, prompt: Seq[int], forced: Seq[int]) -> list[int]:
@@ -190,7 +205,7 @@ class GenerationEngine:
             raise RuntimeError(f"forced decode ended early: {seq.stats.get('error', 'aborted')}")
         return seq.predictions
 
-    def _prefill(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
+    def _prefill(self, seqs: list[Sequence]) -> list[tuple[Sequence, int | None]]:
         """One chunk of each sequence's prompt; the first token of every completed prompt."""
         if not seqs:
             return []
@@ -207,22 +222,24 @@ class GenerationEngine:
             seq.status = Status.RUNNING
         return self._sample(logits[done], ready)
 
-    def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
+    def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, int | None]]:
         if not seqs:
             return []
         return self._sample(self.runner.decode(seqs), seqs)
 
-    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
-        """Next token of each sequence (logits [n, V]); one host sync for the batch."""
+    def _sample(
+        self, logits: torch.Tensor, seqs: list[Sequence]
+    ) -> list[tuple[Sequence, int | None]]:
+        """Next token of each sequence (logits [n, V]); one host sync for the batch. None for
+        a sequence that replays a token it generated before a store loss."""
         reqs = [s.request for s in seqs]
         params = SamplingBatch.of(
             [r.temperature for r in reqs], [r.top_p for r in reqs], [s.seed for s in seqs],
             [len(s.out) for s in seqs], logits.device,
         )  # fmt: skip
         tokens = sample(logits, params).tolist()
-        for seq, token in zip(seqs, tokens, strict=True):
-            seq.append(token, self._eos)
-        return list(zip(seqs, tokens, strict=True))
+        fresh = [seq.append(token, self._eos) for seq, token in zip(seqs, tokens, strict=True)]
+        return [(s, t if f else None) for s, t, f in zip(seqs, tokens, fresh, strict=True)]
 
     def _retire(self, seq: Sequence) -> None:
         """A finished sequence leaves its slot (its statistics taken first)."""
@@ -234,13 +251,45 @@ class GenerationEngine:
         stats = {"attention": self.config.attention, **seq.timing(), **seq.stats}
         text = self.tokenizer.decode(seq.out)
         result = GenerationResult(seq.id, text, list(seq.out), stats)
-        return RequestOutput(seq.id, new or [], True, seq.finish_reason, result)
+        return RequestOutput(seq.id, new or [], True, seq.finish_reason, result, seq.error)
+
+    def _recover(self, error: Exception) -> None:
+        """The store lost the sequences (it restarted, or went away and came back): every
+        request holding a slot is prefilled again from its prompt and replays the tokens it
+        generated, which rebuilds its state as it was (greedy output unchanged). A request
+        that was already recovered MAX_STORE_RECOVERIES times fails; if the store cannot be
+        reached again, every request holding a slot fails and the error propagates."""
+        log.warning("KV store lost (%s: %s); prefilling the running requests again",
+                    type(error).__name__, error)  # fmt: skip
+        try:
+            self.store.reconnect()
+        except Exception as again:  # still unreachable: the store's loss is the error
+            self._fail_active(error)
+            raise error from again
+        restarted = []
+        for seq in self.scheduler.active():
+            self.runner.release(seq)
+            if seq.recoveries >= MAX_STORE_RECOVERIES:
+                self._fail_one(seq, error)
+            else:
+                seq.restart()
+                restarted.append(seq)
+        if restarted:
+            self.runner.admit(restarted)
+
+    def _fail_one(self, seq: Sequence, error: Exception) -> None:
+        seq.finish("abort")
+        seq.error = error
+        seq.stats = {"error": f"{type(error).__name__}: {error}"}
+        self.scheduler.free(seq)
+        self._aborted.append(seq)
 
     def _fail_active(self, error: Exception) -> None:
         """After an error mid-step: every slot's request is released and finished with
         "abort" and the error in its stats (the next step reports them)."""
         for seq in self.scheduler.active():
             seq.finish("abort")
+            seq.error = error
             seq.stats = {"error": f"{type(error).__name__}: {error}"}
             try:
                 self.runner.release(seq)

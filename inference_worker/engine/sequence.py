@@ -44,6 +44,11 @@ class Sequence:
     # is kept in `predictions` (GenerationEngine.forced_decode)
     forced: list[int] | None = None
     predictions: list[int] = field(default_factory=list)
+    # after a store loss: the tokens generated before it, fed again (not reported again) after
+    # the prompt is prefilled anew, so that the sequence's state is rebuilt as it was
+    replay: list[int] = field(default_factory=list)
+    recoveries: int = 0  # store losses this request survived
+    error: BaseException | None = None  # what failed the request (finished "abort")
 
     @classmethod
     def of(cls, request: GenerationRequest, prompt: list[int]) -> Sequence:
@@ -65,8 +70,13 @@ class Sequence:
     def max_length(self) -> int:
         return len(self.prompt) + self.request.max_new_tokens
 
-    def append(self, token: int, eos: frozenset[int]) -> None:
-        """Record a generated token; finish on a stop token or at max_new_tokens."""
+    def append(self, token: int, eos: frozenset[int]) -> bool:
+        """Record a generated token; finish on a stop token or at max_new_tokens. While a
+        replay is pending its next token is recorded instead; returns whether the token is
+        new (not a replayed one)."""
+        if len(self.out) < len(self.replay):
+            self.out.append(self.replay[len(self.out)])
+            return False
         if self.first_token is None:
             self.first_token = time.perf_counter()
         if self.forced is not None:
@@ -74,13 +84,20 @@ class Sequence:
             self.out.append(self.forced[len(self.out)])
             if len(self.out) == len(self.forced):
                 self.finish("length")
-            return
+            return True
         self.out.append(token)
         stops = eos | frozenset(self.request.stop_token_ids or ())
         if token in stops:
             self.finish("stop")
         elif len(self.out) >= self.request.max_new_tokens:
             self.finish("length")
+        return True
+
+    def restart(self) -> None:
+        """Prefill again from the prompt, then replay what was generated (a store loss)."""
+        self.replay, self.out = list(self.out), []
+        self.prefilled, self.recoveries = 0, self.recoveries + 1
+        self.status = Status.PREFILLING
 
     def finish(self, reason: FinishReason) -> None:
         self.status = Status.FINISHED
@@ -102,6 +119,7 @@ class Sequence:
             "prefill_s": self.prefill_s,
             "decode_s": decode_s,
             "decode_tokens_per_s": decoded / decode_s if decode_s > 0 else 0.0,
+            "store_recoveries": self.recoveries,
         }
 
 
@@ -114,3 +132,4 @@ class RequestOutput:
     finished: bool
     finish_reason: FinishReason | None = None
     result: GenerationResult | None = None  # the whole completion once finished
+    error: BaseException | None = None  # why an aborted request failed (None: asked to stop)

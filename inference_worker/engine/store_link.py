@@ -113,6 +113,10 @@ class StoreLink(ClusterSource):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def reconnect(self) -> None:
+        """After the store was lost (restarted, or its sequences gone): reattach to it, so
+        that sequences can be created anew. The in-process store is never lost."""
+
 
 def _segment_bytes(segment: IndexSegment) -> int:
     return sum(
@@ -205,27 +209,53 @@ class GrpcStoreLink(StoreLink):
         if same_host not in SAME_HOST_MODES:
             raise ValueError(f"same_host={same_host!r} is not one of {SAME_HOST_MODES}")
         self.client = client
-        self.same_host = same_host
+        self.same_host, self.local_resolve = same_host, local_resolve
         self._arena: ArenaReader | None = None
-        if same_host != "off":
-            try:
-                self._arena = client.shared_arena()
-            except SharedMemoryUnavailable:
-                if same_host == "require":
-                    raise
-            if self._arena is None and same_host == "require":
-                raise SharedMemoryUnavailable("store arena is not mappable from this host")
-        log.info("store link: %s", "shared memory" if self._arena else "gRPC streaming")
         self._resolver: DescriptorCache | None = None
-        if self._arena is not None and local_resolve:
-            self._resolver = DescriptorCache(client, self._arena)
+        self._base: torch.Tensor | None = None  # the arena's base address (cluster_base)
+        self._attach()
         self.counters = LinkCounters()
         self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wavekv-upload")
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._incarnation: str | None = None
         self._head_dim, self._dtype, self._kv_heads = 1, torch.float32, 1  # set by open()
-        self._base: torch.Tensor | None = None  # the arena's base address (cluster_base)
+
+    def _attach(self) -> None:
+        """Map the store's shared-memory arena (same_host permitting) and its descriptor
+        cache."""
+        if self.same_host != "off":
+            try:
+                self._arena = self.client.shared_arena()
+            except SharedMemoryUnavailable:
+                if self.same_host == "require":
+                    raise
+            if self._arena is None and self.same_host == "require":
+                raise SharedMemoryUnavailable("store arena is not mappable from this host")
+        log.info("store link: %s", "shared memory" if self._arena else "gRPC streaming")
+        if self._arena is not None and self.local_resolve:
+            self._resolver = DescriptorCache(self.client, self._arena)
+
+    def reconnect(self) -> None:
+        """After the store was lost: forget its arena, descriptors and incarnation, map the
+        (new) store's arena. Raises if the store is still unreachable."""
+        self.flush_quietly()
+        if self._resolver is not None:
+            self._resolver.close()
+        self._arena = self._resolver = self._base = None
+        self._incarnation = None
+        self.client.wait_ready()
+        self._attach()
+
+    def flush_quietly(self) -> None:
+        """Drop pending uploads, their errors too (the store they were for is gone)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fut in pending:
+            try:
+                fut.result()
+            except Exception as exc:  # the sequence is prefilled again
+                log.debug("upload to a lost store: %s", exc)
 
     def open(self, sequence_ids: Sequence[str], geometry: SequenceGeometry) -> None:
         self._head_dim, self._dtype = geometry.head_dim, STORE_TO_TORCH_DTYPE[geometry.dtype]

@@ -153,10 +153,12 @@ class LayerState:
         base = self.source.cluster_base()
         if base is None:
             return None
-        if self.table is None:  # every occupied slot is in `rows`
+        if self.table is None or self.table.base_k.data_ptr() != base[0].data_ptr():
             self.table = ClusterTable(
                 self.batch, self.kv_heads, self.head_dim, base[0], base[1], self.device
             )
+            self.table_clusters = [0] * self.batch
+            return self.ensure_table()  # every occupied slot's rows from the new base
         for slot, got in rows.items():
             if got is None:
                 self.table.clear(slot)

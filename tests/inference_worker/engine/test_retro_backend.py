@@ -50,10 +50,11 @@ def forced_logits(
 
 
 def retro_backend(loaded: LoadedModel, prompt_len: int) -> RetroInferBackend:
-    link, ids = InProcessStoreLink(), ["dense"]
-    return RetroInferBackend(
-        loaded.config, RetroInferConfig(), link, ids, prompt_len, loaded.dtype, loaded.device
+    backend = RetroInferBackend(
+        loaded.config, RetroInferConfig(), InProcessStoreLink(), 1, loaded.dtype, loaded.device
     )
+    backend.begin_prefill(0, "dense", prompt_len)
+    return backend
 
 
 def assert_identical(loaded: LoadedModel, tokens: list[int], prompt_len: int) -> None:
