@@ -18,10 +18,15 @@ RANDOM_MODELS = {
         num_heads=9, num_kv_heads=3, head_dim=64, rope_theta=100000.0,
         max_position_embeddings=8192, tie_word_embeddings=True,
     ),
+    "random-tiny": ModelConfig(  # CPU smoke runs of the benchmarks
+        family="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0,
+        max_position_embeddings=8192, tie_word_embeddings=True,
+    ),
     "random-llama8b": ModelConfig(
         family="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
         num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=500000.0,
-        max_position_embeddings=131072,
+        max_position_embeddings=1 << 20,  # past Llama 3.1's 128K: random weights, 512K rows
     ),
 }  # fmt: skip
 
@@ -41,16 +46,18 @@ class _NoTextTokenizer:
 def random_engine(
     name: str, device: torch.device, engine: EngineConfig | None = None
 ) -> GenerationEngine:
-    """RANDOM_MODELS[name] with random bf16 weights (norms 1, the rest N(0, 0.02))."""
+    """RANDOM_MODELS[name] with random weights (norms 1, the rest N(0, 0.02)): bf16 on CUDA,
+    fp32 on CPU."""
     config = RANDOM_MODELS[name]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.device("meta"):
         shell = CausalLM(config)
     gen = torch.Generator(device=device).manual_seed(0)
     state = {}
     for key, p in shell.state_dict().items():
-        w = torch.empty(p.shape, dtype=torch.bfloat16, device=device)
+        w = torch.empty(p.shape, dtype=dtype, device=device)
         state[key] = w.fill_(1.0) if "norm" in key else w.normal_(0.0, 0.02, generator=gen)
     model = build_model(config, state, device)
     tokenizer: Any = _NoTextTokenizer()
-    loaded = LoadedModel(model, tokenizer, config, Path(name), device, torch.bfloat16)
+    loaded = LoadedModel(model, tokenizer, config, Path(name), device, dtype)
     return GenerationEngine(loaded, engine)

@@ -40,7 +40,9 @@ class RetroSlotRunner:
         self.loaded, self.model, self.link = loaded, loaded.model, link
         self.max_batch_size = max_batch_size
         self.graphs = graphs and loaded.device.type == "cuda"
-        self.backend = RetroInferBackend(loaded.config, retro, link, 1, loaded.dtype, loaded.device)
+        self.backend = RetroInferBackend(
+            loaded.config, retro, link, 1, loaded.dtype, loaded.device, options
+        )
         self.decoder: GraphedRetroDecoder | None = None
         self.held: dict[int, Sequence] = {}  # slot -> its sequence
         self._before: dict[str, LinkCounters] = {}  # store id -> link counters at admission

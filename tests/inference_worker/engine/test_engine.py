@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from client import ClientOptions, KVStoreClient
 from inference_worker.engine import EngineConfig, GenerationEngine, GenerationRequest, GrpcStoreLink
 from inference_worker.eval.scoring import score
-from inference_worker.retroinfer import RetroInferConfig
+from inference_worker.retroinfer import RetroInferConfig, StepOptions
 from kvstore_server.embedded import EmbeddedStore
 from tests.engine_fixtures import WatchingLink, essay_tokens, natural_tokens, passkey_sample
 
@@ -195,3 +196,21 @@ def test_retroinfer_continuous_batching_at_full_budget_is_full_attention(
     assert [r.token_ids for r in together] == [r.token_ids for r in full]
     alone = engine.with_config(EngineConfig(retro=everything, max_batch_size=1)).generate(reqs[:1])
     assert alone[0].token_ids == together[0].token_ids
+
+
+def test_step_options_reach_every_layer(engine: GenerationEngine) -> None:
+    """EngineConfig.step_options is what each layer's step runs with: a query transform sees
+    every layer once per decode step, and changing the queries changes what is retrieved."""
+    seen: list[int] = []
+
+    def zero_queries(layer: int, q: torch.Tensor) -> torch.Tensor:  # q [R, G, D]
+        seen.append(layer)
+        return torch.zeros_like(q)
+
+    request = GenerationRequest("q", essay_tokens(engine, 1200, seed=5), max_new_tokens=4)
+    options = StepOptions(query_transform=zero_queries)
+    (changed,) = engine.with_config(EngineConfig(step_options=options)).generate([request])
+    layers = engine.loaded.config.num_layers
+    assert seen == list(range(layers)) * changed.stats["decode_steps"]
+    (plain,) = engine.with_config(EngineConfig()).generate([request])
+    assert changed.stats["misses"] != plain.stats["misses"]
