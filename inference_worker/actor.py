@@ -42,7 +42,7 @@ class InferenceWorkerImpl:
 
     def __init__(self, options: WorkerOptions) -> None:
         from inference_worker.engine import GenerationEngine
-        from inference_worker.engine.store_link import connect_store
+        from inference_worker.engine.grpc_link import connect_store
 
         self.worker_options = options
         self.engine = GenerationEngine.load(options.model_path, options.device)

@@ -11,7 +11,7 @@ import torch
 
 from client import ClientOptions, KVStoreClient, SequenceGeometry
 from client.shm import GATHER_METHODS, _expand
-from inference_worker.engine.store_link import GrpcStoreLink
+from inference_worker.engine.grpc_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
 from tests.interpret import run_check

@@ -22,7 +22,7 @@ from client import (
 )
 from client.runs import merge_runs, runs
 from client.shm import GATHER_METHODS
-from inference_worker.engine.store_link import GrpcStoreLink
+from inference_worker.engine.grpc_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
 from tests.store_fixtures import make_segment, unique_ids

@@ -23,7 +23,7 @@ from client import (
     StaleDescriptorError,
     UnavailableError,
 )
-from inference_worker.engine.store_link import GrpcStoreLink
+from inference_worker.engine.grpc_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
 from tests.store_fixtures import make_segment, unique_ids

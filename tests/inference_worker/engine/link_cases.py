@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from client import ClientOptions, KVStoreClient, SequenceGeometry
-from inference_worker.engine.store_link import TORCH_TO_STORE_DTYPE, GrpcStoreLink
+from inference_worker.engine.grpc_link import GrpcStoreLink
+from inference_worker.engine.store_link import TORCH_TO_STORE_DTYPE
 from inference_worker.retroinfer import RetroInferConfig, RetroInferLayer, StepOptions
 from inference_worker.retroinfer.kernels.availability import patch_interpreter_index
 from kvstore_server.embedded import EmbeddedStore

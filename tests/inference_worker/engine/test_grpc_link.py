@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from client import ClientOptions, KVStoreClient, SequenceGeometry, SharedMemoryUnavailable
-from inference_worker.engine.store_link import GrpcStoreLink
+from inference_worker.engine.grpc_link import GrpcStoreLink
 from kvstore_server.embedded import EmbeddedStore
 from kvstore_server.settings import ServerSettings
 from tests.interpret import run_check
