@@ -17,7 +17,7 @@ from inference_worker.model import (
     load_config,
     load_model,
 )
-from inference_worker.model.gguf_loader import hf_name, reverse_permute
+from inference_worker.model.gguf_loader import hf_name, open_gguf, reverse_permute
 from tests.model_fixtures import hf_logits, prefill_logits, save_tiny, tiny_hf_model
 
 ATOL = 1e-3
@@ -51,6 +51,16 @@ def test_gguf_names_map_to_hf_names() -> None:
     assert hf_name("blk.12.attn_q.bias") == "model.layers.12.self_attn.q_proj.bias"
     assert hf_name("blk.3.ffn_down.weight") == "model.layers.3.mlp.down_proj.weight"
     assert hf_name("blk.3.unknown.weight") is None
+    assert hf_name("blk.3.ffn_norm.weight") == "model.layers.3.post_attention_layernorm.weight"
+    gemma = {
+        "blk.3.ffn_norm.weight": "model.layers.3.pre_feedforward_layernorm.weight",
+        "blk.3.post_attention_norm.weight": "model.layers.3.post_attention_layernorm.weight",
+        "blk.3.post_ffw_norm.weight": "model.layers.3.post_feedforward_layernorm.weight",
+        "blk.3.attn_q_norm.weight": "model.layers.3.self_attn.q_norm.weight",
+        "blk.3.attn_k_norm.weight": "model.layers.3.self_attn.k_norm.weight",
+        "blk.3.attn_q.weight": "model.layers.3.self_attn.q_proj.weight",
+    }
+    assert {name: hf_name(name, "gemma3") for name in gemma} == gemma
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +92,17 @@ def test_prefill_and_decode_logits_match_transformers(loaded, hf_model) -> None:
             )
             got.append(step[0])
     torch.testing.assert_close(torch.cat(got), ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_chat_template_comes_from_the_gguf_metadata(loaded) -> None:
+    """What an OpenAI-compatible server renders chat messages with."""
+    reader = open_gguf(loaded.path)
+    template = reader.fields["tokenizer.chat_template"].contents()
+    assert loaded.tokenizer.chat_template == template and "<|im_start|>" in template
+    ids = loaded.tokenizer.chat_prompt([{"role": "user", "content": "Hi"}])
+    text = loaded.tokenizer.decode(ids, skip_special_tokens=False)
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"), text
 
 
 @pytest.mark.slow
