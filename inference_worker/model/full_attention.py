@@ -132,6 +132,30 @@ class FullAttentionBackend(nn.Module):
         i = self.cache_index[layer]
         return self.k_cache[i, :batch_size, :, :length], self.v_cache[i, :batch_size, :, :length]
 
+    def copy_from(self, other: FullAttentionBackend) -> None:
+        """Take over the cached tokens of `other`, a backend of the same model with at most
+        this one's max_seq_len (growing a cache: rows kept). Ring columns keep their meaning
+        because a smaller ring (R = max_seq_len < window) only ever held positions < R."""
+        if other.layer_windows != self.layer_windows or other.max_seq_len > self.max_seq_len:
+            raise ValueError(
+                f"cannot copy a cache of max_seq_len={other.max_seq_len} (windows "
+                f"{other.layer_windows}) into max_seq_len={self.max_seq_len} "
+                f"(windows {self.layer_windows})"
+            )
+        rows, n, r = (
+            min(self.max_batch_size, other.max_batch_size),
+            other.max_seq_len,
+            other.ring_len,
+        )
+        for mine, theirs, cols in (
+            (self.k_cache, other.k_cache, n),
+            (self.v_cache, other.v_cache, n),
+            (self.k_ring, other.k_ring, r),
+            (self.v_ring, other.v_ring, r),
+        ):
+            mine[:, :rows, :, :cols].copy_(theirs[:, :rows, :, :cols])
+        self._call = None
+
     def forget_call(self) -> None:
         """Drop the per-call state so the next call rebuilds it (used around graph capture)."""
         self._call = None
@@ -240,10 +264,9 @@ def _layer_windows(
             f"sliding_window={sliding_window!r} must be None, an int >= 1 or {num_layers} "
             "entries of None / int >= 1"
         )
-    if len({w for w in windows if w is not None}) > 1:
-        raise ValueError(
-            f"local layers must share one window, got {sorted({w for w in windows if w is not None})}"
-        )
+    sizes = sorted({w for w in windows if w is not None})
+    if len(sizes) > 1:
+        raise ValueError(f"local layers must share one window, got {sizes}")
     return windows
 
 

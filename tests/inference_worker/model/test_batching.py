@@ -168,6 +168,26 @@ def _call(backend, layer, meta, q, k, v, starts, width):  # type: ignore[no-unty
     return method(layer, qs, ks, vs, meta)  # [B, Hq, T, D]
 
 
+@pytest.mark.parametrize("first_len", [3, 12])  # a ring smaller than / as large as the window
+def test_a_grown_cache_continues_exactly(pair, first_len: int) -> None:
+    """Prefill into a small cache, copy it into a larger one, decode on: same logits as a
+    single large cache (how an engine grows its cache without re-running the prompt)."""
+    hf, ours = pair
+    ids = _seqs([20], seed=4)[0]
+    small = FullAttentionBackend.for_model(ours.config, 2, first_len)
+    with torch.inference_mode():
+        _forward(ours, small, ids[:first_len], AttentionMetadata.prefill([0], [first_len]))
+        big = FullAttentionBackend.for_model(ours.config, 3, 24)
+        big.copy_from(small)
+        got = [
+            _forward(ours, big, [ids[p]], AttentionMetadata.decode([p]))[0, -1]
+            for p in range(first_len, 20)
+        ]
+    torch.testing.assert_close(torch.stack(got), hf_logits(hf, ids)[first_len:], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="cannot copy a cache of max_seq_len=24"):
+        small.copy_from(big)
+
+
 def test_metadata_rejects_bad_inputs() -> None:
     with pytest.raises(ValueError, match=r"num_tokens=\[0, 3\]"):
         AttentionMetadata.prefill([0, 0], [0, 3])
