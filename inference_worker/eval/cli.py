@@ -54,6 +54,14 @@ def parse_fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m inference_worker.eval", description=__doc__)
+    _suite_options(p)
+    _retroinfer_options(p)
+    _run_options(p)
+    return p
+
+
+def _suite_options(p: argparse.ArgumentParser) -> None:
+    """What runs: preset, model, tasks, lengths, samples."""
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -73,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda s: [parse_fraction(x) for x in _csv(s)],
         help="retrieval budgets to sweep, e.g. 0.5%%,1%%,4%%",
     )
+    p.add_argument(
+        "--depths", type=lambda s: [parse_fraction(x) for x in _csv(s)], help="e.g. 0%%,50%%,100%%"
+    )
+    p.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help=f"smollm2-135m, gemma3-270m, a GGUF file or a safetensors folder "
+        f"(default: the preset's; {DEFAULT_MODEL} unless --preset gemma)",
+    )
+
+
+def _retroinfer_options(p: argparse.ArgumentParser) -> None:
+    """Which attention configurations every sample runs under."""
     p.add_argument("--no-sweep", action="store_true", help="only full and RetroInfer default")
     p.add_argument(
         "--full-only", action="store_true", help="only full attention (where the model answers)"
@@ -95,17 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CENTROIDS,
         help=f"RetroInfer's centroid_format (default {DEFAULT_CENTROIDS}; model: the model dtype)",
     )
-    p.add_argument(
-        "--depths", type=lambda s: [parse_fraction(x) for x in _csv(s)], help="e.g. 0%%,50%%,100%%"
-    )
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """Where and how it runs, and what it writes."""
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-new-tokens", type=int, help="cap on each task's answer budget")
-    p.add_argument(
-        "--model",
-        metavar="NAME|PATH",
-        help=f"smollm2-135m, gemma3-270m, a GGUF file or a safetensors folder "
-        f"(default: the preset's; {DEFAULT_MODEL} unless --preset gemma)",
-    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--store", help="HOST:PORT of a running KV store (default: in-process)")
     p.add_argument(
@@ -122,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-tasks", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -261,6 +276,15 @@ def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None
         "seed": config.seed,
         "default_retrieval_budget": default_budget,
         "default_min_retrieval_clusters": default_floor,
+        **_run_meta(config, argv, started),
+    }
+    (config.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return write_outputs(config.out, meta)
+
+
+def _run_meta(config: EvalConfig, argv: list[str] | None, started: float) -> dict[str, Any]:
+    """The run's configuration, command line, finish time, wall time and host."""
+    return {
         "config": {
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()
         },
@@ -269,8 +293,6 @@ def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None
         "elapsed_s": round(time.time() - started, 1),
         "host": f"{platform.node()} {platform.machine()}",
     }
-    (config.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return write_outputs(config.out, meta)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,17 +126,10 @@ def _mode_lines(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    """The report: summary, by task, by length, by task and length."""
+def _header_lines(summary: dict[str, Any]) -> list[str]:
+    """Title, model, device, commit, run size and how to read the numbers."""
     meta = summary["meta"]
-    default_cfg = next((c for c in summary["configs"] if c["default"]), None)
-    default_budget = _pct(default_cfg["budget"]) if default_cfg else "-"
-    if default_cfg and default_cfg.get("floor"):
-        default_budget += f", floor {default_cfg['floor']}"
-    sweep_cols = [f"RetroInfer {label}" for _, label in _sweep_keys(summary)]
-    head = ["full", f"RetroInfer ({default_budget})", "gap", *sweep_cols]
-    length_head = ["full", f"RetroInfer ({default_budget})", "gap", "retrieved", *sweep_cols]
-    lines = [
+    return [
         "# Accuracy: RetroInfer vs full attention",
         "",
         f"- model: {meta.get('model', '-')} ({meta.get('model_file', '-')}); "
@@ -153,6 +146,20 @@ def markdown(summary: dict[str, Any]) -> str:
         "retrieved: the fraction of clusters really retrieved (mean over requests); sweep "
         "points run without a floor (the paper's rule)",
         "",
+    ]
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The report: summary, by task, by length, by task and length."""
+    default_cfg = next((c for c in summary["configs"] if c["default"]), None)
+    default_budget = _pct(default_cfg["budget"]) if default_cfg else "-"
+    if default_cfg and default_cfg.get("floor"):
+        default_budget += f", floor {default_cfg['floor']}"
+    sweep_cols = [f"RetroInfer {label}" for _, label in _sweep_keys(summary)]
+    head = ["full", f"RetroInfer ({default_budget})", "gap", *sweep_cols]
+    length_head = ["full", f"RetroInfer ({default_budget})", "gap", "retrieved", *sweep_cols]
+    lines = [
+        *_header_lines(summary),
         "## Summary",
         "",
         *_table(
