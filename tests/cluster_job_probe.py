@@ -1,7 +1,8 @@
-"""A short Ray job for tests/inference_worker/test_cluster.py: proves `ray job submit` reaches every node.
+"""A short Ray job for tests/inference_worker/test_cluster.py: proves `ray job submit` reaches
+every node.
 
     ray job submit --address http://127.0.0.1:PORT -- \
-        python tests/cluster_job_probe.py --store HOST:PORT --output out.json --namespace NS
+        python tests/scripts/cluster_job_probe.py --store HOST:PORT --output out.json --namespace NS
 
 On every alive Ray node it runs one task pinned to that node; the task creates a sequence in the
 real store through the SDK, reads it back, deletes it and reports what it saw. The driver writes

@@ -102,13 +102,11 @@ def _gemma3_config(reader: GGUFReader) -> ModelConfig:
     query scalar; it uses the same defaults as transformers for them (every 6th layer global,
     local base 10000, 1/sqrt(head_dim) except for the 27B's 1/sqrt(hidden / heads))."""
     a = "gemma3"
-    for unsupported in (f"{a}.attn_logit_softcapping",):
-        if _field(reader, unsupported) is not None:
-            raise ValueError(f"GGUF {unsupported}={_field(reader, unsupported)} is not supported")
-    hidden, heads = (
-        int(_field(reader, f"{a}.embedding_length")),
-        int(_field(reader, f"{a}.attention.head_count")),
-    )
+    attn_softcap = _field(reader, f"{a}.attn_logit_softcapping")
+    if attn_softcap is not None:
+        raise ValueError(f"GGUF {a}.attn_logit_softcapping={attn_softcap} is not supported")
+    hidden = int(_field(reader, f"{a}.embedding_length"))
+    heads = int(_field(reader, f"{a}.attention.head_count"))
     layers = int(_field(reader, f"{a}.block_count"))
     head_dim = int(_field(reader, f"{a}.attention.key_length", hidden // heads))
     max_pos = int(_field(reader, f"{a}.context_length", 131072))

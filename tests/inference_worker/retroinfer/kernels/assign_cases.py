@@ -1,7 +1,8 @@
 """Checks of the index-build kernels (assignment, cluster sums, whole k-means) against their
-torch references on fresh random inputs. Used by tests/inference_worker/retroinfer/kernels/test_assign.py on CUDA and, on CPU,
-in a subprocess with TRITON_INTERPRET=1 (`python -m inference_worker.retroinfer.kernels.
-assign_cases`), so the compiled and the interpreted kernels pass the same assertions.
+torch references on fresh random inputs. Used by test_assign.py beside it on CUDA and, on CPU,
+in a subprocess with TRITON_INTERPRET=1 (`python -m
+tests.inference_worker.retroinfer.kernels.assign_cases`), so the compiled and the interpreted
+kernels pass the same assertions.
 """
 
 from __future__ import annotations

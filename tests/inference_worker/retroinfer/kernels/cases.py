@@ -1,8 +1,6 @@
 """Fresh random inputs for each kernel and a kernel-vs-reference comparison of all of them.
 
-Used by tests/inference_worker/retroinfer/kernels/test_kernels.py (GPU part; `run_interpreted` on CPU under TRITON_INTERPRET=1)
-and by the kernel benchmark, so that the numbers recorded on the GPU are the ones the tests
-assert on.
+Used by test_kernels.py beside it (GPU part; `run_interpreted` on CPU under TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
