@@ -118,3 +118,18 @@ def hf_logits(model: Any, ids: list[int]) -> torch.Tensor:
     """Transformers' logits [T, V] for one sequence (no padding)."""
     with torch.inference_mode():
         return model(torch.tensor([ids])).logits[0].float()
+
+
+def passkey_prompt(passkey: str, n_filler: int) -> str:
+    """Completion-style passkey prompt with the key in the middle of `2 * n_filler` fillers."""
+    intro = (
+        "There is an important info hidden inside a lot of irrelevant text. "
+        "Find it and memorize it. I will quiz you about the important information there.\n"
+    )
+    filler = (
+        "The grass is green. The sky is blue. The sun is yellow. "
+        "Here we go. There and back again.\n"
+    )
+    needle = f"The pass key is {passkey}. Remember it. {passkey} is the pass key.\n"
+    question = "What is the pass key? The pass key is"
+    return intro + filler * n_filler + needle + filler * n_filler + question

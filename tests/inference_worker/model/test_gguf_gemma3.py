@@ -19,7 +19,7 @@ from inference_worker.model import (
     greedy_generate,
     load_model,
 )
-from tests.inference_worker.model.test_gguf_loader import passkey_prompt
+from tests.model_fixtures import passkey_prompt
 
 ATOL = 1e-3  # as the SmolLM2 GGUF test (measured max |diff| ~1e-4, logits up to ~41)
 CHUNK = 256

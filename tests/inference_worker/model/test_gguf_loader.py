@@ -18,7 +18,13 @@ from inference_worker.model import (
     load_model,
 )
 from inference_worker.model.gguf_loader import hf_name, open_gguf, reverse_permute
-from tests.model_fixtures import hf_logits, prefill_logits, save_tiny, tiny_hf_model
+from tests.model_fixtures import (
+    hf_logits,
+    passkey_prompt,
+    prefill_logits,
+    save_tiny,
+    tiny_hf_model,
+)
 
 ATOL = 1e-3
 PROMPT = "The capital of France is Paris. The capital of Germany is"
@@ -111,21 +117,6 @@ def test_greedy_continuation_is_sensible(loaded) -> None:
     ids = loaded.tokenizer.encode(PROMPT)
     out = greedy_generate(loaded.model, backend, ids, 3, loaded.tokenizer.eos_token_ids)
     assert "Berlin" in loaded.tokenizer.decode(out)
-
-
-def passkey_prompt(passkey: str, n_filler: int) -> str:
-    """Completion-style passkey prompt with the key in the middle of `2 * n_filler` fillers."""
-    intro = (
-        "There is an important info hidden inside a lot of irrelevant text. "
-        "Find it and memorize it. I will quiz you about the important information there.\n"
-    )
-    filler = (
-        "The grass is green. The sky is blue. The sun is yellow. "
-        "Here we go. There and back again.\n"
-    )
-    needle = f"The pass key is {passkey}. Remember it. {passkey} is the pass key.\n"
-    question = "What is the pass key? The pass key is"
-    return intro + filler * n_filler + needle + filler * n_filler + question
 
 
 @pytest.mark.slow
