@@ -12,6 +12,7 @@ from inference_worker.model.config import ModelConfig
 from inference_worker.model.full_attention import FullAttentionBackend
 from inference_worker.model.gguf_loader import config_from_gguf, load_gguf_state_dict, open_gguf
 from inference_worker.model.llama import CausalLM
+from inference_worker.model.registry import default_model_path as default_model_path
 from inference_worker.model.registry import resolve_model_path
 from inference_worker.model.safetensors_loader import (
     config_from_folder,
