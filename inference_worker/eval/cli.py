@@ -214,9 +214,10 @@ def git_commit() -> str:
     return head + ("+dirty" if status else "")
 
 
-def check_context(config: EvalConfig, engine: Any) -> None:
-    """Fail before the run when a prompt plus its answer cannot fit the model's context."""
-    limit, answer = engine_link.context_length(engine), ANSWER_CAP
+def check_context(config: EvalConfig, limit: int) -> None:
+    """Fail before the run when a prompt plus its answer cannot fit the model's context of
+    `limit` tokens."""
+    answer = ANSWER_CAP
     if max(config.lengths) + answer > limit:
         raise SystemExit(
             f"lengths {list(config.lengths)}: {max(config.lengths)} + {answer} answer tokens "
@@ -226,8 +227,8 @@ def check_context(config: EvalConfig, engine: Any) -> None:
 
 def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
+    check_context(config, engine_link.context_length(config.model))
     engine = engine_link.load_engine(config.model, config.device)
-    check_context(config, engine)
     samples = build_samples(config, engine.tokenizer)
     default_budget = engine_link.default_retrieval_budget()
     floor = config.min_retrieval_clusters

@@ -104,6 +104,9 @@ def device_name(engine: Any) -> str:
     return device
 
 
-def context_length(engine: Any) -> int:
-    """Tokens the engine's model can hold (prompt + answer)."""
-    return int(engine.loaded.config.max_position_embeddings)
+def context_length(model: str) -> int:
+    """Tokens a model (name or path) can hold, prompt + answer; read from its config alone,
+    so a run that cannot fit stops before the model loads."""
+    from inference_worker.model import load_config
+
+    return int(load_config(model).max_position_embeddings)

@@ -13,7 +13,6 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -239,12 +238,10 @@ def test_gemma_preset_and_model_names() -> None:
 
 
 def test_prompts_that_cannot_fit_the_context_stop_the_run_first() -> None:
-    engine = SimpleNamespace(
-        loaded=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=32768))
-    )
-    check_context(gemma_config(), engine)  # 32,640 + 96 answer tokens fit
+    assert engine_link.context_length("smollm2-135m") == 8192  # from the GGUF metadata alone
+    check_context(gemma_config(), 32768)  # 32,640 + 96 answer tokens fit
     with pytest.raises(SystemExit, match=r"32768 \+ 96 answer tokens exceed the context of gemma"):
-        check_context(gemma_config(lengths=(32768,)), engine)
+        check_context(gemma_config(lengths=(32768,)), 32768)
 
 
 def test_git_commit_names_this_checkout() -> None:
