@@ -94,8 +94,6 @@ class FullAttentionRunner:
             self.max_batch_size, min(size, max(limit, length)), fixed_kv_len=self.graphs
         )
         if self.cache is not None:
-            n = self.cache.max_seq_len
-            new.k_cache[:, :, :, :n].copy_(self.cache.k_cache[:, :, :, :n])
-            new.v_cache[:, :, :, :n].copy_(self.cache.v_cache[:, :, :, :n])
+            new.copy_from(self.cache)  # global caches and local rings
         self.cache = new
         self._decoders.clear()

@@ -73,8 +73,7 @@ class RetroInferBackend:
         out = self._dense.prefill(layer, q, k, v, meta)
         slot, store_id, n = self._target
         if meta.kv_len == n:
-            keys = self._dense.k_cache[layer, :1, :, :n]  # [1, Hkv, L, D]
-            values = self._dense.v_cache[layer, :1, :, :n]
+            keys, values = self._dense.cached_kv(layer, 1, n)  # [1, Hkv, L, D] each
             self.layers[layer].admit([slot], [store_id], keys, values)
             if layer == len(self.layers) - 1:
                 self._dense, self._target = None, None  # the prompt lives in the index now

@@ -4,6 +4,10 @@ Averages are macro averages, as RULER reports them: a (task, length) cell is the
 its samples; a task's score is the mean of its cells over lengths; a length's score and the
 overall score are means over tasks. Only samples that finished under every configuration
 are counted, so the RetroInfer-minus-full gap always compares the same prompts.
+
+Each RetroInfer configuration also carries the fraction of clusters it really retrieved
+(mean over its records, overall and by length): with the retrieval floor this is far above
+the nominal budget at short contexts (64 of ~120 clusters at 2K).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def configs_of(records: list[Record]) -> list[dict[str, Any]]:
                 "attention": rec["attention"],
                 "budget": rec["budget"],
                 "default": bool(rec["default"]),
+                "floor": rec.get("min_retrieval_clusters"),
             },
         )
     return sorted(
@@ -83,11 +88,27 @@ def _config_summary(by_cell: dict[str, dict[int, list[float]]]) -> dict[str, Any
     }
 
 
+def _retrieved(records: list[Record]) -> dict[str, Any]:
+    """Mean real retrieved fraction of one configuration, overall and by length (None when
+    the records carry none: full attention, prompts below the index threshold, old runs)."""
+    by_length: dict[int, list[float]] = defaultdict(list)
+    for rec in records:
+        if rec.get("retrieved_fraction") is not None:
+            by_length[int(rec["length"])].append(float(rec["retrieved_fraction"]))
+    values = [v for vs in by_length.values() for v in vs]
+    return {
+        "overall": round(fmean(values), 5) if values else None,
+        "by_length": {str(n): round(fmean(v), 5) for n, v in sorted(by_length.items())},
+    }
+
+
 def _diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Recursive `a - b` over matching summary entries."""
     if "score" in a and "score" in b:
         return {"score": round(a["score"] - b["score"], 3), "n": a["n"]}
-    return {k: _diff(a[k], b[k]) for k in a if k in b and isinstance(a[k], dict)}
+    return {
+        k: _diff(a[k], b[k]) for k in a if k in b and isinstance(a[k], dict) and k != "retrieved"
+    }
 
 
 def summarize(records: list[Record], meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -96,6 +117,8 @@ def summarize(records: list[Record], meta: dict[str, Any] | None = None) -> dict
     configs = configs_of(used)
     cells = _cells(used)
     per_config = {c["key"]: _config_summary(cells[c["key"]]) for c in configs}
+    for c in configs:
+        per_config[c["key"]]["retrieved"] = _retrieved([r for r in used if r["config"] == c["key"]])
     full = next((c["key"] for c in configs if c["attention"] == "full"), None)
     default = next((c["key"] for c in configs if c["default"]), None)
     gap = _diff(per_config[default], per_config[full]) if full and default else {}
@@ -104,6 +127,8 @@ def summarize(records: list[Record], meta: dict[str, Any] | None = None) -> dict
             "budget": c["budget"],
             "config": c["key"],
             "default": c["default"],
+            "floor": c["floor"],
+            "retrieved": per_config[c["key"]]["retrieved"],
             **per_config[c["key"]]["overall"],
             "by_task": per_config[c["key"]]["by_task"],
             "by_length": per_config[c["key"]]["by_length"],

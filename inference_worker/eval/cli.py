@@ -9,14 +9,15 @@ import functools
 import json
 import logging
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from inference_worker.eval import aggregate, engine_link, plots, report
-from inference_worker.eval.config import EvalConfig, quick_config
-from inference_worker.eval.prompt import Sample
+from inference_worker.eval.config import DEFAULT_MODEL, PRESETS, EvalConfig
+from inference_worker.eval.prompt import ANSWER_CAP, Sample
 from inference_worker.eval.runner import SuiteRunner, load_records, run_specs
 from inference_worker.eval.tasks import TASKS, make_sample
 from inference_worker.eval.tokens import PieceEncoder, Tokenizer
@@ -53,7 +54,22 @@ def parse_fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m inference_worker.eval", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="small preset: minutes on 2 CPU cores")
+    _suite_options(p)
+    _retroinfer_options(p)
+    _run_options(p)
+    return p
+
+
+def _suite_options(p: argparse.ArgumentParser) -> None:
+    """What runs: preset, model, tasks, lengths, samples."""
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="default: the default model at 1K-7.5K; quick: minutes on 2 CPU cores; "
+        "gemma: gemma3-270m at 4K/8K/16K/32K (a GPU run). Options below override it",
+    )
+    p.add_argument("--quick", action="store_true", help="the same as --preset quick")
     p.add_argument("--tasks", type=_csv, help=f"comma list or 'all' (tasks: {', '.join(TASKS)})")
     p.add_argument(
         "--lengths", type=lambda s: [parse_length(x) for x in _csv(s)], help="e.g. 1K,2K,4K,7.5K"
@@ -65,7 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda s: [parse_fraction(x) for x in _csv(s)],
         help="retrieval budgets to sweep, e.g. 0.5%%,1%%,4%%",
     )
+    p.add_argument(
+        "--depths", type=lambda s: [parse_fraction(x) for x in _csv(s)], help="e.g. 0%%,50%%,100%%"
+    )
+    p.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help=f"smollm2-135m, gemma3-270m, a GGUF file or a safetensors folder "
+        f"(default: the preset's; {DEFAULT_MODEL} unless --preset gemma)",
+    )
+
+
+def _retroinfer_options(p: argparse.ArgumentParser) -> None:
+    """Which attention configurations every sample runs under."""
     p.add_argument("--no-sweep", action="store_true", help="only full and RetroInfer default")
+    p.add_argument(
+        "--full-only", action="store_true", help="only full attention (where the model answers)"
+    )
+    p.add_argument(
+        "--min-retrieval-clusters",
+        type=int,
+        metavar="N",
+        help="retrieval floor of the default RetroInfer run (default: RetroInferConfig's; "
+        "0 = the paper's rule). Sweep points always run without a floor",
+    )
     p.add_argument(
         "--defer-misses",
         action="store_true",
@@ -77,14 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CENTROIDS,
         help=f"RetroInfer's centroid_format (default {DEFAULT_CENTROIDS}; model: the model dtype)",
     )
-    p.add_argument(
-        "--depths", type=lambda s: [parse_fraction(x) for x in _csv(s)], help="e.g. 0%%,50%%,100%%"
-    )
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """Where and how it runs, and what it writes."""
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-new-tokens", type=int, help="cap on each task's answer budget")
-    p.add_argument(
-        "--model", dest="model_path", help="model file/folder (default: the default model)"
-    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--store", help="HOST:PORT of a running KV store (default: in-process)")
     p.add_argument(
@@ -101,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-tasks", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -111,8 +147,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         "seed",
         "batch_size",
         "max_new_tokens",
-        "model_path",
+        "model",
         "device",
+        "min_retrieval_clusters",
         "store",
         "out",
     ):
@@ -128,7 +165,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     overrides["resume"] = args.resume
     overrides["defer_misses"] = args.defer_misses
     overrides["centroid_format"] = args.centroids
-    return quick_config(**overrides) if args.quick else EvalConfig(**overrides)
+    overrides["full_only"] = args.full_only
+    return PRESETS["quick" if args.quick else args.preset](**overrides)
 
 
 def build_samples(config: EvalConfig, tokenizer: Tokenizer) -> list[Sample]:
@@ -154,12 +192,48 @@ def write_outputs(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def git_commit() -> str:
+    """HEAD of the checkout this code runs from (`+dirty` with uncommitted changes), or
+    "unknown" outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if status else "")
+
+
+def check_context(config: EvalConfig, limit: int) -> None:
+    """Fail before the run when a prompt plus its answer cannot fit the model's context of
+    `limit` tokens."""
+    answer = ANSWER_CAP
+    if max(config.lengths) + answer > limit:
+        raise SystemExit(
+            f"lengths {list(config.lengths)}: {max(config.lengths)} + {answer} answer tokens "
+            f"exceed the context of {config.model} ({limit} tokens)"
+        )
+
+
 def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
-    engine = engine_link.load_engine(config.model_path, config.device)
+    check_context(config, engine_link.context_length(config.model))
+    engine = engine_link.load_engine(config.model, config.device)
     samples = build_samples(config, engine.tokenizer)
     default_budget = engine_link.default_retrieval_budget()
-    specs = run_specs(default_budget, config.budgets)
+    floor = config.min_retrieval_clusters
+    default_floor = engine_link.default_retrieval_floor() if floor is None else floor
+    specs = run_specs(default_budget, config.budgets, default_floor, config.full_only)
     records_path = config.out / "records.jsonl"
     config.out.mkdir(parents=True, exist_ok=True)
     done: set[tuple[str, str]] = set()
@@ -185,7 +259,9 @@ def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None
             defer_misses=config.defer_misses,
             centroid_format=config.centroid_format,
         ),
+        engine_link.retrieved_fraction,
         default_budget,
+        default_floor,
         store=engine_link.open_store(config.store),
         batch_size=config.batch_size,
         max_new_tokens=config.max_new_tokens,
@@ -194,10 +270,22 @@ def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None
     )
     runner.run(samples, done)
     meta = {
-        "model": engine_link.model_name(engine, config.model_path),
+        "model": config.model,
+        "model_file": engine_link.model_file(engine),
+        "git_commit": git_commit(),
         "device": engine_link.device_name(engine),
         "seed": config.seed,
         "default_retrieval_budget": default_budget,
+        "default_min_retrieval_clusters": default_floor,
+        **_run_meta(config, argv, started),
+    }
+    (config.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return write_outputs(config.out, meta)
+
+
+def _run_meta(config: EvalConfig, argv: list[str] | None, started: float) -> dict[str, Any]:
+    """The run's configuration, command line, finish time, wall time and host."""
+    return {
         "config": {
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()
         },
@@ -206,8 +294,6 @@ def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None
         "elapsed_s": round(time.time() - started, 1),
         "host": f"{platform.node()} {platform.machine()}",
     }
-    (config.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return write_outputs(config.out, meta)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from inference_worker.eval.config import parse_store
 from inference_worker.eval.prompt import Sample
+from inference_worker.eval.runner import RunSpec
 
 
 def load_engine(model_path: str | None, device: str | None) -> Any:
@@ -61,21 +62,38 @@ def default_retrieval_budget() -> float:
     return float(default_retro_config().retrieval_budget)
 
 
+def default_retrieval_floor() -> int:
+    return int(default_retro_config().min_retrieval_clusters)
+
+
 def retro_config(
-    budget: float | None, defer_misses: bool = False, centroid_format: str | None = None
+    spec: RunSpec, defer_misses: bool = False, centroid_format: str | None = None
 ) -> Any:
-    """RetroInfer's default config (what users get, retrieval floor included) when `budget` is
-    None; a sweep point otherwise: `retrieval_budget` replaced and the floor off
-    (min_retrieval_clusters=0), so the budget is the paper's pure fraction and the sweep is
-    not flat at short contexts where the floor would decide n_ret. `defer_misses`: the opt-in
-    stall-free mode (a missed cluster is estimated in its step and exact from the next).
+    """RetroInfer's config for one run: the default config (what users get, retrieval floor
+    included) for the default run, with its floor replaced when `spec.floor` is set; a sweep
+    point's budget with its floor (0: the paper's pure fraction, so the sweep is not flat at
+    short contexts where the floor would decide n_ret). `defer_misses`: the opt-in stall-free
+    mode (a missed cluster is estimated in its step and exact from the next).
     `centroid_format`: the centroid storage (None: the default config's)."""
     config = dataclasses.replace(default_retro_config(), defer_misses=defer_misses)
     if centroid_format is not None:
         config = dataclasses.replace(config, centroid_format=centroid_format)
-    if budget is None:
-        return config
-    return dataclasses.replace(config, retrieval_budget=budget, min_retrieval_clusters=0)
+    if spec.budget is not None:
+        config = dataclasses.replace(config, retrieval_budget=spec.budget)
+    if spec.floor is not None:
+        config = dataclasses.replace(config, min_retrieval_clusters=spec.floor)
+    return config
+
+
+def retrieved_fraction(stats: dict[str, Any]) -> float | None:
+    """Clusters retrieved exactly per step / clusters indexed, from a result's stats (the
+    engine's `retrieved_fraction` when it reports one); None without an index."""
+    if stats.get("retrieved_fraction") is not None:
+        return float(stats["retrieved_fraction"])
+    retrieved, clusters = stats.get("retrieval_clusters"), stats.get("num_clusters")
+    if not retrieved or not clusters:
+        return None
+    return float(retrieved) / float(clusters)
 
 
 def open_store(address: str | None) -> Any:
@@ -88,9 +106,9 @@ def open_store(address: str | None) -> Any:
     return connect_store(f"{host}:{port}", namespace="wavekv-eval")
 
 
-def model_name(engine: Any, model_path: str | None) -> str:
-    name = getattr(engine, "model_name", None) or model_path or "default model"
-    return str(name)
+def model_file(engine: Any) -> str:
+    """The file (or folder) name of the engine's model."""
+    return str(getattr(engine, "model_name", "unknown"))
 
 
 def device_name(engine: Any) -> str:
@@ -105,3 +123,11 @@ def device_name(engine: Any) -> str:
 
         return f"cpu ({os.cpu_count()} cores)"
     return device
+
+
+def context_length(model: str) -> int:
+    """Tokens a model (name or path) can hold, prompt + answer; read from its config alone,
+    so a run that cannot fit stops before the model loads."""
+    from inference_worker.model import load_config
+
+    return int(load_config(model).max_position_embeddings)

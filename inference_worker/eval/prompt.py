@@ -137,7 +137,10 @@ def assemble(
     return tokens, spans
 
 
-def answer_budget(enc: PieceEncoder, answers: list[str], cap: int = 96) -> int:
+ANSWER_CAP = 96  # most new tokens any task generates
+
+
+def answer_budget(enc: PieceEncoder, answers: list[str], cap: int = ANSWER_CAP) -> int:
     """New tokens to generate: room for all answers as a list, plus a small margin."""
     listed = ", ".join(answers)
     return min(cap, enc.count(" " + listed) + 2 * len(answers) + 6)

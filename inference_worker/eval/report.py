@@ -11,6 +11,14 @@ def _pct(budget: float) -> str:
     return f"{100 * budget:g}%"
 
 
+def _real(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def _retrieved(summary: dict[str, Any], key: str) -> dict[str, Any]:
+    return summary["results"][key].get("retrieved") or {"overall": None, "by_length": {}}
+
+
 def _fmt(entry: dict[str, Any] | None, signed: bool = False) -> str:
     if entry is None:
         return "-"
@@ -42,13 +50,16 @@ def _summary_rows(summary: dict[str, Any]) -> list[list[str]]:
             else ("RetroInfer (default)" if c["default"] else "RetroInfer")
         )
         budget = "-" if c["attention"] == "full" else _pct(c["budget"])
+        floor = "-" if c.get("floor") is None else str(c["floor"])
+        real = _retrieved(summary, c["key"])["by_length"]
+        retrieved = ", ".join(f"{_real(f)} at {n}" for n, f in real.items()) or "-"
         vs = (
             ""
             if c["key"] == full or full is None
             else (f"{overall['score'] - res[full]['overall']['score']:+.1f}")
         )
         empty = str(summary.get("empty_outputs", {}).get(c["key"], 0))
-        rows.append([name, budget, str(overall["n"]), _fmt(overall), vs, empty])
+        rows.append([name, budget, floor, retrieved, str(overall["n"]), _fmt(overall), vs, empty])
     return rows
 
 
@@ -58,6 +69,7 @@ def _get(res: dict[str, Any], key: str | None, group: str, name: str) -> dict[st
 
 def _grouped_rows(summary: dict[str, Any], group: str, names: list[str]) -> list[list[str]]:
     res, full, default = summary["results"], summary["full"], summary["default"]
+    real = _retrieved(summary, default)["by_length"] if default else {}
     rows = []
     for name in names:
         n = (_get(res, full, group, name) or _get(res, default, group, name) or {"n": 0})["n"]
@@ -68,6 +80,8 @@ def _grouped_rows(summary: dict[str, Any], group: str, names: list[str]) -> list
             _fmt(_get(res, default, group, name)),
         ]
         row.append(_fmt(summary["gap"].get(group, {}).get(name), signed=True))
+        if group == "by_length":
+            row.append(_real(real.get(name)))
         row += [_fmt(_get(res, key, group, name)) for key, _ in _sweep_keys(summary)]
         rows.append(row)
     return rows
@@ -112,17 +126,14 @@ def _mode_lines(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    """The report: summary, by task, by length, by task and length."""
+def _header_lines(summary: dict[str, Any]) -> list[str]:
+    """Title, model, device, commit, run size and how to read the numbers."""
     meta = summary["meta"]
-    default_cfg = next((c for c in summary["configs"] if c["default"]), None)
-    default_budget = _pct(default_cfg["budget"]) if default_cfg else "-"
-    sweep_cols = [f"RetroInfer {label}" for _, label in _sweep_keys(summary)]
-    head = ["full", f"RetroInfer ({default_budget})", "gap", *sweep_cols]
-    lines = [
+    return [
         "# Accuracy: RetroInfer vs full attention",
         "",
-        f"- model: {meta.get('model', '-')}; device: {meta.get('device', '-')}",
+        f"- model: {meta.get('model', '-')} ({meta.get('model_file', '-')}); "
+        f"device: {meta.get('device', '-')}; commit: {meta.get('git_commit', '-')}",
         f"- tasks: {len(summary['tasks'])}; lengths: {', '.join(map(str, summary['lengths']))}; "
         f"samples: {summary['samples']} prompts x {len(summary['configs'])} configurations; "
         f"seed {meta.get('seed', '-')}",
@@ -131,11 +142,37 @@ def markdown(summary: dict[str, Any]) -> str:
         *_mode_lines(meta),
         "- scores 0-100: RULER string match, partial credit for multi-answer tasks; "
         "averages are macro averages over tasks; gap = RetroInfer (default) minus full",
+        "- retrieval budget: the nominal fraction of clusters; floor: min_retrieval_clusters; "
+        "retrieved: the fraction of clusters really retrieved (mean over requests); sweep "
+        "points run without a floor (the paper's rule)",
         "",
+    ]
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The report: summary, by task, by length, by task and length."""
+    default_cfg = next((c for c in summary["configs"] if c["default"]), None)
+    default_budget = _pct(default_cfg["budget"]) if default_cfg else "-"
+    if default_cfg and default_cfg.get("floor"):
+        default_budget += f", floor {default_cfg['floor']}"
+    sweep_cols = [f"RetroInfer {label}" for _, label in _sweep_keys(summary)]
+    head = ["full", f"RetroInfer ({default_budget})", "gap", *sweep_cols]
+    length_head = ["full", f"RetroInfer ({default_budget})", "gap", "retrieved", *sweep_cols]
+    lines = [
+        *_header_lines(summary),
         "## Summary",
         "",
         *_table(
-            ["configuration", "retrieval budget", "samples", "score", "vs full", "empty outputs"],
+            [
+                "configuration",
+                "retrieval budget",
+                "floor",
+                "retrieved (by length)",
+                "samples",
+                "score",
+                "vs full",
+                "empty outputs",
+            ],
             _summary_rows(summary),
         ),
         "",
@@ -148,7 +185,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "## By context length (mean over tasks)",
         "",
         *_table(
-            ["length", "n", *head],
+            ["length", "n", *length_head],
             _grouped_rows(summary, "by_length", [str(n) for n in summary["lengths"]]),
         ),
         "",

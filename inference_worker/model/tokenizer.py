@@ -30,6 +30,13 @@ class Tokenizer:
         return cls(hf, extra_eos_ids)
 
     @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template of the model (GGUF `tokenizer.chat_template` or the folder's
+        tokenizer config); None for a model without one (Gemma 3 270M is a base model)."""
+        template = getattr(self.hf, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+    @property
     def vocab_size(self) -> int:
         return len(self.hf)
 
@@ -41,7 +48,12 @@ class Tokenizer:
         return str(self.hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens))
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of a chat conversation via the tokenizer's chat template (+ assistant turn)."""
+        """Token ids of a chat conversation via the tokenizer's chat template (+ assistant turn);
+        ValueError for a model without a chat template."""
+        if self.chat_template is None:
+            raise ValueError(
+                f"tokenizer {self.hf.name_or_path!r} has no chat template: use completion prompts"
+            )
         ids = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]

@@ -11,12 +11,14 @@ import pytest
 from inference_worker.eval import aggregate, plots, report
 from inference_worker.eval.cli import main
 
-BUDGETS = (0.005, 0.018, 0.1)  # 0.018 is the default run
+BUDGETS = (0.005, 0.018, 0.1)  # 0.018: the default run (retro@default, floor 64)
 
 
 def _record(task: str, length: int, index: int, config: str, score: float) -> dict[str, Any]:
-    full = config == "full"
-    budget = 0.0 if full else float(config.split("@")[1])
+    full, default = config == "full", config == "retro@default"
+    budget = 0.0 if full else 0.018 if default else float(config.split("@")[1])
+    # a 1K prompt builds no index; at 2K (128 clusters) the floor retrieves 64 = 50%
+    fraction = None if full or length < 2048 else (0.5 if default else budget)
     return {
         "task": task,
         "length": length,
@@ -25,7 +27,9 @@ def _record(task: str, length: int, index: int, config: str, score: float) -> di
         "config": config,
         "attention": "full" if full else "retroinfer",
         "budget": budget,
-        "default": budget == 0.018,
+        "min_retrieval_clusters": None if full else 64 if default else 0,
+        "retrieved_fraction": fraction,
+        "default": default,
         "score": score,
         "prediction": "x",
         "answers": ["x"],
@@ -46,7 +50,7 @@ def synthetic_records() -> list[dict[str, Any]]:
             records.append(_record("passkey", length, index, "full", 100.0))
             records.append(_record("vt", length, index, "full", 50.0))
             for budget in BUDGETS:
-                key = f"retro@{budget:g}"
+                key = "retro@default" if budget == 0.018 else f"retro@{budget:g}"
                 loss = {0.005: 30.0, 0.018: 0.0, 0.1: 0.0}[budget]
                 if budget == 0.018 and length == 2048 and index == 1:
                     loss = 20.0
@@ -57,14 +61,18 @@ def synthetic_records() -> list[dict[str, Any]]:
 
 def test_macro_averages_and_gap() -> None:
     summary = aggregate.summarize(synthetic_records(), {"model": "m"})
-    assert summary["full"] == "full" and summary["default"] == "retro@0.018"
+    assert summary["full"] == "full" and summary["default"] == "retro@default"
     assert [c["key"] for c in summary["configs"]] == [
         "full",
-        "retro@0.018",
+        "retro@default",
         "retro@0.005",
         "retro@0.1",
     ]
-    full, retro = summary["results"]["full"], summary["results"]["retro@0.018"]
+    assert [c["floor"] for c in summary["configs"]] == [None, 64, 0, 0]
+    full, retro = summary["results"]["full"], summary["results"]["retro@default"]
+    assert retro["retrieved"] == {"overall": 0.5, "by_length": {"2048": 0.5}}
+    assert full["retrieved"] == {"overall": None, "by_length": {}}
+    assert summary["sweep"][0]["retrieved"]["by_length"] == {"2048": 0.005}
     assert full["overall"] == {"score": 75.0, "n": 8}
     assert retro["cells"]["passkey"]["2048"] == {"score": 90.0, "n": 2}
     assert retro["by_task"]["passkey"]["score"] == 95.0  # mean of 100 (1K) and 90 (2K)
@@ -98,7 +106,7 @@ def test_empty_outputs_are_counted_per_configuration() -> None:
     for rec in records[:3]:
         rec["prediction"] = " \n"
     summary = aggregate.summarize(records)
-    expected = {"full": 2, "retro@0.005": 1, "retro@0.018": 0, "retro@0.1": 0}
+    expected = {"full": 2, "retro@0.005": 1, "retro@default": 0, "retro@0.1": 0}
     assert summary["empty_outputs"] == expected
 
 
@@ -116,9 +124,12 @@ def test_report_files(tmp_path: Path) -> None:
     assert json.loads(json_path.read_text())["gap"]["overall"]["score"] == -2.5
     md = md_path.read_text()
     assert "| passkey | 4 | 100.0 | 95.0 | -5.0 | 70.0 | 100.0 |" in md
-    assert "| 2048 | 4 | 75.0 | 70.0 | -5.0 | 60.0 | 75.0 |" in md
-    assert "| RetroInfer (default) | 1.8% | 8 | 72.5 | -2.5 | 0 |" in md
+    assert "| 2048 | 4 | 75.0 | 70.0 | -5.0 | 50.0% | 60.0 | 75.0 |" in md
+    assert "| 1024 | 4 | 75.0 | 75.0 | +0.0 | - | 60.0 | 75.0 |" in md
+    assert "| RetroInfer (default) | 1.8% | 64 | 50.0% at 2048 | 8 | 72.5 | -2.5 | 0 |" in md
+    assert "| RetroInfer | 0.5% | 0 | 0.5% at 2048 | 8 | 60.0 | -15.0 | 0 |" in md
     assert "| passkey | 2048 | 2 | 100.0 | 90.0 | -10.0 |" in md
+    assert "RetroInfer (1.8%, floor 64)" in md
 
 
 def test_plots_are_png(tmp_path: Path) -> None:
@@ -133,8 +144,71 @@ def test_plots_are_png(tmp_path: Path) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+def _tick_labels(ax: Any) -> list[str]:
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_length_plot_labels_counts_and_no_hidden_series() -> None:
+    summary = aggregate.summarize(synthetic_records(), {"model": "m"})
+    fig = plots.accuracy_vs_length(summary)
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("context length") and ax.get_ylabel().startswith("accuracy")
+    assert _tick_labels(ax) == ["1K\nn=4", "2K\nn=4"]  # 2 tasks x 2 samples per length
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [
+        "full attention",
+        "RetroInfer default (1.8%, floor 64)",
+        "RetroInfer 0.5% (no floor)",
+        "RetroInfer 10% (no floor)",
+    ]
+    # full, default and 10% score 75 at 1K: the three points must not sit on each other
+    points = {(float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in ax.lines}
+    assert len(points) == 4
+    markers = {(line.get_marker(), line.get_markerfacecolor()) for line in ax.lines}
+    assert len(markers) == 4
+
+
+def test_task_plot_has_axis_labels_legend_counts_and_offsets() -> None:
+    summary = aggregate.summarize(synthetic_records(), {"model": "m"})
+    fig = plots.accuracy_by_task(summary)
+    assert fig._supxlabel.get_text().startswith("context length")
+    assert fig._supylabel.get_text().startswith("accuracy")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "full attention",
+        "RetroInfer default (1.8%, floor 64)",
+    ]
+    vt = fig.axes[1]
+    assert vt.get_title() == "vt" and _tick_labels(vt) == ["1K\nn=2", "2K\nn=2"]
+    full, default = vt.lines  # both 50 everywhere: drawn side by side, different markers
+    assert list(full.get_ydata()) == list(default.get_ydata()) == [50.0, 50.0]
+    assert all(a < b for a, b in zip(full.get_xdata(), default.get_xdata(), strict=True))
+    assert full.get_marker() != default.get_marker()
+
+
+def test_budget_plot_uses_the_real_retrieved_fraction() -> None:
+    summary = aggregate.summarize(synthetic_records(), {"model": "m"})
+    fig = plots.accuracy_vs_budget(summary)
+    ax = fig.axes[0]
+    assert "really retrieved" in ax.get_xlabel() and ax.get_ylabel().startswith("accuracy")
+    by_label = {line.get_label(): line for line in ax.lines}
+    sweep_2k = by_label["RetroInfer 2K (n=4)"]
+    assert list(sweep_2k.get_xdata()) == [0.5, 10.0]  # percent retrieved, no floor
+    stars = [line for line in ax.lines if line.get_marker() == "*" and len(line.get_xdata())]
+    # the default's star at 2K sits at the 50% the floor retrieves, not at the nominal 1.8%
+    assert [float(line.get_xdata()[0]) for line in stars] == [50.0, 50.0]  # 2K and the mean
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "full attention, mean (dotted: per length)" in legend
+
+
+def test_budget_plot_falls_back_to_nominal_budgets_for_old_records() -> None:
+    records = [{**r, "retrieved_fraction": None} for r in synthetic_records()]
+    ax = plots.accuracy_vs_budget(aggregate.summarize(records)).axes[0]
+    assert "nominal budget" in ax.get_xlabel()
+    assert list(ax.lines[0].get_xdata()) == [0.5, 10.0]
+
+
 def test_no_sweep_writes_no_budget_plot(tmp_path: Path) -> None:
-    records = [r for r in synthetic_records() if r["config"] in ("full", "retro@0.018")]
+    records = [r for r in synthetic_records() if r["config"] in ("full", "retro@default")]
     summary = aggregate.summarize(records)
     names = {p.name for p in plots.write_all(summary, tmp_path)}
     assert "accuracy_vs_budget.png" not in names

@@ -21,8 +21,11 @@ from tests.model_fixtures import save_tiny, tiny_hf_model
 PROMPTS = [[5, 9, 14, 3, 77, 21, 8], [40, 2, 96, 13], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
 
 
-def _model(tmp_path: Path, device: str) -> CausalLM:
-    folder = save_tiny(tiny_hf_model("llama", seed=11), tmp_path)
+FAMILIES = ["llama", "gemma3"]  # gemma3: 5-token windows, decode runs past them
+
+
+def _model(tmp_path: Path, device: str, family: str = "llama") -> CausalLM:
+    folder = save_tiny(tiny_hf_model(family, seed=11), tmp_path)
     config = load_config(folder)
     return build_model(
         config, load_safetensors_state_dict(folder, torch.float32), torch.device(device)
@@ -47,12 +50,31 @@ def _eager_steps(model: CausalLM, backend: FullAttentionBackend, steps: int) -> 
     return out
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @torch.inference_mode()
-def test_fixed_kv_len_equals_prefix_attention(tmp_path: Path) -> None:
-    model = _model(tmp_path, "cpu")
+def test_fixed_kv_len_equals_prefix_attention(tmp_path: Path, family: str) -> None:
+    model = _model(tmp_path, "cpu", family)
     ref = _eager_steps(model, FullAttentionBackend.for_model(model.config, 3, 32), 6)
     fixed = FullAttentionBackend.for_model(model.config, 3, 32, fixed_kv_len=True)
     torch.testing.assert_close(_eager_steps(model, fixed, 6), ref, atol=1e-5, rtol=0)
+
+
+@torch.inference_mode()
+def test_positions_past_the_cache_write_only_scratch_columns(tmp_path: Path) -> None:
+    """GraphedDecoder's warm-up and capture run steps at position S = max_seq_len: they
+    must leave every real column of the dense caches and of the rings untouched."""
+    model = _model(tmp_path, "cpu", "gemma3")
+    backend = FullAttentionBackend.for_model(model.config, 3, 32, fixed_kv_len=True)
+    _prefill(model, backend)
+    before = [b.clone() for b in (backend.k_cache, backend.v_cache, backend.k_ring, backend.v_ring)]
+    meta = AttentionMetadata.decode([0, 0, 0])
+    meta.start_pos.fill_(32)
+    meta.positions.fill_(32)
+    model(torch.tensor([[5], [6], [7]]), meta, backend, last_only=True)
+    after = (backend.k_cache, backend.v_cache, backend.k_ring, backend.v_ring)
+    for old, new in zip(before, after, strict=True):
+        torch.testing.assert_close(new[..., :-1, :], old[..., :-1, :], atol=0, rtol=0)
+    assert not torch.equal(backend.k_ring[..., -1, :], before[2][..., -1, :])
 
 
 def test_graphed_decoder_rejects_cpu_and_bad_inputs(tmp_path: Path) -> None:
@@ -63,9 +85,10 @@ def test_graphed_decoder_rejects_cpu_and_bad_inputs(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("family", FAMILIES)
 @torch.inference_mode()
-def test_graphed_decode_equals_eager_on_cuda(tmp_path: Path) -> None:
-    model = _model(tmp_path, "cuda")
+def test_graphed_decode_equals_eager_on_cuda(tmp_path: Path, family: str) -> None:
+    model = _model(tmp_path, "cuda", family)
     eager_backend = FullAttentionBackend.for_model(model.config, 3, 32, device="cuda")
     ref = _eager_steps(model, eager_backend, 8)
     backend = FullAttentionBackend.for_model(model.config, 3, 32, device="cuda", fixed_kv_len=True)

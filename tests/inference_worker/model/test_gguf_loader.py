@@ -17,8 +17,14 @@ from inference_worker.model import (
     load_config,
     load_model,
 )
-from inference_worker.model.gguf_loader import hf_name, reverse_permute
-from tests.model_fixtures import hf_logits, prefill_logits, save_tiny, tiny_hf_model
+from inference_worker.model.gguf_loader import hf_name, open_gguf, reverse_permute
+from tests.model_fixtures import (
+    hf_logits,
+    passkey_prompt,
+    prefill_logits,
+    save_tiny,
+    tiny_hf_model,
+)
 
 ATOL = 1e-3
 PROMPT = "The capital of France is Paris. The capital of Germany is"
@@ -51,6 +57,16 @@ def test_gguf_names_map_to_hf_names() -> None:
     assert hf_name("blk.12.attn_q.bias") == "model.layers.12.self_attn.q_proj.bias"
     assert hf_name("blk.3.ffn_down.weight") == "model.layers.3.mlp.down_proj.weight"
     assert hf_name("blk.3.unknown.weight") is None
+    assert hf_name("blk.3.ffn_norm.weight") == "model.layers.3.post_attention_layernorm.weight"
+    gemma = {
+        "blk.3.ffn_norm.weight": "model.layers.3.pre_feedforward_layernorm.weight",
+        "blk.3.post_attention_norm.weight": "model.layers.3.post_attention_layernorm.weight",
+        "blk.3.post_ffw_norm.weight": "model.layers.3.post_feedforward_layernorm.weight",
+        "blk.3.attn_q_norm.weight": "model.layers.3.self_attn.q_norm.weight",
+        "blk.3.attn_k_norm.weight": "model.layers.3.self_attn.k_norm.weight",
+        "blk.3.attn_q.weight": "model.layers.3.self_attn.q_proj.weight",
+    }
+    assert {name: hf_name(name, "gemma3") for name in gemma} == gemma
 
 
 @pytest.fixture(scope="module")
@@ -85,26 +101,22 @@ def test_prefill_and_decode_logits_match_transformers(loaded, hf_model) -> None:
 
 
 @pytest.mark.slow
+def test_chat_template_comes_from_the_gguf_metadata(loaded) -> None:
+    """What an OpenAI-compatible server renders chat messages with."""
+    reader = open_gguf(loaded.path)
+    template = reader.fields["tokenizer.chat_template"].contents()
+    assert loaded.tokenizer.chat_template == template and "<|im_start|>" in template
+    ids = loaded.tokenizer.chat_prompt([{"role": "user", "content": "Hi"}])
+    text = loaded.tokenizer.decode(ids, skip_special_tokens=False)
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"), text
+
+
+@pytest.mark.slow
 def test_greedy_continuation_is_sensible(loaded) -> None:
     backend = loaded.new_full_attention(1, 64)
     ids = loaded.tokenizer.encode(PROMPT)
     out = greedy_generate(loaded.model, backend, ids, 3, loaded.tokenizer.eos_token_ids)
     assert "Berlin" in loaded.tokenizer.decode(out)
-
-
-def passkey_prompt(passkey: str, n_filler: int) -> str:
-    """Completion-style passkey prompt with the key in the middle of `2 * n_filler` fillers."""
-    intro = (
-        "There is an important info hidden inside a lot of irrelevant text. "
-        "Find it and memorize it. I will quiz you about the important information there.\n"
-    )
-    filler = (
-        "The grass is green. The sky is blue. The sun is yellow. "
-        "Here we go. There and back again.\n"
-    )
-    needle = f"The pass key is {passkey}. Remember it. {passkey} is the pass key.\n"
-    question = "What is the pass key? The pass key is"
-    return intro + filler * n_filler + needle + filler * n_filler + question
 
 
 @pytest.mark.slow

@@ -1,14 +1,17 @@
-"""Our model vs transformers on tiny random models of every family switch (fast)."""
+"""Our model vs transformers on tiny random models of every family switch (fast), Gemma 3's
+local/global layers included."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from inference_worker.model import AttentionMetadata, CausalLM, FullAttentionBackend
+from inference_worker.model import AttentionMetadata, CausalLM, FullAttentionBackend, build_model
+from inference_worker.model.safetensors_loader import load_safetensors_state_dict
 from tests.model_fixtures import (
     LLAMA3_ROPE,
     hf_logits,
@@ -29,6 +32,14 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen2_bias_tied": ("qwen2", {"tie_word_embeddings": True, "use_sliding_window": False}),
     "mistral": ("mistral", {"sliding_window": None}),
     "mistral_window": ("mistral", {"sliding_window": 5}),
+    "gemma3_tied": ("gemma3", {}),  # tests/model_fixtures.py TINY_GEMMA3: every Gemma 3 switch
+    "gemma3_untied_global_first": (
+        "gemma3",
+        {
+            "tie_word_embeddings": False,
+            "layer_types": ["full_attention"] + ["sliding_attention"] * 4,
+        },
+    ),
 }
 
 
@@ -51,8 +62,14 @@ def test_config_switches(pair) -> None:
     assert c.qkv_bias == (name in ("qwen2_bias_tied", "llama_bias"))
     assert c.o_bias == (name == "llama_bias")
     assert c.tie_word_embeddings == name.endswith("_tied")
-    assert (c.rope_scaling is not None) == name.endswith("rope")
-    assert c.sliding_window == (5 if name == "mistral_window" else None)
+    gemma = name.startswith("gemma3")  # tiny Gemma 3: linear RoPE scaling on global layers
+    assert (c.rope_scaling is not None) == (name.endswith("rope") or gemma)
+    assert c.sliding_window == (5 if name == "mistral_window" or gemma else None)
+    assert (c.qk_norm, c.sandwich_norms, c.norm_unit_offset, c.scale_embeddings) == (gemma,) * 4
+    if name == "gemma3_tied":
+        assert c.global_layers == (1, 4) and c.local_layers == (0, 2, 3)
+        assert c.layer_windows == (5, None, 5, 5, None) and c.rope_local_theta == 100.0
+        assert c.attention_scale == 24**-0.5 and c.final_logit_softcapping == 5.0
     if c.tie_word_embeddings:
         assert ours.lm_head.weight is ours.model.embed_tokens.weight
 
@@ -65,7 +82,7 @@ def test_prefill_logits_match_transformers(pair) -> None:
 
 def test_step_decode_matches_transformers(pair) -> None:
     _, hf, ours = pair
-    ids = _ids(20, seed=2)
+    ids = _ids(20, seed=2)  # 14 decode steps: past the 5-token window of the windowed cases
     ref = hf_logits(hf, ids)  # [T, V]
     backend = FullAttentionBackend.for_model(ours.config, 1, 64)
     got = [_run(ours, backend, ids[:6], AttentionMetadata.prefill([0], [6]))[-1]]
@@ -87,6 +104,29 @@ def test_llama3_rope_changes_logits(tmp_path: Path) -> None:
     )
     ids = _ids(40, seed=3)
     assert not torch.allclose(prefill_logits(plain, ids), prefill_logits(scaled, ids), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"query_pre_attn_scalar": None},
+        {"final_logit_softcapping": None},
+        {"sliding_window": 7},
+        {"rope_local_theta": None},
+        {"layer_types": ("full_attention",) * 5},
+    ],
+)
+def test_gemma3_switches_change_logits(tmp_path: Path, change: dict[str, Any]) -> None:
+    """Each Gemma 3 switch matters at these sizes (guards the power of the tests above)."""
+    folder = save_tiny(tiny_hf_model("gemma3"), tmp_path)
+    ours = load_ours(folder)
+    other = build_model(
+        dataclasses.replace(ours.config, **change),
+        load_safetensors_state_dict(folder, torch.float32),
+        torch.device("cpu"),
+    )
+    ids = _ids(30, seed=5)
+    assert not torch.allclose(prefill_logits(ours, ids), prefill_logits(other, ids), atol=1e-3)
 
 
 def test_sharded_folder_loads_same_weights(tmp_path: Path) -> None:
