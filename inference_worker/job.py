@@ -35,7 +35,7 @@ FLAGS = {  # flag -> help; each maps to the JobSettings field of the same name
     "--output": "JSONL: {id, text, token_ids, stats}",
     "--workers": "InferenceWorker actors, one GPU (or one CPU) each (default 1)",
     "--attention": "retroinfer | full (default retroinfer)",
-    "--model": "GGUF file or safetensors folder (default: the bundled SmolLM2)",
+    "--model": "smollm2-135m (the default), gemma3-270m, a GGUF file or a safetensors folder",
     "--retrieval-budget": "fraction of clusters retrieved exactly (default 0.018)",
     "--estimation-budget": "fraction of clusters estimated (default 0.232)",
     "--min-retrieval-clusters": "floor on retrieved clusters per head (64; 0 = the paper's rule)",
