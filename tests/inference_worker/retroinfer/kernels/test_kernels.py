@@ -1,7 +1,7 @@
 """RetroInfer decode kernels: the torch references against independent brute-force computations
 (CPU, always), and the Triton kernels against the references on fresh random inputs (CUDA; the
-copy and selection kernels also interpreted on CPU; the recorded GPU run is
-benchmarks/results/retro_kernels_cuda.json)."""
+copy, selection, attention and combine kernels also interpreted on CPU; on a GPU host
+`bash scripts/gpu_suite.sh tests` runs the CUDA part)."""
 
 from __future__ import annotations
 
