@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,6 +15,7 @@ from inference_worker.eval.haystack import make
 from inference_worker.eval.prompt import Sample
 from inference_worker.eval.tasks import make_sample
 from inference_worker.eval.tokens import PieceEncoder
+from inference_worker.model import LoadedModel
 from inference_worker.retroinfer import FetchedBatch
 
 
@@ -74,3 +77,28 @@ class WatchingLink(GrpcStoreLink):
         if self.hook is not None and due:
             self.hook()
         return super().fetch(layer, sequence_ids, cluster_ids, max_tokens)
+
+
+class IdsOnlyTokenizer:
+    """The tokenizer of a random-weight test model (no vocabulary): token ids in, no text out,
+    no EOS (every request runs to max_new_tokens)."""
+
+    eos_token_ids: tuple[int, ...] = ()
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return ""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        raise ValueError("a random-weight test model has no vocabulary: pass token ids")
+
+
+def tiny_gemma3_engine(folder: Path, window: int = 48) -> GenerationEngine:
+    """A random fp32 tiny Gemma 3 (local and global layers, tests/model_fixtures.TINY_GEMMA3)
+    with room for RetroInfer-sized prompts, in a GenerationEngine on the CPU."""
+    from tests.model_fixtures import load_ours, save_tiny, tiny_hf_model
+
+    hf = tiny_hf_model("gemma3", max_position_embeddings=4096, sliding_window=window)
+    model = load_ours(save_tiny(hf, folder))
+    tokenizer: Any = IdsOnlyTokenizer()
+    loaded = LoadedModel(model, tokenizer, model.config, folder, torch.device("cpu"), torch.float32)
+    return GenerationEngine(loaded)

@@ -225,6 +225,8 @@ class GenerationEngine:
     def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, int | None]]:
         if not seqs:
             return []
+        for seq in seqs:
+            seq.max_batch = max(seq.max_batch, len(seqs))
         return self._sample(self.runner.decode(seqs), seqs)
 
     def _sample(

@@ -30,7 +30,6 @@ class FullAttentionRunner:
         self.graphs = graphs and loaded.device.type == "cuda"
         self.cache: FullAttentionBackend | None = None
         self._decoders: dict[int, GraphedDecoder] = {}  # rows -> captured step
-        self.last_batch = 0  # sequences of the last decode step
 
     def admit(self, seqs: list[Sequence]) -> None:
         self._ensure_length(max(s.max_length for s in seqs))
@@ -54,7 +53,6 @@ class FullAttentionRunner:
         """One token for each sequence (its last generated one); logits [n, V] in seqs order."""
         assert self.cache is not None
         slots = [s.slot for s in seqs]
-        self.last_batch = len(seqs)
         tokens = torch.tensor([s.out[-1] for s in seqs], device=self.loaded.device)  # [n]
         starts = [s.position for s in seqs]
         contiguous = slots == list(range(len(seqs)))  # rows 0..n-1: no gather of cache rows
@@ -71,7 +69,6 @@ class FullAttentionRunner:
         """The engine's statistics keys, as full attention has them (no index, no store)."""
         del seq
         return {
-            "batch_size": self.last_batch,
             "hits": 0, "misses": 0, "evicted": 0, "hit_ratio": 0.0, "index_updates": 0,
             "indexed": False, "not_indexed_reason": "full attention keeps every token",
             "num_clusters": 0, "retrieval_clusters": 0, "estimation_clusters": 0,

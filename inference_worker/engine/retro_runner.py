@@ -107,7 +107,6 @@ class RetroSlotRunner:
         if seq.slot is None or seq.store_id not in self._before:
             return {}
         return {
-            "batch_size": len(self.held),
             **self.backend.summary(seq.slot, seq.store_id, len(seq.prompt)),
             **self.link.counters.since(self._before[seq.store_id]),
         }
@@ -116,7 +115,9 @@ class RetroSlotRunner:
         if not self.graphs:
             return False
         if self.decoder is None:
-            self.decoder = GraphedRetroDecoder(self.model, self.backend.layers)
+            self.decoder = GraphedRetroDecoder(
+                self.model, self.backend.by_layer, self.backend.window
+            )
         return True
 
     @property
@@ -124,7 +125,11 @@ class RetroSlotRunner:
         return self.loaded.device
 
     def _geometry(self) -> SequenceGeometry:
+        """The store holds the indexed (global) layers only."""
         c = self.loaded.config
         return SequenceGeometry(
-            c.num_layers, c.num_kv_heads, c.head_dim, TORCH_TO_STORE_DTYPE[self.loaded.dtype]
+            len(c.global_layers),
+            c.num_kv_heads,
+            c.head_dim,
+            TORCH_TO_STORE_DTYPE[self.loaded.dtype],
         )

@@ -48,6 +48,7 @@ class Sequence:
     # the prompt is prefilled anew, so that the sequence's state is rebuilt as it was
     replay: list[int] = field(default_factory=list)
     recoveries: int = 0  # store losses this request survived
+    max_batch: int = 0  # the most requests decoded together with this one in a step
     error: BaseException | None = None  # what failed the request (finished "abort")
 
     @classmethod
@@ -120,6 +121,7 @@ class Sequence:
             "decode_s": decode_s,
             "decode_tokens_per_s": decoded / decode_s if decode_s > 0 else 0.0,
             "store_recoveries": self.recoveries,
+            "batch_size": self.max_batch,
         }
 
 

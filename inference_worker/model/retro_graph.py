@@ -7,12 +7,16 @@ The whole `model(tokens, meta, backend, last_only=True)` call is captured with
 tensor written before each replay). Host-side state (steady-zone lengths, index updates,
 statistics) advances outside the graph after each replay (`finish_step`); the graph is
 re-captured when a layer's graph key changes (new clusters, a grown steady zone).
+
+Hybrid models (Gemma 3): RetroInfer covers the global layers; the sliding-window layers decode
+through a `WindowBackend` (device rings, plain torch, captured in the same graph).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -24,16 +28,32 @@ from inference_worker.retroinfer import RetroInferLayer, StepStats
 log = logging.getLogger(__name__)
 
 
+class WindowBackend(Protocol):
+    """Decode attention of the model layers RetroInfer does not index (sliding-window layers)."""
+
+    def decode(
+        self, layer: int, q: Tensor, k: Tensor, v: Tensor, meta: AttentionMetadata
+    ) -> Tensor: ...
+
+    def forget_call(self) -> None:
+        """Drop per-call state so the next call rebuilds it (around a graph capture)."""
+
+
 class FixedStepBackend:
     """Attention backend over RetroInfer layers that runs each layer's device step
     (`RetroInferLayer.step`): usable eagerly and under CUDA-graph capture. Per step:
     `prepare()` before the forward (each layer's host side), the forward, then
-    `finish(counts)` (each layer's host side after the step)."""
+    `finish(counts)` (each layer's host side after the step). `layers` maps model layer ->
+    its RetroInferLayer; every other model layer decodes through `window`."""
 
-    def __init__(self, layers: Sequence[RetroInferLayer]) -> None:
+    def __init__(
+        self, layers: Mapping[int, RetroInferLayer], window: WindowBackend | None = None
+    ) -> None:
         if not layers:
             raise ValueError("FixedStepBackend needs at least one RetroInferLayer, got 0")
-        self.layers = list(layers)
+        self.by_model_layer = dict(layers)
+        self.layers = [layers[i] for i in sorted(layers)]  # model-layer order
+        self.window = window
         self.counts: list[Tensor] = []  # per layer [7] int64, this forward's
         self.exec_tokens: list[int] = []  # per layer, execution-buffer width of this forward
         self.undo_buffers = False  # warm-up run: restore each wave buffer after its step
@@ -56,7 +76,10 @@ class FixedStepBackend:
         self, layer: int, q: Tensor, k: Tensor, v: Tensor, meta: AttentionMetadata
     ) -> Tensor:
         """q [B, Hq, 1, D], k/v [B, Hkv, 1, D] -> [B, Hq, 1, D]."""
-        lay = self.layers[layer]
+        lay = self.by_model_layer.get(layer)
+        if lay is None:
+            assert self.window is not None, f"layer {layer} has no attention"
+            return self.window.decode(layer, q, k, v, meta)
         dt = lay.dtype
         qg = q[:, :, 0].to(dt).reshape(lay.rows, lay.group, lay.head_dim)
         saved = lay.snapshot() if self.undo_buffers else None
@@ -81,14 +104,18 @@ class FixedStepBackend:
 class _DecodeBackend:
     """The eager reference: each layer's own decode() (used where graphs cannot run)."""
 
-    def __init__(self, layers: list[RetroInferLayer]) -> None:
-        self.layers = layers
+    def __init__(self, layers: dict[int, RetroInferLayer], window: WindowBackend | None) -> None:
+        self.layers, self.window = layers, window
         self.stats: list[StepStats] = []
 
     def decode(
         self, layer: int, q: Tensor, k: Tensor, v: Tensor, meta: AttentionMetadata
     ) -> Tensor:
-        out, stats = self.layers[layer].decode(q[:, :, 0], k[:, :, 0], v[:, :, 0])
+        lay = self.layers.get(layer)
+        if lay is None:
+            assert self.window is not None, f"layer {layer} has no attention"
+            return self.window.decode(layer, q, k, v, meta)
+        out, stats = lay.decode(q[:, :, 0], k[:, :, 0], v[:, :, 0])
         self.stats.append(stats)
         return out.unsqueeze(2)
 
@@ -109,19 +136,27 @@ class GraphedRetroDecoder:
     run eagerly through each layer's decode().
     """
 
-    def __init__(self, model: CausalLM, layers: Sequence[RetroInferLayer]) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        layers: Mapping[int, RetroInferLayer],
+        window: WindowBackend | None = None,
+    ) -> None:
         if model.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA model, got device={model.device}")
-        if len(layers) != model.config.num_layers:
+        n = model.config.num_layers
+        others = [i for i in range(n) if i not in layers]
+        if not layers or any(not 0 <= i < n for i in layers) or (others and window is None):
             raise ValueError(
-                f"need one RetroInferLayer per model layer ({model.config.num_layers}), "
-                f"got {len(layers)}"
+                f"need RetroInferLayers for some of the model's layers 0..{n - 1} (got "
+                f"{sorted(layers)}) and a window backend for the others ({others})"
             )
         self.model = model
-        self.layers = list(layers)
+        self.window = window
+        self.backend = FixedStepBackend(layers, window)
+        self.layers = self.backend.layers
         self.batch_size = self.layers[0].batch
-        self.backend = FixedStepBackend(self.layers)
-        self.eager = _DecodeBackend(self.layers)
+        self.eager = _DecodeBackend(self.backend.by_model_layer, window)
         self.use_graph = True  # until a capture fails
         self.tokens = torch.zeros(self.batch_size, 1, dtype=torch.int64, device=model.device)
         self.meta = AttentionMetadata.decode([0] * self.batch_size, model.device)
@@ -169,6 +204,8 @@ class GraphedRetroDecoder:
             torch.cuda.current_stream().wait_stream(stream)
             self.backend.undo_buffers = False
             self.backend.counts, self.backend.exec_tokens = [], []
+            if self.window is not None:
+                self.window.forget_call()  # its per-call state is built inside the graph
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 logits = self.model(self.tokens, self.meta, self.backend, last_only=True)
@@ -178,6 +215,8 @@ class GraphedRetroDecoder:
             self.backend.undo_buffers = False
             self.use_graph = False
             return False
+        if self.window is not None:
+            self.window.forget_call()
         self.graph, self._logits, self._counts = graph, logits, counts
         self._exec_tokens = list(self.backend.exec_tokens)
         self.captures += 1

@@ -245,7 +245,8 @@ def test_kill9_mid_fetch_then_the_retried_fetch_is_served_by_the_restarted_store
 ) -> None:
     store = StoreProcess("--data-dir", str(tmp_path / "data"), "--fetch-chunk-bytes", "64KiB")
     store.start()
-    seg = make_segment(np.random.default_rng(5), 0, 0, 200, 32, "bfloat16", max_size=40)
+    # ~10 MB: more than HTTP/2 flow control lets the store push before the client reads
+    seg = make_segment(np.random.default_rng(5), 0, 0, 4000, 32, "bfloat16", max_size=40)
     n = len(seg.sizes)
     try:
         with _client(store) as client:

@@ -102,7 +102,7 @@ def test_fixed_step_backend_equals_decode_on_cpu() -> None:
     model = _model("cpu")
     ref_layers, layers = _layers("cpu"), _layers("cpu")
     ref = _eager_run(model, ref_layers)
-    backend, got = FixedStepBackend(layers), []
+    backend, got = FixedStepBackend(dict(enumerate(layers))), []
     tokens = torch.arange(BATCH)[:, None] + 7
     assert not backend.supported()  # CPU: the reference step, not capturable
     for step in range(STEPS):
@@ -118,9 +118,9 @@ def test_fixed_step_backend_equals_decode_on_cpu() -> None:
 
 def test_fixed_step_backend_and_decoder_reject_bad_inputs() -> None:
     with pytest.raises(ValueError, match="at least one RetroInferLayer, got 0"):
-        FixedStepBackend([])
+        FixedStepBackend({})
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA model, got device=cpu"):
-        GraphedRetroDecoder(_model("cpu"), [])
+        GraphedRetroDecoder(_model("cpu"), {})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -129,9 +129,9 @@ def test_graphed_retro_decoder_equals_eager_on_cuda() -> None:
     model = _model("cuda")
     ref_layers, layers = _layers("cuda"), _layers("cuda")
     ref = _eager_run(model, ref_layers)
-    with pytest.raises(ValueError, match=r"one RetroInferLayer per model layer \(3\), got 2"):
-        GraphedRetroDecoder(model, layers[:2])
-    decoder, got = GraphedRetroDecoder(model, layers), []
+    with pytest.raises(ValueError, match=r"a window backend for the others \(\[2\]\)"):
+        GraphedRetroDecoder(model, dict(enumerate(layers[:2])))
+    decoder, got = GraphedRetroDecoder(model, dict(enumerate(layers))), []
     tokens = torch.arange(BATCH, device="cuda") + 7
     with pytest.raises(ValueError, match="need 2 tokens and start positions, got 2 and 1"):
         decoder.step(tokens, [PROMPT])
