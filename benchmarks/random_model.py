@@ -10,6 +10,7 @@ import torch
 
 from inference_worker.engine import EngineConfig, GenerationEngine
 from inference_worker.model import CausalLM, ModelConfig, build_model
+from inference_worker.model.config import gemma3_layer_types, gemma3_switches
 from inference_worker.model.loading import LoadedModel
 
 RANDOM_MODELS = {
@@ -22,6 +23,12 @@ RANDOM_MODELS = {
         family="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
         num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0,
         max_position_embeddings=8192, tie_word_embeddings=True,
+    ),
+    "random-gemma3-270m": ModelConfig(  # hybrid: 15 sliding-window layers, 3 global
+        **gemma3_switches(), vocab_size=262144, hidden_size=640, intermediate_size=2048,
+        num_layers=18, num_heads=4, num_kv_heads=1, head_dim=256, rope_theta=1_000_000.0,
+        rope_local_theta=10000.0, max_position_embeddings=32768, tie_word_embeddings=True,
+        sliding_window=512, layer_types=gemma3_layer_types(18), query_pre_attn_scalar=256.0,
     ),
     "random-llama8b": ModelConfig(
         family="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,

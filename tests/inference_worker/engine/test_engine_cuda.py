@@ -1,7 +1,7 @@
 """The engine's fast path on the GPU (skipped without CUDA): CUDA graphs and the Triton step under
-continuous batching, and the product's store link against the in-process reference link. A
-random-weight model of SmolLM2's geometry (bf16): these compare paths token for token, they do
-not judge text."""
+continuous batching, and the product's store link against the in-process reference link.
+Random-weight models of SmolLM2's and Gemma 3 270M's geometry (bf16): these compare paths token
+for token, they do not judge text."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a G
 SHAPES = [(1500, 9), (2300, 5), (1200, 12), (3100, 6)]  # prompt length, new tokens
 
 
-@pytest.fixture(scope="module")
-def engine() -> GenerationEngine:
-    return random_engine("random-smollm2", torch.device("cuda"))
+@pytest.fixture(scope="module", params=["random-smollm2", "random-gemma3-270m"])
+def engine(request: pytest.FixtureRequest) -> GenerationEngine:
+    """SmolLM2's geometry (every layer global) and Gemma 3 270M's (hybrid, head_dim 256)."""
+    return random_engine(request.param, torch.device("cuda"))
 
 
 @pytest.fixture
