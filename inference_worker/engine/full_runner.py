@@ -72,6 +72,7 @@ class FullAttentionRunner:
             "hits": 0, "misses": 0, "evicted": 0, "hit_ratio": 0.0, "index_updates": 0,
             "indexed": False, "not_indexed_reason": "full attention keeps every token",
             "num_clusters": 0, "retrieval_clusters": 0, "estimation_clusters": 0,
+            "retrieved_fraction": None, "indexed_layers": 0, "attention_mass": {},
             **LinkCounters().since(LinkCounters()),
         }  # fmt: skip
 

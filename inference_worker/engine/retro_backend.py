@@ -128,7 +128,9 @@ class RetroInferBackend:
         """One sequence's statistics over its decode steps and every indexed layer (one sync
         per layer). The same keys every time; `indexed` False with the reason when the prompt
         was too short for an index (it then ran as full attention until an index update).
-        retrieved_fraction: the clusters retrieved per head over the clusters indexed."""
+        retrieved_fraction: the clusters retrieved per head over the clusters indexed;
+        attention_mass: per indexed model layer, where the exact attention mass fell (sampled
+        when StepOptions.mass_every is set; empty otherwise)."""
         totals = {"hits": 0, "misses": 0, "evicted": 0}
         for layer in self.layers:
             for name, value in layer.counters(slot).items():
@@ -150,8 +152,13 @@ class RetroInferBackend:
             "indexed": indexed,
             "not_indexed_reason": reason,
             "num_clusters": clusters,
-            "retrieved_fraction": retrieved / clusters if clusters else 1.0,
+            "retrieved_fraction": retrieved / clusters if clusters else None,
             "indexed_layers": len(self.layers),
+            "attention_mass": {
+                str(i): mass
+                for i, layer in self.by_layer.items()
+                if (mass := layer.mass.summary(slot)) is not None
+            },
             "retrieval_clusters": last.retrieval_clusters if last else 0,
             "estimation_clusters": last.estimation_clusters if last else 0,
         }

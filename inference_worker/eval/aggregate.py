@@ -102,6 +102,30 @@ def _retrieved(records: list[Record]) -> dict[str, Any]:
     }
 
 
+MASS_ZONES = ("steady", "retrieved", "estimated", "dropped")
+
+
+def _attention_mass(records: list[Record]) -> dict[str, Any]:
+    """Per configuration and indexed layer: the sampled attention mass per zone (the engine's
+    `attention_mass` stats, `--mass-every`), weighted by samples. Empty when not sampled."""
+    sums: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    for rec in records:
+        for layer, zones in (rec.get("stats") or {}).get("attention_mass", {}).items():
+            n = int(zones["samples"])
+            acc = sums[rec["config"]].setdefault(layer, [0.0] * (len(MASS_ZONES) + 1))
+            acc[0] += n
+            for i, zone in enumerate(MASS_ZONES):
+                acc[i + 1] += float(zones[zone]) * n
+    return {
+        config: {
+            layer: {"samples": int(acc[0])}
+            | {z: round(acc[i + 1] / acc[0], 5) for i, z in enumerate(MASS_ZONES)}
+            for layer, acc in sorted(layers.items(), key=lambda kv: int(kv[0]))
+        }
+        for config, layers in sums.items()
+    }
+
+
 def _diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Recursive `a - b` over matching summary entries."""
     if "score" in a and "score" in b:
@@ -150,6 +174,7 @@ def summarize(records: list[Record], meta: dict[str, Any] | None = None) -> dict
         "results": per_config,
         "gap": gap,
         "sweep": sorted(sweep, key=lambda s: s["budget"]),
+        "attention_mass": _attention_mass(used),
     }
 
 

@@ -116,6 +116,15 @@ def _retroinfer_options(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_CENTROIDS,
         help=f"RetroInfer's centroid_format (default {DEFAULT_CENTROIDS}; model: the model dtype)",
     )
+    p.add_argument(
+        "--mass-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every N decode steps, measure where each indexed layer's exact attention mass "
+        "falls (steady / retrieved / estimated / dropped; a full read of the layer's clusters "
+        "each time; 0 = off)",
+    )
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -166,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     overrides["defer_misses"] = args.defer_misses
     overrides["centroid_format"] = args.centroids
     overrides["full_only"] = args.full_only
+    overrides["mass_every"] = args.mass_every
     return PRESETS["quick" if args.quick else args.preset](**overrides)
 
 
@@ -228,7 +238,7 @@ def check_context(config: EvalConfig, limit: int) -> None:
 def run(config: EvalConfig, progress: bool = True, argv: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
     check_context(config, engine_link.context_length(config.model))
-    engine = engine_link.load_engine(config.model, config.device)
+    engine = engine_link.load_engine(config.model, config.device, config.mass_every)
     samples = build_samples(config, engine.tokenizer)
     default_budget = engine_link.default_retrieval_budget()
     floor = config.min_retrieval_clusters

@@ -50,6 +50,7 @@ class EvalConfig:
     centroid_format: str = "int8"  # RetroInferConfig.centroid_format of the RetroInfer runs
     min_retrieval_clusters: int | None = None  # floor of the default run; None: the config's
     full_only: bool = False  # only full attention (where does the model itself answer?)
+    mass_every: int = 0  # sample each indexed layer's attention mass every N decode steps
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -61,6 +62,8 @@ class EvalConfig:
             raise ValueError(
                 f"lengths must be non-empty and each >= 64 tokens, got {self.lengths!r}"
             )
+        if self.mass_every < 0:
+            raise ValueError(f"mass_every must be >= 0, got {self.mass_every}")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if any(not 0.0 < b <= 1.0 for b in self.budgets):

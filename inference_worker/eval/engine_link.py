@@ -14,29 +14,33 @@ from inference_worker.eval.prompt import Sample
 from inference_worker.eval.runner import RunSpec
 
 
-def load_engine(model_path: str | None, device: str | None) -> Any:
+def load_engine(model_path: str | None, device: str | None, mass_every: int = 0) -> Any:
     from inference_worker.engine import GenerationEngine
 
-    return EvalEngine(GenerationEngine.load(model_path, device))
+    return EvalEngine(GenerationEngine.load(model_path, device), mass_every)
 
 
 class EvalEngine:
     """The suite's view of the engine: `generate(requests, attention, retro_config, store)`
-    runs the requests on an engine of that configuration over the one loaded model."""
+    runs the requests on an engine of that configuration over the one loaded model.
+    mass_every: RetroInfer runs sample where each indexed layer's attention mass falls."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, mass_every: int = 0) -> None:
         self.engine = engine
+        self.mass_every = mass_every
         self.tokenizer = engine.tokenizer
         self.device = engine.device
         self.model_name = engine.model_name
 
     def generate(self, requests: list[Any], attention: str, retro_config: Any, store: Any) -> Any:
         from inference_worker.engine import EngineConfig
+        from inference_worker.retroinfer import StepOptions
 
         config = EngineConfig(
             attention=attention,  # type: ignore[arg-type]
             retro=retro_config or default_retro_config(),
             max_batch_size=max(len(requests), 1),
+            step_options=StepOptions(mass_every=self.mass_every),
         )
         return self.engine.with_config(config, store).generate(requests)
 

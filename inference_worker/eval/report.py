@@ -196,8 +196,32 @@ def markdown(summary: dict[str, Any]) -> str:
             _cell_rows(summary),
         ),
         "",
+        *_mass_lines(summary),
     ]
     return "\n".join(lines)
+
+
+def _mass_lines(summary: dict[str, Any]) -> list[str]:
+    """The sampled attention mass per configuration and indexed layer (--mass-every)."""
+    mass = summary.get("attention_mass") or {}
+    if not mass:
+        return []
+    zones = ["steady", "retrieved", "estimated", "dropped"]
+    rows = [
+        [config, layer, str(z["samples"]), *(f"{z[name]:.3f}" for name in zones)]
+        for config, layers in mass.items()
+        for layer, z in layers.items()
+    ]
+    return [
+        "## Where the attention mass fell (sampled, per indexed layer)",
+        "",
+        "Fraction of the exact softmax mass of the sampled decode steps on the keys each zone "
+        "holds (steady and retrieved: attended exactly; estimated: from centroids; dropped: "
+        "neither).",
+        "",
+        *_table(["configuration", "layer", "samples", *zones], rows),
+        "",
+    ]
 
 
 def write(summary: dict[str, Any], out: Path) -> tuple[Path, Path]:

@@ -163,6 +163,13 @@ class StepOptions:
     # benchmarks: replaces the step's query, q [R, G, D] -> q (called with the layer index,
     # inside a captured step too): synthetic query streams with a chosen locality
     query_transform: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+    # retrieval quality (mass.py): every mass_every-th decode step of a layer also measures
+    # where the exact attention mass falls (steady / retrieved / estimated / dropped; a full
+    # read of the layer's clusters from the source, that step not captured); 0 = never
+    mass_every: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("mass_every", self.mass_every, 0)
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:

@@ -31,6 +31,7 @@ from .kernels import kernels_available
 from .kernels.availability import pick
 from .kernels.bookkeeping import StepPlan
 from .kernels.step_io import load_step, unload_step, write_token
+from .mass import MassMeter, attention_mass
 from .reference import reference_step
 from .source import ClusterSource
 from .state import LayerState
@@ -91,6 +92,7 @@ class RetroInferLayer:
         self.on_segment = on_segment
         q_shape = (self.batch, num_q_heads, head_dim)
         self._q = torch.zeros(q_shape, dtype=dtype, device=dev)  # the step's query
+        self.mass = MassMeter(self.batch, num_kv_heads)  # sampled retrieval quality per slot
 
     # --- read-only views of the state -------------------------------------------------------
     @property
@@ -184,12 +186,14 @@ class RetroInferLayer:
                 raise ValueError(f"slot {slot} is not a free slot of [0, {self.batch})")
         for slot, seq in zip(slots, sequence_ids, strict=True):
             st.sequence_ids[slot] = seq
+            self.mass.reset(slot)
         return self._fill(list(slots), keys, values)
 
     def grow(self, batch: int) -> None:
         """`batch` batch slots (more than now; the new ones free). The wave buffer is rebuilt
         empty at the next step."""
         self.state.grow(batch)
+        self.mass.grow(batch)
         q = self._q
         self._q = torch.zeros(batch, *q.shape[1:], dtype=q.dtype, device=q.device)
 
@@ -271,7 +275,7 @@ class RetroInferLayer:
         visible memory (its cluster table) or fetched by pure device work."""
         if not (self.kernels and self.device.type == "cuda" and self.num_clusters > 0):
             return False
-        if self.options.record_selection:
+        if self.options.record_selection or self._mass_due():
             return False
         return self.state.ensure_table() is not None or self.source.graph_safe()
 
@@ -335,24 +339,40 @@ class RetroInferLayer:
         st = self.state
         if self.options.query_transform is not None:
             q = self.options.query_transform(self.layer, q)
+        measure = self._mass_due()
+        pos = st.pos.clone() if measure else st.pos
+        selection: Selection | None = None
         if not self.kernels:
             ref = reference_step(st, q, st.pos)
-            st.pos.add_(st.active)
             shape = (self.batch, self.kv_heads, -1)
             selection = {
                 "retrieved": ref.retrieved.view(shape),
                 "estimated": ref.ranked.view(shape),
                 "estimated_mask": ref.estimated_mask.view(shape),
             }
-            record = self.options.record_selection
-            return ref.out, ref.counts, ref.exec_tokens, selection if record else None
-        res = fast_step(st, q, st.pos, st.table if st.table_ok else None)
+            out, counts, exec_tokens = ref.out, ref.counts, ref.exec_tokens
+        else:
+            res = fast_step(st, q, st.pos, st.table if st.table_ok else None)
+            exec_tokens = st.steady.capacity + st.exec_tokens()
+            exec_tokens += st.hit_page_width() * self.config.page_tokens
+            out, counts = res.out, res.counts
+            if self.options.record_selection or measure:
+                selection = self._selection(res.plan, res.estimated_ids)
         st.pos.add_(st.active)
-        exec_tokens = st.steady.capacity + st.exec_tokens()
-        exec_tokens += st.hit_page_width() * self.config.page_tokens
-        if not self.options.record_selection:
-            return res.out, res.counts, exec_tokens, None
-        return res.out, res.counts, exec_tokens, self._selection(res.plan, res.estimated_ids)
+        if selection is not None and measure:
+            self._measure(q, pos, selection)
+        return out, counts, exec_tokens, selection if self.options.record_selection else None
+
+    def _mass_due(self) -> bool:
+        every = self.options.mass_every
+        return every > 0 and self.state.decode_steps % every == 0
+
+    def _measure(self, q: torch.Tensor, pos: torch.Tensor, selection: Selection) -> None:
+        """Sample where this step's exact attention mass falls (mass.py)."""
+        r = self.rows
+        est = torch.where(selection["estimated_mask"], selection["estimated"], -1).view(r, -1)
+        mass = attention_mass(self.state, q, pos, selection["retrieved"].view(r, -1), est)
+        self.mass.add(mass, self.state.occupied())
 
     def _selection(self, plan: StepPlan, estimated_ids: torch.Tensor) -> Selection:
         """The fast step's clusters in the reference's format (the estimated zone in index

@@ -15,7 +15,7 @@ from inference_worker.engine import EngineConfig, GenerationEngine, GenerationRe
 from inference_worker.engine.store_link import InProcessStoreLink
 from inference_worker.engine.window_layers import WindowLayers
 from inference_worker.model import AttentionMetadata, FullAttentionBackend, ModelConfig
-from inference_worker.retroinfer import IndexSegment, RetroInferConfig
+from inference_worker.retroinfer import IndexSegment, RetroInferConfig, StepOptions
 from tests.engine_fixtures import essay_tokens, tiny_gemma3_engine
 
 EVERYTHING = RetroInferConfig(retrieval_budget=1.0, estimation_budget=0.0)
@@ -140,3 +140,18 @@ def test_gemma3_270m_at_full_budget_is_full_attention(tmp_path: Path) -> None:
     full = engine.with_config(EngineConfig(attention="full", max_batch_size=2)).generate(reqs)
     assert [r.token_ids for r in retro] == [r.token_ids for r in full]
     assert all(r.stats["indexed_layers"] == 3 for r in retro)
+
+
+def test_attention_mass_is_reported_per_indexed_layer(tiny: GenerationEngine) -> None:
+    """StepOptions.mass_every through EngineConfig: each global (indexed) model layer reports
+    where its attention mass fell, sampled every 2nd decode step."""
+    options = StepOptions(mass_every=2)
+    (result,) = tiny.with_config(EngineConfig(step_options=options)).generate(
+        _requests(tiny.loaded.config.vocab_size, [(1300, 6)])
+    )
+    mass = result.stats["attention_mass"]
+    assert set(mass) == {"1", "4"}  # the global layers (model numbering)
+    for zones in mass.values():
+        assert zones["samples"] == 3  # decode steps 0, 2, 4 of 5
+        total = zones["steady"] + zones["retrieved"] + zones["estimated"] + zones["dropped"]
+        assert total == pytest.approx(1.0, abs=1e-5)

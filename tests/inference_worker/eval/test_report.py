@@ -132,6 +132,29 @@ def test_report_files(tmp_path: Path) -> None:
     assert "RetroInfer (1.8%, floor 64)" in md
 
 
+def _zones(steady: float, retrieved: float, estimated: float, dropped: float, samples: int):  # type: ignore[no-untyped-def]
+    return {"steady": steady, "retrieved": retrieved, "estimated": estimated,
+            "dropped": dropped, "samples": samples}  # fmt: skip
+
+
+def test_sampled_attention_mass_is_weighted_by_samples_and_reported(tmp_path: Path) -> None:
+    records = synthetic_records()
+    default = [r for r in records if r["config"] == "retro@default" and r["length"] == 2048]
+    default[0]["stats"] = {"attention_mass": {"5": _zones(0.2, 0.6, 0.1, 0.1, samples=3)}}
+    default[1]["stats"] = {"attention_mass": {"5": _zones(0.2, 0.2, 0.3, 0.3, samples=1)}}
+    summary = aggregate.summarize(records, {"model": "m", "device": "cpu", "seed": 0})
+    assert summary["attention_mass"] == {
+        "retro@default": {
+            "5": {"samples": 4, "steady": 0.2, "retrieved": 0.5, "estimated": 0.15,
+                  "dropped": 0.15},
+        }
+    }  # fmt: skip
+    _, md_path = report.write(summary, tmp_path)
+    assert "| retro@default | 5 | 4 | 0.200 | 0.500 | 0.150 | 0.150 |" in md_path.read_text()
+    plain = aggregate.summarize(synthetic_records(), {"model": "m", "device": "cpu", "seed": 0})
+    assert plain["attention_mass"] == {} and "attention mass" not in report.markdown(plain)
+
+
 def test_plots_are_png(tmp_path: Path) -> None:
     summary = aggregate.summarize(synthetic_records(), {"model": "m"})
     paths = plots.write_all(summary, tmp_path)
