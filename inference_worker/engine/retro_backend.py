@@ -169,7 +169,8 @@ class RetroInferBackend:
         c = self.model_config
         return RetroInferLayer(
             config, i, c.num_heads, c.num_kv_heads, c.head_dim, self.link, [None] * batch,
-            self.dtype, self.device, on_segment=self._upload, options=options,
+            self.dtype, self.device, c.attention_scale, on_segment=self._upload,
+            options=options,
         )  # fmt: skip
 
     def _upload(self, owners: list[Hashable], segment: IndexSegment) -> None:

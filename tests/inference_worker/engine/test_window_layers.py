@@ -12,11 +12,13 @@ import torch
 
 from client import SequenceGeometry
 from inference_worker.engine import EngineConfig, GenerationEngine, GenerationRequest
+from inference_worker.engine.retro_backend import RetroInferBackend
 from inference_worker.engine.store_link import InProcessStoreLink
 from inference_worker.engine.window_layers import WindowLayers
 from inference_worker.model import AttentionMetadata, FullAttentionBackend, ModelConfig
 from inference_worker.retroinfer import IndexSegment, RetroInferConfig, StepOptions
 from tests.engine_fixtures import essay_tokens, tiny_gemma3_engine
+from tests.inference_worker.engine.test_retro_backend import forced_logits
 
 EVERYTHING = RetroInferConfig(retrieval_budget=1.0, estimation_budget=0.0)
 
@@ -79,6 +81,26 @@ def test_hybrid_default_budget_decodes_and_counts_indexed_layers(tiny: Generatio
     assert 0 < stats["retrieved_fraction"] < 1 and stats["num_clusters"] > 0
 
 
+@torch.inference_mode()
+def test_hybrid_logits_at_full_budget_equal_full_attention(tiny: GenerationEngine) -> None:
+    """Teacher-forced logits (prefill in chunks, then 80 steps past the window) of RetroInfer
+    with every cluster retrieved equal full attention's: the window layers' rings and the
+    global layers' softmax scale (query_pre_attn_scalar, not head_dim) included."""
+    loaded = tiny.loaded
+    assert loaded.config.attention_scale != loaded.config.head_dim**-0.5
+    gen = torch.Generator().manual_seed(11)
+    tokens = torch.randint(3, loaded.config.vocab_size, (1280,), generator=gen).tolist()
+    prompt, forced = tokens[:1200], tokens[1200:]
+    full = forced_logits(loaded, loaded.new_full_attention(1, len(tokens)), prompt, forced)
+    backend = RetroInferBackend(
+        loaded.config, EVERYTHING, InProcessStoreLink(), 1, loaded.dtype, loaded.device
+    )
+    backend.begin_prefill(0, "s", len(prompt))
+    retro = forced_logits(loaded, backend, prompt, forced)
+    assert backend.layers[0].num_clusters > 0  # indexed, not the dense path
+    torch.testing.assert_close(retro, full, atol=1e-4, rtol=1e-4)
+
+
 def _ring_model(window: int) -> ModelConfig:
     return ModelConfig(
         family="gemma3", vocab_size=16, hidden_size=32, intermediate_size=32, num_layers=3,
@@ -119,8 +141,6 @@ def test_rings_move_into_a_slot_and_decode_like_the_dense_cache(prompt_len: int)
 
 
 def test_a_model_without_global_layers_is_refused() -> None:
-    from inference_worker.engine.retro_backend import RetroInferBackend
-
     config = replace(_ring_model(window=32), layer_types=("sliding_attention",) * 3)
     with pytest.raises(ValueError, match="every layer sliding-window: RetroInfer has nothing"):
         RetroInferBackend(config, RetroInferConfig(), InProcessStoreLink(), 1, torch.float32,
