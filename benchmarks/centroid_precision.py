@@ -6,8 +6,9 @@ The centroid scan reads every centroid every step (half of the byte model at 128
 centroids would halve it. This measures the accuracy side on CPU: the default model's post-RoPE
 q/k/v of a natural prompt (`real_qkv`), every layer prefilled with RetroInferConfig() defaults,
 then `--steps` decode steps per layer with the centroids stored at each precision (fp32 is the
-baseline, in the same run; bf16 is what the GPU path stores; fp8 e4m3 is the candidate, emulated
-by rounding: the math stays fp32). Reported per precision:
+baseline, in the same run; bf16 is the model dtype of the GPU path, int8 with a per-centroid
+scale the default storage (centroid_format), fp8 e4m3 the other narrow option, emulated by
+rounding: the math stays fp32). Reported per precision:
 - retrieved / estimated overlap: the fraction of the baseline's retrieved (estimated) clusters
   that the precision also retrieves (estimates), over all (layer, KV head, step);
 - output cosine with exact full attention (float64), and the output's relative difference from

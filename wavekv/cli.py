@@ -104,7 +104,11 @@ def job_submit(args: tuple[str, ...]) -> None:
 
 @_passthrough("bench", "A benchmark: `wavekv bench NAME [ARGS]` runs `python -m benchmarks.NAME`.")
 def bench(args: tuple[str, ...]) -> None:
-    names = sorted(p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_"))
+    names = sorted(  # programs, not the helper modules they share
+        p.stem
+        for p in BENCHMARKS.glob("*.py")
+        if not p.stem.startswith("_") and 'if __name__ == "__main__"' in p.read_text()
+    )
     if not names:
         raise click.UsageError(
             "no benchmarks/ folder here: benchmarks live in the repository checkout; "
