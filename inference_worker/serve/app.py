@@ -21,7 +21,7 @@ from ray.serve import Application
 from inference_worker.actor import worker_id
 from inference_worker.metrics import TimedStoreLink, WorkerMetrics, serve_registry
 from inference_worker.serve.api import build_api
-from inference_worker.serve.chat_template import ChatTemplate, read_chat_template
+from inference_worker.serve.chat_template import ChatTemplate
 from inference_worker.serve.directory import MergedCollector, metrics_directory, scrape
 from inference_worker.serve.engine_loop import EngineLoop
 from inference_worker.serve.server import ModelCard, ServerCore
@@ -58,7 +58,7 @@ class Replica:
         self.loop = EngineLoop(self.engine, self.metrics)
         path = self.engine.loaded.path
         tokenizer = self.engine.tokenizer
-        source = read_chat_template(path)
+        source = tokenizer.chat_template
         template = (
             ChatTemplate(source, tokenizer.hf.bos_token or "", tokenizer.hf.eos_token or "")
             if source

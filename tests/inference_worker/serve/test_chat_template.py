@@ -1,18 +1,13 @@
-"""The chat template read from the GGUF metadata renders what Hugging Face's apply_chat_template
-renders for the same model."""
+"""The model's chat template (from its GGUF metadata) renders what Hugging Face's
+apply_chat_template renders for the same model."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
-from inference_worker.serve.chat_template import (
-    ChatTemplate,
-    ChatTemplateError,
-    read_chat_template,
-)
+from inference_worker.serve.chat_template import ChatTemplate, ChatTemplateError
 
 pytestmark = pytest.mark.slow  # the default model's tokenizer
 
@@ -48,19 +43,14 @@ def conversation(rng: random.Random) -> list[dict[str, str]]:
     return [*messages, {"role": "user", "content": " ".join(rng.choices(WORDS, k=5))}]
 
 
-def test_template_is_in_the_gguf_metadata() -> None:
-    from inference_worker.model import default_model_path
-
-    source = read_chat_template(default_model_path())
+def test_template_is_in_the_gguf_metadata(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    source = tokenizer.chat_template
     assert source is not None and "<|im_start|>" in source
-    assert read_chat_template(Path("/nonexistent-folder")) is None
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_rendering_matches_transformers(tokenizer, seed: int) -> None:  # type: ignore[no-untyped-def]
-    from inference_worker.model import default_model_path
-
-    source = read_chat_template(default_model_path())
+    source = tokenizer.chat_template
     assert source is not None
     template = ChatTemplate(source, tokenizer.hf.bos_token, tokenizer.hf.eos_token)
     messages = conversation(random.Random(seed))
