@@ -28,7 +28,8 @@ GPU_TESTS="tests/inference_worker/retroinfer/kernels/test_kernels.py
   tests/inference_worker/retroinfer/test_layer_cuda.py
   tests/inference_worker/model/test_retro_graph.py
   tests/inference_worker/model/test_cuda_graph.py
-  tests/inference_worker/engine/test_store_link.py::test_direct_path_reads_the_store_arena_gpu
+  tests/inference_worker/engine/test_grpc_link.py::test_direct_path_reads_the_store_arena_gpu
+  tests/inference_worker/engine/test_engine_cuda.py
   tests/client/test_gather_kernel.py tests/client/test_packed_descriptors.py
   tests/client/test_resolve_kernel.py tests/client/test_resolver.py"
 run() {  # run NAME TIMEOUT CMD...
