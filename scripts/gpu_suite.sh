@@ -5,7 +5,7 @@
 #   (default: tests attention miss store_decode e2e)
 # Results land in $OUT (default ./gpu_out): JSON per benchmark plus a log per stage; copy the
 # JSON to benchmarks/results/ to commit it. Extra flags: TESTS (test paths), ATTN_ARGS,
-# PROFILE_ARGS, STORE_DECODE_ARGS, E2E_ARGS.
+# PROFILE_ARGS, STORE_DECODE_ARGS, E2E_ARGS; TESTS_LIMIT (seconds, default 540).
 # Wheels the device image lacks (gguf, grpcio health/reflection) are installed from .whl/ if present.
 set -uo pipefail
 OUT=${OUT:-./gpu_out}
@@ -43,7 +43,7 @@ run() {  # run NAME TIMEOUT CMD...
 for s in "${stages[@]}"; do
   case $s in
     # shellcheck disable=SC2086  # word splitting of the test list and *_ARGS is intended
-    tests) run tests 540 python3 -m pytest -q -p no:cacheprovider -k "not interpreted" \
+    tests) run tests "${TESTS_LIMIT:-540}" python3 -m pytest -q -p no:cacheprovider -k "not interpreted" \
       --durations=12 ${TESTS:-$GPU_TESTS} ;;
     attention) run attention 540 python3 -m benchmarks.attention \
       --out "$OUT/attention_cuda.json" ${ATTN_ARGS:-} ;;
