@@ -54,7 +54,8 @@ class RetroInferConfig:
     # (benchmarks/results/centroid_precision_cpu.json): retrieved clusters kept 0.991 (bf16
     # storage 0.9965, fp8 0.949), output relative difference 4.5e-3 (bf16 4.5e-3, fp8 1.2e-2);
     # the RULER-style CPU eval's 72 generations are identical with int8, bf16 and fp8 centroids
-    # (eval/results/centroids_cpu_*). "model": the model dtype, as the paper; "fp8_e4m3".
+    # (2026-11-27 code; benchmarks/results/eval/centroids_cpu_* at commit 0f2ce5c).
+    # "model": the model dtype, as the paper; "fp8_e4m3".
     centroid_format: str = "int8"
     defer_misses: bool = False  # opt-in: estimate missed clusters now, admit them next step
     # with defer_misses, the first decode steps after prefill still fetch exactly: the wave
