@@ -50,6 +50,12 @@ def _shift(xs: list[float], index: int, count: int) -> list[float]:
     return [x * factor for x in xs]
 
 
+def _minor_percent(value: float, _pos: int) -> str:
+    """Label of a minor log tick: 2x and 5x a power of ten, others unlabelled."""
+    lead = f"{value:.0e}"[0]
+    return f"{value:g}%" if lead in "25" else ""
+
+
 def _length_ticks(ax: Any, lengths: list[int], counts: list[int], fontsize: int = 8) -> None:
     ax.set_xscale("log", base=2)
     labels = [f"{n / 1024:g}K\nn={c}" for n, c in zip(lengths, counts, strict=True)]
@@ -150,6 +156,8 @@ def accuracy_vs_budget(summary: dict[str, Any]) -> Figure:
     ax.plot([], [], marker="*", ms=13, color="white", mec="black", ls="none", label=label)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    # a narrow range may hold one decade tick only: label the minor 2x and 5x ticks as well
+    ax.xaxis.set_minor_formatter(FuncFormatter(_minor_percent))
     what = "really retrieved (per request, mean)" if real else "nominal budget"
     ax.set_xlabel(f"clusters retrieved exactly, % of all: {what}")
     ax.set_ylabel("accuracy, mean over tasks (0-100)")

@@ -223,6 +223,15 @@ def test_budget_plot_uses_the_real_retrieved_fraction() -> None:
     assert "full attention, mean (dotted: per length)" in legend
 
 
+def test_budget_axis_labels_minor_ticks_within_a_decade() -> None:
+    records = [r for r in synthetic_records() if r["config"] != "retro@0.005"]
+    ax = plots.accuracy_vs_budget(aggregate.summarize(records)).axes[0]
+    ax.set_xlim(1.5, 9.0)  # no power of ten inside: only minor ticks can carry labels
+    ax.figure.canvas.draw()
+    labels = {t.get_text() for t in ax.xaxis.get_minorticklabels()} - {""}
+    assert labels == {"2%", "5%"}
+
+
 def test_budget_plot_falls_back_to_nominal_budgets_for_old_records() -> None:
     records = [{**r, "retrieved_fraction": None} for r in synthetic_records()]
     ax = plots.accuracy_vs_budget(aggregate.summarize(records)).axes[0]
