@@ -129,7 +129,11 @@ _BY_CODE: dict[grpc.StatusCode, type[KVStoreError]] = {
 
 # A connection that broke mid-call can reach the client as INTERNAL or UNKNOWN with one of these
 # transport messages (a store killed during a stream): that is a store gone, not a bug.
+# "Internal error from Core" is gRPC core's own status for a client stream whose writes failed
+# on a dead connection (seen when the store was killed during a put stream); the store's own
+# INTERNAL errors always carry their message.
 TRANSPORT_FAILURES = (
+    "Internal error from Core",
     "Stream removed",
     "Socket closed",
     "Connection reset",

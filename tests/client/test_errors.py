@@ -78,13 +78,25 @@ def test_errors_carry_the_store_incarnation() -> None:
 
 
 class _Broken(_Rpc):
+    def __init__(self, details: str) -> None:
+        self._details = details
+
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.INTERNAL
 
     def details(self) -> str:
-        return "Stream removed (recvmsg:Connection reset by peer (104))"
+        return self._details
 
 
-def test_a_connection_lost_mid_call_is_unavailable_not_fatal() -> None:
-    err = from_rpc_error(_Broken(), "h:1")
+@pytest.mark.parametrize(
+    "details",
+    ["Stream removed (recvmsg:Connection reset by peer (104))", "Internal error from Core"],
+)
+def test_a_connection_lost_mid_call_is_unavailable_not_fatal(details: str) -> None:
+    err = from_rpc_error(_Broken(details), "h:1")
     assert isinstance(err, UnavailableError) and err.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_internal_error_with_the_stores_message_stays_fatal() -> None:
+    err = from_rpc_error(_Broken("index out of range in put"), "h:1")
+    assert isinstance(err, FatalError) and err.code == grpc.StatusCode.INTERNAL
