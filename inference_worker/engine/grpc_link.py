@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from inference_worker.retroinfer import FetchedBatch, IndexSegment
 from inference_worker.retroinfer.kernels.availability import interpreting
 from inference_worker.retroinfer.kernels.cluster_table import ClusterRows
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SAME_HOST_MODES = ("auto", "off", "require")
@@ -298,12 +300,7 @@ class GrpcStoreLink(StoreLink):
     ) -> FetchedBatch:
         assert self._arena is not None
         b, h, n = ids.shape
-        try:
-            batch = self.client.fetch_descriptors(requests)
-        except NotFoundError as exc:
-            self._raise_if_restarted(exc)
-            raise
-        self.counters.fetch_rpcs += 1
+        batch = self._fetch_rpc(self.client.fetch_descriptors, requests)
         sizes = np.zeros((b, h, n), np.int64)  # [B, Hkv, n]
         sizes[valid.numpy()] = batch.lens  # entries are the valid rows in row-major order
         offsets = np.zeros((b, h, n + 1), np.int64)  # [B, Hkv, n + 1]
@@ -320,8 +317,12 @@ class GrpcStoreLink(StoreLink):
         return FetchedBatch(keys.view(shape), values.view(shape), offsets_dev)
 
     def _fetch(self, requests: list[FetchRequest]) -> list:
+        return self._fetch_rpc(self.client.fetch_clusters, requests)
+
+    def _fetch_rpc(self, rpc: Callable[[list[FetchRequest]], T], requests: list[FetchRequest]) -> T:
+        """One fetch RPC, counted; a NotFound after a store restart says so."""
         try:
-            result = self.client.fetch_clusters(requests)
+            result = rpc(requests)
         except NotFoundError as exc:
             self._raise_if_restarted(exc)
             raise
